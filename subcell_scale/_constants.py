@@ -1,0 +1,48 @@
+"""Names shared by code, CLI and tests: AnnData keys, obs columns and run-directory files."""
+
+from __future__ import annotations
+
+
+class Keys:
+    """AnnData keys written by subcell-scale."""
+
+    LOCALIZATION = "localization"  # obsm: (n_cells, 31) probabilities
+    LOCALIZATION_CLASSES = "localization_classes"  # uns: the 31 class names, column order of obsm
+    SPATIAL = "spatial"  # obsm: (x, y) centroids in micrometres
+    PROVENANCE = "subcell_scale"  # uns: how the cells were made
+    PROFILING = "profiling"  # uns: steps applied to profiles, in order
+    N_CELLS = "n_cells"  # obs of profiles: cells aggregated into the row
+
+
+class Obs:
+    """Per-cell obs columns of the cells AnnData."""
+
+    PLATE = "plate"
+    WELL = "well"
+    ROW = "row"
+    COLUMN = "column"
+    FIELD = "field"
+    LABEL = "label"
+    AREA = "area"
+    CENTROID_Y = "centroid_y"
+    CENTROID_X = "centroid_x"
+    CATEGORICAL = (PLATE, WELL, ROW, COLUMN, FIELD)
+
+
+class Files:
+    """Names inside a run directory (see ``subcell-scale run``)."""
+
+    CELLS_ZARR = "cells.zarr"
+    CELLS_H5AD = "cells.h5ad"
+    PROFILES = "profiles.h5ad"
+    METRICS = "metrics"
+    FIGURES = "figures"
+    REPORT = "report.html"
+    MANIFEST = "manifest.json"
+    SHARDS = "shards"
+    LOCK = ".lock"
+    PLATES = "plates"
+    PLATEMAP = "platemap.csv"
+
+
+VAR_PREFIX = "subcell_"
