@@ -1,0 +1,172 @@
+"""Segmentation: nuclei and cells on synthetic fields with known truth, filters, and the match scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from subcell_scale.errors import ChannelMismatchError, ConfigError, PlateFormatError
+from subcell_scale.segment import (
+    DROP_REASONS,
+    SegmentParams,
+    filter_cells,
+    match_scores,
+    resolve_segmentation_channels,
+    segment_field,
+    segment_nuclei,
+)
+
+
+def synthetic_field(seed: int = 0, size_um: float = 128.0, pixel_size: float = 0.5, n_cells: int = 12,
+                    touching: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (cytoplasm, dna) uint16 field with round nuclei in round cells, and both truth label images."""
+    rng = np.random.default_rng(seed)
+    size = int(round(size_um / pixel_size))
+    yy, xx = (np.mgrid[:size, :size] + 0.5) * pixel_size
+    centres: list[np.ndarray] = []
+    while len(centres) < n_cells:
+        c = rng.uniform(10.0, size_um - 10.0, 2)
+        if all(np.hypot(*(c - d)) > 18.0 for d in centres):
+            centres.append(c)
+            if touching:  # a second nucleus 9 um away: the 5-um discs overlap by 1 um
+                angle = rng.uniform(0, 2 * np.pi)
+                centres.append(c + 9.0 * np.array([np.sin(angle), np.cos(angle)]))
+    nuclei = np.zeros((size, size), np.int32)
+    cells = np.zeros((size, size), np.int32)
+    nearest = np.full((size, size), np.inf)
+    for label, (cy, cx) in enumerate(centres, start=1):
+        d = np.hypot(yy - cy, xx - cx)
+        closest = d < nearest
+        nuclei[(d < 5.0) & closest] = label
+        cells[(d < 9.0) & closest] = label
+        nearest = np.where(closest & (d < 9.0), d, nearest)
+    dna = 100 + 1000 * (nuclei > 0) + rng.normal(0, 30, nuclei.shape)
+    cyto = 100 + 600 * (cells > 0) + rng.normal(0, 30, cells.shape)
+    image = np.stack([cyto, dna]).clip(0, 65535).astype(np.uint16)
+    return image, nuclei, cells
+
+
+def brute_force_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """F1 at IoU > 0.5 and mean matched IoU by comparing every pair of objects."""
+    p_ids = [v for v in np.unique(pred) if v]
+    t_ids = [v for v in np.unique(truth) if v]
+    ious = []
+    for p in p_ids:
+        for t in t_ids:
+            a, b = pred == p, truth == t
+            iou = (a & b).sum() / (a | b).sum()
+            if iou > 0.5:
+                ious.append(iou)
+    f1 = 2 * len(ious) / (len(p_ids) + len(t_ids))
+    return f1, float(np.mean(ious)) if ious else 0.0
+
+
+@pytest.mark.parametrize("pixel_size", [0.5, 0.25])
+def test_segment_field_recovers_synthetic_cells_at_any_pixel_size(pixel_size):
+    image, nuclei, cells = synthetic_field(pixel_size=pixel_size)
+    labels = segment_field(image, ["microtubules", "dna"], (pixel_size, pixel_size))
+    assert labels.dtype == np.int32
+    scores = match_scores(labels, cells)
+    assert scores["f1"] == 1.0
+    assert scores["mean_iou"] > 0.85
+    # each cell keeps the number of its nucleus
+    nuc = segment_nuclei(image[1], pixel_size)
+    assert match_scores(nuc, nuclei)["f1"] == 1.0
+    inside = nuc > 0
+    assert np.array_equal(labels[inside], nuc[inside])
+
+
+def test_touching_nuclei_are_split():
+    image, nuclei, _ = synthetic_field(seed=3, touching=True, n_cells=8)
+    # every nucleus overlaps a partner: one Otsu component per pair unless the watershed splits them
+    from scipy import ndimage as ndi
+
+    assert ndi.label(nuclei > 0)[1] <= nuclei.max() // 2
+    pred = segment_nuclei(image[1], 0.5, None)
+    assert match_scores(pred, nuclei)["f1"] >= 0.9
+
+
+def test_local_threshold_handles_vignetting():
+    image, nuclei, _ = synthetic_field(seed=1)
+    size = image.shape[-1]
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    dark = (image[1] * np.exp(-(yy**2 + xx**2) / 0.1)).astype(np.uint16)  # corners at 8 %
+    otsu = segment_nuclei(dark, 0.5, SegmentParams(nucleus_threshold="otsu"))
+    local = segment_nuclei(dark, 0.5, SegmentParams(nucleus_threshold="local"))
+    assert match_scores(otsu, nuclei)["f1"] < 0.8  # one global threshold loses the dim corners
+    assert match_scores(local, nuclei)["f1"] >= 0.95
+
+
+def test_without_cytoplasm_channel_cells_are_grown_nuclei():
+    image, nuclei, _ = synthetic_field(seed=2)
+    labels = segment_field(image[1:], ["DNA"], 0.5, max_cell_radius_um=6.0)
+    grown = labels > 0
+    assert grown.sum() > (nuclei > 0).sum()
+    assert match_scores(labels, nuclei)["n_predicted"] == nuclei.max()
+
+
+def test_channel_resolution_by_name():
+    assert resolve_segmentation_channels(["microtubules", "er", "dna", "protein"]) == (2, [0, 1])
+    assert resolve_segmentation_channels(["DNA", "ER", "RNA", "AGP", "Mito"]) == (0, [1, 2, 3])
+    assert resolve_segmentation_channels(["a", "b", "c"], "C", ["a"]) == (2, [0])
+    with pytest.raises(ChannelMismatchError, match="no nuclear channel"):
+        resolve_segmentation_channels(["protein", "er"])
+    with pytest.raises(ChannelMismatchError, match="'tubulin' is not in"):
+        resolve_segmentation_channels(["dna", "er"], cell_channel="tubulin")
+
+
+def test_bad_input_names_the_problem():
+    image, _, _ = synthetic_field()
+    with pytest.raises(ConfigError, match="unknown segmentation parameter"):
+        segment_field(image, ["er", "dna"], 0.5, sigma=3)
+    with pytest.raises(ChannelMismatchError, match="2 channels but 3 names"):
+        segment_field(image, ["er", "dna", "x"], 0.5)
+    with pytest.raises(PlateFormatError, match=r"\(c, y, x\)"):
+        segment_field(image[0], ["er"], 0.5)
+    with pytest.raises(ConfigError, match="pixel_size"):
+        segment_field(image, ["er", "dna"], (0.5, -1))
+
+
+def test_filter_cells_drops_by_reason_in_square_micrometres():
+    labels = np.zeros((40, 60), np.int32)
+    labels[0:5, 10:15] = 1  # touches the top edge, and small
+    labels[10:12, 10:12] = 2  # 4 px
+    labels[10:20, 30:40] = 3  # 100 px
+    labels[22:38, 5:45] = 7  # 640 px
+    labels[30:40, 50:55] = 9  # bottom edge
+    pixel_size = (0.5, 2.0)  # 1 um2 per pixel
+    kept, dropped = filter_cells(labels, pixel_size, min_area_um2=10, max_area_um2=600)
+    assert list(dropped) == list(DROP_REASONS)
+    assert dropped == {"border": [1, 9], "too_small": [2], "too_large": [7]}
+    assert np.array_equal(np.unique(kept), [0, 3])
+    assert np.array_equal(kept == 3, labels == 3)
+    kept, dropped = filter_cells(labels, 0.5, min_area_um2=None, max_area_um2=None, drop_border=False)
+    assert np.array_equal(kept, labels)
+    assert dropped == {"border": [], "too_small": [], "too_large": []}
+    # 0.25 um2 per pixel: cell 3 is 25 um2, cell 7 is 160 um2
+    _, dropped = filter_cells(labels, 0.5, min_area_um2=30, max_area_um2=1000, drop_border=False)
+    assert dropped["too_small"] == [1, 2, 3, 9]
+
+
+def test_filter_cells_rejects_inconsistent_bounds():
+    with pytest.raises(ConfigError, match="larger than"):
+        filter_cells(np.zeros((4, 4), np.int32), 1.0, min_area_um2=10, max_area_um2=5)
+
+
+def test_match_scores_agree_with_brute_force():
+    rng = np.random.default_rng(7)
+    _, _, truth = synthetic_field(seed=5)
+    # perturb: shift, merge two cells, delete one, add a spurious blob
+    pred = np.roll(truth, (2, -1), axis=(0, 1)).copy()
+    ids = [v for v in np.unique(truth) if v]
+    pred[pred == ids[1]] = ids[0]
+    pred[pred == ids[2]] = 0
+    pred[5:15, 5:15] = 99
+    pred = np.where(rng.random(pred.shape) < 0.02, 0, pred)
+    scores = match_scores(pred, truth)
+    f1, mean_iou = brute_force_scores(pred, truth)
+    assert scores["f1"] == pytest.approx(f1)
+    assert scores["mean_iou"] == pytest.approx(mean_iou)
+    assert scores["n_true"] == len(ids)
+    assert match_scores(truth, truth) == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "mean_iou": 1.0,
+                                          "n_true": len(ids), "n_predicted": len(ids), "n_matched": len(ids)}
