@@ -1,0 +1,167 @@
+"""The SubCell model held once per worker, so that it never travels inside a task graph.
+
+A :class:`ModelSpec` says how to build the model (published variant, checkpoint files or seeded
+random weights); it is small and pickles with the plugin. Each worker builds the model from it once,
+in :meth:`SubCellPlugin.setup`, on its own GPU when it has one, and tasks fetch it with
+:func:`worker_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed import WorkerPlugin, get_worker
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Worker
+
+    from ..models import SubCell
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "subcell-model"
+"""Name under which the plugin is registered on every worker."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Recipe for a SubCell model that any process can follow.
+
+    Attributes
+    ----------
+    source
+        ``"variant"`` (published weights from the local model cache), ``"checkpoint"`` (encoder and
+        classifier files) or ``"random"`` (deterministic random weights, for demos and tests).
+    variant
+        Published variant name (``"variant"``, ``"random"``) or None.
+    encoder_path, classifier_paths
+        Files for ``"checkpoint"``; paths every worker can read.
+    config
+        Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"`` and
+        for checkpoints whose sizes differ from the published ones.
+    seed, n_classifiers
+        Random weights seed and classifier count (``"random"``); classifiers to load (``"variant"``).
+    cache_dir
+        Model cache for ``"variant"`` (the default cache when None).
+    """
+
+    source: str
+    variant: str | None = None
+    encoder_path: str | None = None
+    classifier_paths: tuple[str, ...] = ()
+    config: dict[str, Any] | None = None
+    seed: int = 0
+    n_classifiers: int = 1
+    cache_dir: str | None = None
+    torch_threads: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("variant", "checkpoint", "random"):
+            msg = f"ModelSpec.source must be 'variant', 'checkpoint' or 'random', got {self.source!r}"
+            raise ConfigError(msg)
+        if self.source == "checkpoint" and not self.encoder_path:
+            msg = "ModelSpec(source='checkpoint') needs encoder_path"
+            raise ConfigError(msg)
+        if self.source == "variant" and not self.variant:
+            msg = "ModelSpec(source='variant') needs a variant name"
+            raise ConfigError(msg)
+        object.__setattr__(self, "classifier_paths", tuple(str(p) for p in self.classifier_paths))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON description (for the manifest and the parameter digest)."""
+        d = asdict(self)
+        d.pop("torch_threads")
+        d["classifier_paths"] = list(self.classifier_paths)
+        return d
+
+    def load(self, device: str | None = None) -> SubCell:
+        """Build the model in this process on ``device`` (CUDA when available, else CPU)."""
+        from ..models import SubCell
+        from ..models.config import ModelConfig
+
+        config = ModelConfig(**self.config) if self.config is not None else None
+        if self.source == "random":
+            return SubCell.random(config if config is not None else self.variant, seed=self.seed,
+                                  n_classifiers=self.n_classifiers, device=device)
+        if self.source == "checkpoint":
+            options = {"config": config} if config is not None else {}
+            return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device=device, **options)
+        return SubCell.from_pretrained(self.variant, n_classifiers=self.n_classifiers,
+                                       cache_dir=self.cache_dir, device=device)
+
+
+def default_device() -> str:
+    """``"cuda"`` (the worker's own GPU: dask-cuda makes it device 0) when one is visible, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SubCellPlugin(WorkerPlugin):
+    """Worker plugin that builds the model once per worker process and keeps it for every task.
+
+    The instance is pickled once, at registration, with its :class:`ModelSpec` only; weights are read
+    in :meth:`setup` on the worker. ``n_loads`` counts builds, so a test (or a curious user) can check
+    with ``client.run(loads_per_worker)`` that each worker loaded the model exactly once.
+    """
+
+    idempotent = True  # registering the same plugin again does not rebuild the model
+    name = PLUGIN_NAME
+
+    def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
+        self.spec = spec
+        self.device = device
+        self.model: SubCell | None = None
+        self.n_loads = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "device": self.device}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], state["device"])
+
+    def setup(self, worker: Worker | None = None) -> None:
+        with self._lock:
+            if self.model is not None:
+                return
+            import torch
+
+            if self.spec.torch_threads is not None:
+                torch.set_num_threads(int(self.spec.torch_threads))
+            device = self.device or default_device()
+            self.model = self.spec.load(device=device)
+            self.n_loads += 1
+            log.info("worker %s: SubCell model loaded on %s (load %d)",
+                     getattr(worker, "address", "?"), device, self.n_loads)
+
+    def teardown(self, worker: Worker | None = None) -> None:
+        self.model = None
+
+
+def worker_model() -> SubCell:
+    """The model held by this worker's plugin (call from inside a task)."""
+    worker = get_worker()
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    if plugin is None:
+        msg = f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; register it with register_model()"
+        raise ConfigError(msg)
+    if plugin.model is None:
+        plugin.setup(worker)
+    return plugin.model
+
+
+def register_model(client: Any, spec: ModelSpec, device: str | None = None) -> None:
+    """Register the model plugin on every current and future worker of ``client``'s cluster."""
+    client.register_plugin(SubCellPlugin(spec, device), name=PLUGIN_NAME)
+
+
+def loads_per_worker(dask_worker: Worker) -> int:
+    """How many times this worker built the model (0 if the plugin is absent); use with ``client.run``."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    return 0 if plugin is None else plugin.n_loads

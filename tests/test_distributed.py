@@ -1,0 +1,108 @@
+"""Cluster factory and GPU-resource scheduling on a real LocalCluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from subcell_scale.distributed import GPU_RESOURCE, get_client
+from subcell_scale.errors import ConfigError
+
+
+def _timed(tag: str, seconds: float) -> tuple[str, str, float, float]:
+    from distributed import get_worker
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return tag, get_worker().address, start, time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = get_client("local", n_workers=2, threads_per_worker=2, dashboard=False)
+    yield c
+    c.close()
+
+
+def test_local_cluster_offers_one_gpu_per_worker(client):
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    assert len(workers) == 2
+    assert all(info["resources"] == {GPU_RESOURCE: 1} for info in workers.values())
+    assert all(info["nthreads"] == 2 for info in workers.values())
+
+
+def test_gpu_tasks_never_overlap_on_a_worker_while_cpu_tasks_do(client):
+    gpu = [client.submit(_timed, "gpu", 0.3, resources={GPU_RESOURCE: 1}, pure=False) for _ in range(6)]
+    cpu = [client.submit(_timed, "cpu", 0.3, pure=False) for _ in range(6)]
+    results = client.gather(gpu + cpu)
+    by_worker: dict[str, list[tuple[str, float, float]]] = {}
+    for tag, worker, start, end in results:
+        by_worker.setdefault(worker, []).append((tag, start, end))
+
+    def overlaps(a, b):
+        return a[1] < b[2] - 1e-3 and b[1] < a[2] - 1e-3
+
+    n_cpu_gpu_overlaps = 0
+    for runs in by_worker.values():
+        gpu_runs = [r for r in runs if r[0] == "gpu"]
+        for i, a in enumerate(gpu_runs):
+            for b in gpu_runs[i + 1:]:
+                assert not overlaps(a, b), f"two GPU tasks ran at once on one worker: {a} {b}"
+        n_cpu_gpu_overlaps += sum(overlaps(g, c) for g in gpu_runs for c in runs if c[0] == "cpu")
+    # the second thread of a worker is free for CPU work while the GPU task runs
+    assert n_cpu_gpu_overlaps > 0
+
+
+def test_dashboard_link_is_printed(capsys):
+    c = get_client("local", n_workers=1, threads_per_worker=1, processes=False)
+    try:
+        out = capsys.readouterr().out
+        assert "Dask dashboard:" in out
+        assert c.dashboard_link.split("/status")[0] in out
+    finally:
+        c.close()
+    assert c.status == "closed"
+
+
+def test_connects_to_a_running_scheduler(client):
+    other = get_client(scheduler=client.scheduler.address, dashboard=False)
+    try:
+        assert other.submit(sum, [1, 2, 3], resources={GPU_RESOURCE: 1}).result(timeout=30) == 6
+    finally:
+        other.close()
+    # closing a client that only connected leaves the cluster running
+    assert client.submit(sum, [1, 1]).result(timeout=30) == 2
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"cluster": "nowhere.yaml"}, "neither one of auto, local, cuda nor an existing cluster config file"),
+    ({"cluster": "local", "threads_per_worker": 0}, "must be >= 1"),
+])
+def test_bad_cluster_arguments(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        get_client(dashboard=False, **kwargs)
+
+
+def test_cuda_cluster_without_dask_cuda_says_why():
+    from subcell_scale.distributed.cluster import _dask_cuda_available
+
+    if _dask_cuda_available():
+        pytest.skip("dask-cuda is installed here")
+    with pytest.raises(ConfigError, match="dask-cuda"):
+        get_client("cuda", dashboard=False)
+
+
+def test_cluster_from_a_config_file_is_closed_with_its_client(tmp_path):
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("kind: local\nworkers: 1\nthreads_per_worker: 1\nlocal:\n  dashboard_address: ':0'\n")
+    c = get_client(cfg, dashboard=False)
+    cluster = c.cluster
+    try:
+        workers = c.scheduler_info(n_workers=-1)["workers"]
+        assert [info["resources"] for info in workers.values()] == [{GPU_RESOURCE: 1}]
+        assert c.submit(sum, [2, 3], resources={GPU_RESOURCE: 1}).result(timeout=30) == 5
+    finally:
+        c.close()
+    assert cluster.status.name == "closed"

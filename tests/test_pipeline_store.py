@@ -1,0 +1,128 @@
+"""Results store: shards, manifest, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from subcell_scale._constants import Files
+from subcell_scale.errors import RunDirectoryError
+from subcell_scale.store import (
+    DONE,
+    FAILED,
+    PENDING,
+    ResultsStore,
+    Shard,
+    field_key,
+    parameters_digest,
+    read_shard,
+    shard_meta,
+    write_shard,
+)
+
+
+def _shard(n: int = 3, probs: bool = True) -> Shard:
+    rng = np.random.default_rng(0)
+    cells = pd.DataFrame({"label": np.arange(1, n + 1) * 2, "area": rng.integers(10, 99, n),
+                          "centroid_y": rng.random(n) * 50, "centroid_x": rng.random(n) * 50})
+    return Shard(rng.random((n, 8), dtype=np.float32), rng.random((n, 31), dtype=np.float32) if probs else None,
+                 cells, {"border": [1, 5], "too_small": []}, {"plate": "p", "well": "B03", "field": "0", "digest": "x"})
+
+
+def test_shard_round_trip_is_exact(tmp_path):
+    shard = _shard()
+    path = write_shard(tmp_path / "s" / "B03_0.npz", shard)
+    back = read_shard(path)
+    np.testing.assert_array_equal(back.embedding, shard.embedding)
+    np.testing.assert_array_equal(back.probabilities, shard.probabilities)
+    pd.testing.assert_frame_equal(back.cells, shard.cells)
+    assert back.dropped == {"border": [1, 5], "too_small": []}
+    assert back.meta["n_cells"] == 3 and back.meta["well"] == "B03"
+    assert shard_meta(path)["digest"] == "x"
+    assert [p.name for p in path.parent.iterdir()] == ["B03_0.npz"]  # no temporary left behind
+
+
+def test_shard_without_probabilities_and_mismatch(tmp_path):
+    back = read_shard(write_shard(tmp_path / "a.npz", _shard(probs=False)))
+    assert back.probabilities is None
+    bad = _shard()
+    bad.embedding = bad.embedding[:2]
+    with pytest.raises(ValueError, match="2 embeddings but 3 cells"):
+        write_shard(tmp_path / "b.npz", bad)
+
+
+def test_damaged_shard_is_ignored_for_resume_and_named_when_read(tmp_path):
+    path = write_shard(tmp_path / "a.npz", _shard())
+    path.write_bytes(path.read_bytes()[:100])
+    assert shard_meta(path) is None
+    assert shard_meta(tmp_path / "missing.npz") is None
+    with pytest.raises(RunDirectoryError, match="a.npz is damaged"):
+        read_shard(path)
+
+
+def test_manifest_records_fields_and_refuses_other_parameters(tmp_path):
+    store = ResultsStore(tmp_path, flush_interval=3600)
+    store.begin(inputs={"plates": ["a"]}, parameters={"out_size": 64}, model={"source": "random"},
+                versions={"numpy": np.__version__}, digest="d1")
+    keys = [field_key("a", "B03", "0"), field_key("a", "B03", "1")]
+    store.set_pending(keys)
+    store.record_done(keys[0], n_cells=4, dropped={"border": 2}, seconds=1.23456, shard="shards/a/B03_0.npz")
+    store.record_failed(keys[1], error="PlateFormatError: chunk missing", seconds=0.5, attempts=2)
+    store.summarize()
+    store.flush(force=True)
+    manifest = json.loads((tmp_path / Files.MANIFEST).read_text())
+    assert manifest["fields"][keys[0]] == {"status": DONE, "n_cells": 4, "dropped": {"border": 2}, "seconds": 1.235,
+                                           "shard": "shards/a/B03_0.npz", "attempts": 1, "error": None}
+    assert manifest["fields"][keys[1]]["status"] == FAILED
+    assert manifest["fields"][keys[1]]["error"] == "PlateFormatError: chunk missing"
+    assert manifest["embed"]["summary"] == {"fields": 2, DONE: 1, FAILED: 1, PENDING: 0, "n_cells": 4}
+    assert manifest["embed"]["parameters"] == {"out_size": 64}
+
+    again = ResultsStore(tmp_path)
+    again.set_pending(keys + [field_key("a", "C01", "0")])
+    assert again.manifest["fields"][keys[1]]["status"] == FAILED  # keeps the last error until retried
+    assert again.manifest["fields"]["a/C01/0"]["status"] == PENDING
+    with pytest.raises(RunDirectoryError, match="other parameters .*out_size"):
+        again.begin(inputs={}, parameters={"out_size": 32}, model={}, versions={}, digest="d2")
+    again.update("profiles", {"file": "profiles.h5ad"})
+    assert json.loads((tmp_path / Files.MANIFEST).read_text())["profiles"] == {"file": "profiles.h5ad"}
+
+
+def test_digest_depends_on_values_not_order():
+    assert parameters_digest({"a": 1, "b": [1, 2]}) == parameters_digest({"b": [1, 2], "a": 1})
+    assert parameters_digest({"a": 1}) != parameters_digest({"a": 2})
+
+
+def test_unreadable_manifest_is_refused(tmp_path):
+    (tmp_path / Files.MANIFEST).write_text("{not json")
+    with pytest.raises(RunDirectoryError, match="manifest.json is not readable JSON"):
+        ResultsStore(tmp_path)
+
+
+def test_bad_names_cannot_escape_the_store(tmp_path):
+    store = ResultsStore(tmp_path)
+    assert store.shard_path("p", "B03", "0") == tmp_path / "shards" / "p" / "B03_0.npz"
+    with pytest.raises(RunDirectoryError, match="path separator"):
+        store.shard_path("../x", "B03", "0")
+
+
+def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    store = ResultsStore(tmp_path)
+    with store.lock():
+        assert (tmp_path / Files.LOCK).exists()
+        with pytest.raises(RunDirectoryError, match="in use by another run"):
+            with ResultsStore(tmp_path).lock():
+                pass
+    assert not (tmp_path / Files.LOCK).exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (tmp_path / Files.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with store.lock():
+        assert json.loads((tmp_path / Files.LOCK).read_text())["pid"] == os.getpid()
