@@ -12,6 +12,7 @@ class Keys:
     PROVENANCE = "subcell_scale"  # uns: how the cells were made
     PROFILING = "profiling"  # uns: steps applied to profiles, in order
     N_CELLS = "n_cells"  # obs of profiles: cells aggregated into the row
+    N_PROFILES = "n_profiles"  # obs of consensus profiles: replicate profiles combined into the row
 
 
 class Obs:
