@@ -19,6 +19,10 @@ class PlateFormatError(SubcellScaleError, ValueError):
     """A store exists but is not a readable NGFF HCS plate (metadata, axes, levels, chunks)."""
 
 
+class WellNameError(SubcellScaleError, ValueError):
+    """A well name that is not row letters followed by a column number ("B03")."""
+
+
 class PlatemapError(SubcellScaleError, ValueError):
     """A platemap row or file that cannot be joined to the plate."""
 

@@ -1,0 +1,27 @@
+"""OME-Zarr HCS plates in and out: open lazily, write fields and labels, platemaps, converters.
+
+Reading goes through :func:`open_plate` (metadata only until pixels are asked for); writing goes
+through :class:`PlateWriter` and :func:`write_labels`. Well names are normalised to "B03" everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .wells import normalize_well_name, parse_well_name, well_name
+from .writer import PlateWriter
+
+__all__ = [
+    "PlateWriter",
+    "make_demo_plate",
+    "normalize_well_name",
+    "parse_well_name",
+    "well_name",
+]
+
+
+def __getattr__(name: str):
+    # the demo generator pulls in scikit-image drawing; load it only when asked for
+    if name == "make_demo_plate":
+        return importlib.import_module(f"{__name__}.demo").make_demo_plate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,152 @@
+"""Label images inside a plate's fields, written the NGFF way so segmentation is cached and viewable.
+
+A label image gets the same number of levels as the field's image (nearest-neighbour downsampling to
+exactly the image's level shapes), the image's axes (non-spatial axes of length 1) and coordinate
+transformations, ``image-label`` metadata (a colour per label, optional per-label properties, the
+source image), and a ``labels`` group listing it with its version (ome-zarr-py leaves the version
+out for NGFF 0.5, which makes the whole plate invalid). Writing the same name again replaces it.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from ..errors import PlateFormatError
+from ._ngff import axis_names, ome_attrs, set_ome_attrs, write_level
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+def label_color(value: int) -> list[int]:
+    """A stable, well-spread RGBA colour for a label value (golden-ratio hues)."""
+    hue = (int(value) * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 1.0)
+    return [round(r * 255), round(g * 255), round(b * 255), 255]
+
+
+def nearest_downsample(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a 2-D label image to ``shape`` (never invents label values).
+
+    Pixel ``i`` of the smaller level takes level-0 pixel ``i * f`` with the integer factor
+    ``f = round(n_in / n_out)``, the first pixel of the block the image pyramid averaged over, so
+    floor- and ceil-sized pyramids (9 -> 4 or 9 -> 5 rows) both line up with their image.
+    """
+    index = []
+    for n_in, n_out in zip(labels.shape, shape):
+        factor = max(1, round(n_in / n_out))
+        index.append(np.minimum(np.arange(n_out) * factor, n_in - 1))
+    return labels[np.ix_(*index)]
+
+
+def _properties_list(properties: Sequence[Mapping[str, Any]] | Mapping[int, Mapping[str, Any]] | pd.DataFrame | None, where: str) -> list[dict[str, Any]] | None:
+    """Per-label properties as NGFF ``[{"label-value": v, ...}]`` with plain JSON values."""
+    if properties is None:
+        return None
+    if hasattr(properties, "to_dict") and hasattr(properties, "columns"):
+        frame = properties
+        key = "label-value" if "label-value" in frame.columns else "label"
+        if key not in frame.columns:
+            msg = f"{where}: label properties need a 'label' column, got {list(frame.columns)}"
+            raise PlateFormatError(msg)
+        records = frame.rename(columns={key: "label-value"}).to_dict(orient="records")
+    elif isinstance(properties, Mapping):
+        records = [{"label-value": value, **dict(props)} for value, props in properties.items()]
+    else:
+        records = [dict(p) for p in properties]
+    out = []
+    for record in records:
+        if "label-value" not in record:
+            msg = f"{where}: every label property entry needs 'label-value', got {sorted(record)}"
+            raise PlateFormatError(msg)
+        out.append({str(k): _plain(v) for k, v in record.items()})
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars, so metadata is valid JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_label_image(
+    field: zarr.Group,
+    name: str,
+    labels: np.ndarray,
+    *,
+    properties: Sequence[Mapping[str, Any]] | Mapping[int, Mapping[str, Any]] | pd.DataFrame | None = None,
+    where: str = "",
+) -> None:
+    """Write ``labels`` (y, x) as the label image ``name`` of an open, writable field group.
+
+    ``where`` names the plate, well and field in error messages.
+    """
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+    where = where or field.path
+    if not name or not str(name).replace("_", "").replace("-", "").isalnum():
+        msg = f"{where}: label name {name!r} must be letters, digits, '_' or '-'"
+        raise PlateFormatError(msg)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        msg = f"{where}: labels {name!r} must be an integer array, got {labels.dtype}"
+        raise PlateFormatError(msg)
+    if labels.ndim != 2:
+        msg = f"{where}: labels {name!r} must be 2-D (y, x), got shape {labels.shape}"
+        raise PlateFormatError(msg)
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        msg = f"{where}: labels {name!r} has negative values; label values are 0 (background) or positive"
+        raise PlateFormatError(msg)
+
+    image_meta = ome_attrs(field)
+    multiscales = image_meta.get("multiscales")
+    if not multiscales:
+        msg = f"{where}: no 'multiscales' metadata, so labels cannot be attached to an image"
+        raise PlateFormatError(msg)
+    multiscale = multiscales[0]
+    axes = multiscale["axes"]
+    names = axis_names(axes)
+    iy, ix = names.index("y"), names.index("x")
+    level_shapes = []
+    for dataset in multiscale["datasets"]:
+        try:
+            level_shapes.append(field[dataset["path"]].shape)
+        except KeyError:
+            msg = f"{where}: image level {dataset['path']!r} is listed in multiscales but missing"
+            raise PlateFormatError(msg) from None
+    base = (level_shapes[0][iy], level_shapes[0][ix])
+    if labels.shape != base:
+        msg = f"{where}: labels {name!r} have shape {labels.shape}, the image is {base} (y, x)"
+        raise PlateFormatError(msg)
+
+    image_chunks = field[multiscale["datasets"][0]["path"]].chunks
+    chunks = tuple(image_chunks[i] if i in (iy, ix) else 1 for i in range(len(names)))
+    fmt = FormatV05() if field.metadata.zarr_format == 3 else FormatV04()
+    labels_group = field.require_group("labels")
+    if name in labels_group:
+        logger.info("%s: replacing labels %r", where, name)
+        del labels_group[name]
+    group = labels_group.create_group(name)
+    datasets = []
+    for dataset, shape in zip(multiscale["datasets"], level_shapes):
+        level = nearest_downsample(labels, (shape[iy], shape[ix]))
+        level = level.reshape([s if i in (iy, ix) else 1 for i, s in enumerate(shape)])
+        write_level(group, dataset["path"], level, chunks, names)
+        datasets.append({"path": dataset["path"], "coordinateTransformations": dataset["coordinateTransformations"]})
+    write_multiscales_metadata(group, datasets=datasets, fmt=fmt, axes=axes, name=name)
+
+    values = np.unique(labels)
+    colors = [{"label-value": int(v), "rgba": label_color(int(v))} for v in values if v != 0]
+    write_label_metadata(labels_group, name, colors=colors, properties=_properties_list(properties, where),
+                         fmt=fmt, source={"image": "../../"})
+    listed = list(dict.fromkeys(ome_attrs(labels_group).get("labels", [])))
+    set_ome_attrs(labels_group, {"labels": listed}, version=fmt.version)
