@@ -1,0 +1,43 @@
+"""SubCell inference: plain-torch ViT + gated-attention pooler + MLP classifiers, preprocessing, weights.
+
+``SubCell`` and friends are imported lazily, so ``subcell_scale.models.registry`` and
+``subcell_scale.models.preprocessing`` can be used without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "SubCell": "subcell_scale.models.subcell",
+    "SubCellOutput": "subcell_scale.models.subcell",
+    "ModelConfig": "subcell_scale.models.config",
+    "VARIANTS": "subcell_scale.models.registry",
+    "Variant": "subcell_scale.models.registry",
+    "get_variant": "subcell_scale.models.registry",
+    "CLASS_NAMES": "subcell_scale.models.registry",
+    "CLASS_COLORS": "subcell_scale.models.registry",
+    "DEFAULT_VARIANT": "subcell_scale.models.registry",
+    "download_variant": "subcell_scale.models.download",
+    "cached_files": "subcell_scale.models.download",
+    "cache_root": "subcell_scale.models.download",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ModelConfig
+    from .download import cache_root, cached_files, download_variant
+    from .registry import CLASS_COLORS, CLASS_NAMES, DEFAULT_VARIANT, VARIANTS, Variant, get_variant
+    from .subcell import SubCell, SubCellOutput
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'subcell_scale.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,296 @@
+"""Model cache and HTTPS download of the published SubCell checkpoints.
+
+Layout: ``<cache>/<variant>/<published file name>`` plus ``<cache>/<variant>/manifest.json`` recording
+each file's URL, size and sha256. The cache root is ``$SUBCELL_SCALE_HOME`` or ``~/.cache/subcell-scale``.
+
+A download writes ``<file>.part`` and resumes it with an HTTP ``Range`` request after a dropped
+connection (also in a later run). The file is renamed into place only after its size matches the
+server's, its MD5 matches a plain S3 ETag (when the server sends one), its sha256 matches the manifest
+(when already recorded) and it loads as the expected state_dict; so a half-written or corrupted file is
+never used. :func:`cached_files` re-checks every sha256 before a model is built from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import CheckpointError, DownloadError
+from .registry import BASE_URL, N_CLASSIFIER_SEEDS, VARIANTS, Variant, get_variant
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+ENV_HOME = "SUBCELL_SCALE_HOME"
+_CHUNK = 1 << 20
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_PLAIN_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The model cache: ``cache_dir``, else ``$SUBCELL_SCALE_HOME``, else ``~/.cache/subcell-scale``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME]).expanduser()
+    return Path.home() / ".cache" / "subcell-scale"
+
+
+def variant_dir(variant: str | Variant, cache_dir: str | Path | None = None) -> Path:
+    return cache_root(cache_dir) / get_variant(variant).name
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The variant folder's manifest, or an empty one."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return {"files": {}}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        msg = f"{path}: unreadable model cache manifest ({exc}); delete it and download again"
+        raise CheckpointError(msg) from exc
+    data.setdefault("files", {})
+    return data
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    from .checkpoint import sha256_file
+
+    return sha256_file(path)
+
+
+def cached_files(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: str | Path | None = None,
+                 verify: bool = True) -> tuple[Path, list[Path]]:
+    """Paths of a cached variant's encoder and its first ``n_classifiers`` classifiers, sha256-checked.
+
+    Raises
+    ------
+    CheckpointError
+        A file is not cached (the message gives the download command) or its sha256 differs from the
+        manifest (the file was changed or damaged after download).
+    """
+    v = get_variant(variant)
+    if not 0 <= n_classifiers <= N_CLASSIFIER_SEEDS:
+        msg = f"n_classifiers must be 0..{N_CLASSIFIER_SEEDS}, got {n_classifiers}"
+        raise CheckpointError(msg)
+    folder = variant_dir(v, cache_dir)
+    manifest = read_manifest(folder)
+    names = [v.encoder_filename] + [v.classifier_filename(k) for k in range(n_classifiers)]
+    paths = []
+    for name in names:
+        path = folder / name
+        entry = manifest["files"].get(name)
+        if entry is None or not path.is_file():
+            msg = (f"{path}: not in the model cache; run `subcell-scale download {v.name} --classifiers "
+                   f"{n_classifiers}` (cache: {cache_root(cache_dir)}, or set ${ENV_HOME})")
+            raise CheckpointError(msg)
+        if verify:
+            actual = _sha256(path)
+            if actual != entry["sha256"]:
+                msg = (f"{path}: sha256 {actual[:16]}... does not match {entry['sha256'][:16]}... recorded in "
+                       f"{folder / MANIFEST}; the file changed after download; download it again with --force")
+                raise CheckpointError(msg)
+        paths.append(path)
+    return paths[0], paths[1:]
+
+
+def cache_status(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per published variant: its channels and what of it is cached (no hashing)."""
+    rows = []
+    for v in VARIANTS.values():
+        folder = variant_dir(v, cache_dir)
+        files = read_manifest(folder)["files"] if folder.is_dir() else {}
+        present = {name for name in files if (folder / name).is_file()}
+        seeds = [k for k in range(N_CLASSIFIER_SEEDS) if v.classifier_filename(k) in present]
+        rows.append({"variant": v.name, "channels": list(v.channels), "encoder": v.encoder_filename in present,
+                     "classifier_seeds": seeds, "path": str(folder)})
+    return rows
+
+
+def _validate_encoder(variant: Variant) -> Callable[[Path], None]:
+    def check(path: Path) -> None:
+        from .checkpoint import check_state_dict, infer_config, load_state_dict_file
+        from .subcell import expected_encoder_shapes
+
+        sd = load_state_dict_file(path)
+        config = infer_config(sd, path, num_heads=1)
+        if config.num_channels != variant.num_channels:
+            msg = f"{path}: has {config.num_channels} input channels, variant {variant.name} needs {variant.num_channels}"
+            raise CheckpointError(msg)
+        check_state_dict(sd, expected_encoder_shapes(config), path, f"SubCell encoder of {variant.name}")
+
+    return check
+
+
+def _validate_classifier(path: Path) -> None:
+    from .checkpoint import classifier_shapes, load_state_dict_file
+
+    classifier_shapes(load_state_dict_file(path), path)
+
+
+def download_file(url: str, dest: str | Path, *, expected_sha256: str | None = None, retries: int = 3,
+                  timeout: float = 60.0, progress: bool = True,
+                  validate: Callable[[Path], None] | None = None) -> tuple[str, int]:
+    """Fetch ``url`` to ``dest`` resumably and atomically; returns ``(sha256, size)``.
+
+    Parameters
+    ----------
+    expected_sha256
+        Refuse the file unless it has this digest.
+    retries
+        Extra attempts after a dropped connection, each resuming from the ``.part`` file. With 0 the
+        first failure raises and leaves ``.part`` for a later call to resume.
+    validate
+        Called on the finished ``.part`` before the rename; a :class:`CheckpointError` refuses the file.
+
+    Raises
+    ------
+    DownloadError
+        HTTP error, connection lost after all retries, size/MD5/sha256 mismatch or failed validation;
+        the message names the URL and the file.
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    attempt = 0
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": f"subcell-scale/{__version__}"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (http(s) URL by design)
+                total, etag = _response_size(resp, offset, part)
+                if resp.status == 200:
+                    offset = 0
+                with open(part, "ab" if offset else "wb") as fh, tqdm(
+                        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                        desc=dest.name, disable=not progress, leave=False) as bar:
+                    while block := resp.read(_CHUNK):
+                        fh.write(block)
+                        bar.update(len(block))
+            size = part.stat().st_size
+            if total is not None and size != total:
+                msg = f"{url}: connection ended at {size} of {total} bytes"
+                raise HTTPException(msg)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset:
+                logger.warning("%s: server refused to resume at byte %d; starting over", url, offset)
+                part.unlink(missing_ok=True)
+                continue
+            msg = f"{url}: HTTP {exc.code} {exc.reason} while downloading {dest.name}"
+            raise DownloadError(msg) from exc
+        except (urllib.error.URLError, HTTPException, OSError) as exc:
+            attempt += 1
+            have = part.stat().st_size if part.exists() else 0
+            if attempt > retries:
+                msg = (f"{url}: download of {dest.name} failed after {attempt} attempt(s) ({type(exc).__name__}: "
+                       f"{exc}); {have} bytes kept in {part}, run the download again to resume")
+                raise DownloadError(msg) from exc
+            logger.warning("%s: %s; resuming from byte %d (attempt %d of %d)", url, exc, have, attempt + 1, retries + 1)
+            time.sleep(min(2.0 ** (attempt - 1), 10.0) * 0.1)
+
+    sha = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(part, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            sha.update(block)
+            md5.update(block)
+    digest = sha.hexdigest()
+    problem = None
+    match = _PLAIN_ETAG.match(etag or "")
+    if match and match.group(1).lower() != md5.hexdigest():
+        problem = f"MD5 {md5.hexdigest()} differs from the server's ETag {match.group(1)} (corrupted in transfer)"
+    elif expected_sha256 and digest != expected_sha256:
+        problem = f"sha256 {digest} differs from the expected {expected_sha256}"
+    elif validate is not None:
+        try:
+            validate(part)
+        except CheckpointError as exc:
+            problem = f"not the expected checkpoint: {exc}"
+    if problem:
+        part.unlink(missing_ok=True)
+        msg = f"{url}: downloaded {dest.name} refused: {problem}; nothing was kept"
+        raise DownloadError(msg)
+    size = part.stat().st_size
+    os.replace(part, dest)
+    return digest, size
+
+
+def _response_size(resp: Any, offset: int, part: Path) -> tuple[int | None, str | None]:
+    """Total size of the resource and its ETag; checks that a 206 resumes where ``part`` ends."""
+    etag = resp.headers.get("ETag")
+    if resp.status == 206:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != offset:
+            msg = f"server resumed at {resp.headers.get('Content-Range')!r}, expected byte {offset} of {part.name}"
+            raise HTTPException(msg)
+        return (int(m.group(3)) if m.group(3) != "*" else None), etag
+    length = resp.headers.get("Content-Length")
+    return (int(length) if length is not None else None), etag
+
+
+def download_variant(variant: str | Variant, *, n_classifiers: int = 1, dest: str | Path | None = None,
+                     base_url: str = BASE_URL, force: bool = False, retries: int = 3, timeout: float = 60.0,
+                     progress: bool = True) -> Path:
+    """Download a variant's encoder and classifier seeds 0..n-1 into the cache; returns its folder.
+
+    Files already recorded in the manifest with a matching sha256 are skipped (unless ``force``); each
+    finished file is added to the manifest at once, so an interrupted run keeps what it finished.
+    """
+    v = get_variant(variant)
+    if not 0 <= n_classifiers <= N_CLASSIFIER_SEEDS:
+        msg = f"--classifiers must be 0..{N_CLASSIFIER_SEEDS}, got {n_classifiers}"
+        raise DownloadError(msg)
+    folder = variant_dir(v, dest)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"{folder}: cannot create the model cache folder ({exc})"
+        raise DownloadError(msg) from exc
+    manifest = read_manifest(folder)
+    manifest.update(variant=v.name, channels=list(v.channels), base_url=base_url)
+    jobs = [(v.encoder_filename, v.encoder_url(base_url), "encoder", None, _validate_encoder(v))]
+    jobs += [(v.classifier_filename(k), v.classifier_url(k, base_url), "classifier", k, _validate_classifier)
+             for k in range(n_classifiers)]
+    for name, url, kind, seed, validate in jobs:
+        path = folder / name
+        entry = manifest["files"].get(name)
+        if entry and path.is_file() and not force:
+            if _sha256(path) == entry["sha256"]:
+                logger.info("%s: already cached", name)
+                continue
+            logger.warning("%s: cached file does not match its recorded sha256; downloading again", name)
+        logger.info("downloading %s", url)
+        digest, size = download_file(url, path, retries=retries, timeout=timeout, progress=progress,
+                                     validate=validate)
+        manifest["files"][name] = {
+            "kind": kind, "seed": seed, "url": url, "sha256": digest, "size": size,
+            "downloaded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_manifest(folder, manifest)
+    _write_manifest(folder, manifest)
+    return folder

@@ -1,0 +1,469 @@
+"""``SubCell``: backbone + gated-attention pooler + MLP classifier ensemble, with loading and batching.
+
+Module tree (and so ``state_dict`` keys): ``encoder.*`` and ``pool_model.*`` exactly as the published
+encoder files, ``classifiers.{k}.{0,3,6}.*`` for the classifier seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ChannelMismatchError, CheckpointError, ConfigError
+from .checkpoint import (check_state_dict, classifier_shapes, infer_config, load_state_dict_file,
+                         sha256_file)
+from .classifier import MLPClassifier, ProbabilityMode, ensemble_probabilities
+from .config import ModelConfig
+from .pooling import GatedAttentionPooler
+from .preprocessing import REFERENCE_EPS, min_max_normalize
+from .registry import DEFAULT_VARIANT, Variant, default_channels, get_variant
+from .vit import ViT, AttentionImpl, PosInterpolation
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class SubCellOutput:
+    """What one forward pass returns.
+
+    Attributes
+    ----------
+    embedding
+        ``(B, pool_heads * hidden)`` (1536 for the published models), float32.
+    probabilities
+        ``(B, 31)`` mean of the classifiers' sigmoids (softmax of it in ``probability_mode="softmax"``);
+        ``None`` without classifiers.
+    pool_attention
+        ``(B, pool_heads, H/16, W/16)`` gated-attention weights of the patches (CLS column dropped).
+    attentions
+        ``(B, heads, H/16, W/16)`` last layer's CLS-to-patch attention, only with ``return_attentions=True``.
+    logits
+        ``(B, K, 31)`` each classifier's logits; ``None`` without classifiers.
+    last_hidden_state
+        ``(B, 1 + N, hidden)``, only with ``return_hidden_state=True``.
+    """
+
+    embedding: torch.Tensor
+    probabilities: torch.Tensor | None
+    pool_attention: torch.Tensor
+    attentions: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _random_array(seed: int, name: str, shape: tuple[int, ...], kind: str, fan_in: int) -> np.ndarray:
+    """Deterministic values for one parameter, from numpy's PCG64 stream seeded by (seed, crc32(name)).
+
+    numpy's Generator streams do not depend on the machine, so the same seed gives bit-identical
+    weights everywhere, and each tensor's values do not depend on the others (a deeper config keeps
+    the first layers' weights).
+    """
+    if kind == "zeros":
+        return np.zeros(shape, np.float32)
+    if kind == "ones":
+        return np.ones(shape, np.float32)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, zlib.crc32(name.encode())])))
+    std = 0.02 if kind == "vit" else 1.0 / np.sqrt(fan_in)
+    # uniform with the wanted standard deviation: cheaper to draw than normals and bounded like a
+    # truncated normal
+    values = rng.random(shape, dtype=np.float32)
+    values *= np.float32(2 * np.sqrt(3) * std)
+    values -= np.float32(np.sqrt(3) * std)
+    return values
+
+
+class SubCell(nn.Module):
+    """The SubCell model, ready for inference.
+
+    Build it with :meth:`from_pretrained` (model cache), :meth:`from_checkpoint` (files) or
+    :meth:`random` (demos and tests). Call it on float ``(B, C, H, W)`` in [0, 1] with H, W multiples
+    of 16, or use :meth:`embed` on numpy crops.
+
+    Parameters
+    ----------
+    config
+        Architecture.
+    n_classifiers
+        Number of MLP heads (0..10); their sigmoids are averaged.
+    channels
+        Model slots in input order; defaults to the variant's, else to the usual slots for the count.
+    variant
+        Published variant name, if these are (or stand in for) its weights.
+    device
+        ``"cuda"``, ``"cpu"``, ...; ``None`` picks CUDA when available.
+    precision
+        ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast
+        only applies on CUDA).
+    probability_mode
+        ``"sigmoid"`` (published) or ``"softmax"`` (SubCellPortable >= 2025-10 compatibility).
+    pos_interpolation
+        ``"size"`` (transformers >= 4.45, default) or ``"legacy"`` (<= 4.44).
+    attention
+        ``"sdpa"`` (default) or ``"eager"`` (reference-style, every layer's probabilities kept).
+    max_batch_bytes
+        Activation budget per forward pass; a batch whose estimate (:meth:`estimate_batch_bytes`) is
+        larger raises ``torch.OutOfMemoryError`` as the GPU would, so :meth:`embed` splits it.
+    compile
+        Wrap the backbone in ``torch.compile`` (first call per input shape is slow).
+    """
+
+    def __init__(self, config: ModelConfig, *, n_classifiers: int = 1, channels: Sequence[str] | None = None,
+                 variant: str | None = None, device: str | torch.device | None = None,
+                 precision: Precision = "auto", probability_mode: ProbabilityMode = "sigmoid",
+                 pos_interpolation: PosInterpolation = "size", attention: AttentionImpl = "sdpa",
+                 max_batch_bytes: int | None = None, compile: bool = False) -> None:
+        super().__init__()
+        if not 0 <= n_classifiers <= 10:
+            msg = f"n_classifiers must be 0..10 (ten seeds are published), got {n_classifiers}"
+            raise ConfigError(msg)
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            msg = f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}"
+            raise ConfigError(msg)
+        if probability_mode not in ("sigmoid", "softmax"):
+            msg = f"probability_mode must be 'sigmoid' or 'softmax', got {probability_mode!r}"
+            raise ConfigError(msg)
+        self.config = config
+        self.variant = get_variant(variant).name if variant else None
+        if channels is None:
+            channels = get_variant(variant).channels if variant else default_channels(config.num_channels)
+        if len(channels) != config.num_channels:
+            msg = f"{len(channels)} channel names {list(channels)} for a model with {config.num_channels} inputs"
+            raise ChannelMismatchError(msg)
+        self.channels: tuple[str, ...] = tuple(channels)
+        self.precision: Precision = precision
+        self.probability_mode: ProbabilityMode = probability_mode
+        self.max_batch_bytes = max_batch_bytes
+        self.checkpoint_sha256: str | None = None
+        self.classifier_sha256: list[str] = []
+        self.encoder = ViT(config, attention=attention, pos_interpolation=pos_interpolation)
+        self.pool_model = GatedAttentionPooler(config)
+        self.classifiers = nn.ModuleList(MLPClassifier.from_config(config) for _ in range(n_classifiers))
+        self.requires_grad_(False)
+        self.eval()
+        self.to(_resolve_device(device))
+        # kept out of the module tree so the compiled wrapper adds no state_dict keys
+        self.__dict__["_compiled_encoder"] = torch.compile(self.encoder) if compile else None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def random(cls, variant: str | Variant | ModelConfig = DEFAULT_VARIANT, *, seed: int = 0,
+               n_classifiers: int = 1, device: str | torch.device | None = None, **options: Any) -> SubCell:
+        """A model with deterministic random weights (same seed -> bit-identical weights on any machine).
+
+        For demos without downloaded weights and for tests with tiny configs. ``variant`` is a variant
+        name (full-size ViT-B/16 with its channels) or a :class:`ModelConfig`; ``options`` are passed
+        to the constructor. ``checkpoint_sha256`` is the sha256 of the generated weights.
+        """
+        if isinstance(variant, ModelConfig):
+            config, name = variant, None
+        else:
+            v = get_variant(variant)
+            config, name = ModelConfig(num_channels=v.num_channels), v.name
+        model = cls._empty(config, n_classifiers=n_classifiers, variant=name, **options)
+        digest = hashlib.sha256(f"subcell-scale random seed={seed}".encode())
+        state = {}
+        for key, tensor in model.state_dict().items():
+            leaf = key.rsplit(".", 1)[-1]
+            if key.endswith("layernorm_before.weight") or key.endswith("layernorm_after.weight") \
+                    or key == "encoder.layernorm.weight":
+                kind = "ones"
+            elif leaf == "bias":
+                kind = "zeros"
+            else:
+                kind = "mlp" if key.startswith("classifiers.") else "vit"
+            fan_in = int(np.prod(tensor.shape[1:])) if tensor.ndim > 1 else 1
+            arr = _random_array(seed, key, tuple(tensor.shape), kind, fan_in)
+            digest.update(key.encode())
+            digest.update(arr.tobytes())
+            state[key] = torch.from_numpy(arr)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.requires_grad_(False)
+        model.checkpoint_sha256 = digest.hexdigest()
+        return model.to(_resolve_device(device))
+
+    @classmethod
+    def _empty(cls, config: ModelConfig, **kwargs: Any) -> SubCell:
+        """A CPU model with uninitialised weights, for loaders that fill every tensor anyway."""
+        with torch.device("meta"):
+            model = cls(config, device="meta", **kwargs)
+        return model.to_empty(device="cpu")
+
+    @classmethod
+    def from_checkpoint(cls, encoder_path: str | Path, classifier_paths: Sequence[str | Path] = (), device:
+                        str | torch.device | None = None, *, variant: str | None = None,
+                        num_heads: int | None = None, **options: Any) -> SubCell:
+        """Load published-layout weight files strictly.
+
+        Parameters
+        ----------
+        encoder_path
+            Raw state_dict with ``encoder.*`` and ``pool_model.*`` keys (e.g. ``all_channels_MAE-CellS-ProtS-Pool.pth``).
+        classifier_paths
+            MLP classifier files (keys ``0/3/6``); their sigmoids are averaged.
+        variant
+            Variant these weights belong to; its channel count is checked against the file.
+        num_heads
+            Attention heads, needed only when the width is not a multiple of 64.
+        options
+            Passed to the constructor (``precision``, ``probability_mode``, ``channels``, ...).
+
+        Raises
+        ------
+        CheckpointError
+            Unreadable/unsafe file, wrong keys or shapes, channel count of another variant, or a
+            classifier that does not fit the encoder; the message names the file.
+        """
+        encoder_path = Path(encoder_path)
+        sd = load_state_dict_file(encoder_path)
+        config = infer_config(sd, encoder_path, num_heads=num_heads)
+        if variant is not None:
+            v = get_variant(variant)
+            if v.num_channels != config.num_channels:
+                msg = (f"{encoder_path}: has {config.num_channels} input channels but variant {v.name} needs "
+                       f"{v.num_channels} ({', '.join(v.channels)}); is this another variant's file?")
+                raise CheckpointError(msg)
+        classifier_sds = []
+        for cpath in classifier_paths:
+            csd = load_state_dict_file(cpath)
+            in_dim, hidden, n_classes = classifier_shapes(csd, cpath)
+            if in_dim != config.embedding_dim:
+                msg = (f"{cpath}: classifier takes {in_dim}-d embeddings but the encoder {encoder_path.name} "
+                       f"gives {config.embedding_dim}-d")
+                raise CheckpointError(msg)
+            config = replace(config, classifier_hidden=hidden, num_classes=n_classes)
+            classifier_sds.append((Path(cpath), csd))
+        model = cls._empty(config, n_classifiers=len(classifier_sds), variant=variant, **options)
+        check_state_dict(sd, model.encoder_state_dict(), encoder_path, f"SubCell encoder ({config.num_channels} channels)")
+        model.load_encoder_state_dict(sd)
+        for k, (cpath, csd) in enumerate(classifier_sds):
+            check_state_dict(csd, model.classifiers[k].state_dict(), cpath, "SubCell MLP classifier")
+            model.classifiers[k].load_state_dict(csd, strict=True)
+        model.checkpoint_sha256 = sha256_file(encoder_path)
+        model.classifier_sha256 = [sha256_file(p) for p, _ in classifier_sds]
+        logger.info("loaded %s (%d channels, %d layers, %d classifiers)", encoder_path.name,
+                    config.num_channels, config.num_layers, len(classifier_sds))
+        return model.to(_resolve_device(device))
+
+    @classmethod
+    def from_pretrained(cls, variant: str = DEFAULT_VARIANT, *, n_classifiers: int = 1,
+                        cache_dir: str | Path | None = None, device: str | torch.device | None = None,
+                        **options: Any) -> SubCell:
+        """Load a published variant from the model cache (``subcell-scale download VARIANT`` fills it).
+
+        The sha256 of every file is checked against the cache manifest first; a mismatch is a
+        :class:`CheckpointError` naming the file. ``n_classifiers`` picks seeds 0..n-1.
+        """
+        from .download import cached_files
+
+        encoder_path, classifier_paths = cached_files(variant, n_classifiers=n_classifiers, cache_dir=cache_dir)
+        return cls.from_checkpoint(encoder_path, classifier_paths, device, variant=get_variant(variant).name,
+                                   **options)
+
+    # ------------------------------------------------------------------ state
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The ``encoder.*`` and ``pool_model.*`` tensors: exactly the published encoder file's keys."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("classifiers.")}
+
+    def load_encoder_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Strictly load an encoder file's tensors (all keys must be present, none extra)."""
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        if unexpected or any(not k.startswith("classifiers.") for k in missing):
+            msg = f"encoder state_dict mismatch: missing {missing[:4]}, unexpected {unexpected[:4]}"
+            raise CheckpointError(msg)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    @property
+    def n_classifiers(self) -> int:
+        return len(self.classifiers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.layernorm.weight.device
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or self.precision == "fp32":
+            return None
+        return _AUTOCAST.get(self.precision, torch.bfloat16)
+
+    def estimate_batch_bytes(self, batch: int, height: int, width: int, *, attentions: bool = False) -> int:
+        """Rough peak activation bytes of one forward pass (weights excluded).
+
+        Counts the widest live tensors of one block (residual, LayerNorm output, q/k/v, MLP hidden) and,
+        for eager attention, the ``heads x T x T`` score and probability tensors (all layers' when the
+        reference-style ``attention="eager"`` keeps them).
+        """
+        c = self.config
+        tokens = (height // c.patch_size) * (width // c.patch_size) + 1
+        elem = 2 if self._autocast_dtype() is not None else 4
+        per_token = 6 * c.hidden_size + 2 * c.intermediate_size + 2 * c.pool_int_dim
+        total = batch * tokens * per_token * elem
+        eager_layers = c.num_layers if self.encoder.attention_impl == "eager" else int(attentions)
+        if eager_layers:
+            total += batch * c.num_heads * tokens * tokens * 4 * (2 + eager_layers)
+        return int(total)
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, x: torch.Tensor, *, return_attentions: bool = False,
+                return_hidden_state: bool = False) -> SubCellOutput:
+        """Embed a float batch ``(B, C, H, W)`` in [0, 1]; H and W must be multiples of the patch size."""
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.num_channels:
+            msg = (f"SubCell expects (B, {c.num_channels}, H, W) input with channels ({', '.join(self.channels)}), "
+                   f"got shape {tuple(x.shape)}")
+            raise ChannelMismatchError(msg)
+        batch, _, height, width = x.shape
+        if height % c.patch_size or width % c.patch_size or height == 0 or width == 0:
+            msg = f"SubCell input height and width must be multiples of {c.patch_size}, got {height} x {width}"
+            raise ConfigError(msg)
+        if self.max_batch_bytes is not None:
+            need = self.estimate_batch_bytes(batch, height, width, attentions=return_attentions)
+            if need > self.max_batch_bytes:
+                msg = (f"batch of {batch} at {height}x{width} needs about {need / 2**20:.0f} MiB of activations, "
+                       f"over the max_batch_bytes budget of {self.max_batch_bytes / 2**20:.0f} MiB")
+                raise torch.OutOfMemoryError(msg)
+        x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        amp = self._autocast_dtype()
+        ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
+        with ctx:
+            encoder = self.__dict__["_compiled_encoder"] or self.encoder
+            hidden, attn = encoder(x, output_attentions="last" if return_attentions else "none")
+            embedding, weights = self.pool_model(hidden)
+            logits, probs = self._classify(embedding) if self.classifiers else (None, None)
+        gh, gw = height // c.patch_size, width // c.patch_size
+        out = SubCellOutput(
+            embedding=embedding.float(),
+            probabilities=probs,
+            pool_attention=weights[:, :, 1:].reshape(batch, -1, gh, gw).float(),
+            logits=logits,
+        )
+        if return_attentions and attn is not None:
+            out.attentions = attn[-1][:, :, 0, 1:].reshape(batch, -1, gh, gw).float()
+        if return_hidden_state:
+            out.last_hidden_state = hidden.float()
+        return out
+
+    def _classify(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, K, classes)`` of every classifier and their ensemble probabilities ``(B, classes)``.
+
+        CPU kernels (GEMM for a handful of rows, the vectorised sigmoid's scalar tail) round differently
+        depending on how many values they see, so a cell's probabilities would depend on how many cells
+        share its batch. Padding the rows to a multiple of 16 keeps them bit-identical whatever the
+        batch size.
+        """
+        rows = embedding.shape[0]
+        padded = -(-rows // 16) * 16
+        if padded != rows:
+            embedding = torch.cat((embedding, embedding.new_zeros(padded - rows, embedding.shape[1])))
+        logits = torch.stack([clf(embedding) for clf in self.classifiers], dim=1).float()
+        probs = ensemble_probabilities(logits, self.probability_mode)
+        return logits[:rows], probs[:rows]
+
+    def embed(self, crops: np.ndarray | torch.Tensor, *, batch_size: int = 64, eps: float = REFERENCE_EPS,
+              ) -> dict[str, np.ndarray | None]:
+        """Embed many crops in batches; returns numpy arrays.
+
+        Parameters
+        ----------
+        crops
+            ``(N, C, H, W)``, or ``(N, P, C, H, W)`` for P passes per cell (multi-pass mode: the passes'
+            embeddings are concatenated). Integer crops (uint8, uint16, ...) are min-max normalised per
+            crop over all channels first, exactly as the reference (``(x - min) / (max - min + eps)``);
+            float crops are taken as already normalised and passed through.
+        batch_size
+            Crops per forward pass. When a pass runs out of memory (CUDA, or the ``max_batch_bytes``
+            budget), the batch is halved and retried, down to 1; results do not depend on the split.
+
+        Returns
+        -------
+        dict
+            ``"embedding"`` ``(N, D)`` (``(N, P * D)`` multi-pass), ``"probabilities"`` ``(N, 31)``
+            (``(N, P, 31)`` multi-pass; ``None`` without classifiers), ``"pool_attention"``
+            ``(N, 2, H/16, W/16)`` (``(N, P, 2, H/16, W/16)`` multi-pass).
+        """
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ConfigError(msg)
+        arr = crops.detach().cpu().numpy() if isinstance(crops, torch.Tensor) else np.asarray(crops)
+        if arr.ndim not in (4, 5):
+            msg = f"embed expects crops (N, C, H, W) or (N, P, C, H, W), got shape {arr.shape}"
+            raise ChannelMismatchError(msg)
+        lead = arr.shape[:-3]
+        flat = arr.reshape(-1, *arr.shape[-3:])
+        n = flat.shape[0]
+        if np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_:
+            flat = min_max_normalize(flat, eps=eps)
+        else:
+            flat = flat.astype(np.float32, copy=False)
+            if n and (float(flat.min()) < -1e-3 or float(flat.max()) > 1 + 1e-3):
+                logger.warning("float crops span [%.3g, %.3g], outside [0, 1]; SubCell expects min-max normalised "
+                               "input (pass integer crops to have them normalised)", flat.min(), flat.max())
+        c = self.config
+        gh, gw = arr.shape[-2] // c.patch_size, arr.shape[-1] // c.patch_size
+        emb = np.empty((n, c.embedding_dim), np.float32)
+        probs = np.empty((n, c.num_classes), np.float32) if self.classifiers else None
+        pool = np.empty((n, c.pool_heads, gh, gw), np.float32)
+        size = batch_size
+        start = 0
+        pin = self.device.type == "cuda"
+        with torch.inference_mode():
+            while start < n:
+                stop = min(start + size, n)
+                batch = torch.from_numpy(np.ascontiguousarray(flat[start:stop]))
+                if pin:
+                    batch = batch.pin_memory()
+                try:
+                    out = self(batch)
+                except torch.OutOfMemoryError as exc:
+                    if size == 1:
+                        raise
+                    size = max(1, (stop - start) // 2)
+                    logger.warning("out of memory with a batch of %d crops (%s); retrying with %d",
+                                   stop - start, " ".join(str(exc).split())[:120], size)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                emb[start:stop] = out.embedding.cpu().numpy()
+                pool[start:stop] = out.pool_attention.cpu().numpy()
+                if probs is not None:
+                    probs[start:stop] = out.probabilities.cpu().numpy()
+                start = stop
+        if len(lead) == 2:
+            return {
+                "embedding": emb.reshape(lead[0], -1),
+                "probabilities": probs.reshape(*lead, -1) if probs is not None else None,
+                "pool_attention": pool.reshape(*lead, *pool.shape[1:]),
+            }
+        return {"embedding": emb, "probabilities": probs, "pool_attention": pool}
+
+    def extra_repr(self) -> str:
+        return (f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
+                f"classifiers={self.n_classifiers}, precision={self.precision}")
+
+
+def expected_encoder_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    """Key -> shape of the encoder file for ``config``, built on the meta device (no memory used)."""
+    with torch.device("meta"):
+        model = SubCell(config, n_classifiers=0, device="meta")
+    return {k: v.shape for k, v in model.encoder_state_dict().items()}

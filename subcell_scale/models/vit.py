@@ -1,0 +1,229 @@
+"""Plain-torch ViT backbone with the parameter names of transformers 4.x ``ViTModel``.
+
+The published SubCell encoders are raw state_dicts of ``ViTModel(add_pooling_layer=False)``; keeping
+the module tree identical (``embeddings``, ``encoder.layer.{i}.attention.attention.query``, ...) lets a
+checkpoint load with one strict ``load_state_dict`` and without a transformers dependency, whose key
+names changed in 5.x.
+
+Attention runs through ``scaled_dot_product_attention`` unless its probabilities are requested: then
+only the layers whose probabilities are returned run the eager softmax. ``attention="eager"`` runs every
+layer eagerly and keeps all probabilities, as the reference tool does (used by the benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .config import ModelConfig
+
+PosInterpolation = Literal["size", "legacy"]
+AttentionImpl = Literal["sdpa", "eager"]
+OutputAttentions = Literal["none", "last", "all"]
+
+
+class PatchEmbeddings(nn.Module):
+    """Non-overlapping patches -> tokens, row-major (y, then x)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(x).flatten(2).transpose(1, 2)
+
+
+class Embeddings(nn.Module):
+    """Patch tokens, a prepended CLS token and (interpolated) position embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.grid_size**2 + 1, config.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(config)
+        self.pos_interpolation: PosInterpolation = "size"
+
+    def interpolate_pos_encoding(self, n_patches: int, height: int, width: int) -> torch.Tensor:
+        """Position table for an input of ``height`` x ``width`` pixels.
+
+        ``pos_interpolation="size"`` follows transformers >= 4.45 (bicubic to the exact patch grid,
+        skipped for the square training size); ``"legacy"`` follows <= 4.44 (``scale_factor`` with the
+        +0.1 offset), which gives slightly different tables for sizes other than the training one.
+        """
+        pos = self.position_embeddings
+        n_table = pos.shape[1] - 1
+        if n_patches == n_table and height == width:
+            return pos
+        dim = pos.shape[-1]
+        side = int(math.sqrt(n_table))
+        new_h, new_w = height // self.config.patch_size, width // self.config.patch_size
+        patch = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        if self.pos_interpolation == "legacy":
+            patch = F.interpolate(patch, scale_factor=((new_h + 0.1) / side, (new_w + 0.1) / side),
+                                  mode="bicubic", align_corners=False)
+            if patch.shape[-2:] != (new_h, new_w):
+                msg = f"legacy position interpolation gave a {tuple(patch.shape[-2:])} grid for {(new_h, new_w)}"
+                raise ConfigError(msg)
+        else:
+            patch = F.interpolate(patch, size=(new_h, new_w), mode="bicubic", align_corners=False)
+        patch = patch.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat((pos[:, :1], patch), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        tokens = self.patch_embeddings(x)
+        cls = self.cls_token.expand(batch, -1, -1).to(tokens.dtype)
+        tokens = torch.cat((cls, tokens), dim=1)
+        pos = self.interpolate_pos_encoding(tokens.shape[1] - 1, height, width)
+        return tokens + pos.to(tokens.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; separate query/key/value projections as published."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, h: torch.Tensor, *, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, tokens, dim = h.shape
+        shape = (batch, tokens, self.num_heads, self.head_dim)
+        q = self.query(h).view(shape).transpose(1, 2)
+        k = self.key(h).view(shape).transpose(1, 2)
+        v = self.value(h).view(shape).transpose(1, 2)
+        if eager:
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            probs = scores.softmax(dim=-1)
+            ctx = torch.matmul(probs, v)
+        else:
+            probs = None
+            ctx = F.scaled_dot_product_attention(q, k, v)
+        return ctx.transpose(1, 2).reshape(batch, tokens, dim), probs
+
+
+class SelfOutput(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.output = SelfOutput(config)
+
+    def forward(self, h: torch.Tensor, *, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ctx, probs = self.attention(h, eager=eager)
+        return self.output(ctx), probs
+
+
+class Intermediate(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # exact erf GELU, as transformers' "gelu"
+
+
+class Output(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class Layer(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = Output(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, h: torch.Tensor, *, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, probs = self.attention(self.layernorm_before(h), eager=eager)
+        h = h + attn
+        h = h + self.output(self.intermediate(self.layernorm_after(h)))
+        return h, probs
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+
+
+class ViT(nn.Module):
+    """The SubCell backbone: ``forward(x) -> (last_hidden_state, attentions)``.
+
+    Parameters
+    ----------
+    config
+        Sizes; see :class:`ModelConfig`.
+    attention
+        ``"sdpa"`` (default, fused kernels, no probabilities kept) or ``"eager"`` (every layer computes
+        and returns its probabilities, like the reference; only for comparisons).
+    pos_interpolation
+        ``"size"`` (transformers >= 4.45, default) or ``"legacy"`` (<= 4.44).
+    """
+
+    def __init__(self, config: ModelConfig, *, attention: AttentionImpl = "sdpa",
+                 pos_interpolation: PosInterpolation = "size") -> None:
+        super().__init__()
+        if attention not in ("sdpa", "eager"):
+            msg = f"attention must be 'sdpa' or 'eager', got {attention!r}"
+            raise ConfigError(msg)
+        if pos_interpolation not in ("size", "legacy"):
+            msg = f"pos_interpolation must be 'size' (transformers >= 4.45) or 'legacy' (<= 4.44), got {pos_interpolation!r}"
+            raise ConfigError(msg)
+        self.config = config
+        self.attention_impl: AttentionImpl = attention
+        self.embeddings = Embeddings(config)
+        self.embeddings.pos_interpolation = pos_interpolation
+        self.encoder = Encoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, *, output_attentions: OutputAttentions = "none",
+                ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Run the backbone.
+
+        Returns
+        -------
+        last_hidden_state
+            ``(B, 1 + N, hidden)`` after the final LayerNorm; token 0 is CLS.
+        attentions
+            ``None`` for ``output_attentions="none"`` under SDPA; otherwise the probabilities
+            ``(B, heads, 1 + N, 1 + N)`` of the last layer (``"last"``) or of every layer (``"all"``
+            or ``attention="eager"``).
+        """
+        h = self.embeddings(x)
+        eager_all = self.attention_impl == "eager" or output_attentions == "all"
+        last = len(self.encoder.layer) - 1
+        kept: list[torch.Tensor] = []
+        for i, layer in enumerate(self.encoder.layer):
+            eager = eager_all or (output_attentions == "last" and i == last)
+            h, probs = layer(h, eager=eager)
+            if probs is not None:
+                kept.append(probs)
+        h = self.layernorm(h)
+        return h, (kept or None)
