@@ -1,0 +1,82 @@
+"""Seeded cells and profiles laid out like a pipeline's output, plus pycytominer-shaped frames.
+
+Cells: plates x wells x fields, rows sorted by plate, well, field (as the pipeline writes them),
+obs columns of the cells AnnData contract plus platemap columns; features = compound effect +
+plate effect + per-field shift + cell noise, with cell counts that vary per field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+DATA = Path(__file__).parent / "data"
+REAL_CELLPROFILER = DATA / "cellprofiler_BR00143976_5cells_profiles.csv"
+
+
+def simulated_cells(n_plates: int = 2, n_wells: int = 12, n_fields: int = 2, n_features: int = 24,
+                    cells: tuple[int, int] = (5, 40), seed: int = 0) -> ad.AnnData:
+    """A cells AnnData: a third of each plate's wells are DMSO negative controls."""
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "BCDEFG" for c in range(2, 12)][:n_wells]
+    compounds = ["DMSO" if i % 3 == 0 else f"cmp{i % 5}" for i in range(n_wells)]
+    effects = {c: (0.0 if c == "DMSO" else 1.5) * rng.normal(size=n_features) for c in set(compounds)}
+    obs_rows, blocks = [], []
+    for p in range(n_plates):
+        plate = f"P{p + 1}"
+        plate_effect = 0.5 * rng.normal(size=n_features)
+        for well, compound in zip(wells, compounds, strict=True):
+            for field in range(n_fields):
+                n = int(rng.integers(*cells))
+                shift = 0.2 * rng.normal(size=n_features)
+                blocks.append(effects[compound] + plate_effect + shift + rng.normal(size=(n, n_features)))
+                for label in range(1, n + 1):
+                    obs_rows.append({
+                        "plate": plate, "well": well, "row": well[0], "column": int(well[1:]),
+                        "field": str(field), "label": label, "area": float(rng.integers(200, 900)),
+                        "centroid_y": float(rng.uniform(0, 512)), "centroid_x": float(rng.uniform(0, 512)),
+                        "compound": compound, "moa": "control" if compound == "DMSO" else f"moa{compound[-1]}",
+                        "control_type": "negcon" if compound == "DMSO" else "trt",
+                    })
+    obs = pd.DataFrame(obs_rows)
+    for column in ("plate", "well", "row", "field"):
+        obs[column] = obs[column].astype("category")
+    obs["column"] = obs["column"].astype("category")
+    obs.index = pd.Index([f"{r.plate}_{r.well}_{r.field}_{r.label}" for r in obs.itertuples()], dtype=str)
+    x = np.concatenate(blocks).astype(np.float32)
+    var = pd.DataFrame(index=pd.Index([f"subcell_{i:04d}" for i in range(n_features)], dtype=str))
+    uns = {"subcell_scale": {"model_variant": "simulated", "version": "test"}}
+    return ad.AnnData(X=x, obs=obs, var=var, uns=uns)
+
+
+def pycytominer_frame(adata: ad.AnnData, metadata: list[str]) -> pd.DataFrame:
+    """Metadata_-prefixed obs columns (as plain strings / numbers) and float64 features, built directly."""
+    meta = pd.DataFrame({f"Metadata_{c}": (adata.obs[c].astype(str) if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)
+                                           else adata.obs[c]).to_numpy() for c in metadata})
+    features = pd.DataFrame(np.asarray(adata.X, dtype=np.float64), columns=list(adata.var_names))
+    return pd.concat([meta, features], axis=1)
+
+
+def simulated_profiles(n_plates: int = 2, n_wells: int = 40, n_features: int = 12, seed: int = 0) -> ad.AnnData:
+    """Well profiles with correlated features, controls in every plate, and a plate offset."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(n_features, n_features))
+    rows, blocks = [], []
+    for p in range(n_plates):
+        offset = 3 + rng.normal(size=n_features)
+        blocks.append(offset + rng.normal(size=(n_wells, n_features)) @ mixing)
+        for w in range(n_wells):
+            rows.append({"plate": f"P{p + 1}", "well": f"W{w:02d}", "compound": "DMSO" if w % 4 == 0 else f"cmp{w % 7}",
+                         "control_type": "negcon" if w % 4 == 0 else "trt", "n_cells": int(rng.integers(50, 300))})
+    obs = pd.DataFrame(rows)
+    obs.index = pd.Index([f"{r.plate}_{r.well}" for r in obs.itertuples()], dtype=str)
+    var = pd.DataFrame(index=pd.Index([f"subcell_{i:04d}" for i in range(n_features)], dtype=str))
+    return ad.AnnData(X=np.concatenate(blocks).astype(np.float32), obs=obs, var=var)
+
+
+def real_cellprofiler() -> pd.DataFrame:
+    """5 real cells x 320 CellProfiler features (see the .md beside the file)."""
+    return pd.read_csv(REAL_CELLPROFILER)

@@ -1,0 +1,140 @@
+"""normalize: pycytominer 1.7.1 (fixed spherize) per plate, degenerate features, reference errors."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pycytominer
+import pytest
+from scipy.spatial.distance import pdist
+from scipy.stats import median_abs_deviation
+
+from subcell_scale.errors import ProfilingError
+from subcell_scale.profiles import from_dataframe, normalize, profiling_steps
+
+from _profiles_sim import pycytominer_frame, real_cellprofiler, simulated_profiles
+
+NEGCON = "control_type == 'negcon'"
+META = ["plate", "well", "compound", "control_type"]
+METHODS = [
+    {"method": "standardize"},
+    {"method": "robustize"},
+    {"method": "mad_robustize"},
+    *({"method": "spherize", "spherize_method": m} for m in ("ZCA", "ZCA-cor", "PCA", "PCA-cor")),
+]
+
+
+def _pycytominer(profiles: ad.AnnData, by: str | None, samples: str, **kwargs) -> pd.DataFrame:
+    """pycytominer.normalize called once per stratum, as JUMP recipes loop over plates."""
+    frame = pycytominer_frame(profiles, META)
+    frame.index = profiles.obs_names
+    meta = [f"Metadata_{c}" for c in META]
+    groups = frame.groupby(f"Metadata_{by}") if by else [(None, frame)]
+    parts = [pycytominer.normalize(part, features=list(profiles.var_names), meta_features=meta,
+                                   samples=samples.replace("control_type", "Metadata_control_type"), **kwargs)
+             for _, part in groups]
+    return pd.concat(parts).loc[profiles.obs_names]
+
+
+@pytest.fixture(scope="module")
+def profiles() -> ad.AnnData:
+    return simulated_profiles(n_wells=40, n_features=8)  # 10 negcon wells per plate > 8 features
+
+
+@pytest.mark.parametrize("by", [None, "plate"])
+@pytest.mark.parametrize("kwargs", METHODS, ids=lambda k: k.get("spherize_method", k["method"]))
+def test_matches_pycytominer(profiles, kwargs, by):
+    result = normalize(profiles, reference=NEGCON, by=by, **kwargs)
+    expected = _pycytominer(profiles, by, NEGCON, **kwargs)
+    np.testing.assert_allclose(result.X, expected[list(result.var_names)].to_numpy(), rtol=1e-6, atol=1e-6)
+    assert result.X.dtype == np.float32
+    step = profiling_steps(result)[-1]
+    assert step["method"] == kwargs["method"] and step["reference"] == NEGCON and step["by"] == by
+    assert step["n_reference"] == ([20] if by is None else [10, 10])
+
+
+def test_pca_variants_rename_features(profiles):
+    result = normalize(profiles, method="spherize", spherize_method="PCA")
+    assert list(result.var_names) == [f"PC{i}" for i in range(1, 9)]
+
+
+@pytest.mark.parametrize("spherize_method", ["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
+def test_spherize_whitens_the_reference(profiles, spherize_method):
+    """The PR #748 fix: the reference rows come out with identity covariance (the old code did not)."""
+    result = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON,
+                       spherize_epsilon=0.0)
+    reference = result.X[(profiles.obs["control_type"] == "negcon").to_numpy()].astype(np.float64)
+    np.testing.assert_allclose(np.cov(reference, rowvar=False), np.eye(8), atol=1e-4)
+
+
+@pytest.mark.parametrize("spherize_method", ["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
+def test_spherize_with_fewer_reference_rows_than_features(spherize_method):
+    """n <= d: ZCA is unique; PCA components beyond the reference rank are an arbitrary basis of the
+    null space (in pycytominer too), so compare the leading components and all distances."""
+    profiles = simulated_profiles(n_plates=1, n_wells=24, n_features=12, seed=4)  # 6 negcon rows
+    result = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON)
+    expected = _pycytominer(profiles, None, NEGCON, method="spherize", spherize_method=spherize_method)
+    expected = expected[list(result.var_names)].to_numpy()
+    leading = 5 if spherize_method.startswith("PCA") else 12  # rank of 6 centred rows
+    np.testing.assert_allclose(result.X[:, :leading], expected[:, :leading], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pdist(result.X), pdist(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_degenerate_features_dropped_in_every_stratum_and_recorded(profiles):
+    data = profiles.copy()
+    p1_negcon = ((data.obs["plate"] == "P1") & (data.obs["control_type"] == "negcon")).to_numpy()
+    data.X[p1_negcon, 2] = 7.0                     # constant among P1's controls only
+    data.X[:, 5] = 1.0                             # constant everywhere
+    majority = np.flatnonzero((data.obs["control_type"] == "negcon").to_numpy())
+    data.X[majority[: len(majority) // 2 + 2], 6] = 0.5   # zero MAD among controls, not constant
+    result = normalize(data, method="mad_robustize", reference=NEGCON, by="plate")
+    dropped = ["subcell_0002", "subcell_0005", "subcell_0006"]
+    assert profiling_steps(result)[-1]["dropped_features"] == dropped
+    assert [v for v in data.var_names if v not in dropped] == list(result.var_names)
+    assert np.isfinite(result.X).all()
+    kept = [v for v in data.var_names if v not in dropped]
+    expected = _pycytominer(data[:, kept].copy(), "plate", NEGCON, method="mad_robustize")
+    np.testing.assert_allclose(result.X, expected[kept].to_numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_real_cellprofiler_degenerate_features_dropped():
+    """5 real cells: features constant or with zero MAD go (scipy's MAD as the oracle); the rest
+    equal pycytominer's output on the same (float32) values."""
+    frame = real_cellprofiler()
+    cells = from_dataframe(frame)
+    features = pycytominer.cyto_utils.infer_cp_features(frame)
+    assert list(cells.var_names) == features
+    frame[features] = cells.X.astype(np.float64)
+    mad = median_abs_deviation(frame[features].to_numpy(), axis=0)
+    degenerate = [f for f, m in zip(features, mad, strict=True) if m == 0 or frame[f].nunique() == 1]
+    assert 20 <= len(degenerate) < len(features) // 2
+    kept = [f for f in features if f not in degenerate]
+    for kwargs in ({"method": "standardize"}, {"method": "spherize", "spherize_method": "ZCA-cor"}):
+        result = normalize(cells, **kwargs)
+        assert profiling_steps(result)[-1]["dropped_features"] == degenerate
+        expected = pycytominer.normalize(frame, features=kept, **kwargs)[kept].to_numpy()
+        np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_missing_in_a_stratum_names_it(profiles):
+    data = profiles.copy()
+    data.obs.loc[data.obs["plate"] == "P2", "control_type"] = "trt"
+    with pytest.raises(ProfilingError, match=r"matches no rows in stratum plate='P2'"):
+        normalize(data, reference=NEGCON, by="plate")
+    with pytest.raises(ProfilingError, match="cannot evaluate reference query"):
+        normalize(data, reference="dose > ")
+    with pytest.raises(ProfilingError, match=r"by='batch' names obs column\(s\) \['batch'\]"):
+        normalize(data, by="batch")
+    with pytest.raises(ProfilingError, match="needs spherize_center=True"):
+        normalize(data, method="spherize", spherize_method="ZCA-cor", spherize_center=False)
+
+
+def test_copy_false_changes_in_place(profiles):
+    data = profiles.copy()
+    data.X[:, 0] = 2.0
+    returned = normalize(data, copy=False)
+    assert returned is data
+    assert data.n_vars == profiles.n_vars - 1
+    np.testing.assert_allclose(data.X.mean(axis=0), 0, atol=1e-6)
+    assert profiles.n_vars == 8  # the fixture is untouched
