@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import importlib
 
+from .labels import write_labels
+from .plate import Plate, open_plate
+from .validate import validate_plate
 from .wells import normalize_well_name, parse_well_name, well_name
 from .writer import PlateWriter
 
 __all__ = [
+    "Plate",
     "PlateWriter",
     "make_demo_plate",
+    "open_plate",
+    "validate_plate",
+    "write_labels",
     "normalize_well_name",
     "parse_well_name",
     "well_name",

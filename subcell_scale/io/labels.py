@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,14 @@ import zarr
 
 from ..errors import PlateFormatError
 from ._ngff import axis_names, ome_attrs, set_ome_attrs, write_level
+from .wells import normalize_well_name
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .plate import Plate
+
+    LabelProperties = Sequence[Mapping[str, Any]] | Mapping[int, Mapping[str, Any]] | pd.DataFrame
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ def nearest_downsample(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return labels[np.ix_(*index)]
 
 
-def _properties_list(properties: Sequence[Mapping[str, Any]] | Mapping[int, Mapping[str, Any]] | pd.DataFrame | None, where: str) -> list[dict[str, Any]] | None:
+def _properties_list(properties: LabelProperties | None, where: str) -> list[dict[str, Any]] | None:
     """Per-label properties as NGFF ``[{"label-value": v, ...}]`` with plain JSON values."""
     if properties is None:
         return None
@@ -82,7 +88,7 @@ def write_label_image(
     name: str,
     labels: np.ndarray,
     *,
-    properties: Sequence[Mapping[str, Any]] | Mapping[int, Mapping[str, Any]] | pd.DataFrame | None = None,
+    properties: LabelProperties | None = None,
     where: str = "",
 ) -> None:
     """Write ``labels`` (y, x) as the label image ``name`` of an open, writable field group.
@@ -150,3 +156,36 @@ def write_label_image(
                          fmt=fmt, source={"image": "../../"})
     listed = list(dict.fromkeys(ome_attrs(labels_group).get("labels", [])))
     set_ome_attrs(labels_group, {"labels": listed}, version=fmt.version)
+
+
+def write_labels(
+    plate: Plate | str | os.PathLike[str],
+    well: str,
+    field: str | int,
+    name: str,
+    labels: np.ndarray,
+    *,
+    properties: LabelProperties | None = None,
+) -> None:
+    """Write a (y, x) label image into a plate's field as NGFF labels named ``name``.
+
+    The label image gets the field's level count and transformations, a colour per label and the
+    optional per-label ``properties`` (records with "label-value", a ``{label: {...}}`` mapping or a
+    DataFrame with a ``label`` column), so napari shows it and later runs read it instead of
+    segmenting again. Writing the same name again replaces the previous labels.
+    """
+    from .plate import Plate, open_plate
+
+    if not isinstance(plate, Plate):
+        plate = open_plate(plate)
+    well_id = normalize_well_name(well)
+    field = str(field)
+    plate.n_levels(well_id, field)  # raises a named error for an unknown well or field
+    group_path = f"{plate.well_path(well_id)}/{field}"
+    if "://" in plate.path and not plate.path.startswith("file://"):
+        group = zarr.open_group(plate.path, path=group_path, mode="r+", storage_options=plate.storage_options)
+    else:
+        local = plate.path[len("file://"):] if plate.path.startswith("file://") else plate.path
+        group = zarr.open_group(local, path=group_path, mode="r+")
+    write_label_image(group, name, labels, properties=properties, where=f"{plate.path} {well_id}/{field}")
+    plate.forget_labels(well_id, field, name)
