@@ -10,6 +10,7 @@ import importlib
 
 from .labels import write_labels
 from .plate import Plate, open_plate
+from .platemap import PlatemapWarning, join_platemap, read_platemap
 from .validate import validate_plate
 from .wells import normalize_well_name, parse_well_name, well_name
 from .writer import PlateWriter
@@ -17,8 +18,11 @@ from .writer import PlateWriter
 __all__ = [
     "Plate",
     "PlateWriter",
+    "PlatemapWarning",
+    "join_platemap",
     "make_demo_plate",
     "open_plate",
+    "read_platemap",
     "validate_plate",
     "write_labels",
     "normalize_well_name",
