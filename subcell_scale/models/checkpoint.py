@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         msg = f"{path}: checkpoint file not found"
         raise CheckpointError(msg)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle protocol is refused below if it matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         reason = " ".join(str(exc).split())[:300]
         msg = (f"{path}: not a loadable weights file ({type(exc).__name__}: {reason}); "
