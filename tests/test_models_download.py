@@ -1,0 +1,209 @@
+"""Model download end to end against a real HTTP server on 127.0.0.1 (Range requests, drops, corruption)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from subcell_scale.cli import main
+from subcell_scale.errors import CheckpointError, DownloadError
+from subcell_scale.models import SubCell, get_variant
+from subcell_scale.models.download import cache_root, cached_files, download_file, download_variant
+
+TINY = Path(__file__).parent / "data" / "subcell" / "tiny_rybg"
+VARIANT = get_variant("all_channels_MAE-CellS-ProtS-Pool")  # 4 channels, like the tiny fixture
+
+
+class Bucket:
+    """What the server serves and how it misbehaves; every request's Range header is logged."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.drop_once: set[str] = set()  # send half of the body, then close the connection
+        self.corrupt: set[str] = set()  # flip bytes but announce the original's MD5 ETag
+        self.requests: list[tuple[str, str | None]] = []
+
+
+class Handler(BaseHTTPRequestHandler):
+    bucket: Bucket
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        bucket = self.bucket
+        bucket.requests.append((self.path, self.headers.get("Range")))
+        data = bucket.files.get(self.path)
+        if data is None:
+            self.send_error(404, "Not Found")
+            return
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'
+        if self.path in bucket.corrupt:
+            data = data[:100] + bytes(b ^ 0xFF for b in data[100:110]) + data[110:]
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        if self.path in bucket.drop_once:
+            bucket.drop_once.discard(self.path)
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def server():
+    bucket = Bucket()
+    handler = type("BoundHandler", (Handler,), {"bucket": bucket})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/models"
+    prefix = "/models/"
+    bucket.files[prefix + VARIANT.encoder_filename] = (TINY / "encoder.pth").read_bytes()
+    for k in (0, 1):
+        url = VARIANT.classifier_url(k, base)
+        bucket.files[url[url.index("/models/"):]] = (TINY / f"classifier_seed_{k}.pth").read_bytes()
+    yield base, bucket
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_full_download_with_the_cli_then_load_from_the_cache(server, tmp_path, capsys):
+    base, bucket = server
+    rc = main(["download", VARIANT.name, "--classifiers", "2", "--dest", str(tmp_path), "--base-url", base,
+               "--no-progress"])
+    assert rc == 0
+    folder = tmp_path / VARIANT.name
+    assert capsys.readouterr().out.strip() == str(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = [VARIANT.encoder_filename, VARIANT.classifier_filename(0), VARIANT.classifier_filename(1)]
+    assert set(manifest["files"]) == set(names)
+    sources = [TINY / "encoder.pth", TINY / "classifier_seed_0.pth", TINY / "classifier_seed_1.pth"]
+    for name, source in zip(names, sources):
+        assert (folder / name).read_bytes() == source.read_bytes()
+        assert manifest["files"][name]["sha256"] == sha(source)
+        assert manifest["files"][name]["size"] == source.stat().st_size
+    assert not list(folder.glob("*.part"))
+
+    model = SubCell.from_pretrained(VARIANT.name, n_classifiers=2, cache_dir=tmp_path, device="cpu", num_heads=4)
+    assert model.variant == VARIANT.name and model.checkpoint_sha256 == sha(TINY / "encoder.pth")
+    out = model(torch.from_numpy(np.load(TINY / "input_64.npy")))
+    np.testing.assert_allclose(out.probabilities.numpy(), np.load(TINY / "out64_probabilities.npy"), atol=1e-6)
+
+    # a second run finds everything cached and intact: no request at all
+    n_requests = len(bucket.requests)
+    assert main(["download", VARIANT.name, "--classifiers", "2", "--dest", str(tmp_path), "--base-url", base,
+                 "--no-progress"]) == 0
+    assert len(bucket.requests) == n_requests
+
+    assert main(["download", "--list", "--dest", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    line = next(row for row in listing.splitlines() if row.startswith(VARIANT.name))
+    assert "encoder, classifier seeds [0, 1]" in line
+    assert "not cached" in next(r for r in listing.splitlines() if r.startswith("DNA-Protein_ViT"))
+
+
+def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
+    base, bucket = server
+    path = "/models/" + VARIANT.encoder_filename
+    total = len(bucket.files[path])
+    bucket.drop_once.add(path)
+    dest = tmp_path / VARIANT.encoder_filename
+    with pytest.raises(DownloadError, match=r"failed after 1 attempt.*bytes kept in .*\.part, run the download again"):
+        download_file(base + "/" + VARIANT.encoder_filename, dest, retries=0, progress=False)
+    part = dest.with_name(dest.name + ".part")
+    assert not dest.exists() and part.exists()
+    kept = part.stat().st_size
+    assert 0 < kept < total
+    digest, size = download_file(base + "/" + VARIANT.encoder_filename, dest, retries=0, progress=False)
+    assert bucket.requests[-1] == (path, f"bytes={kept}-")
+    assert (digest, size) == (sha(TINY / "encoder.pth"), total)
+    assert dest.read_bytes() == (TINY / "encoder.pth").read_bytes() and not part.exists()
+
+
+def test_a_dropped_connection_is_resumed_within_one_run(server, tmp_path):
+    base, bucket = server
+    path = "/models/" + VARIANT.encoder_filename
+    bucket.drop_once.add(path)
+    folder = download_variant(VARIANT, n_classifiers=0, dest=tmp_path, base_url=base, retries=2, progress=False)
+    ranges = [r for p, r in bucket.requests if p == path]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+    assert sha(folder / VARIANT.encoder_filename) == sha(TINY / "encoder.pth")
+
+
+def test_corrupted_transfer_is_refused_and_nothing_is_kept(server, tmp_path):
+    base, bucket = server
+    bucket.corrupt.add("/models/" + VARIANT.encoder_filename)
+    with pytest.raises(DownloadError, match=rf"{VARIANT.encoder_filename} refused: MD5 .* differs from the server's ETag"):
+        download_variant(VARIANT, n_classifiers=0, dest=tmp_path, base_url=base, progress=False)
+    folder = tmp_path / VARIANT.name
+    assert not (folder / VARIANT.encoder_filename).exists()
+    assert not list(folder.glob("*.part"))
+
+
+def test_a_file_that_is_not_the_checkpoint_is_refused(server, tmp_path):
+    base, bucket = server
+    # the 2-channel variant's URL serves the 4-channel tiny encoder: valid file, wrong variant
+    other = get_variant("DNA-Protein_MAE-CellS-ProtS-Pool")
+    bucket.files["/models/" + other.encoder_filename] = (TINY / "encoder.pth").read_bytes()
+    with pytest.raises(DownloadError, match=r"not the expected checkpoint: .*has 4 input channels, variant DNA-Protein_MAE-CellS-ProtS-Pool needs 2"):
+        download_variant(other, n_classifiers=0, dest=tmp_path, base_url=base, progress=False)
+    bucket.files["/models/" + other.encoder_filename] = b"<html>Access Denied</html>"
+    with pytest.raises(DownloadError, match=r"not the expected checkpoint: .*not a loadable weights file"):
+        download_variant(other, n_classifiers=0, dest=tmp_path, base_url=base, progress=False)
+    assert not (tmp_path / other.name / other.encoder_filename).exists()
+
+
+def test_http_errors_name_the_url(server, tmp_path):
+    base, _ = server
+    with pytest.raises(DownloadError, match=r"/models/nothing\.pth: HTTP 404"):
+        download_file(base + "/nothing.pth", tmp_path / "nothing.pth", progress=False)
+    assert main(["download", "DNA-Protein_ViT-ProtS-Pool", "--dest", str(tmp_path), "--base-url", base,
+                 "--no-progress"]) == 1
+
+
+def test_cache_is_verified_on_load(server, tmp_path, monkeypatch):
+    base, _ = server
+    monkeypatch.setenv("SUBCELL_SCALE_HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home"
+    with pytest.raises(CheckpointError, match=rf"not in the model cache; run `subcell-scale download {VARIANT.name} --classifiers 1`"):
+        SubCell.from_pretrained(VARIANT.name, num_heads=4)
+    download_variant(VARIANT, n_classifiers=1, base_url=base, progress=False)
+    encoder, classifiers = cached_files(VARIANT, n_classifiers=1)
+    assert encoder == tmp_path / "home" / VARIANT.name / VARIANT.encoder_filename and len(classifiers) == 1
+    with pytest.raises(CheckpointError, match="not in the model cache"):
+        cached_files(VARIANT, n_classifiers=2)
+    damaged = bytearray(encoder.read_bytes())
+    damaged[-50] ^= 0xFF
+    encoder.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=rf"{VARIANT.encoder_filename}: sha256 .* does not match .*manifest\.json"):
+        SubCell.from_pretrained(VARIANT.name, num_heads=4)
+    # download repairs it: the damaged file no longer matches the manifest, so it is fetched again
+    download_variant(VARIANT, n_classifiers=1, base_url=base, progress=False)
+    assert SubCell.from_pretrained(VARIANT.name, num_heads=4, device="cpu").checkpoint_sha256 == sha(TINY / "encoder.pth")
