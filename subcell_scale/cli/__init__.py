@@ -19,6 +19,7 @@ from ..errors import SubcellScaleError
 COMMANDS = (
     "download",
     "profile",
+    "evaluate",
 )
 
 

@@ -7,6 +7,17 @@ computed block-wise so that 50,000 profiles in a "vs all other perturbations" de
 
 from __future__ import annotations
 
+from .designs import (
+    DESIGNS,
+    METRIC_FILES,
+    evaluate_profiles,
+    moa_nn_accuracy,
+    moa_retrieval,
+    phenotypic_activity,
+    replicate_retrieval,
+    to_metadata_frame,
+    write_table,
+)
 from .map import (
     assign_reference_index,
     average_precision,
@@ -16,13 +27,24 @@ from .map import (
     mean_average_precision,
     normalized_average_precision,
 )
+from .nn import nn_accuracy
 
 __all__ = [
+    "DESIGNS",
+    "METRIC_FILES",
     "assign_reference_index",
     "average_precision",
     "benjamini_hochberg",
+    "evaluate_profiles",
     "expected_average_precision",
     "fraction_retrieved",
     "mean_average_precision",
+    "moa_nn_accuracy",
+    "moa_retrieval",
+    "nn_accuracy",
     "normalized_average_precision",
+    "phenotypic_activity",
+    "replicate_retrieval",
+    "to_metadata_frame",
+    "write_table",
 ]

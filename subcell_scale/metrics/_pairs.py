@@ -31,6 +31,11 @@ def as_list(columns: str | Iterable[str] | None) -> list[str]:
     return list(columns)
 
 
+def query_columns(query: str) -> list[str]:
+    """Column names a pandas query compares (``"control_type == 'negcon'"`` -> ``["control_type"]``)."""
+    return _QUERY_COLUMN.findall(query)
+
+
 def split_queries(meta: pd.DataFrame, *rules: Sequence[str]) -> tuple[list[list[str]], list[str]]:
     """Separate pandas-query entries from column names in each rule list.
 

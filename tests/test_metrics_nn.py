@@ -1,0 +1,105 @@
+"""k-NN accuracy against a brute-force loop over queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _metrics_sim import cellprofiler_cells, simulated_profiles
+
+from subcell_scale.errors import ProfilingError
+from subcell_scale.metrics import nn_accuracy
+
+
+def _labels(v) -> set[str]:
+    if isinstance(v, str):
+        return {p for p in v.split("|") if p}
+    return set(v)
+
+
+def brute_force(meta, x, label_col, exclude, ks, mode="any", distance="cosine"):
+    """One query at a time, straight from the definition."""
+    labels = [_labels(v) for v in meta[label_col]]
+    keep = [i for i, lab in enumerate(labels) if lab]
+    if distance == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        sims = xn @ xn.T
+    else:
+        sims = 1.0 / (1.0 + np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)))
+    hits = dict.fromkeys(ks, 0)
+    n_queries = excluded = 0
+    for i in keep:
+        neighbours = [j for j in keep if j != i and all(meta[c].iloc[j] != meta[c].iloc[i] for c in exclude)]
+        if not any(labels[i] & labels[j] for j in neighbours):
+            excluded += 1
+            continue
+        n_queries += 1
+        ranked = sorted(neighbours, key=lambda j: (-sims[i, j], j))
+        for k in ks:
+            top = ranked[:k]
+            if mode == "any":
+                hits[k] += any(labels[i] & labels[j] for j in top)
+            else:
+                votes: dict[str, tuple[int, int]] = {}
+                for r, j in enumerate(top):
+                    for lab in labels[j]:
+                        count, first = votes.get(lab, (0, r))
+                        votes[lab] = (count + 1, first)
+                best = max((votes[lab][0], -votes[lab][1]) for lab in votes)
+                predicted = {lab for lab in votes if (votes[lab][0], -votes[lab][1]) == best}
+                hits[k] += bool(predicted & labels[i])
+    return pd.DataFrame({"k": ks, "accuracy": [hits[k] / n_queries for k in ks], "n_queries": n_queries,
+                         "n_hits": [hits[k] for k in ks], "n_excluded_queries": excluded})
+
+
+@pytest.fixture(scope="module")
+def profiles():
+    return simulated_profiles(seed=4)
+
+
+@pytest.mark.parametrize("exclude", [[], ["compound"], ["compound", "plate"], ["plate"]])
+@pytest.mark.parametrize("mode", ["any", "vote"])
+def test_nn_accuracy_equals_brute_force(profiles, exclude, mode):
+    meta, x = profiles
+    ks = [1, 2, 5, 20]
+    ours = nn_accuracy(meta, x, "moa", exclude_sameby=exclude, k=ks, mode=mode, batch_size=500)
+    ref = brute_force(meta, x, "moa", exclude, ks, mode=mode)
+    pd.testing.assert_frame_equal(ours, ref, check_dtype=False)
+    assert 0.3 < ours.loc[0, "accuracy"] < 1.0
+    if mode == "any":
+        assert ours["accuracy"].is_monotonic_increasing
+
+
+def test_labels_as_lists_and_euclidean(profiles):
+    meta, x = profiles
+    as_lists = meta.assign(moa=meta["moa"].map(lambda s: [p for p in s.split("|") if p]))
+    ours = nn_accuracy(as_lists, x, "moa", ["compound"], k=3, distance="euclidean")
+    ref = brute_force(meta, x, "moa", ["compound"], [3], distance="euclidean")
+    pd.testing.assert_frame_equal(ours, ref, check_dtype=False)
+
+
+def test_queries_without_possible_hit_are_counted_not_scored():
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"compound": ["a", "a", "b", "c", "d", "e"], "moa": ["m1", "m1", "m1", "m2", "m3", "m3"]})
+    x = rng.normal(size=(6, 4))
+    out = nn_accuracy(meta, x, "moa", ["compound"], k=1)
+    # "c" is the only m2 compound: no hit is possible for it
+    assert out.loc[0, "n_excluded_queries"] == 1 and out.loc[0, "n_queries"] == 5
+
+
+def test_real_cellprofiler_cells():
+    meta, x = cellprofiler_cells()
+    meta = meta.assign(label=["a", "b", "a", "b", "a"], group=["g1", "g1", "g2", "g2", "g3"])
+    for exclude in ([], ["group"]):
+        ours = nn_accuracy(meta, x, "label", exclude, k=[1, 2])
+        pd.testing.assert_frame_equal(ours, brute_force(meta, x, "label", exclude, [1, 2]), check_dtype=False)
+
+
+def test_bad_arguments():
+    meta, x = simulated_profiles()
+    with pytest.raises(ProfilingError, match="mode"):
+        nn_accuracy(meta, x, "moa", mode="best")
+    with pytest.raises(ProfilingError, match="k must be positive"):
+        nn_accuracy(meta, x, "moa", k=0)
+    with pytest.raises(ProfilingError, match="no query has an allowed neighbour"):
+        nn_accuracy(meta, x, "compound", ["compound"])
