@@ -357,3 +357,37 @@ def test_validate_reports_every_problem(small_plate, tmp_path):
     assert "C11/1: labels group has no 'version'" in text
     assert "plate metadata has no 'version'" in text
     assert "ome-zarr-models" in text  # the schema check still runs and reports the labels version
+
+
+def test_acquisitions_padded_columns_and_units(tmp_path):
+    """Plates from other converters: zero-padded column names, two acquisitions, odd units."""
+    path = tmp_path / "acq.zarr"
+    fmt = FormatV05()
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    write_plate_metadata(root, ["A", "B"], ["01", "02", "03"], ["B/03"], fmt=fmt, name="acq",
+                         acquisitions=[{"id": 1, "name": "first"}, {"id": 2, "name": "second"}])
+    well = root.require_group("B").require_group("03")
+    write_well_metadata(well, [{"path": "0", "acquisition": 1}, {"path": "1", "acquisition": 2}], fmt=fmt)
+    image = DATA[("B03", "0")][0]
+    for field, unit in (("0", "millimeter"), ("1", "micrometer")):
+        write_image(image=image, group=well.require_group(field), axes="cyx", scale={"c": 1, "y": 0.001, "x": 0.002},
+                    axes_units={"y": unit, "x": unit}, scale_factors=[], fmt=fmt, omero=_omero())
+    plate = open_plate(path)
+    assert plate.wells == ["B03"]
+    assert plate.well_path("b3") == "B/03"
+    assert plate.row_column("B03") == ("B", 3)
+    assert [a["name"] for a in plate.acquisitions] == ["first", "second"]
+    assert plate.fields("B03", acquisition=2) == ["1"]
+    assert plate.field_pixel_size("B03", "0") == pytest.approx((1.0, 2.0))  # millimetres -> micrometres
+    np.testing.assert_array_equal(plate.read_field("B03", "0"), image)
+    assert plate.field_pixel_size("B03", "1") == pytest.approx((0.001, 0.002))
+    validate_plate(path)
+
+
+def test_non_length_unit_is_refused(small_plate, tmp_path):
+    copy = tmp_path / "unit.zarr"
+    shutil.copytree(small_plate, copy)
+    _edit_json(copy / "B/3/0/zarr.json",
+               lambda d: d["attributes"]["ome"]["multiscales"][0]["axes"][1].update(unit="second"))
+    with pytest.raises(PlateFormatError, match=r"B03/0: axis 'y' has unit 'second', which is not a length"):
+        open_plate(copy).image("B03", "0")
