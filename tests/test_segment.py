@@ -170,3 +170,107 @@ def test_match_scores_agree_with_brute_force():
     assert scores["n_true"] == len(ids)
     assert match_scores(truth, truth) == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "mean_iou": 1.0,
                                           "n_true": len(ids), "n_predicted": len(ids), "n_matched": len(ids)}
+
+
+# --- whole plates: the demo plates carry ground-truth "cells" labels ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_plates(tmp_path_factory):
+    """One HPA-like and one Cell Painting plate, 4 wells x 1 field of 384 px each (the smallest valid design)."""
+    from subcell_scale.io import make_demo_plate
+
+    root = tmp_path_factory.mktemp("segment_demo")
+    hpa = make_demo_plate(root / "hpa", n_plates=1, n_wells=4, n_fields=1, field_size=384, seed=3)[0]
+    cp = make_demo_plate(root / "cp", n_plates=1, n_wells=4, n_fields=1, field_size=384, seed=3,
+                         cellpainting=True)[0]
+    return {"hpa": hpa, "cellpainting": cp}
+
+
+@pytest.mark.parametrize(("layout", "min_f1", "min_iou"), [("hpa", 0.9, 0.7), ("cellpainting", 0.9, 0.7)])
+def test_segment_plate_writes_labels_that_match_the_ground_truth(demo_plates, layout, min_f1, min_iou):
+    from subcell_scale.io import open_plate
+    from subcell_scale.segment import segment_plate
+
+    summary = segment_plate(demo_plates[layout], label_name="classical")
+    plate = open_plate(demo_plates[layout])
+    sites = [(w, f) for w in plate.wells for f in plate.fields(w)]
+    assert (summary["n_fields"], summary["done"], summary["failed"]) == (len(sites), len(sites), 0)
+    counted = 0
+    for (well, field), record in zip(sites, summary["fields"], strict=True):
+        assert (record["well"], record["field"], record["status"]) == (well, field, "done")
+        assert "classical" in plate.label_names(well, field)
+        predicted = plate.read_labels(well, field, "classical")
+        scores = match_scores(predicted, plate.read_labels(well, field, "cells"))
+        assert scores["f1"] >= min_f1 and scores["mean_iou"] >= min_iou, scores
+        assert record["n_cells"] == scores["n_predicted"]
+        counted += record["n_cells"]
+    assert summary["n_cells"] == counted
+    # a second run keeps what is there; overwrite segments again to the same labels
+    again = segment_plate(demo_plates[layout], label_name="classical")
+    assert again["skipped"] == len(sites) and again["n_cells"] == counted
+    redo = segment_plate(demo_plates[layout], label_name="classical", overwrite=True)
+    assert redo["done"] == len(sites)
+    np.testing.assert_array_equal(open_plate(demo_plates[layout]).read_labels(*sites[-1], "classical"), predicted)
+
+
+def test_segment_plate_on_a_local_cluster_equals_in_process(demo_plates):
+    from distributed import Client, LocalCluster
+
+    from subcell_scale.io import open_plate
+    from subcell_scale.segment import segment_plate
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        summary = segment_plate(demo_plates["hpa"], label_name="on_cluster", client=client)
+    assert summary["done"] == summary["n_fields"] == 4
+    local = segment_plate(demo_plates["hpa"], label_name="in_process")
+    plate = open_plate(demo_plates["hpa"])
+    for well in plate.wells:
+        np.testing.assert_array_equal(plate.read_labels(well, "0", "on_cluster"),
+                                      plate.read_labels(well, "0", "in_process"))
+    assert summary["n_cells"] == local["n_cells"]
+
+
+def test_segment_plate_reports_an_unreadable_field_and_checks_options_first(demo_plates, tmp_path):
+    import shutil
+
+    from subcell_scale.segment import segment_plate
+
+    plate = tmp_path / "broken.zarr"
+    shutil.copytree(demo_plates["hpa"], plate)
+    from subcell_scale.io import open_plate
+
+    field = plate / open_plate(plate).well_path("A01") / "0"
+    chunk = next(p for p in sorted(field.rglob("*")) if p.is_file() and not p.name.startswith((".z", "zarr.json"))
+                 and "labels" not in p.relative_to(field).parts)
+    chunk.write_bytes(b"not a chunk")
+    summary = segment_plate(plate, label_name="x")
+    assert (summary["done"], summary["failed"]) == (3, 1)
+    failed = next(r for r in summary["fields"] if r["status"] == "failed")
+    assert failed["well"] == "A01" and "A01/0" in failed["error"]
+    with pytest.raises(ChannelMismatchError, match="'GFP' is not in"):
+        segment_plate(plate, cell_channel="GFP")
+    with pytest.raises(ConfigError, match="unknown segmentation parameter"):
+        segment_plate(plate, nucleus_sigma=2)
+
+
+def test_segment_command(demo_plates, tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    from subcell_scale.cli import main
+    from subcell_scale.io import open_plate
+
+    plate = tmp_path / "cli.zarr"
+    shutil.copytree(demo_plates["hpa"], plate)
+    out = subprocess.run(["subcell-scale", "segment", str(plate), "--label-name", "cli", "--channel-nucleus", "dna",
+                          "--set", "nucleus_min_distance_um=6"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "4 fields segmented, 0 kept, 0 failed" in out.stdout
+    assert "cli" in open_plate(plate).label_names("A02", "0")
+    assert main(["segment", str(plate), "--label-name", "cli"]) == 0
+    assert "0 fields segmented, 4 kept, 0 failed" in capsys.readouterr().out
+    assert main(["segment", str(plate), "--channel-cell", "tubulin"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "'tubulin' is not in" in err
