@@ -44,6 +44,7 @@ class Files:
     LOCK = ".lock"
     PLATES = "plates"
     PLATEMAP = "platemap.csv"
+    PRESET = "preset.json"
 
 
 VAR_PREFIX = "subcell_"
