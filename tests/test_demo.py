@@ -1,0 +1,371 @@
+"""Synthetic demo plates: layout, ground truth, determinism, phenotypes, platemap design and the CLI."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from scipy import ndimage as ndi
+from skimage.measure import label as cc_label
+
+from subcell_scale.cli import main
+from subcell_scale.errors import ConfigError
+from subcell_scale.io import open_plate, read_platemap, validate_plate
+from subcell_scale.io import synthetic
+from subcell_scale.io.demo import (
+    CELLPAINTING,
+    HPA,
+    PlateEffects,
+    design_platemap,
+    make_demo_plate,
+    phenotypes,
+    plate_wells,
+    synthesize_field,
+)
+
+
+@pytest.fixture(scope="session")
+def hpa_plate(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """The size the demo promises to write in seconds: one 24-well x 2-field HPA-like plate."""
+    out = tmp_path_factory.mktemp("demo")
+    start = time.perf_counter()
+    paths = make_demo_plate(out, n_plates=1, n_wells=24, n_fields=2, seed=3)
+    print(f"\n24-well x 2-field HPA demo plate (512 px fields) written in {time.perf_counter() - start:.1f} s")
+    return paths[0], pd.read_csv(out / "platemap.csv")
+
+
+def _fields(plate_path: Path):
+    plate = open_plate(plate_path)
+    for well in plate.wells:
+        for field in plate.fields(well):
+            yield plate, well, field
+
+
+# ---------------------------------------------------------------------------------------------------
+# the written plate
+
+
+def test_plate_structure_matches_the_contract(hpa_plate):
+    path, platemap = hpa_plate
+    assert path.name == "demo-plate-1.zarr"
+    validate_plate(path)
+    plate = open_plate(path)
+    assert plate.name == "demo-plate-1"
+    assert plate.version == "0.5"
+    assert plate.channel_names == ["microtubules", "er", "dna", "protein"]
+    assert plate.pixel_size == pytest.approx((0.32, 0.32))
+    assert plate.wells == [f"{r}{c:02d}" for r in "AB" for c in range(1, 13)]
+    assert sorted(platemap["well"]) == sorted(plate.wells)
+    assert list(platemap.columns) == ["plate", "well", "compound", "moa", "control_type"]
+    for well in plate.wells:
+        assert plate.fields(well) == ["0", "1"]
+    image = plate.image("A01", "0")
+    assert image.dims == ("c", "y", "x") and image.shape == (4, 512, 512) and image.dtype == np.uint16
+    assert plate.n_levels("A01", "0") == 2
+    assert set(plate.label_names("A01", "0")) == {"cells", "nuclei"}
+
+
+def test_every_cell_holds_exactly_its_own_nucleus(hpa_plate):
+    path, _ = hpa_plate
+    n_cells = []
+    for plate, well, field in _fields(path):
+        cells = plate.read_labels(well, field, "cells")
+        nuclei = plate.read_labels(well, field, "nuclei")
+        values = np.unique(cells[cells > 0])
+        n_cells.append(values.size)
+        # labels are 1..n, nuclei carry their cell's value and sit inside it
+        np.testing.assert_array_equal(values, np.arange(1, values.size + 1))
+        assert np.all(cells[nuclei > 0] == nuclei[nuclei > 0])
+        np.testing.assert_array_equal(np.unique(nuclei[nuclei > 0]), values)
+        for value in values:
+            # one connected cell and one connected nucleus per label
+            assert cc_label(cells == value, connectivity=1).max() == 1, (well, field, value)
+            assert cc_label(nuclei == value, connectivity=1).max() == 1, (well, field, value)
+    assert 8 <= np.median(n_cells) <= 15
+
+
+def test_touching_cells_and_cells_cut_by_the_border_exist(hpa_plate):
+    path, _ = hpa_plate
+    touching_pairs = 0
+    border_cells = 0
+    for plate, well, field in _fields(path):
+        cells = plate.read_labels(well, field, "cells")
+        a, b = cells[:, :-1], cells[:, 1:]
+        shared = (a > 0) & (b > 0) & (a != b)
+        touching_pairs += len({(int(x), int(y)) for x, y in zip(a[shared], b[shared])})
+        edge = np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])
+        border_cells += np.unique(edge[edge > 0]).size
+    n_fields = 48
+    assert touching_pairs >= n_fields  # on average at least one touching pair per field
+    assert border_cells >= n_fields
+
+
+def test_cell_sizes_are_hpa_like(hpa_plate):
+    path, _ = hpa_plate
+    plate = open_plate(path)
+    cells = plate.read_labels("A01", "0", "cells")
+    nuclei = plate.read_labels("A01", "0", "nuclei")
+    inner = np.setdiff1d(np.unique(cells), np.concatenate([[0], cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+    area_um2 = ndi.sum(np.ones_like(cells), cells, inner) * 0.32**2
+    diameter = 2.0 * np.sqrt(area_um2 / np.pi)
+    # competition with neighbours trims outlines, so diameters sit at or a little below 25-45 um
+    assert np.all((diameter > 15.0) & (diameter < 50.0)), diameter
+    nucleus_fraction = ndi.sum(nuclei > 0, cells, inner) / ndi.sum(cells > 0, cells, inner)
+    assert np.all((nucleus_fraction > 0.05) & (nucleus_fraction < 0.45)), nucleus_fraction
+
+
+def test_protein_image_is_uint16_with_dark_level_and_noise(hpa_plate):
+    path, _ = hpa_plate
+    plate = open_plate(path)
+    image = plate.read_field("A01", "0")
+    cells = plate.read_labels("A01", "0", "cells")
+    background = image[:, cells == 0].astype(float)
+    # camera dark level ~90-130 counts plus a little background light, with noise
+    assert np.all((np.median(background, axis=1) > 90) & (np.median(background, axis=1) < 250))
+    assert np.all(background.std(axis=1) > 3.0)
+    assert image.max() > 1000
+
+
+def test_platemap_file_is_read_back_by_the_io_reader(hpa_plate):
+    path, _ = hpa_plate
+    platemap = read_platemap(path.parent / "platemap.csv")
+    assert set(platemap["control_type"]) == {"negcon", "trt"}
+    assert (platemap.loc[platemap["compound"] == "DMSO", "control_type"] == "negcon").all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# determinism
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(array[...]) for name, array in root.arrays()} | {
+        f"{group_name}/{name}": np.asarray(array[...])
+        for group_name, group in root.groups()
+        for name, array in _walk(group)
+    }
+
+
+def _walk(group: zarr.Group, prefix: str = ""):
+    for name, array in group.arrays():
+        yield prefix + name, array
+    for name, sub in group.groups():
+        yield from _walk(sub, f"{prefix}{name}/")
+
+
+@pytest.mark.parametrize("cellpainting", [False, True])
+def test_same_seed_gives_byte_identical_plates(tmp_path, cellpainting):
+    kwargs = {"n_plates": 1, "n_wells": 4, "n_fields": 1, "field_size": 192, "cellpainting": cellpainting}
+    first = make_demo_plate(tmp_path / "a", seed=7, **kwargs)[0]
+    second = make_demo_plate(tmp_path / "b", seed=7, **kwargs)[0]
+    other = make_demo_plate(tmp_path / "c", seed=8, **kwargs)[0]
+    a, b, c = _arrays(first), _arrays(second), _arrays(other)
+    assert len(a) == 4 * (2 + 2 * 2)  # wells x (image levels + 2 label images x levels)
+    assert a.keys() == b.keys() == c.keys()
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    assert any(a[key].tobytes() != c[key].tobytes() for key in a)
+    assert (tmp_path / "a" / "platemap.csv").read_bytes() == (tmp_path / "b" / "platemap.csv").read_bytes()
+
+
+def test_version_04_writes_a_zarr_v2_plate(tmp_path):
+    path = make_demo_plate(tmp_path, n_plates=1, n_wells=4, n_fields=1, field_size=128, version="0.4")[0]
+    assert (path / ".zattrs").exists()
+    plate = open_plate(path)
+    assert plate.version == "0.4"
+    assert set(plate.label_names("A01", "0")) == {"cells", "nuclei"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# phenotypes: measured on ground-truth masks, directly on synthesized fields
+
+
+def _field(layout, compound: str, seed: int, size: int = 384, cells: int | None = None):
+    effects = PlateEffects.draw(layout, size, seed=0, plate_index=0)
+    rng = np.random.default_rng([seed, 99])
+    return synthesize_field(layout, phenotypes(layout)[compound], effects, rng, field_size=size,
+                            cells_per_field=cells or layout.cells_per_field)
+
+
+def _protein_features(compound: str, seeds=(1,)) -> dict[str, float]:
+    """Per-cell medians of simple localisation measures of the protein channel (dark level removed)."""
+    ratios, rims, cvs = [], [], []
+    for seed in seeds:
+        image, cells, nuclei = _field(HPA, compound, seed)
+        protein = image[3].astype(float) - np.median(image[3][cells == 0])
+        boundary = (cells != ndi.grey_erosion(cells, size=3)) & (cells > 0)
+        ring = ndi.binary_dilation(boundary, iterations=2) & (cells > 0)
+        for value in np.unique(cells[cells > 0]):
+            cell = cells == value
+            nucleus = nuclei == value
+            cytoplasm = cell & ~nucleus & ~ring
+            ratios.append(protein[nucleus].mean() / protein[cytoplasm].mean())
+            rims.append(protein[ring & cell].mean() / protein[cytoplasm].mean())
+            cvs.append(protein[cytoplasm].std() / protein[cytoplasm].mean())
+    return {"nuc_cyto": float(np.median(ratios)), "rim": float(np.median(rims)), "cv": float(np.median(cvs))}
+
+
+@pytest.fixture(scope="module")
+def protein_features() -> dict[str, dict[str, float]]:
+    compounds = ["DMSO", "NUC-1", "NUC-2", "CYT-1", "CYT-2", "MEM-1", "MEM-2", "VES-1", "VES-2"]
+    return {c: _protein_features(c) for c in compounds}
+
+
+def test_nuclear_and_cytosolic_compounds_differ_and_replicate_their_moa(protein_features):
+    f = {c: np.log(v["nuc_cyto"]) for c, v in protein_features.items()}
+    assert f["NUC-1"] > np.log(3.0) and f["NUC-2"] > np.log(3.0)
+    assert f["CYT-1"] < np.log(0.5) and f["CYT-2"] < np.log(0.5)
+    assert f["CYT-1"] < f["DMSO"] < f["NUC-1"]  # the DMSO baseline is diffuse cytosolic + nuclear
+    between = f["NUC-1"] - f["CYT-1"]
+    assert abs(f["NUC-1"] - f["NUC-2"]) < between / 3
+    assert abs(f["CYT-1"] - f["CYT-2"]) < between / 3
+
+
+def test_membrane_and_punctate_compounds_are_recognisable(protein_features):
+    rim = {c: v["rim"] for c, v in protein_features.items()}
+    cv = {c: v["cv"] for c, v in protein_features.items()}
+    assert min(rim["MEM-1"], rim["MEM-2"]) > 2.0 * max(rim["CYT-1"], rim["NUC-1"], rim["VES-1"])
+    assert min(cv["VES-1"], cv["VES-2"]) > 2.0 * max(cv["CYT-1"], cv["CYT-2"], cv["DMSO"])
+
+
+def test_every_hpa_pattern_renders_and_compounds_of_a_moa_share_it():
+    table = phenotypes(HPA)
+    for moa in HPA.moas:
+        names = [moa.compound(j)[0] for j in range(3)]
+        assert {table[n].pattern for n in names} == {moa.pattern}
+        assert len({(table[n].strength, table[n].intensity, table[n].size) for n in names}) == 3
+    assert {m.pattern for m in HPA.moas} | {"baseline"} == set(synthetic.HPA_PATTERNS)
+    geometry = synthetic.layout_cells((160, 160), 3, np.random.default_rng(0), radius_px=(40, 60))
+    for pattern in synthetic.HPA_PATTERNS:
+        signal = synthetic.hpa_field(geometry, synthetic.Phenotype(pattern), 0.32, np.random.default_rng(1))
+        assert signal.shape == (4, 160, 160) and np.isfinite(signal).all()
+        assert signal[3][geometry.labels > 0].mean() > 5 * signal[3][geometry.labels == 0].mean()
+
+
+def test_cellpainting_layout_and_phenotypes():
+    assert CELLPAINTING.channels == ("DNA", "ER", "RNA", "AGP", "Mito")
+    assert CELLPAINTING.pixel_size == 0.598
+    dmso, cells, nuclei = _field(CELLPAINTING, "DMSO", 1)
+    assert dmso.shape == (5, 384, 384) and dmso.dtype == np.uint16
+    inner = np.setdiff1d(np.unique(cells), np.concatenate([[0], cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+    diameter = 2.0 * np.sqrt(ndi.sum(cells > 0, cells, inner) * 0.598**2 / np.pi)
+    assert 13.0 < np.median(diameter) < 30.0
+    assert 20 <= np.unique(cells[cells > 0]).size <= 30
+
+    def nucleus_area(compound):
+        _, c, n = _field(CELLPAINTING, compound, 2)
+        return ndi.sum(n > 0, n, np.unique(n[n > 0])).mean()
+
+    assert nucleus_area("CDK-1") > 1.5 * nucleus_area("DMSO")
+
+    def cytoplasm_mean(compound, channel):
+        image, c, n = _field(CELLPAINTING, compound, 3)
+        plane = image[channel].astype(float) - np.median(image[channel][c == 0])
+        return plane[(c > 0) & (n == 0)].mean()
+
+    assert cytoplasm_mean("ERS-1", 1) > 1.5 * cytoplasm_mean("DMSO", 1)  # ER stress swells the ER
+    assert cytoplasm_mean("POL-1", 2) < 0.8 * cytoplasm_mean("DMSO", 2)  # less cytoplasmic RNA
+
+    def mito_object_area(compound):
+        image, c, _ = _field(CELLPAINTING, compound, 4)
+        plane = image[4].astype(float)
+        objects, count = ndi.label(plane > np.percentile(plane[c > 0], 85))
+        return (objects > 0).sum() / max(count, 1)
+
+    assert mito_object_area("UNC-1") < 0.6 * mito_object_area("DMSO")  # fragmented mitochondria
+
+
+# ---------------------------------------------------------------------------------------------------
+# platemap design
+
+
+@pytest.mark.parametrize(("n_plates", "n_wells"), [(2, 24), (1, 24), (3, 12), (2, 96), (1, 4), (2, 120)])
+def test_platemap_design_has_controls_replicates_and_shuffled_positions(n_plates, n_wells):
+    design = design_platemap(HPA, n_plates=n_plates, n_wells=n_wells, seed=0)
+    assert list(design.columns) == ["plate", "well", "compound", "moa", "control_type"]
+    assert len(design) == n_plates * n_wells
+    assert list(design["plate"].unique()) == [f"demo-plate-{p + 1}" for p in range(n_plates)]
+    for _, plate in design.groupby("plate"):
+        assert list(plate["well"]) == plate_wells(n_wells)
+        assert (plate["compound"] == "DMSO").sum() >= 2
+    assert ((design["compound"] == "DMSO") == (design["control_type"] == "negcon")).all()
+    assert set(design["control_type"]) == {"negcon", "trt"}
+    treated = design[design["control_type"] == "trt"]
+    assert treated.groupby("compound").size().min() >= 2
+    # every compound keeps one MoA, and MoAs have several compounds once there is room for them
+    assert (treated.groupby("compound")["moa"].nunique() == 1).all()
+    if len(treated) >= 16:
+        assert treated.groupby("moa")["compound"].nunique().min() >= 2
+    if n_plates > 1:
+        per_plate = treated.groupby(["compound", "plate"]).size().unstack(fill_value=0)
+        assert (per_plate > 0).sum(axis=1).min() >= 2 or len(treated) < 2 * n_plates  # across plates
+        wells = treated.groupby(["compound", "plate"])["well"].apply(frozenset).unstack()
+        assert all(len(set(row.dropna())) == row.notna().sum() for _, row in wells.iterrows())
+    if n_wells >= 24:
+        assert (treated.groupby(["plate", "compound"]).size() >= 2).any()  # replicates within a plate
+
+
+def test_plate_wells_fill_96_then_384_layouts():
+    assert plate_wells(14)[-3:] == ["A12", "B01", "B02"]
+    assert plate_wells(96)[-1] == "H12"
+    assert plate_wells(100)[23:26] == ["A24", "B01", "B02"]
+    assert plate_wells(384)[-1] == "P24"
+
+
+def test_design_depends_on_the_seed_only():
+    a = design_platemap(HPA, n_plates=2, n_wells=24, seed=0)
+    pd.testing.assert_frame_equal(a, design_platemap(HPA, n_plates=2, n_wells=24, seed=0))
+    assert not a.equals(design_platemap(HPA, n_plates=2, n_wells=24, seed=1))
+
+
+def test_plate_effects_differ_between_plates():
+    first = PlateEffects.draw(HPA, 256, seed=0, plate_index=0)
+    second = PlateEffects.draw(HPA, 256, seed=0, plate_index=1)
+    assert not np.allclose(first.gain, second.gain)
+    for effects in (first, second):
+        assert effects.illumination.shape == (4, 256, 256)
+        assert effects.illumination.max() <= 1.0 and effects.illumination.min() < 0.9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_wells": 0}, "n_wells must be 1..384"),
+        ({"n_wells": 385}, "n_wells must be 1..384"),
+        ({"n_plates": 1, "n_wells": 3}, "at least 2 are needed"),
+        ({"version": "0.6"}, "version must be '0.4' or '0.5'"),
+        ({"field_size": 32}, "field_size must be at least 64"),
+        ({"cells_per_field": 0}, "cells_per_field must be at least 1"),
+    ],
+)
+def test_bad_arguments_raise_config_errors(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make_demo_plate(tmp_path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_writes_plates_and_platemap(tmp_path, capsys):
+    out = tmp_path / "cp"
+    code = main(["make-demo-plate", str(out), "--cellpainting", "--plates", "1", "--wells", "4",
+                 "--fields", "1", "--size", "128", "--seed", "2"])
+    assert code == 0
+    assert (out / "demo-cp-plate-1.zarr").is_dir()
+    platemap = pd.read_csv(out / "platemap.csv")
+    assert len(platemap) == 4 and set(platemap["plate"]) == {"demo-cp-plate-1"}
+    plate = open_plate(out / "demo-cp-plate-1.zarr")
+    assert plate.channel_names == ["DNA", "ER", "RNA", "AGP", "Mito"]
+    assert plate.pixel_size == pytest.approx((0.598, 0.598))
+    assert "demo-cp-plate-1.zarr" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_arguments_on_one_line(tmp_path, capsys):
+    assert main(["make-demo-plate", str(tmp_path), "--wells", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "n_wells must be 1..384" in err
