@@ -255,6 +255,8 @@ def test_exact_p_values_against_enumeration_and_copairs(tmp_path):
         assert strictly - bound <= r.p_value <= e.p_value + bound
     auto = mean_average_precision(ap, ["compound"], 20, 0.05, 0, exact="auto")
     assert (auto["p_value_method"] == "permutation").all()  # comb(9, 2) = 36 > null_size 20
+    auto = mean_average_precision(ap, ["compound"], 36, 0.05, 0, exact="auto")
+    assert (auto["p_value"] == exact["p_value"]).all()
     assert fraction_retrieved(exact) == pytest.approx(exact["below_corrected_p"].mean())
 
 

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pandas query selecting negative controls (default \"control_type == 'negcon'\")")
     parser.add_argument("--null-size", type=int, default=10000, metavar="N",
                         help="random rank lists per configuration for p-values (default 10000)")
+    parser.add_argument("--exact", choices=["no", "auto", "yes"], default="no",
+                        help="exact p-values by enumerating rank orders: 'auto' where comb(L, M) <= null size, "
+                             "'yes' up to a million orders (default no: copairs' permutation p-values)")
     parser.add_argument("--threshold", type=float, default=0.05, help="significance level for q-values (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the null distributions (default 0)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="neighbourhood sizes for k-NN accuracy")
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     tables = evaluate_profiles(
         adata, Path(args.out), designs=args.design, pert_col=args.compound_col, moa_col=args.moa_col,
         plate_col=plate_col, control_query=args.control_query, null_size=args.null_size,
-        threshold=args.threshold, seed=args.seed, k=args.k, distance=args.distance, use_rep=args.use_rep)
+        threshold=args.threshold, seed=args.seed, k=args.k, distance=args.distance, use_rep=args.use_rep,
+        exact={"no": False, "auto": "auto", "yes": True}[args.exact])
     summary = tables["summary"]
     if summary.empty:
         msg = (f"{path}: no design could be evaluated; obs needs {args.compound_col!r} "

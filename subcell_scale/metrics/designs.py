@@ -274,6 +274,7 @@ def evaluate_profiles(
     k: Sequence[int] = (1, 5, 10),
     distance: Distance = "cosine",
     use_rep: str | None = None,
+    exact: bool | Literal["auto"] = False,
 ) -> dict[str, pd.DataFrame]:
     """Run the evaluation designs on profiles and (with ``out_dir``) write ``*.csv`` tables there.
 
@@ -282,6 +283,7 @@ def evaluate_profiles(
     (``control_query``) are the negatives of ``activity`` and are left out of ``replicate`` and
     ``moa``. Returns the tables by name: ``replicate_ap``, ``replicate_map``, ``activity_*``,
     ``moa_*``, ``moa_nn`` and ``summary`` (design, mAP, fraction retrieved, groups; NN accuracy per k).
+    ``exact`` is passed to :func:`~subcell_scale.metrics.mean_average_precision`.
     """
     explicit = designs != "all"
     chosen = list(DESIGNS) if designs == "all" else [designs] if isinstance(designs, str) else list(designs)
@@ -300,7 +302,7 @@ def evaluate_profiles(
     exclude = control_query if has_controls else None
     needs = {"replicate": [pert_col], "activity": [pert_col], "moa": [pert_col, moa_col]}
     common = dict(null_size=null_size, threshold=threshold, seed=seed, distance=distance, use_rep=use_rep,
-                  return_ap=True)
+                  exact=exact, return_ap=True)
     tables: dict[str, pd.DataFrame] = {}
     summary = []
     for design in chosen:

@@ -336,10 +336,10 @@ def _average_precision_multilabel(meta: pd.DataFrame, sim: Similarity, pos_same:
             continue
         q_local, q_label, pos, n_pos = q_local[keep], q_label[keep], pos[keep], n_pos[keep]
         q_neg = neg[q_local]
-        used = np.unique(q_local)
-        where = np.searchsorted(used, q_local)
-        block_mask = np.zeros((used.size, n), dtype=bool)
-        np.logical_or.at(block_mask, where, pos | q_neg)
+        starts = np.flatnonzero(np.r_[True, q_local[1:] != q_local[:-1]])  # q_local is sorted
+        used = q_local[starts]
+        where = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, q_local.size]))
+        block_mask = np.logical_or.reduceat(pos | q_neg, starts, axis=0)
         key = _ranking_key(sim.block(rows[used], block_mask))[where]
         ap = _ap_rows(key, pos, q_neg)
         parts.append((rows[q_local], q_label, ap, n_pos, n_pos + np.count_nonzero(q_neg, axis=1)))

@@ -1,0 +1,133 @@
+"""Average precision: subcell_scale.metrics against copairs 0.5.5, wall time and peak memory.
+
+Design: replicate retrieval against ALL other perturbations (``pos_sameby=[compound]``,
+``neg_diffby=[compound]``), the design whose O(N^2) pair list makes copairs run out of memory at
+about 9,000 profiles (copairs issue #90). Profiles: 4 replicates per compound, 128 float64
+features with a compound signal. Each run is a fresh subprocess with an address-space cap
+(``resource.setrlimit(RLIMIT_AS)``), so a run that needs more memory fails with MemoryError and
+is reported as OOM; peak memory is the run's maximum resident set size (its own ``ru_maxrss``,
+imports and the input matrix included). APs of both tools are
+compared on every size where both finished.
+
+    python3 benchmarks/bench_map.py                       # 2k, 10k, 50k; copairs up to 10k
+    python3 benchmarks/bench_map.py --sizes 2000 --copairs-max 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GIB = 1 << 30
+
+
+def make_profiles(n: int, n_features: int, seed: int):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_compounds = n // 4
+    compound = np.repeat(np.arange(n_compounds), 4)[:n]
+    effect = rng.normal(size=(n_compounds, n_features))
+    x = 0.5 * effect[compound] + rng.normal(size=(n, n_features))
+    meta = pd.DataFrame({"compound": [f"c{c}" for c in compound]})
+    return meta, x
+
+
+def worker(impl: str, n: int, n_features: int, seed: int, out: Path) -> None:
+    meta, x = make_profiles(n, n_features, seed)
+    rules = (["compound"], [], [], ["compound"])
+    if impl == "ours":
+        from subcell_scale.metrics import average_precision
+    else:
+        from copairs.map import average_precision
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+    t0 = time.perf_counter()
+    if impl == "ours":
+        ap = average_precision(meta, x, *rules)
+    else:
+        ap = average_precision(meta, x, *rules, progress_bar=False)
+    wall = time.perf_counter() - t0
+    np.save(out.with_suffix(".npy"), ap["average_precision"].to_numpy())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+    out.write_text(json.dumps({"wall_s": wall, "rss_before_gib": rss_before, "peak_rss_gib": peak,
+                               "mean_ap": float(ap["average_precision"].mean())}))
+
+
+def run_one(impl: str, n: int, n_features: int, seed: int, cap_gib: float, timeout: float, tmp: Path) -> dict:
+    out = tmp / f"{impl}_{n}.json"
+
+    def limit() -> None:
+        cap = int(cap_gib * GIB)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    cmd = [sys.executable, __file__, "--worker", impl, str(n), str(n_features), str(seed), str(out)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "n": n, "status": f"timeout > {timeout:.0f} s"}
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0 or not out.exists():
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["?"]
+        status = "OOM" if "MemoryError" in proc.stderr or "Out of Memory" in proc.stderr or proc.returncode in (-9, 137) else "error"
+        return {"impl": impl, "n": n, "status": f"{status} under a {cap_gib:g} GiB cap ({tail[0][:120]})",
+                "elapsed_s": elapsed}
+    info = json.loads(out.read_text())
+    info.update(impl=impl, n=n, status="ok", ap=np.load(out.with_suffix(".npy")))
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 50000])
+    parser.add_argument("--features", type=int, default=128)
+    parser.add_argument("--copairs-max", type=int, default=10000,
+                        help="largest size copairs is tried on (its pair list is O(N^2))")
+    parser.add_argument("--cap-gib", type=float, default=8.0, help="address-space cap of our runs")
+    parser.add_argument("--copairs-cap-gib", type=float, default=10.0, help="address-space cap of copairs' runs")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "N", "D", "SEED", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        impl, n, d, seed, out = args.worker
+        worker(impl, int(n), int(d), int(seed), Path(out))
+        return
+    print(f"# average precision, replicate vs all other compounds, {args.features} features, "
+          f"caps {args.cap_gib:g} GiB (ours) / {args.copairs_cap_gib:g} GiB (copairs), {os.cpu_count()} CPUs")
+    print(f"{'n':>6} {'impl':>8} {'status':>8} {'wall_s':>9} {'peak_GiB':>9} {'speedup':>8} {'max|dAP|':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            ours = run_one("ours", n, args.features, args.seed, args.cap_gib, args.timeout, Path(tmp))
+            if n <= args.copairs_max:
+                ref = run_one("copairs", n, args.features, args.seed, args.copairs_cap_gib, args.timeout, Path(tmp))
+            else:
+                pairs = n * (n - 1) // 2
+                ref = {"impl": "copairs", "n": n,
+                       "status": f"skipped: {pairs:.2e} pairs, the uint32 pair array alone is {pairs * 8 / GIB:.1f} GiB"}
+            speed = diff = ""
+            if ours["status"] == "ok" and ref["status"] == "ok":
+                speed = f"{ref['wall_s'] / ours['wall_s']:.1f}x"
+                a, b = ours["ap"], ref["ap"]
+                same_nan = bool((np.isnan(a) == np.isnan(b)).all())
+                diff = f"{np.nanmax(np.abs(a - b)):.1e}" + ("" if same_nan else " (NaN differ)")
+            for r, extra in ((ours, (speed, diff)), (ref, ("", ""))):
+                if r["status"] == "ok":
+                    print(f"{n:>6} {r['impl']:>8} {'ok':>8} {r['wall_s']:>9.2f} {r['peak_rss_gib']:>9.2f} "
+                          f"{extra[0]:>8} {extra[1]:>10}")
+                else:
+                    print(f"{n:>6} {r['impl']:>8}   {r['status']}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
