@@ -203,53 +203,59 @@ def resolve_passes(channels: Sequence[int] | Sequence[Sequence[int]] | None, n_c
     return passes, multi
 
 
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label values present (sorted, no 0) and a label image renumbered 1..n in that order."""
-    flat = labels.ravel()
-    if flat.size and flat.min() < 0:
+def _objects(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, slice]], np.ndarray, np.ndarray]:
+    """Label values present (sorted, no 0), their bounding boxes, the image the boxes index and the
+    value each cell has in that image.
+
+    Small label values are used as they are; huge, sparse ones are renumbered first so the per-label
+    bookkeeping does not scale with the largest value.
+    """
+    from scipy import ndimage as ndi
+
+    if labels.size and labels.min() < 0:
         msg = "label images must not hold negative values"
         raise PlateFormatError(msg)
-    top = int(flat.max()) if flat.size else 0
-    if top <= 4 * flat.size + 1024:
-        present = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1) > 0
-        present[0] = False
-        values = np.flatnonzero(present)
-        lut = np.zeros(top + 1, np.int32)
-        lut[values] = np.arange(1, values.size + 1, dtype=np.int32)
-        return values.astype(np.int64), lut[labels]
+    top = int(labels.max()) if labels.size else 0
+    if top <= 4 * labels.size + 1024:
+        source = labels if labels.dtype.kind == "i" else labels.astype(np.int64)
+        objects = ndi.find_objects(source)
+        values = np.array([i + 1 for i, s in enumerate(objects) if s is not None], dtype=np.int64)
+        return values, [objects[v - 1] for v in values], source, values
     values, inverse = np.unique(labels, return_inverse=True)
-    if values[0] == 0:
-        return values[1:].astype(np.int64), inverse.reshape(labels.shape).astype(np.int32)
-    return values.astype(np.int64), (inverse.reshape(labels.shape) + 1).astype(np.int32)
+    compact = inverse.reshape(labels.shape).astype(np.int32) + (0 if values[0] == 0 else 1)
+    values = values[values != 0].astype(np.int64)
+    return values, ndi.find_objects(compact), compact, np.arange(1, values.size + 1)
 
 
 def cell_table(labels: np.ndarray, *, center: CenterMode = "centroid") -> pd.DataFrame:
     """One row per cell: label, area (px), centroid, bounding box and crop centre (field pixels).
 
-    Sorted by label value; this is the row order of the crops :func:`extract_cells` returns.
+    Sorted by label value; this is the row order of the crops :func:`extract_cells` returns. Work is
+    per bounding box, so a field costs little beyond one pass to find the boxes.
     """
-    from scipy import ndimage as ndi
-
     labels = np.asarray(labels)
-    values, compact = _compact(labels)
+    if labels.ndim != 2:
+        msg = f"labels must be (y, x), got shape {labels.shape}"
+        raise PlateFormatError(msg)
+    values, boxes, source, ids = _objects(labels)
     n = values.size
-    flat = compact.ravel()
-    width = labels.shape[1] if labels.ndim == 2 else 1
-    index = np.arange(flat.size)
-    area = np.bincount(flat, minlength=n + 1)[1:]
-    sum_y = np.bincount(flat, weights=index // width, minlength=n + 1)[1:]
-    sum_x = np.bincount(flat, weights=index % width, minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cy, cx = sum_y / area, sum_x / area
-    boxes = np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndi.find_objects(compact)],
-                     dtype=np.int64).reshape(n, 4)
+    area = np.zeros(n, np.int64)
+    cy = np.zeros(n)
+    cx = np.zeros(n)
+    bbox = np.zeros((n, 4), np.int64)
+    for k, (sy, sx) in enumerate(boxes):
+        inside = source[sy, sx] == ids[k]
+        ys, xs = np.nonzero(inside)
+        area[k] = ys.size
+        cy[k], cx[k] = ys.mean() + sy.start, xs.mean() + sx.start
+        bbox[k] = (sy.start, sx.start, sy.stop, sx.stop)
     if center == "bbox":
-        ry, rx = (boxes[:, 0] + boxes[:, 2] - 1) / 2.0, (boxes[:, 1] + boxes[:, 3] - 1) / 2.0
+        ry, rx = (bbox[:, 0] + bbox[:, 2] - 1) / 2.0, (bbox[:, 1] + bbox[:, 3] - 1) / 2.0
     else:
         ry, rx = cy, cx
     return pd.DataFrame({
-        Obs.LABEL: values, Obs.AREA: area.astype(np.int64), Obs.CENTROID_Y: cy, Obs.CENTROID_X: cx,
-        "bbox_min_y": boxes[:, 0], "bbox_min_x": boxes[:, 1], "bbox_max_y": boxes[:, 2], "bbox_max_x": boxes[:, 3],
+        Obs.LABEL: values, Obs.AREA: area, Obs.CENTROID_Y: cy, Obs.CENTROID_X: cx,
+        "bbox_min_y": bbox[:, 0], "bbox_min_x": bbox[:, 1], "bbox_max_y": bbox[:, 2], "bbox_max_x": bbox[:, 3],
         "crop_center_y": np.floor(ry + 0.5).astype(np.int64), "crop_center_x": np.floor(rx + 0.5).astype(np.int64),
     }, columns=list(CELL_COLUMNS))
 
@@ -321,7 +327,8 @@ def extract_cells(
             own = np.stack([crop_centered(labels, c, (wy, wx)) for c in centres[lo:hi]]) == values[lo:hi, None, None]
             own = own[:, rows_y][:, :, cols_x]
             pixels *= dilate_mask(own, size=spec.dilation_px).astype(np.float32)[:, None]
-        stacked = pixels[:, pass_index]
+        in_order = len(passes) == 1 and list(pass_index[0]) == list(range(len(union)))
+        stacked = pixels[:, None] if in_order else pixels[:, pass_index]
         if spec.normalization != "none":
             stacked = min_max_normalize(stacked, per_channel=spec.normalization == "per_channel", eps=spec.eps)
         crops[lo:hi] = stacked
