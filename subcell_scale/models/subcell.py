@@ -343,11 +343,12 @@ class SubCell(nn.Module):
                 msg = (f"batch of {batch} at {height}x{width} needs about {need / 2**20:.0f} MiB of activations, "
                        f"over the max_batch_bytes budget of {self.max_batch_bytes / 2**20:.0f} MiB")
                 raise torch.OutOfMemoryError(msg)
-        x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        x = x.to(self.device, dtype=self.encoder.embeddings.cls_token.dtype, non_blocking=True)
         amp = self._autocast_dtype()
         ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
         with ctx:
-            encoder = self.__dict__["_compiled_encoder"] or self.encoder
+            compiled = self.__dict__["_compiled_encoder"]
+            encoder = compiled if compiled is not None else self.encoder
             hidden, attn = encoder(x, output_attentions="last" if return_attentions else "none")
             embedding, weights = self.pool_model(hidden)
             logits, probs = self._classify(embedding) if self.classifiers else (None, None)
@@ -412,9 +413,10 @@ class SubCell(nn.Module):
         lead = arr.shape[:-3]
         flat = arr.reshape(-1, *arr.shape[-3:])
         n = flat.shape[0]
-        if np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_:
-            flat = min_max_normalize(flat, eps=eps)
-        else:
+        integer = np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_
+        if integer and flat.dtype.kind == "u" and flat.dtype.itemsize == 8:
+            flat = flat.astype(np.float64)  # torch has no uint64 arithmetic; same values up to 2**53
+        elif not integer:
             flat = flat.astype(np.float32, copy=False)
             if n and (float(flat.min()) < -1e-3 or float(flat.max()) > 1 + 1e-3):
                 logger.warning("float crops span [%.3g, %.3g], outside [0, 1]; SubCell expects min-max normalised "
@@ -426,22 +428,26 @@ class SubCell(nn.Module):
         pool = np.empty((n, c.pool_heads, gh, gw), np.float32)
         size = batch_size
         start = 0
-        pin = self.device.type == "cuda"
+        cuda = self.device.type == "cuda"
         with torch.inference_mode():
             while start < n:
                 stop = min(start + size, n)
                 batch = torch.from_numpy(np.ascontiguousarray(flat[start:stop]))
-                if pin:
-                    batch = batch.pin_memory()
+                if cuda:
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
+                if integer:
+                    # the reference normalisation (float64, per crop over all channels), on the model's device
+                    batch = min_max_normalize(batch, eps=eps).float()
                 try:
                     out = self(batch)
                 except torch.OutOfMemoryError as exc:
-                    if size == 1:
+                    if size == 1 or stop - start == 1:
                         raise
                     size = max(1, (stop - start) // 2)
                     logger.warning("out of memory with a batch of %d crops (%s); retrying with %d",
                                    stop - start, " ".join(str(exc).split())[:120], size)
-                    if self.device.type == "cuda":
+                    del batch
+                    if cuda:
                         torch.cuda.empty_cache()
                     continue
                 emb[start:stop] = out.embedding.cpu().numpy()

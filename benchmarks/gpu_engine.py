@@ -1,0 +1,208 @@
+"""GPU benchmark of the SubCell engine (ViT-B/16, 448 px), printed as one table.
+
+Rows: cells/s and peak GPU memory at batch 64/128/256 for this engine in fp32 and bf16 autocast, the
+same for a reference-style forward (eager attention keeping every layer's probabilities, as
+SubCellPortable), bf16 weights without autocast, an optional torch.compile row and ``embed()`` end to
+end from uint16 host crops. Then how far bf16 moves the embeddings against fp32, and a check of the tiny
+reference fixture on the GPU. Runs in about 2-3 minutes on an H100; ``--smoke`` runs a tiny config on
+the CPU in seconds to check the script itself.
+
+    python3 benchmarks/gpu_engine.py                 # on a CUDA machine
+    python3 benchmarks/gpu_engine.py --compile       # add the torch.compile row
+    python3 benchmarks/gpu_engine.py --smoke         # quick check anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from subcell_scale.models import ModelConfig, SubCell  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(model: SubCell, x: torch.Tensor, *, min_seconds: float, reference: bool = False) -> dict:
+    """Cells/s of ``model(x)`` (input already on the device) and the peak memory of one pass."""
+    device = x.device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        try:
+            model(x, return_attentions=reference)  # warm-up (and compile)
+            sync(device)
+            n, t0 = 0, time.perf_counter()
+            while True:
+                model(x, return_attentions=reference)
+                n += 1
+                sync(device)
+                if time.perf_counter() - t0 >= min_seconds and n >= 2:
+                    break
+            elapsed = time.perf_counter() - t0
+        except torch.OutOfMemoryError:
+            return {"cells_per_s": None, "peak_gib": None, "note": "OOM"}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"cells_per_s": n * x.shape[0] / elapsed, "peak_gib": peak, "note": ""}
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
+    a, b = a.double().cpu(), b.double().cpu()
+    diff = (a - b).abs()
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"max_abs": diff.max().item(), "max_rel": (diff.max() / b.abs().max()).item(),
+            "rel_fro": ((a - b).norm() / b.norm()).item(), "min_cosine": cos.min().item()}
+
+
+def fixture_check(device: torch.device) -> str:
+    tiny = ROOT / "tests" / "data" / "subcell" / "tiny_rybg"
+    if not tiny.is_dir():
+        return "fixture: not found"
+    model = SubCell.from_checkpoint(tiny / "encoder.pth", [tiny / f"classifier_seed_{k}.pth" for k in (0, 1)],
+                                    device, num_heads=4, precision="fp32")
+    worst = {}
+    for size in (64, 96):
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.load(tiny / f"input_{size}.npy")).to(device))
+        worst[f"pool_op_{size}"] = float(np.abs(out.embedding.cpu().numpy() - np.load(tiny / f"out{size}_pool_op.npy")).max())
+        worst[f"prob_{size}"] = float(np.abs(out.probabilities.cpu().numpy()
+                                             - np.load(tiny / f"out{size}_probabilities.npy")).max())
+    ok = all(v < (1e-4 if k.startswith("pool") else 1e-6) for k, v in worst.items())
+    return f"fixture on {device.type} fp32: {'PASS' if ok else 'FAIL'} " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny config, small batches, runs on the CPU")
+    parser.add_argument("--batches", default="64,128,256")
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile bf16 row")
+    parser.add_argument("--min-seconds", type=float, default=1.5, help="timed seconds per row")
+    parser.add_argument("--max-seconds", type=float, default=170, help="skip rows after this many seconds")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.smoke:
+        config = ModelConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, pool_int_dim=32)
+        batches, size, min_seconds = [2, 4], 64, 0.05
+    else:
+        config = ModelConfig()
+        batches, size, min_seconds = [int(b) for b in args.batches.split(",")], args.size, args.min_seconds
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {name}, torch {torch.__version__}, config hidden {config.hidden_size} x {config.num_layers} "
+          f"layers, {size} px", flush=True)
+
+    engine = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="fp32")
+    reference = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="fp32", attention="eager")
+    rows = []
+
+    def row(label: str, model: SubCell, precision: str, batch: int, ref: bool = False) -> None:
+        if time.perf_counter() - start > args.max_seconds:
+            rows.append({"row": label, "precision": precision, "batch": batch, "cells_per_s": None,
+                         "peak_gib": None, "note": "skipped (time)"})
+            return
+        model.precision = precision
+        x = torch.rand(batch, config.num_channels, size, size, device=device,
+                       generator=torch.Generator(device).manual_seed(batch))
+        r = time_forward(model, x, min_seconds=min_seconds, reference=ref)
+        del x
+        rows.append({"row": label, "precision": precision, "batch": batch, **r})
+        print(json.dumps(rows[-1]), flush=True)
+
+    for precision in ("bf16", "fp32"):
+        for batch in batches:
+            row("engine (SDPA)", engine, precision, batch)
+    for precision in ("bf16", "fp32"):
+        for batch in batches:
+            row("reference-style (eager, all attn)", reference, precision, batch, ref=True)
+    del reference
+
+    # accuracy of reduced precision against fp32, same weights and inputs
+    x = torch.rand(min(batches[0], 32), config.num_channels, size, size, device=device,
+                   generator=torch.Generator(device).manual_seed(7))
+    with torch.inference_mode():
+        engine.precision = "fp32"
+        ref32 = engine(x)
+        engine.precision = "bf16"
+        amp = engine(x)
+    accuracy = {"bf16 autocast": compare(amp.embedding, ref32.embedding),
+                "bf16 autocast probabilities": compare(amp.probabilities, ref32.probabilities)}
+    if device.type == "cuda":
+        with torch.inference_mode():
+            cpu32 = SubCell.random(config, seed=0, n_classifiers=1, device="cpu", precision="fp32")(x[:2].cpu())
+        accuracy["GPU fp32 vs CPU fp32"] = compare(ref32.embedding[:2], cpu32.embedding)
+
+    # bf16 weights, no autocast (everything in bf16 except softmax statistics)
+    pure = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="fp32").to(torch.bfloat16)
+    with torch.inference_mode():
+        accuracy["bf16 weights"] = compare(pure(x).embedding, ref32.embedding)
+    row("engine, bf16 weights", pure, "fp32", batches[-1])
+    del pure
+
+    if args.compile and time.perf_counter() - start > args.max_seconds - 90:
+        rows.append({"row": "engine + torch.compile", "precision": "bf16", "batch": batches[-1], "cells_per_s": None,
+                     "peak_gib": None, "note": "skipped (time)"})
+    elif args.compile:
+        t0 = time.perf_counter()
+        compiled = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="bf16", compile=True)
+        with torch.inference_mode():
+            compiled(x)
+        print(f"torch.compile warm-up {time.perf_counter() - t0:.1f} s", flush=True)
+        row("engine + torch.compile", compiled, "bf16", batches[-1])
+        del compiled
+
+    # embed(): uint16 host crops -> normalisation on the device -> numpy results
+    engine.precision = "bf16"
+    n_crops = batches[-1] * 2
+    crops = np.random.default_rng(0).integers(0, 65535, (n_crops, config.num_channels, size, size), dtype=np.uint16)
+    engine.embed(crops[: batches[-1]], batch_size=batches[-1])
+    t0 = time.perf_counter()
+    engine.embed(crops, batch_size=batches[-1])
+    rows.append({"row": "embed() uint16 host crops", "precision": "bf16", "batch": batches[-1],
+                 "cells_per_s": n_crops / (time.perf_counter() - t0), "peak_gib": None, "note": "incl. H2D + D2H"})
+
+    print(f"\n{'row':<36}{'precision':>10}{'batch':>7}{'cells/s':>10}{'peak GiB':>10}  note")
+    for r in rows:
+        cps = f"{r['cells_per_s']:.0f}" if r["cells_per_s"] else "-"
+        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None and r["peak_gib"] == r["peak_gib"] else "-"
+        print(f"{r['row']:<36}{r['precision']:>10}{r['batch']:>7}{cps:>10}{peak:>10}  {r['note']}")
+    best = {}
+    for r in rows:
+        if r["cells_per_s"] and r["batch"] in batches and r["row"] in ("engine (SDPA)", "reference-style (eager, all attn)"):
+            key = (r["row"], r["precision"])
+            best[key] = max(best.get(key, 0), r["cells_per_s"])
+    for precision in ("bf16", "fp32"):
+        e = best.get(("engine (SDPA)", precision))
+        ref = best.get(("reference-style (eager, all attn)", precision))
+        if e and ref:
+            print(f"speed-up over reference-style, best batch, {precision}: {e / ref:.2f}x")
+    e16 = best.get(("engine (SDPA)", "bf16"))
+    ref32 = best.get(("reference-style (eager, all attn)", "fp32"))
+    if e16 and ref32:
+        print(f"engine bf16 vs reference-style fp32 (what SubCellPortable runs): {e16 / ref32:.2f}x")
+    for label, acc in accuracy.items():
+        print(f"{label:<28} max abs {acc['max_abs']:.2e}  max rel {acc['max_rel']:.2e}  "
+              f"rel Frobenius {acc['rel_fro']:.2e}  min cosine {acc['min_cosine']:.6f}")
+    print(fixture_check(device))
+    print(f"total {time.perf_counter() - start:.0f} s")
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        Path(out_dir, "gpu_engine.json").write_text(json.dumps({"device": name, "rows": rows, "accuracy": accuracy},
+                                                               indent=2))
+
+
+if __name__ == "__main__":
+    main()
