@@ -178,8 +178,9 @@ def test_cell_gallery_shows_crops_attention_and_top_classes(tmp_path):
     n, rng = 6, np.random.default_rng(2)
     probs = rng.random((n, 31)).astype(np.float32)
     attention = rng.random((n, 2, 2, 2)).astype(np.float32)
-    fig = pl.cell_gallery(_crops(n), attention, probs, CLASS_NAMES, titles=[f"B03/0 #{i}" for i in range(n)],
-                          n_top=2, ncols=3, save=tmp_path / "gallery.png")
+    titles = [f"B03/0 #{i}" for i in range(n)]
+    fig = pl.cell_gallery(_crops(n), attention, probs, class_names=CLASS_NAMES, titles=titles, n_top=2, ncols=3,
+                          save=tmp_path / "gallery.png")
     _check_png(tmp_path / "gallery.png", fig)
     assert len([ax for ax in fig.axes if ax.images]) == 2 * n
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
@@ -329,4 +330,5 @@ def test_nn_accuracy_lines_per_rule(tmp_path):
     assert list(lines["not same compound"].get_xdata()) == [1, 3, 5]
     assert list(lines["not same compound"].get_ydata()) == [0.8, 0.6, 0.5]
     assert to_rgb(lines["not same compound"].get_color()) != to_rgb(lines["not same compound or plate"].get_color())
-    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["not same compound", "not same compound or plate"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == ["not same compound", "not same compound or plate"]
