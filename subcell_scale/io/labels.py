@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+LABEL_CHUNK = 1024
+
 def label_color(value: int) -> list[int]:
     """A stable, well-spread RGBA colour for a label value (golden-ratio hues)."""
     hue = (int(value) * 0.618033988749895) % 1.0
@@ -134,8 +136,9 @@ def write_label_image(
         msg = f"{where}: labels {name!r} have shape {labels.shape}, the image is {base} (y, x)"
         raise PlateFormatError(msg)
 
-    image_chunks = field[multiscale["datasets"][0]["path"]].chunks
-    chunks = tuple(image_chunks[i] if i in (iy, ix) else 1 for i in range(len(names)))
+    # label images compress to almost nothing: large chunks mean few files (writing small files is
+    # what costs on network and overlay file systems), and a field's labels are read whole anyway
+    chunks = tuple(LABEL_CHUNK if i in (iy, ix) else 1 for i in range(len(names)))
     fmt = FormatV05() if field.metadata.zarr_format == 3 else FormatV04()
     labels_group = field.require_group("labels")
     if name in labels_group:
