@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fields", type=int, default=2, metavar="N", help="fields per well (default: 2)")
     parser.add_argument("--size", type=int, default=512, metavar="PX", help="field width and height (default: 512)")
     parser.add_argument("--cells", type=int, default=None, metavar="N",
-                        help="cells per field (default: 10, or 30 with --cellpainting)")
+                        help="cells per field (default: 10, or 40 with --cellpainting)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed; the same seed gives byte-identical plates (default: 0)")
     parser.add_argument("--version", choices=("0.4", "0.5"), default="0.5",

@@ -110,7 +110,7 @@ CELLPAINTING = DemoLayout(
     channels=synthetic.CELLPAINTING_CHANNELS,
     pixel_size=0.598,
     cell_diameter_um=(15.0, 30.0),
-    cells_per_field=30,
+    cells_per_field=40,
     photons=(2600.0, 1400.0, 1400.0, 1200.0, 1200.0),
     plate_prefix="demo-cp-plate",
     moas=(
@@ -293,7 +293,7 @@ def make_demo_plate(
         Field width and height in pixels.
     cells_per_field
         Cells asked for per field (fewer when they do not fit); default 10 for the HPA-like layout
-        (0.32 um/px, cells 25-45 um across) and 30 for Cell Painting (0.598 um/px, 15-30 um).
+        (0.32 um/px, cells 25-45 um across) and 40 for Cell Painting (0.598 um/px, 15-30 um).
     seed
         Fixes every pixel, label and platemap entry: the same arguments give byte-identical plates.
     cellpainting

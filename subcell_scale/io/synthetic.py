@@ -641,13 +641,13 @@ def _cp_rna(p: _Painter, ph: Phenotype) -> np.ndarray:
 def _cp_agp(p: _Painter, ph: Phenotype) -> np.ndarray:
     lay = p.layout
     n = lay.n_cells
-    cortex = p.membrane(1.0)
+    cortex = 0.6 * p.membrane(1.0)
     golgi_spread = 1.3
-    fibres_amp = 0.15
+    fibres_amp = 0.3
     if ph.pattern == "golgi_dispersal":
         golgi_spread = 1.3 + 3.0 * ph.strength * ph.size
     if ph.pattern == "actin_rearrangement":
-        fibres_amp = 0.15 + 1.0 * ph.strength * ph.intensity
+        fibres_amp = 0.3 + 1.0 * ph.strength * ph.intensity
         cortex = cortex * (1.0 - 0.5 * ph.strength)
     towards = lay.centrosomes + 0.3 * (lay.centrosomes - lay.nucleus_centres)
     pts = p.per_cell_points(towards, np.full(n, 12), np.full(n, golgi_spread * p.um))
