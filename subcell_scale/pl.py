@@ -44,6 +44,9 @@ TOP_LOCALIZATION = "top_localization"
 DPI = 100
 """Figure resolution: a figure of ``figsize`` inches is ``figsize * DPI`` pixels."""
 
+MAX_LEGEND_ENTRIES = 54
+"""More categories than this (e.g. hundreds of compounds) get no legend: it would dwarf the plot."""
+
 PLATE_LAYOUTS = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
 """Wells per plate -> (rows, columns)."""
 
@@ -571,7 +574,10 @@ def umap(
             colors = cats.map(palette).to_numpy()
             ax.scatter(xy[order, 0], xy[order, 1], c=colors[order], s=size, linewidths=0, rasterized=n > 5000)
             present = [c for c in palette if c in set(cats)]
-            _legend_outside(ax, [_dot(palette[c], c) for c in present], label)
+            if len(present) <= MAX_LEGEND_ENTRIES:
+                _legend_outside(ax, [_dot(palette[c], c) for c in present], label)
+            else:
+                label = f"{label} ({len(present)} values, no legend)"
         ax.set_title(label, fontsize=11)
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")

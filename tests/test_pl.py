@@ -251,6 +251,15 @@ def test_umap_panels_legends_and_colours(cells_with_umap, tmp_path):
     assert handle_colors == [CLASS_COLORS[CLASS_NAMES.index(c)] for c in loc_legend]
 
 
+def test_umap_many_categories_drop_the_legend(cells_with_umap):
+    adata = cells_with_umap.copy()
+    adata.obs["cell_id"] = [f"id{i:03d}" for i in range(adata.n_obs)]
+    ax = pl.umap(adata, "cell_id").axes[0]
+    assert ax.get_legend() is None
+    assert ax.get_title() == f"cell id ({adata.n_obs} values, no legend)"
+    assert adata.n_obs > pl.MAX_LEGEND_ENTRIES
+
+
 def test_umap_numeric_column_gets_a_colorbar(cells_with_umap):
     fig = pl.umap(cells_with_umap, "area")
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
