@@ -149,3 +149,14 @@ def test_relative_paths_follow_the_index(tmp_path):
     index.to_csv(tmp_path / "data" / "index.csv", index=False)
     (path,) = convert_images(tmp_path / "data" / "index.csv", tmp_path / "plates", pixel_size=0.598)
     assert open_plate(path).channel_names == ["AGP", "DNA", "ER", "Mito", "RNA"]
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    from subcell_scale.cli import main
+
+    index = tmp_path / "index.csv"
+    index.write_text("plate,well,field,channel,path\nP,A1,0,dna,missing.png\n")
+    assert main(["convert", str(index), str(tmp_path / "out"), "--pixel-size", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("subcell-scale convert: error: ") and "missing.png" in err

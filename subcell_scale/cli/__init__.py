@@ -18,6 +18,7 @@ from ..errors import SubcellScaleError
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
     "make_demo_plate",
+    "convert",
     "segment",
     "download",
     "profile",
