@@ -8,7 +8,12 @@ Times are CPU seconds of this single-threaded process (``time.process_time``), i
 machine inflates them less than wall-clock times; wall-clock figures are printed beside them.
 
     python3 benchmarks/bench_cells.py [--wells 4] [--fields 2] [--field-size 1024] [--cells-per-field 40]
-        [--sizes 64 448]
+        [--sizes 64 448] [--save-field FIELD.npz]
+    python3 benchmarks/bench_cells.py --field FIELD.npz --device cuda   # crops only, CPU numpy vs device
+
+With ``--field`` no plate is written (for a GPU machine without the I/O stack): one saved field is cropped
+``--copies`` times by the numpy path on one core and by the torch path on ``--device``, host-to-device
+transfer of the raw field included, synchronised before the clock stops.
 """
 
 from __future__ import annotations
@@ -33,7 +38,14 @@ def main() -> None:
                         help="cells asked of the demo generator (HPA fields hold 20-60 at 2048 px, 0.08 um/px)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 448])
     parser.add_argument("--repeats", type=int, default=2, help="best of this many passes over the plate")
+    parser.add_argument("--save-field", default=None, metavar="NPZ", help="also save the first field for --field")
+    parser.add_argument("--field", default=None, metavar="NPZ", help="time crops on this saved field only")
+    parser.add_argument("--device", default="cpu", help="torch device for extract_cells_torch with --field")
+    parser.add_argument("--copies", type=int, default=8, help="passes over the saved field with --field")
     args = parser.parse_args()
+    if args.field:
+        crops_only(args)
+        return
 
     import torch
 
@@ -48,6 +60,10 @@ def main() -> None:
         plate = open_plate(path)
         sites = [(w, f) for w in plate.wells for f in plate.fields(w)]
         pixel_size = plate.pixel_size
+        if args.save_field:
+            w, f = sites[0]
+            np.savez(args.save_field, image=plate.read_field(w, f), labels=plate.read_labels(w, f, "cells"),
+                     pixel_size=np.asarray(pixel_size))
         print(f"plate {plate.name}: {len(sites)} fields of {args.field_size} px at {pixel_size[0]} um/px, "
               f"channels {plate.channel_names}; 1 thread")
 
@@ -98,6 +114,45 @@ def main() -> None:
         seg_ms = (time.process_time() - cpu) * 1e3 / min(4, len(sites))
         print(f"segment_field (only without stored labels): {seg_ms:.0f} ms/field CPU, "
               f"{seg_ms * len(sites) / n_read:.1f} ms/cell")
+
+
+def crops_only(args: argparse.Namespace) -> None:
+    """Crop one saved field on the CPU (numpy, one core) and on ``args.device`` (torch)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from subcell_scale.cells import CropSpec, extract_cells, extract_cells_torch
+    from subcell_scale.segment import filter_cells
+
+    saved = np.load(args.field)
+    image, pixel_size = saved["image"], tuple(saved["pixel_size"].tolist())
+    labels, _ = filter_cells(saved["labels"], pixel_size)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"field {image.shape} {image.dtype}, {len(np.unique(labels)) - 1} cells, device {name}")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for size in args.sizes:
+        spec = CropSpec(out_size=size)
+        ref, table = extract_cells(image, labels, pixel_size, spec)
+        out, _ = extract_cells_torch(image, labels, pixel_size, spec, device=device)  # warm-up
+        sync()
+        error = float(np.abs(out.float().cpu().numpy() - ref).max())
+        cpu = time.process_time()
+        for _ in range(args.copies):
+            extract_cells(image, labels, pixel_size, spec)
+        cpu_ms = (time.process_time() - cpu) * 1e3 / (args.copies * len(table))
+        sync()
+        wall = time.perf_counter()
+        for _ in range(args.copies):
+            extract_cells_torch(image, labels, pixel_size, spec, device=device)
+        sync()
+        dev_ms = (time.perf_counter() - wall) * 1e3 / (args.copies * len(table))
+        print(f"out {size:4d} px: numpy {cpu_ms:7.3f} ms/cell CPU, torch on {device.type} {dev_ms:7.3f} ms/cell "
+              f"wall, ratio numpy/torch = {cpu_ms / dev_ms:.1f}; max |diff| = {error:.2e}")
 
 
 if __name__ == "__main__":

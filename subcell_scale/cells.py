@@ -336,6 +336,14 @@ def extract_cells(
     return (crops if multi else crops[:, 0]), table
 
 
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; read-only arrays (from zarr or pandas) are copied, as torch requires."""
+    import torch
+
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+
+
 def extract_cells_torch(
     image: np.ndarray | torch.Tensor,
     labels: np.ndarray,
@@ -383,15 +391,14 @@ def extract_cells_torch(
     if isinstance(image, torch.Tensor):
         field = image.to(device).to(torch.float32)[union]
     else:  # select channels on the host, then one transfer of raw (e.g. uint16) pixels
-        field = torch.from_numpy(np.ascontiguousarray(np.asarray(image)[union])).to(device).to(torch.float32)
+        field = _tensor(np.asarray(image)[union], device).to(torch.float32)
     padded = F.pad(field, (wx, wx, wy, wy))
     lab_host = labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int64)
-    lab = F.pad(torch.from_numpy(np.ascontiguousarray(lab_host)).to(device), (wx, wx, wy, wy))
-    rows_y = torch.from_numpy(nearest_indices(wy, size)).to(device)
-    cols_x = torch.from_numpy(nearest_indices(wx, size)).to(device)
-    starts_y = torch.from_numpy(table["crop_center_y"].to_numpy() - wy // 2 + wy).to(device)
-    starts_x = torch.from_numpy(table["crop_center_x"].to_numpy() - wx // 2 + wx).to(device)
-    values = torch.from_numpy(table[Obs.LABEL].to_numpy()).to(device)
+    lab = F.pad(_tensor(lab_host, device), (wx, wx, wy, wy))
+    rows_y, cols_x = _tensor(nearest_indices(wy, size), device), _tensor(nearest_indices(wx, size), device)
+    starts_y = _tensor(table["crop_center_y"].to_numpy() - wy // 2 + wy, device)
+    starts_x = _tensor(table["crop_center_x"].to_numpy() - wx // 2 + wx, device)
+    values = _tensor(table[Obs.LABEL].to_numpy(), device)
     ar_y, ar_x = torch.arange(wy, device=device), torch.arange(wx, device=device)
     k = spec.dilation_px
     per_channel = spec.normalization == "per_channel"
