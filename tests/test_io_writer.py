@@ -150,3 +150,29 @@ def test_failed_block_leaves_no_plate_metadata(tmp_path):
         writer.write_field("A1", 0, np.zeros((1, 8, 8), np.uint8))
         raise RuntimeError("boom")
     assert "plate" not in _ome(zarr.open_group(str(path), mode="r"))
+
+
+def test_ome_zarr_py_reads_the_plate(written):
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Plate as PlateSpec
+    from ome_zarr.reader import Reader
+
+    version, path, fields = written
+    fmt = FormatV05() if version == "0.5" else FormatV04()
+    node = next(iter(Reader(parse_url(str(path), fmt=fmt))()))
+    assert node.first(PlateSpec) is not None
+    # the viewer mosaic tiles the first field of each well on the 8 x 12 grid
+    mosaic = node.data[0]
+    assert mosaic.shape[-2:] == (8 * 70, 12 * 90)
+    image, _ = fields[("B", 0)]
+    np.testing.assert_array_equal(np.asarray(mosaic[..., 70:140, 180:270]).reshape(image.shape), image)
+
+
+def test_demo_generator_is_reexported():
+    import subcell_scale
+    import subcell_scale.io
+    from subcell_scale.io import demo
+
+    assert subcell_scale.io.make_demo_plate is demo.make_demo_plate
+    assert subcell_scale.make_demo_plate is demo.make_demo_plate
