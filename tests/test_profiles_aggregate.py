@@ -92,6 +92,14 @@ def test_streamed_zarr_equals_in_memory_exactly(cells, cells_zarr, operation):
 
 
 @pytest.mark.usefixtures("small_batches")
+def test_thread_count_does_not_change_results(cells, cells_zarr):
+    one = aggregate(cells, n_jobs=1, per_field=True)
+    np.testing.assert_array_equal(aggregate(cells_zarr, n_jobs=3, per_field=True).X, one.X)
+    with pytest.raises(ProfilingError, match="n_jobs must be >= 1"):
+        aggregate(cells, n_jobs=0)
+
+
+@pytest.mark.usefixtures("small_batches")
 def test_streaming_does_not_need_sorted_rows(cells, tmp_path):
     shuffled = cells[np.random.default_rng(1).permutation(cells.n_obs)].copy()
     path = tmp_path / "shuffled.h5ad"

@@ -108,9 +108,12 @@ class CellsSource:
         else:
             self.var_names = _obsm_names(obsm, self._matrix.shape[1], self.uns)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as a dense array (the last window read is kept, so neighbours share it)."""
-        if self._window is not None and self._window[0] == start and len(self._window[1]) == stop - start:
+    def read(self, start: int, stop: int, *, cache: bool = True) -> np.ndarray:
+        """Rows ``start:stop`` as a dense array (a view for in-memory arrays).
+
+        With ``cache`` the window is kept, so groups gathered one after the other share its read.
+        """
+        if cache and self._window is not None and self._window[0] == start and len(self._window[1]) == stop - start:
             return self._window[1]
         block = self._matrix[start:stop]
         if sp.issparse(block):
@@ -118,7 +121,8 @@ class CellsSource:
         block = np.asarray(block)
         if block.dtype.kind not in "fiu":
             raise ProfilingError(f"{self.description}: {self.source} has dtype {block.dtype}; features must be numeric")
-        self._window = (start, block)
+        if cache:
+            self._window = (start, block)
         return block
 
     def take(self, rows: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -45,6 +47,7 @@ def aggregate(
     field_key: str = Obs.FIELD,
     layer: str | None = None,
     obsm: str | None = None,
+    n_jobs: int | None = None,
 ) -> AnnData:
     """One profile per group of cells (per well by default): the median or mean of each feature.
 
@@ -64,6 +67,9 @@ def aggregate(
         obs column naming the field, used with ``per_field``.
     layer, obsm
         Aggregate ``layers[layer]`` or ``obsm[obsm]`` (e.g. ``"localization"``) instead of ``X``.
+    n_jobs
+        Threads reducing groups in parallel (default: every core this process may use); results do
+        not depend on it.
 
     Returns
     -------
@@ -74,6 +80,9 @@ def aggregate(
     """
     if operation not in ("median", "mean"):
         raise ProfilingError(f"aggregate: operation must be 'median' or 'mean', got {operation!r}")
+    n_jobs = len(os.sched_getaffinity(0)) if n_jobs is None else n_jobs
+    if n_jobs < 1:
+        raise ProfilingError(f"aggregate: n_jobs must be >= 1, got {n_jobs}")
     by = [by] if isinstance(by, str) else list(by)
     if not by:
         raise ProfilingError("aggregate: by= must name at least one obs column (e.g. ('plate', 'well'))")
@@ -85,7 +94,7 @@ def aggregate(
         if source.n_rows == 0:
             raise ProfilingError(f"aggregate: {source.description} has no cells")
         codes, first_rows = _group_codes(obs, keys)
-        values, counts = _reduce_groups(source, codes, len(first_rows), operation)
+        values, counts = _reduce_groups(source, codes, len(first_rows), operation, n_jobs)
         logger.info("aggregate: %d cells -> %d groups of %s (%s) in %.1f s", source.n_rows, len(first_rows),
                     "+".join(keys), operation, time.perf_counter() - started)
         if per_field:
@@ -118,17 +127,89 @@ def _group_codes(obs: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.nda
     return codes, first_rows
 
 
-def _reduce_groups(source: CellsSource, codes: np.ndarray, n_groups: int,
-                   operation: AggregateOperation) -> tuple[np.ndarray, np.ndarray]:
-    """Median or mean of every group, gathering a batch of whole groups at a time."""
+class _Reducer:
+    """Reduces groups on a pool of threads (numpy's partition and copies release the GIL), with at
+    most two groups per thread in flight so memory stays bounded; results land in ``values``."""
+
+    def __init__(self, operation: AggregateOperation, values: np.ndarray, n_jobs: int) -> None:
+        self.reduce = _median if operation == "median" else _mean
+        self.values = values
+        self.limit = 2 * n_jobs
+        self.pool = ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
+        self.in_flight: deque[tuple[int, Future]] = deque()
+
+    def __call__(self, group: int, block: np.ndarray) -> None:
+        if self.pool is None:
+            self.values[group] = self.reduce(block)
+            return
+        self.in_flight.append((group, self.pool.submit(self.reduce, block)))
+        while len(self.in_flight) > self.limit:
+            self._collect()
+
+    def _collect(self) -> None:
+        group, future = self.in_flight.popleft()
+        self.values[group] = future.result()
+
+    def __enter__(self) -> _Reducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.in_flight:
+                self._collect()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+
+
+def _reduce_groups(source: CellsSource, codes: np.ndarray, n_groups: int, operation: AggregateOperation,
+                   n_jobs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median or mean of every group; one pass over the rows when each group is one contiguous run."""
+    values = np.empty((n_groups, source.n_features), dtype=np.float64)
+    counts = np.bincount(codes, minlength=n_groups)
+    changes = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    with _Reducer(operation, values, n_jobs) as reduce:
+        if len(changes) + 1 == n_groups:
+            _reduce_runs(source, codes, changes, reduce)
+        else:
+            logger.info("aggregate: cells are not grouped contiguously; gathering %d groups batch by batch", n_groups)
+            _reduce_gathered(source, codes, n_groups, counts, reduce)
+    return values, counts
+
+
+def _reduce_runs(source: CellsSource, codes: np.ndarray, changes: np.ndarray, reduce: _Reducer) -> None:
+    """Sorted rows: read windows front to back (the next one is read while this one is reduced);
+    groups inside a window are reduced on views of it, a group crossing windows is carried over."""
+    starts = np.r_[0, changes]
+    stops = np.r_[changes, source.n_rows]
+    window_starts = range(0, source.n_rows, source.window_rows)
+    run, pending = 0, []
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(source.read, 0, min(source.window_rows, source.n_rows), cache=False)
+        for w_start in window_starts:
+            w_stop = min(w_start + source.window_rows, source.n_rows)
+            window = upcoming.result()
+            if w_stop < source.n_rows:
+                upcoming = reader.submit(source.read, w_stop, min(w_stop + source.window_rows, source.n_rows),
+                                         cache=False)
+            while run < len(starts) and starts[run] < w_stop:
+                piece = window[max(starts[run], w_start) - w_start:min(stops[run], w_stop) - w_start]
+                if stops[run] > w_stop:  # continues in the next window
+                    pending.append(piece.copy())
+                    break
+                block = np.concatenate([*pending, piece]) if pending else piece
+                reduce(int(codes[starts[run]]), block)
+                run, pending = run + 1, []
+
+
+def _reduce_gathered(source: CellsSource, codes: np.ndarray, n_groups: int, counts: np.ndarray,
+                     reduce: _Reducer) -> None:
+    """Any row order: gather batches of whole groups (about BATCH_BYTES each), reading only the
+    windows that hold their rows, in the order the groups first appear."""
     order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
-    counts = np.diff(bounds)
-    # visit groups in the order their first cell appears, so sorted stores are read front to back
+    bounds = np.r_[0, np.cumsum(counts)]
     sequence = np.argsort(order[bounds[:-1]], kind="stable")
     budget = max(1, BATCH_BYTES // max(1, source.n_features * 4))
-    values = np.empty((n_groups, source.n_features), dtype=np.float64)
-    reduce = _median if operation == "median" else _mean
     batch: list[int] = []
     size = 0
     for i, group in enumerate(sequence):
@@ -139,32 +220,39 @@ def _reduce_groups(source: CellsSource, codes: np.ndarray, n_groups: int,
             rows = np.sort(np.concatenate(segments))
             data = source.take(rows)
             for g, segment in zip(batch, segments, strict=True):
-                positions = np.searchsorted(rows, segment)
-                if positions[-1] - positions[0] + 1 == len(positions):
-                    block = data[positions[0]:positions[-1] + 1]
-                else:
-                    block = data[positions]
-                values[g] = reduce(block)
+                reduce(g, data[np.searchsorted(rows, segment)])
             batch, size = [], 0
-    return values, counts
 
 
 def _median(block: np.ndarray) -> np.ndarray:
-    """Exact per-column median in float64 (mean of the two middle values for an even count)."""
-    if block.dtype.kind == "f" and np.isnan(block).any():
+    """Exact per-column median in float64 (mean of the two middle values for an even count).
+
+    One selection per column: after partitioning at k, the lower middle value is the largest of
+    the first k (selecting two positions at once is about three times slower in numpy).
+    """
+    if block.dtype.kind == "f" and np.isnan(block.min()):
         return np.nanmedian(block.astype(np.float64), axis=0)
     n = len(block)
     k = n // 2
-    columns = np.ascontiguousarray(block.T)  # partition along contiguous memory
+    columns = _transposed(block)  # partition along contiguous memory, never in the caller's rows
+    columns.partition(k, axis=1)
+    upper = columns[:, k].astype(np.float64)
     if n % 2:
-        columns.partition(k, axis=1)
-        return columns[:, k].astype(np.float64)
-    columns.partition([k - 1, k], axis=1)
-    return (columns[:, k - 1].astype(np.float64) + columns[:, k].astype(np.float64)) / 2
+        return upper
+    return (columns[:, :k].max(axis=1).astype(np.float64) + upper) / 2
+
+
+def _transposed(block: np.ndarray, rows: int = 256) -> np.ndarray:
+    """A C-contiguous copy of ``block.T``, copied in bands of rows (about twice as fast as one
+    strided copy of a (cells, 1536) block, which misses the cache on every element)."""
+    out = np.empty((block.shape[1], block.shape[0]), dtype=block.dtype)
+    for start in range(0, block.shape[0], rows):
+        out[:, start:start + rows] = block[start:start + rows].T
+    return out
 
 
 def _mean(block: np.ndarray) -> np.ndarray:
-    if block.dtype.kind == "f" and np.isnan(block).any():
+    if block.dtype.kind == "f" and np.isnan(block.min()):
         return np.nanmean(block.astype(np.float64), axis=0)
     return block.mean(axis=0, dtype=np.float64)
 
