@@ -97,7 +97,7 @@ def test_slurm_needs_cores_and_memory():
 
 
 def test_slurm_cluster_starts_its_scheduler_and_uses_the_same_script():
-    cfg = _slurm()
+    cfg = _slurm(scheduler_options={"dashboard_address": ":0"})
     cfg["workers"] = 0  # nothing is submitted: no sbatch here
     cluster = deploy.cluster_from_file(cfg)
     try:
@@ -209,7 +209,7 @@ def _gpu_task(x):
 def local_cluster_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("cluster") / "local.yaml"
     path.write_text("kind: local\nworkers: 1\nthreads_per_worker: 2\nlocal:\n  memory_limit: 1GiB\n"
-                    "  dashboard_address: null\n")
+                    "  dashboard_address: ':0'\n")
     return path
 
 
@@ -236,7 +236,7 @@ def test_cuda_kind_falls_back_to_cpu_with_a_warning(caplog):
         pytest.skip("dask-cuda installed: the fallback is not taken")
     from distributed import Client
 
-    cfg = {"kind": "cuda", "workers": 1, "cuda": {"device_memory_limit": 0.8, "dashboard_address": None}}
+    cfg = {"kind": "cuda", "workers": 1, "cuda": {"device_memory_limit": 0.8, "dashboard_address": ":0"}}
     with caplog.at_level(logging.WARNING, logger="subcell_scale.distributed.deploy"):
         cluster = deploy.cluster_from_file(cfg)
     try:
@@ -246,3 +246,17 @@ def test_cuda_kind_falls_back_to_cpu_with_a_warning(caplog):
             assert worker["resources"] == {"GPU": 1}
     finally:
         cluster.close()
+
+
+def test_get_client_starts_the_cluster_of_a_file(local_cluster_file):
+    from subcell_scale.distributed import get_client
+
+    client = get_client(cluster=local_cluster_file)
+    cluster = client.cluster
+    try:
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert worker["resources"] == {"GPU": 1}
+        assert client.submit(_gpu_task, 1, resources={"GPU": 1}).result(timeout=60) == 2
+    finally:
+        client.close()
+    assert cluster.status.name == "closed"  # closing the client closes the cluster the file started
