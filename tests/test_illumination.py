@@ -109,3 +109,44 @@ def test_bad_estimate_input():
         flatfield_from_fields([np.ones((1, 8, 8))], 0.5, method="median")
     with pytest.raises(PlateFormatError, match="one shape"):
         flatfield_from_fields([np.ones((1, 8, 8)), np.ones((1, 8, 9))], 0.5)
+
+
+def test_estimate_flatfield_on_a_demo_plate_with_known_vignetting(tmp_path):
+    """The demo plate's per-plate illumination is known; DNA has the most background to see it in."""
+    from subcell_scale.io import demo, make_demo_plate, open_plate
+    from subcell_scale.illumination import estimate_flatfield
+
+    path = make_demo_plate(tmp_path, n_plates=1, n_wells=4, n_fields=2, field_size=256, seed=5)[0]
+    effects = demo.PlateEffects.draw(demo.HPA, 256, 5, 0)  # what the generator applied to plate 1
+    plate = open_plate(path)
+    dna = plate.channel_names.index("dna")
+    flat = estimate_flatfield(plate, channels=["dna"])
+    assert flat.shape == (4, 256, 256)
+    others = [c for c in range(4) if c != dna]
+    np.testing.assert_array_equal(flat[others], 1.0)
+    truth = effects.illumination[dna] / effects.illumination[dna].mean()
+    assert np.corrcoef(flat[dna].ravel(), truth.ravel())[0, 1] > 0.95
+    befores, afters = [], []
+    for well in plate.wells:
+        for field in plate.fields(well):
+            image = plate.read_field(well, field)
+            background = plate.read_labels(well, field, "cells") == 0
+            befores.append(tile_background_cv(image[dna], background, effects.offset))
+            afters.append(tile_background_cv(apply_flatfield(image, flat)[dna], background, effects.offset))
+    assert all(a < 0.5 * b for a, b in zip(afters, befores, strict=True)), (befores, afters)
+    assert np.mean(afters) < 0.35 * np.mean(befores), (befores, afters)
+    assert estimate_flatfield(plate, channels=[dna], max_fields=3).shape == flat.shape
+    with pytest.raises(ChannelMismatchError, match="'GFP' is not in"):
+        estimate_flatfield(plate, channels=["GFP"])
+
+
+def tile_background_cv(plane: np.ndarray, background: np.ndarray, dark: float, tiles: int = 4) -> float:
+    """Coefficient of variation across tiles of the mean background intensity above the dark level."""
+    h, w = plane.shape
+    means = []
+    for i in range(tiles):
+        for j in range(tiles):
+            sl = (slice(i * h // tiles, (i + 1) * h // tiles), slice(j * w // tiles, (j + 1) * w // tiles))
+            if background[sl].sum() > 100:
+                means.append(plane[sl][background[sl]].mean() - dark)
+    return float(np.std(means) / np.mean(means))
