@@ -310,6 +310,26 @@ def _summary(run: _Run, fields: pd.DataFrame | None) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
+def _run_section(record: Mapping[str, Any], embed_summary: Mapping[str, Any]) -> str:
+    """Stage timings, skipped steps and the options of ``subcell-scale run`` (manifest ``run``)."""
+    parts = []
+    timings = dict(record.get("timings") or {})
+    if not timings and embed_summary.get("seconds") is not None:
+        timings["embed"] = embed_summary["seconds"]
+    if timings:
+        rows = [{"stage": k, "seconds": float(v)} for k, v in timings.items() if isinstance(v, (int, float))]
+        rows.append({"stage": "total", "seconds": float(sum(r["seconds"] for r in rows))})
+        parts.append("<h3>Timings</h3>" + _table(pd.DataFrame(rows)))
+    skipped = record.get("skipped") or {}
+    if skipped:
+        items = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in skipped.items())
+        parts.append(f'<h3>Skipped steps</h3><ul class="missing">{items}</ul>')
+    options = record.get("options") or {}
+    if options:
+        parts.append("<h3>Options</h3>" + _kv_table({k: v for k, v in options.items() if v not in (None, {}, [])}))
+    return "".join(parts) or "<p>No run record in the manifest.</p>"
+
+
 def _parameters(run: _Run) -> str:
     parts = []
     manifest = run.manifest or {}
@@ -324,7 +344,7 @@ def _parameters(run: _Run) -> str:
         if isinstance(provenance, Mapping) and provenance:
             flat = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in provenance.items()}
             parts.append(f"<h3>Provenance of the cells (<code>uns['{Keys.PROVENANCE}']</code>)</h3>{_kv_table(flat)}")
-    extra = {k: v for k, v in manifest.items() if k not in {"fields", "embed", "format"}}
+    extra = {k: v for k, v in manifest.items() if k not in {"fields", "embed", "format", "run"}}
     if extra:
         parts.append(f"<h3>Other manifest entries</h3>{_kv_table(extra)}")
     return "".join(parts) or "<p>No parameters recorded (no manifest).</p>"
@@ -479,6 +499,10 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
     sections = [("Summary", _summary(run, fields))]
     if run.preset is not None:
         sections.append(("Preset", _preset_section(run.preset)))
+    manifest = run.manifest or {}
+    if manifest.get("run") or (manifest.get("embed") or {}).get("summary"):
+        sections.append(("Run", _run_section(manifest.get("run") or {}, (manifest.get("embed") or {}).get("summary")
+                                             or {})))
     sections.append(("Parameters", _parameters(run)))
     if fields is not None:
         sections.append(("Fields", _fields_section(fields)))

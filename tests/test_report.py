@@ -108,6 +108,9 @@ def run_dir(tmp_path):
                   "parameters": {"preset": "hpa", "batch_size": 64},
                   "model": {"variant": "all_channels_MAE-CellS-ProtS-Pool"}, "versions": {"torch": "2.13.0"}},
         "fields": FIELDS,
+        "run": {"status": "done", "options": {"preset": "hpa", "cluster": "auto", "null_size": 1000},
+                "timings": {"embed": 12.5, "profiles": 1.25, "metrics": 3.0, "figures": 2.0},
+                "skipped": {"moa": "no moa column in the platemap"}},
     }
     (root / Files.MANIFEST).write_text(json.dumps(manifest))
     (root / Files.PRESET).write_text(json.dumps({
@@ -144,7 +147,8 @@ def test_full_report(run_dir):
     assert page.unbalanced == 0 and not page.stack
     assert page.links == []  # self-contained: no external CSS, scripts or links
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
-    assert page.sections == ["summary", "preset", "parameters", "fields", "cells", "profiles", "metrics", "figures"]
+    assert page.sections == ["summary", "preset", "run", "parameters", "fields", "cells", "profiles", "metrics",
+                             "figures"]
     # the saved figure is embedded byte for byte
     figure_bytes = (run_dir / Files.FIGURES / "umap_cells.png").read_bytes()
     assert any(base64.b64decode(src.split(",", 1)[1]) == figure_bytes for src in page.images)
@@ -166,7 +170,12 @@ def test_full_report(run_dir):
     # dropped cells per reason, summed over fields
     for reason, total in {"border": 5, "too_small": 1, "too_large": 4}.items():
         assert re.search(rf"<td>{reason}</td><td class=\"num\">{total}</td>", text)
-    # timings from the manifest
+    # stage timings and skipped steps of the run
+    assert re.search(r"<td>embed</td><td class=\"num\">12.5</td>", text)
+    assert re.search(r"<td>total</td><td class=\"num\">18.75</td>", text)
+    assert "<b>moa</b>: no moa column in the platemap" in text
+    assert re.search(r"<th>null_size</th><td>1,000</td>", text)
+    # per-field timings from the manifest
     assert re.search(r"total seconds \(sum over fields\)</th><td>8.2<", text)
     # the failed field's error is shown, escaped
     assert "chunk 0.0.0 unreadable &lt;truncated&gt;" in text
