@@ -1,8 +1,8 @@
 """GPU benchmark of the SubCell engine (ViT-B/16, 448 px), printed as one table.
 
-Rows: cells/s and peak GPU memory at batch 64/128/256 for this engine in fp32 and bf16 autocast, the
+Rows: cells/s and peak GPU memory at batch 64/128/256 for this engine in fp32 and bf16, the
 same for a reference-style forward (eager attention keeping every layer's probabilities, as
-SubCellPortable), bf16 weights without autocast, an optional torch.compile row and ``embed()`` end to
+SubCellPortable), an optional torch.compile row, with --explore each SDPA backend, TF32 and the top CUDA kernels, and ``embed()`` end to
 end from uint16 host crops. Then how far bf16 moves the embeddings against fp32, and a check of the tiny
 reference fixture on the GPU. Runs in about 2-3 minutes on an H100; ``--smoke`` runs a tiny config on
 the CPU in seconds to check the script itself.
@@ -15,6 +15,8 @@ the CPU in seconds to check the script itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import sys
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--batches", default="64,128,256")
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile bf16 row")
+    parser.add_argument("--explore", action="store_true",
+                        help="also time each SDPA backend and TF32, and print the top CUDA kernels")
     parser.add_argument("--min-seconds", type=float, default=1.5, help="timed seconds per row")
     parser.add_argument("--max-seconds", type=float, default=170, help="skip rows after this many seconds")
     args = parser.parse_args()
@@ -105,67 +109,86 @@ def main() -> None:
     print(f"device {name}, torch {torch.__version__}, config hidden {config.hidden_size} x {config.num_layers} "
           f"layers, {size} px", flush=True)
 
-    engine = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="fp32")
-    reference = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="fp32", attention="eager")
+    base = SubCell.random(config, seed=0, n_classifiers=1, device="cpu", precision="fp32")
+    engines = {p: copy.deepcopy(base).to(device) for p in ("bf16", "fp32")}
+    references = {p: copy.deepcopy(base).to(device) for p in ("bf16", "fp32")}
+    for p in ("bf16", "fp32"):
+        engines[p].precision = references[p].precision = p
+        references[p].encoder.attention_impl = "eager"
     rows = []
 
-    def row(label: str, model: SubCell, precision: str, batch: int, ref: bool = False) -> None:
+    def row(label: str, model: SubCell, batch: int, ref: bool = False, context=None) -> None:
         if time.perf_counter() - start > args.max_seconds:
-            rows.append({"row": label, "precision": precision, "batch": batch, "cells_per_s": None,
+            rows.append({"row": label, "precision": model.precision, "batch": batch, "cells_per_s": None,
                          "peak_gib": None, "note": "skipped (time)"})
             return
-        model.precision = precision
         x = torch.rand(batch, config.num_channels, size, size, device=device,
                        generator=torch.Generator(device).manual_seed(batch))
-        r = time_forward(model, x, min_seconds=min_seconds, reference=ref)
+        with context or contextlib.nullcontext():
+            r = time_forward(model, x, min_seconds=min_seconds, reference=ref)
         del x
-        rows.append({"row": label, "precision": precision, "batch": batch, **r})
+        rows.append({"row": label, "precision": model.precision, "batch": batch, **r})
         print(json.dumps(rows[-1]), flush=True)
 
-    for precision in ("bf16", "fp32"):
+    for p in ("bf16", "fp32"):
         for batch in batches:
-            row("engine (SDPA)", engine, precision, batch)
-    for precision in ("bf16", "fp32"):
+            row("engine (SDPA)", engines[p], batch)
+    for p in ("bf16", "fp32"):
         for batch in batches:
-            row("reference-style (eager, all attn)", reference, precision, batch, ref=True)
-    del reference
+            row("reference-style (eager, all attn)", references[p], batch, ref=True)
+    del references
 
     # accuracy of reduced precision against fp32, same weights and inputs
     x = torch.rand(min(batches[0], 32), config.num_channels, size, size, device=device,
                    generator=torch.Generator(device).manual_seed(7))
     with torch.inference_mode():
-        engine.precision = "fp32"
-        ref32 = engine(x)
-        engine.precision = "bf16"
-        amp = engine(x)
-    accuracy = {"bf16 autocast": compare(amp.embedding, ref32.embedding),
-                "bf16 autocast probabilities": compare(amp.probabilities, ref32.probabilities)}
+        ref32 = engines["fp32"](x)
+        low = engines["bf16"](x)
+    accuracy = {"bf16": compare(low.embedding, ref32.embedding),
+                "bf16 probabilities": compare(low.probabilities, ref32.probabilities)}
     if device.type == "cuda":
         with torch.inference_mode():
-            cpu32 = SubCell.random(config, seed=0, n_classifiers=1, device="cpu", precision="fp32")(x[:2].cpu())
+            cpu32 = base(x[:2].cpu())
         accuracy["GPU fp32 vs CPU fp32"] = compare(ref32.embedding[:2], cpu32.embedding)
 
-    # bf16 weights, no autocast (everything in bf16 except softmax statistics)
-    pure = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="fp32").to(torch.bfloat16)
-    with torch.inference_mode():
-        accuracy["bf16 weights"] = compare(pure(x).embedding, ref32.embedding)
-    row("engine, bf16 weights", pure, "fp32", batches[-1])
-    del pure
+    if args.explore and device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            row(f"engine, SDPA backend {backend.name.lower()}", engines["bf16"], batches[-1], context=sdpa_kernel(backend))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        row("engine fp32 with TF32 matmuls", engines["fp32"], batches[-1])
+        torch.backends.cuda.matmul.allow_tf32 = False
+        from torch.profiler import ProfilerActivity, profile
+
+        xb = torch.rand(batches[1] if len(batches) > 1 else batches[0], config.num_channels, size, size, device=device)
+        with torch.inference_mode():
+            engines["bf16"](xb)
+            sync(device)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                engines["bf16"](xb)
+                sync(device)
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=70))
+        del xb
 
     if args.compile and time.perf_counter() - start > args.max_seconds - 90:
         rows.append({"row": "engine + torch.compile", "precision": "bf16", "batch": batches[-1], "cells_per_s": None,
                      "peak_gib": None, "note": "skipped (time)"})
     elif args.compile:
         t0 = time.perf_counter()
-        compiled = SubCell.random(config, seed=0, n_classifiers=1, device=device, precision="bf16", compile=True)
+        compiled = SubCell(config, n_classifiers=1, device=device, precision="bf16", compile=True)
+        compiled.load_state_dict(base.state_dict())
         with torch.inference_mode():
-            compiled(x)
+            out = compiled(x)
+        accuracy["bf16 + torch.compile"] = compare(out.embedding, ref32.embedding)
         print(f"torch.compile warm-up {time.perf_counter() - t0:.1f} s", flush=True)
-        row("engine + torch.compile", compiled, "bf16", batches[-1])
+        row("engine + torch.compile", compiled, batches[-1])
         del compiled
+    engine = engines["bf16"]
+    del engines["fp32"]
 
     # embed(): uint16 host crops -> normalisation on the device -> numpy results
-    engine.precision = "bf16"
     n_crops = batches[-1] * 2
     crops = np.random.default_rng(0).integers(0, 65535, (n_crops, config.num_channels, size, size), dtype=np.uint16)
     engine.embed(crops[: batches[-1]], batch_size=batches[-1])
@@ -174,11 +197,11 @@ def main() -> None:
     rows.append({"row": "embed() uint16 host crops", "precision": "bf16", "batch": batches[-1],
                  "cells_per_s": n_crops / (time.perf_counter() - t0), "peak_gib": None, "note": "incl. H2D + D2H"})
 
-    print(f"\n{'row':<36}{'precision':>10}{'batch':>7}{'cells/s':>10}{'peak GiB':>10}  note")
+    print(f"\n{'row':<44}{'precision':>10}{'batch':>7}{'cells/s':>10}{'peak GiB':>10}  note")
     for r in rows:
         cps = f"{r['cells_per_s']:.0f}" if r["cells_per_s"] else "-"
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None and r["peak_gib"] == r["peak_gib"] else "-"
-        print(f"{r['row']:<36}{r['precision']:>10}{r['batch']:>7}{cps:>10}{peak:>10}  {r['note']}")
+        print(f"{r['row']:<44}{r['precision']:>10}{r['batch']:>7}{cps:>10}{peak:>10}  {r['note']}")
     best = {}
     for r in rows:
         if r["cells_per_s"] and r["batch"] in batches and r["row"] in ("engine (SDPA)", "reference-style (eager, all attn)"):
