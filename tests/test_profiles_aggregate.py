@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pycytominer
 import pytest
+import scipy.sparse as sp
 
 from subcell_scale._constants import Keys
 from subcell_scale.errors import ProfilingError
@@ -107,6 +108,17 @@ def test_streaming_does_not_need_sorted_rows(cells, tmp_path):
     streamed = aggregate(path)
     np.testing.assert_array_equal(streamed.X, aggregate(cells).X)
     assert list(streamed.obs_names) == list(aggregate(cells).obs_names)
+
+
+def test_backed_and_sparse_inputs(cells, tmp_path):
+    expected = aggregate(cells).X
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    np.testing.assert_array_equal(aggregate(ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")).X, expected)
+    sparse = cells.copy()
+    sparse.X = sp.csr_matrix(sparse.X)
+    sparse.write_h5ad(tmp_path / "sparse.h5ad")
+    np.testing.assert_array_equal(aggregate(sparse).X, expected)
+    np.testing.assert_array_equal(aggregate(tmp_path / "sparse.h5ad").X, expected)
 
 
 def test_missing_values_are_skipped_like_pycytominer(cells):

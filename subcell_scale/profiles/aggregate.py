@@ -1,10 +1,13 @@
 """Well profiles from single cells: exact per-group median or mean, streamed from disk.
 
-The cells AnnData of a plate can be larger than memory, but one well's cells are not: rows are
-gathered group by group (several groups per read batch), reading the feature matrix in windows
-aligned to its chunks, so each window is read once when rows come sorted by plate, well and field
-(as the pipeline writes them) and any order still works. Medians are exact per group, as in
-``pycytominer.aggregate`` (``groupby(strata).median()`` on float64).
+The cells AnnData of a plate can be larger than memory, but one well's cells are not. When every
+group's rows are contiguous (the pipeline writes cells sorted by plate, well and field), the
+feature matrix is read once, front to back, in windows aligned to its chunks (the next window is
+read while groups of the current one are reduced on a thread pool); a group crossing a window
+edge is carried over. Any other row order works too: whole groups are then gathered in batches,
+reading only the windows that hold their rows. Medians are exact per group, as in
+``pycytominer.aggregate`` (``groupby(strata).median()`` on float64); each group's result depends
+only on its own rows, so the output is identical however it was read.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def aggregate(
     ----------
     adata
         Cells AnnData in memory, or the path of one on disk (``.zarr`` or ``.h5ad``); a path is
-        streamed: only ``obs`` and about ``BATCH_BYTES`` of cells are in memory at a time.
+        streamed: ``obs``, two read windows (about 64 MB each) and the groups being reduced are in
+        memory at a time, never the whole matrix.
     by
         obs columns whose value combinations are the profiles (pycytominer's ``strata``).
     operation
