@@ -10,6 +10,7 @@ machine inflates them less than wall-clock times; wall-clock figures are printed
     python3 benchmarks/bench_cells.py [--wells 4] [--fields 2] [--field-size 1024] [--cells-per-field 40]
         [--sizes 64 448] [--save-field FIELD.npz]
     python3 benchmarks/bench_cells.py --field FIELD.npz --device cuda   # crops only, CPU numpy vs device
+    python3 benchmarks/bench_cells.py --quality 12                      # segmentation vs ground truth
 
 With ``--field`` no plate is written (for a GPU machine without the I/O stack): one saved field is cropped
 ``--copies`` times by the numpy path on one core and by the torch path on ``--device``, host-to-device
@@ -42,9 +43,15 @@ def main() -> None:
     parser.add_argument("--field", default=None, metavar="NPZ", help="time crops on this saved field only")
     parser.add_argument("--device", default="cpu", help="torch device for extract_cells_torch with --field")
     parser.add_argument("--copies", type=int, default=8, help="passes over the saved field with --field")
+    parser.add_argument("--quality", type=int, default=0, metavar="WELLS",
+                        help="only score segment_field against the demo's ground truth on plates of this many "
+                             "wells x --fields fields (default-layout HPA and Cell Painting demo plates, 512 px)")
     args = parser.parse_args()
     if args.field:
         crops_only(args)
+        return
+    if args.quality:
+        segmentation_quality(args)
         return
 
     import torch
@@ -153,6 +160,35 @@ def crops_only(args: argparse.Namespace) -> None:
         dev_ms = (time.perf_counter() - wall) * 1e3 / (args.copies * len(table))
         print(f"out {size:4d} px: numpy {cpu_ms:7.3f} ms/cell CPU, torch on {device.type} {dev_ms:7.3f} ms/cell "
               f"wall, ratio numpy/torch = {cpu_ms / dev_ms:.1f}; max |diff| = {error:.2e}")
+
+
+def segmentation_quality(args: argparse.Namespace) -> None:
+    """F1 at IoU 0.5 and mean IoU of matched cells, classical segmentation vs the demo's true cells."""
+    from subcell_scale.io import make_demo_plate, open_plate
+    from subcell_scale.segment import match_scores, segment_field
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for cellpainting in (False, True):
+            path = make_demo_plate(tmp, n_plates=1, n_wells=args.quality, n_fields=args.fields, field_size=512,
+                                   cellpainting=cellpainting, seed=11)[0]
+            plate = open_plate(path)
+            matched = true = predicted = 0
+            ious, seconds = [], 0.0
+            for well in plate.wells:
+                for field in plate.fields(well):
+                    cpu = time.process_time()
+                    labels = segment_field(plate.read_field(well, field), plate.channel_names, plate.pixel_size)
+                    seconds += time.process_time() - cpu
+                    scores = match_scores(labels, plate.read_labels(well, field, "cells"))
+                    matched += scores["n_matched"]
+                    true += scores["n_true"]
+                    predicted += scores["n_predicted"]
+                    ious.append(scores["mean_iou"] * scores["n_matched"])
+            n_fields = sum(len(plate.fields(w)) for w in plate.wells)
+            print(f"{'cellpainting' if cellpainting else 'hpa':12s} {n_fields} fields, {true} true cells: "
+                  f"F1@0.5 {2 * matched / (true + predicted):.3f}, precision {matched / predicted:.3f}, "
+                  f"recall {matched / true:.3f}, mean IoU of matched {sum(ious) / matched:.3f}, "
+                  f"{seconds / n_fields * 1e3:.0f} ms/field CPU")
 
 
 if __name__ == "__main__":
