@@ -404,14 +404,20 @@ def _fields_section(fields: pd.DataFrame) -> str:
     return "".join(parts) or "<p>Every field finished; no cells were dropped.</p>"
 
 
-def _cells_section(cells: _Cells) -> str:
+def _cells_section(cells: _Cells, fields: pd.DataFrame | None) -> str:
+    """Cell counts; per well from the manifest when there is one, so imaged wells without cells show 0."""
     from . import pl
 
     parts = [f"<p><code>{_e(cells.path.name)}</code>: {cells.n_obs:,} cells x {cells.n_vars:,} features.</p>"]
     obs = cells.obs
+    done = fields[fields["status"] == "done"] if fields is not None else None
     if Obs.WELL in obs and len(obs):
         try:
-            parts.append(_png(_figure_png(pl.cells_per_well(obs)), "Cells per well"))
+            if done is not None and len(done):
+                fig = pl.plate_heatmap(done, "n_cells", title="Cells per well", label="cells")
+            else:
+                fig = pl.cells_per_well(obs)
+            parts.append(_png(_figure_png(fig), "Cells per well"))
         except ValueError as exc:
             logger.warning("report: no cells-per-well heatmap (%s)", exc)
         per_plate = obs.groupby(Obs.PLATE, observed=True).size() if Obs.PLATE in obs else None
@@ -507,7 +513,7 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
     if fields is not None:
         sections.append(("Fields", _fields_section(fields)))
     if run.cells is not None:
-        sections.append(("Cells", _cells_section(run.cells)))
+        sections.append(("Cells", _cells_section(run.cells, fields)))
     if run.profiles is not None:
         sections.append(("Profiles", _profiles_section(run.profiles)))
     if run.metrics:

@@ -152,8 +152,9 @@ def test_full_report(run_dir):
     # the saved figure is embedded byte for byte
     figure_bytes = (run_dir / Files.FIGURES / "umap_cells.png").read_bytes()
     assert any(base64.b64decode(src.split(",", 1)[1]) == figure_bytes for src in page.images)
-    # plus the QC heatmaps drawn from the manifest and the cells: failed, dropped, cells per well
+    # plus the QC heatmaps drawn from the manifest: failed fields, dropped cells, cells per well
     assert len(page.images) == 4
+    assert re.search(r'alt="Cells per well"', text)
     # numbers come from the inputs
     assert page.cards["fields done"] == "3/5"
     assert page.cards["fields failed"] == "1"
@@ -216,6 +217,7 @@ def test_h5ad_cells_damaged_manifest_and_custom_output(tmp_path):
     assert path == out and not (tmp_path / Files.REPORT).exists()
     page = _parse(path)
     assert page.cards["cells"] == "20"
+    assert len(page.images) == 1  # cells per well from the cells' obs, as there is no manifest
     missing = path.read_text().split("Missing parts")[1]
     assert f"{Files.MANIFEST}: unreadable" in missing
 
