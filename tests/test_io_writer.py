@@ -176,3 +176,31 @@ def test_demo_generator_is_reexported():
 
     assert subcell_scale.io.make_demo_plate is demo.make_demo_plate
     assert subcell_scale.make_demo_plate is demo.make_demo_plate
+
+
+def test_label_properties_and_replacement(tmp_path):
+    import pandas as pd
+
+    from subcell_scale.io import open_plate, write_labels
+
+    path = tmp_path / "props.zarr"
+    labels = np.zeros((32, 32), np.int32)
+    labels[2:10, 2:10] = 4
+    labels[20:30, 5:15] = 11
+    with PlateWriter(path, name="p", channel_names=["dna"], pixel_size=1, levels=2) as writer:
+        writer.write_field("A1", 0, np.zeros((1, 32, 32), np.uint16), labels={"cells": labels})
+    table = pd.DataFrame({"label": np.array([4, 11]), "area": np.array([64, 100], np.int64), "kind": ["a", "b"]})
+    write_labels(path, "A01", 0, "cells", labels, properties=table)
+    meta = _ome(zarr.open_group(str(path / "A/1/0/labels/cells"), mode="r"))["image-label"]
+    assert meta["properties"] == [{"label-value": 4, "area": 64, "kind": "a"},
+                                  {"label-value": 11, "area": 100, "kind": "b"}]
+    write_labels(path, "A01", 0, "cells", labels[::-1].copy(), properties={4: {"note": "flipped"}})
+    plate = open_plate(path)
+    assert plate.label_names("A01", 0) == ["cells"]
+    np.testing.assert_array_equal(plate.read_labels("A01", 0, "cells"), labels[::-1])
+    meta = _ome(zarr.open_group(str(path / "A/1/0/labels/cells"), mode="r"))["image-label"]
+    assert meta["properties"] == [{"label-value": 4, "note": "flipped"}]
+    with pytest.raises(PlateFormatError, match=r"labels 'cells' have shape \(16, 16\), the image is \(32, 32\)"):
+        write_labels(plate, "A01", 0, "cells", labels[:16, :16])
+    with pytest.raises(PlateFormatError, match="negative values"):
+        write_labels(plate, "A01", 0, "cells", -labels)
