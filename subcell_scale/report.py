@@ -351,19 +351,27 @@ def _parameters(run: _Run) -> str:
 
 
 def _preset_section(report: Mapping[str, Any]) -> str:
-    """The preset report (``preset.json``): the protocol in words, then overrides and effective values."""
+    """The preset report (``preset.json``): the protocol in words, then the effective values.
+
+    Lines repeated for every plate are shown once; plates that share every value share one column.
+    """
     parts = []
-    lines = report.get("lines") or []
+    lines = list(dict.fromkeys(str(line) for line in report.get("lines") or []))
     if lines:
         parts.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>")
-    for params in report.get("parameters") or []:
+    columns: dict[str, dict[str, str]] = {}
+    for i, params in enumerate(report.get("parameters") or []):
         if not isinstance(params, Mapping):
             continue
-        plate = params.get("plate") or {}
-        name = plate.get("name") if isinstance(plate, Mapping) else None
-        shown = {k: v for k, v in params.items() if k not in {"plate", "description", "crop"}}
-        title = f"Effective parameters{' for plate ' + str(name) if name else ''}"
-        parts.append(f"<h3>{_e(title)}</h3>{_kv_table(shown)}")
+        plate = params.get("plate") if isinstance(params.get("plate"), Mapping) else {}
+        name = str(plate.get("name") or f"#{i + 1}")
+        columns[name] = {k: _fmt(v) for k, v in params.items() if k not in {"plate", "description", "crop"}}
+    if columns:
+        table = pd.DataFrame(columns)
+        if len(columns) > 1 and table.nunique(axis=1, dropna=False).le(1).all():
+            table = table.iloc[:, :1].set_axis([f"all {len(columns)} plates"], axis=1)
+        parts.append("<h3>Effective parameters</h3>" + _table(table.rename_axis("parameter"), index=True,
+                                                            max_rows=200))
     return "".join(parts) or "<p>The preset report is empty.</p>"
 
 

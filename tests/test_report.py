@@ -182,7 +182,8 @@ def test_full_report(run_dir):
     assert "chunk 0.0.0 unreadable &lt;truncated&gt;" in text
     # parameters, provenance, preset and profiling steps
     assert "all_channels_MAE-CellS-ProtS-Pool" in text and "ab12cd" in text
-    assert "overridden: dilation" in text and "Effective parameters for plate P1" in text
+    assert "overridden: dilation" in text
+    assert re.search(r"<th>parameter</th><th>P1</th></tr></thead><tbody><tr><td>preset</td><td>hpa</td>", text)
     assert "<td>normalize</td>" in text and "standardize" in text
     assert re.search(r"<td>feature_select</td><td>\{\}</td><td class=\"num\">2</td>", text)
     assert "Missing parts" not in text  # every part is there
