@@ -274,3 +274,22 @@ def test_segment_command(demo_plates, tmp_path, capsys):
     assert main(["segment", str(plate), "--channel-cell", "tubulin"]) == 1
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "'tubulin' is not in" in err
+
+
+def test_li_threshold_keeps_more_of_the_dim_confocal_cytoplasm(demo_plates):
+    from subcell_scale.io import open_plate
+
+    plate = open_plate(demo_plates["hpa"])
+    otsu_iou, li_iou, otsu_area, li_area = [], [], 0, 0
+    for well in plate.wells:
+        image, truth = plate.read_field(well, "0"), plate.read_labels(well, "0", "cells")
+        otsu = segment_field(image, plate.channel_names, plate.pixel_size)
+        li = segment_field(image, plate.channel_names, plate.pixel_size, cell_threshold="li")
+        otsu_iou.append(match_scores(otsu, truth)["mean_iou"])
+        li_iou.append(match_scores(li, truth)["mean_iou"])
+        otsu_area += int((otsu > 0).sum())
+        li_area += int((li > 0).sum())
+    assert li_area > otsu_area
+    assert np.mean(li_iou) > np.mean(otsu_iou)
+    with pytest.raises(ConfigError, match="cell_threshold must be"):
+        segment_field(image, plate.channel_names, plate.pixel_size, cell_threshold="triangle")
