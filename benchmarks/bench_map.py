@@ -78,7 +78,8 @@ def run_one(impl: str, n: int, n_features: int, seed: int, cap_gib: float, timeo
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["?"]
-        status = "OOM" if "MemoryError" in proc.stderr or "Out of Memory" in proc.stderr or proc.returncode in (-9, 137) else "error"
+        oom = "MemoryError" in proc.stderr or "Out of Memory" in proc.stderr or proc.returncode in (-9, 137)
+        status = "OOM" if oom else "error"
         return {"impl": impl, "n": n, "status": f"{status} under a {cap_gib:g} GiB cap ({tail[0][:120]})",
                 "elapsed_s": elapsed}
     info = json.loads(out.read_text())
@@ -113,7 +114,8 @@ def main() -> None:
             else:
                 pairs = n * (n - 1) // 2
                 ref = {"impl": "copairs", "n": n,
-                       "status": f"skipped: {pairs:.2e} pairs, the uint32 pair array alone is {pairs * 8 / GIB:.1f} GiB"}
+                       "status": f"skipped: {pairs:.2e} pairs, the uint32 pair array alone is "
+                                 f"{pairs * 8 / GIB:.1f} GiB"}
             speed = diff = ""
             if ours["status"] == "ok" and ref["status"] == "ok":
                 speed = f"{ref['wall_s'] / ours['wall_s']:.1f}x"

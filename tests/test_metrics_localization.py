@@ -73,7 +73,8 @@ def test_per_image_scores_average_cells(cells):
     mean_scores = np.vstack([cells.obsm["localization"][cells.obs_names.get_indexer(g.index)].mean(axis=0)
                              for _, g in images])
     truth = label_indicator([g["hpa"].iloc[0] for _, g in images], CLASSES)
-    assert out.loc["micro_ap", "value"] == pytest.approx(skm.average_precision_score(truth, mean_scores, average="micro"))
+    expected = skm.average_precision_score(truth, mean_scores, average="micro")
+    assert out.loc["micro_ap", "value"] == pytest.approx(expected)
     assert out.loc["micro_ap", "n_samples"] == 12 and (out["level"] == "image").all()
 
 
@@ -82,7 +83,8 @@ def test_linear_probe_is_out_of_fold(cells):
     x = np.asarray(cells.X, dtype=np.float64)
     scores, classes = linear_probe(x, y, cv=3, seed=1)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    expected = cross_val_predict(model, x, y, cv=StratifiedKFold(3, shuffle=True, random_state=1), method="predict_proba")
+    folds = StratifiedKFold(3, shuffle=True, random_state=1)
+    expected = cross_val_predict(model, x, y, cv=folds, method="predict_proba")
     assert np.allclose(scores, expected) and list(classes) == ["A549", "HeLa", "U2OS"]
     out = prediction_scores(cells, "cell_line", cv=3, seed=1).set_index("metric")["value"]
     truth = y[:, None] == classes[None, :]

@@ -54,7 +54,8 @@ def label_indicator(values: Sequence | pd.Series, classes: Sequence[str], *, sep
             else:
                 out[r, i] = True
     if unknown:
-        msg = f"labels {sorted(unknown)[:10]} are not among the {len(classes)} classes ({', '.join(map(str, classes[:8]))}, ...)"
+        shown = ", ".join(map(str, classes[:8]))
+        msg = f"labels {sorted(unknown)[:10]} are not among the {len(classes)} classes ({shown}, ...)"
         raise ProfilingError(msg)
     return out
 
@@ -230,7 +231,8 @@ def evaluate_localization(
     else:
         y_true = np.asarray(labels, dtype=bool)
         if classes is None:
-            classes = list(labels.columns) if isinstance(labels, pd.DataFrame) else [str(i) for i in range(y_true.shape[1])]
+            classes = (list(labels.columns) if isinstance(labels, pd.DataFrame)
+                       else [str(i) for i in range(y_true.shape[1])])
     classes = [str(c) for c in classes]
     if y_true.shape != (adata.n_obs, len(classes)):
         msg = f"labels have shape {y_true.shape}, expected ({adata.n_obs}, {len(classes)}) for {len(classes)} classes"
@@ -357,7 +359,8 @@ def _leiden(x: np.ndarray, *, resolution: float, n_neighbors: int, seed: int) ->
         import igraph  # noqa: F401
         import leidenalg  # noqa: F401
     except ImportError as exc:
-        msg = "leiden clustering needs the igraph and leidenalg packages (pip install igraph leidenalg); or use method='kmeans'"
+        msg = ("leiden clustering needs the igraph and leidenalg packages (pip install igraph leidenalg); "
+               "or use method='kmeans'")
         raise ConfigError(msg) from exc
     import anndata
     import scanpy as sc

@@ -106,10 +106,11 @@ def _ap_rows(key: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     ap = np.full(len(n_pos), np.nan)
     few = (n_pos > 0) & (n_pos <= _COUNTING_MAX_POSITIVES)
     many = n_pos > _COUNTING_MAX_POSITIVES
-    if few.any():
-        ap[few] = _ap_by_counting(key[few], pos[few], neg[few], n_pos[few])
-    if many.any():
-        ap[many] = _ap_by_sorting(key[many], pos[many], neg[many], n_pos[many])
+    for rows, kernel in ((few, _ap_by_counting), (many, _ap_by_sorting)):
+        if rows.all():  # the usual case: no copy of the block
+            ap[:] = kernel(key, pos, neg, n_pos)
+        elif rows.any():
+            ap[rows] = kernel(key[rows], pos[rows], neg[rows], n_pos[rows])
     return ap
 
 
