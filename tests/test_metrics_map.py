@@ -300,3 +300,18 @@ def test_map_invariant_to_row_order_and_cosine_scaling(seed, scale):
                                    ["g"], 200, 0.05, 0)
     assert (base["g"] == moved["g"]).all()
     assert np.abs(base["mean_average_precision"] - moved["mean_average_precision"]).max() < 1e-6
+
+
+def test_block_size_does_not_change_results(profiles):
+    meta, x = profiles
+    whole = average_precision(meta, x, *DESIGNS["subcell_replicate"])
+    for batch_size in (1, 500, 4000):
+        blocked = average_precision(meta, x, *DESIGNS["subcell_replicate"], batch_size=batch_size,
+                                    progress_bar=batch_size == 500)
+        assert np.array_equal(whole["average_precision"].to_numpy(), blocked["average_precision"].to_numpy(),
+                              equal_nan=True)
+    rules = (["moa"], ["compound"], [], ["moa"])
+    keep = (meta["control_type"] == "trt").to_numpy()
+    one = average_precision(meta[keep], x[keep], *rules, multilabel_col="moa")
+    small = average_precision(meta[keep], x[keep], *rules, multilabel_col="moa", batch_size=300)
+    pd.testing.assert_frame_equal(one, small)

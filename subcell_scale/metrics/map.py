@@ -220,7 +220,7 @@ def average_precision(
         ``"manhattan"``, ``"chebyshev"``, any ``scipy.spatial.distance`` metric (similarity
         ``1/(1+d)``, ``1-d`` for jaccard and hamming) or a callable on paired rows.
     progress_bar
-        Show a tqdm bar over blocks.
+        Show a tqdm bar over blocks (off by default, unlike copairs).
     multilabel_col
         A column holding several labels per profile (lists or ``"|"``-separated strings, e.g. MoAs).
         It must be in ``pos_sameby``: two profiles are positive for label ``l`` when both carry it,
@@ -480,7 +480,7 @@ def mean_average_precision(
         Seeds the nulls exactly as copairs does (one ``integers(8096)`` per configuration, in
         sorted (M, L) order), so p-values are identical to copairs' for the same inputs.
     progress_bar, max_workers
-        tqdm bar and threads used while drawing null distributions.
+        tqdm bar (off by default, unlike copairs) and threads used while drawing null distributions.
     cache_dir
         Keep drawn nulls as ``.npy`` files here. The key includes each configuration's own seed,
         so unlike copairs' cache the result never depends on earlier runs.
