@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 from .._constants import Keys
 from ..errors import ConfigError, ProfilingError
@@ -74,6 +73,8 @@ def localization_scores(y_true: np.ndarray, y_score: np.ndarray, *, classes: Seq
         ``metric``, ``value``, ``n_samples``, ``n_classes`` (classes with a positive); with
         ``per_class=True`` also one ``ap:<class>`` row per such class.
     """
+    from sklearn import metrics as skm
+
     y_true = np.asarray(y_true, dtype=bool)
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_true.shape != y_score.shape or y_true.ndim != 2:
@@ -279,6 +280,8 @@ def prediction_scores(
     Out-of-fold probabilities of :func:`linear_probe` scored by macro and micro AP (one-vs-rest)
     and accuracy. ``group_col`` (e.g. ``"plate"`` or ``"well"``) keeps its groups within one fold.
     """
+    from sklearn import metrics as skm
+
     if label_col not in adata.obs.columns:
         msg = f"adata.obs has no column {label_col!r}"
         raise ProfilingError(msg)
@@ -322,6 +325,8 @@ def clustering_scores(
     pandas.DataFrame
         Rows ``adjusted_rand_index``, ``v_measure``, ``fowlkes_mallows`` and ``n_clusters``.
     """
+    from sklearn import metrics as skm
+
     if label_col not in adata.obs.columns:
         msg = f"adata.obs has no column {label_col!r}"
         raise ProfilingError(msg)
