@@ -240,7 +240,7 @@ def test_cuda_kind_falls_back_to_cpu_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="subcell_scale.distributed.deploy"):
         cluster = deploy.cluster_from_file(cfg)
     try:
-        assert "starting a CPU LocalCluster" in caplog.text
+        assert "starting a LocalCluster without GPU pinning" in caplog.text
         with Client(cluster) as client:
             (worker,) = client.scheduler_info()["workers"].values()
             assert worker["resources"] == {"GPU": 1}

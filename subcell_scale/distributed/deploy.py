@@ -135,8 +135,9 @@ def cluster_from_file(config: Mapping[str, Any] | str | os.PathLike[str]) -> Clu
     Notes
     -----
     ``kind: cuda`` needs dask-cuda (``pip install "subcell-scale[gpu]"``); without it, or without a
-    visible GPU, it logs a warning and starts a process-based ``LocalCluster`` with the same worker
-    resources, so a notebook written for a GPU box still runs on a laptop. ``kind: kubernetes`` needs
+    visible GPU, it logs a warning and starts a process-based ``LocalCluster`` (one worker unless
+    ``workers`` says otherwise) with the same worker resources, so a notebook written for a GPU box
+    still runs on a laptop. ``kind: kubernetes`` needs
     dask-kubernetes and a cluster with the Dask operator installed.
     """
     cfg = load_cluster_config(config)
@@ -189,10 +190,12 @@ def _cuda_cluster(cfg: dict[str, Any]) -> Cluster:
         from dask_cuda import LocalCUDACluster
         from dask_cuda.utils import get_n_gpus
 
-        n_gpus = get_n_gpus()
+        n_gpus, reason = get_n_gpus(), "no GPU is visible"
     except Exception as exc:  # ImportError, or NVML missing on a driverless machine
-        logger.warning("%s: dask-cuda cannot use a GPU here (%s: %s); starting a CPU LocalCluster instead",
-                       cfg["source"], type(exc).__name__, exc)
+        n_gpus, reason = 0, f"{type(exc).__name__}: {exc}"
+    if n_gpus == 0:
+        logger.warning("%s: dask-cuda cannot start GPU workers here (%s); starting a LocalCluster without GPU "
+                       "pinning instead", cfg["source"], reason)
         from distributed import LocalCluster
 
         cuda_only = {"CUDA_VISIBLE_DEVICES", "device_memory_limit", "rmm_pool_size", "rmm_async",
