@@ -180,26 +180,29 @@ def _place_centres(rng: np.random.Generator, shape: tuple[int, int], radii: np.n
 
     Centres keep 0.78 (r_i + r_j) apart, so two outlines overlap and the competition in
     :func:`layout_cells` draws a shared border between them without cutting into either nucleus.
+    A cell that finds no room in 80 tries is left out.
     """
-    centres: list[np.ndarray] = []
+    centres = np.zeros((len(radii), 2))
+    placed_r = np.zeros(len(radii))
     kept: list[int] = []
     high = np.array(shape, dtype=float) - 1.0
     for i, r in enumerate(radii):
+        k = len(kept)
         for _ in range(80):
-            if centres and rng.random() < touching:
-                j = int(rng.integers(len(centres)))
+            if k and rng.random() < touching:
+                j = int(rng.integers(k))
                 angle = rng.uniform(0.0, 2.0 * np.pi)
-                dist = (r + radii[kept[j]]) * rng.uniform(0.8, 0.95)
-                c = centres[j] + dist * np.array([np.sin(angle), np.cos(angle)])
+                c = centres[j] + (r + placed_r[j]) * rng.uniform(0.8, 0.95) * np.array([np.sin(angle), np.cos(angle)])
             else:
                 c = rng.uniform((0.0, 0.0), high)
             if not (0.0 <= c[0] <= high[0] and 0.0 <= c[1] <= high[1]):
                 continue
-            if all(np.hypot(*(c - centres[k])) >= 0.78 * (r + radii[kept[k]]) for k in range(len(centres))):
-                centres.append(c)
+            gaps = np.hypot(centres[:k, 0] - c[0], centres[:k, 1] - c[1]) - 0.78 * (r + placed_r[:k])
+            if k == 0 or gaps.min() >= 0.0:
+                centres[k], placed_r[k] = c, r
                 kept.append(i)
                 break
-    return kept, np.array(centres).reshape(-1, 2)
+    return kept, centres[:len(kept)].copy()
 
 
 def layout_cells(shape: tuple[int, int], n_cells: int, rng: np.random.Generator, *,
