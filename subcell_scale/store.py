@@ -252,12 +252,11 @@ class ResultsStore:
         self._dirty = True
 
     def record_done(self, key: str, *, n_cells: int, dropped: Mapping[str, int], seconds: float | None,
-                    shard: str | None, attempts: int = 1) -> None:
+                    shard: str | None) -> None:
         """A field finished: its shard exists with ``n_cells`` cells."""
         self.manifest.setdefault("fields", {})[key] = {
             "status": DONE, "n_cells": int(n_cells), "dropped": {k: int(v) for k, v in dropped.items()},
-            "seconds": None if seconds is None else round(float(seconds), 3), "shard": shard,
-            "attempts": int(attempts), "error": None}
+            "seconds": None if seconds is None else round(float(seconds), 3), "shard": shard, "error": None}
         self._dirty = True
         self.flush()
 

@@ -78,7 +78,7 @@ def test_manifest_records_fields_and_refuses_other_parameters(tmp_path):
     store.flush(force=True)
     manifest = json.loads((tmp_path / Files.MANIFEST).read_text())
     assert manifest["fields"][keys[0]] == {"status": DONE, "n_cells": 4, "dropped": {"border": 2}, "seconds": 1.235,
-                                           "shard": "shards/a/B03_0.npz", "attempts": 1, "error": None}
+                                           "shard": "shards/a/B03_0.npz", "error": None}
     assert manifest["fields"][keys[1]]["status"] == FAILED
     assert manifest["fields"][keys[1]]["error"] == "PlateFormatError: chunk missing"
     assert manifest["embed"]["summary"] == {"fields": 2, DONE: 1, FAILED: 1, PENDING: 0, "n_cells": 4}

@@ -21,6 +21,7 @@ COMMANDS = (
     "convert",
     "segment",
     "download",
+    "embed",
     "profile",
     "evaluate",
 )

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "subcell-model"
-"""Name under which the plugin is registered on every worker."""
+"""Prefix of the plugin names; each model spec is registered as ``subcell-model-<digest>``."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,16 @@ class ModelSpec:
     encoder_path, classifier_paths
         Files for ``"checkpoint"``; paths every worker can read.
     config
-        Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"`` and
-        for checkpoints whose sizes differ from the published ones.
+        Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"``.
     seed, n_classifiers
         Random weights seed and classifier count (``"random"``); classifiers to load (``"variant"``).
     cache_dir
         Model cache for ``"variant"`` (the default cache when None).
+    options
+        Keyword options of the :class:`~subcell_scale.models.SubCell` constructor or loader
+        (``precision``, ``channels``, ``num_heads``, ``variant`` for a checkpoint, ...).
+    torch_threads
+        ``torch.set_num_threads`` on the worker before loading (Dask starts workers with 1).
     """
 
     source: str
@@ -58,6 +62,7 @@ class ModelSpec:
     seed: int = 0
     n_classifiers: int = 1
     cache_dir: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     torch_threads: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,15 +89,17 @@ class ModelSpec:
         from ..models import SubCell
         from ..models.config import ModelConfig
 
-        config = ModelConfig(**self.config) if self.config is not None else None
+        options = dict(self.options)
         if self.source == "random":
+            config = ModelConfig(**self.config) if self.config is not None else None
+            if config is not None and self.variant:
+                options.setdefault("variant", self.variant)
             return SubCell.random(config if config is not None else self.variant, seed=self.seed,
-                                  n_classifiers=self.n_classifiers, device=device)
+                                  n_classifiers=self.n_classifiers, device=device, **options)
         if self.source == "checkpoint":
-            options = {"config": config} if config is not None else {}
-            return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device=device, **options)
+            return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device, **options)
         return SubCell.from_pretrained(self.variant, n_classifiers=self.n_classifiers,
-                                       cache_dir=self.cache_dir, device=device)
+                                       cache_dir=self.cache_dir, device=device, **options)
 
 
 def default_device() -> str:
@@ -111,11 +118,11 @@ class SubCellPlugin(WorkerPlugin):
     """
 
     idempotent = True  # registering the same plugin again does not rebuild the model
-    name = PLUGIN_NAME
 
     def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
         self.spec = spec
         self.device = device
+        self.name = plugin_name(spec)
         self.model: SubCell | None = None
         self.n_loads = 0
         self._lock = threading.Lock()
@@ -144,24 +151,49 @@ class SubCellPlugin(WorkerPlugin):
         self.model = None
 
 
-def worker_model() -> SubCell:
-    """The model held by this worker's plugin (call from inside a task)."""
+def plugin_name(spec: ModelSpec) -> str:
+    """Name of the plugin holding the model of ``spec`` (one per distinct spec)."""
+    import hashlib
+    import json
+
+    text = json.dumps({**spec.describe(), "threads": spec.torch_threads}, sort_keys=True, default=str)
+    return f"{PLUGIN_NAME}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def worker_model(name: str) -> SubCell:
+    """The model held by this worker's plugin ``name`` (call from inside a task)."""
     worker = get_worker()
-    plugin = worker.plugins.get(PLUGIN_NAME)
+    plugin = worker.plugins.get(name)
     if plugin is None:
-        msg = f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; register it with register_model()"
+        msg = f"worker {worker.address} has no {name!r} plugin; register the model with register_model()"
         raise ConfigError(msg)
     if plugin.model is None:
         plugin.setup(worker)
     return plugin.model
 
 
-def register_model(client: Any, spec: ModelSpec, device: str | None = None) -> None:
-    """Register the model plugin on every current and future worker of ``client``'s cluster."""
-    client.register_plugin(SubCellPlugin(spec, device), name=PLUGIN_NAME)
+def register_model(client: Any, spec: ModelSpec, device: str | None = None) -> str:
+    """Register the model on every current and future worker of ``client``'s cluster; returns the plugin name.
+
+    Models of other specs registered earlier are dropped first, so a worker holds one model at a time.
+    """
+    name = plugin_name(spec)
+    for other in _registered(client):
+        if other != name:
+            client.unregister_worker_plugin(other)
+    client.register_plugin(SubCellPlugin(spec, device), name=name)
+    return name
 
 
-def loads_per_worker(dask_worker: Worker) -> int:
-    """How many times this worker built the model (0 if the plugin is absent); use with ``client.run``."""
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    return 0 if plugin is None else plugin.n_loads
+def _registered(client: Any) -> set[str]:
+    names = client.run(_model_plugins)
+    return {n for per_worker in names.values() for n in per_worker}
+
+
+def _model_plugins(dask_worker: Worker) -> list[str]:
+    return [n for n in dask_worker.plugins if n.startswith(PLUGIN_NAME)]
+
+
+def loads_per_worker(dask_worker: Worker) -> dict[str, int]:
+    """Model builds of each model plugin on this worker (use with ``client.run``)."""
+    return {name: plugin.n_loads for name, plugin in dask_worker.plugins.items() if name.startswith(PLUGIN_NAME)}

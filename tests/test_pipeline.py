@@ -1,0 +1,277 @@
+"""embed_plate end to end on demo plates: in-process vs LocalCluster, accounting, resume, AnnData contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from subcell_scale._constants import VAR_PREFIX, Files, Keys, Obs
+from subcell_scale.distributed import ModelSpec, get_client, loads_per_worker
+from subcell_scale.errors import ChannelMismatchError, RunDirectoryError
+from subcell_scale.io import open_plate
+from subcell_scale.io.demo import make_demo_plate
+from subcell_scale.models import SubCell
+from subcell_scale.models.config import ModelConfig
+from subcell_scale.models.registry import CLASS_NAMES
+from subcell_scale.pipeline import embed_plate
+from subcell_scale.store import read_shard
+
+TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=1, intermediate_size=128, num_channels=4, pool_int_dim=32)
+SMALL = {"out_size": 64}  # the physical crop stays 71.68 um; the model sees 64 px
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # two cores shared by many processes: one thread per process keeps torch from spinning
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("demo")
+    plates = make_demo_plate(root, n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    return {"root": root, "plates": [str(p) for p in plates], "platemap": str(root / Files.PLATEMAP)}
+
+
+@pytest.fixture(scope="module")
+def model() -> SubCell:
+    return SubCell.random(TINY, seed=0, n_classifiers=1)
+
+
+@pytest.fixture(scope="module")
+def spec() -> ModelSpec:
+    return ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1)
+
+
+@pytest.fixture(scope="module")
+def reference(demo, model, tmp_path_factory):
+    """The in-process run every other run is compared with."""
+    out = tmp_path_factory.mktemp("ref")
+    adata = embed_plate(demo["plates"], model, out=out, platemap=demo["platemap"], progress=False, **SMALL)
+    return out, adata
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = get_client("local", n_workers=2, threads_per_worker=2, dashboard=False)
+    yield c
+    c.close()
+
+
+def _same(a: ad.AnnData, b: ad.AnnData) -> None:
+    assert list(a.obs_names) == list(b.obs_names)
+    assert np.array_equal(a.X, b.X), f"max difference {np.abs(a.X - b.X).max()}"
+    assert np.array_equal(a.obsm[Keys.LOCALIZATION], b.obsm[Keys.LOCALIZATION])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+
+
+def test_cells_anndata_contract(demo, reference):
+    out, adata = reference
+    assert adata.n_obs > 20
+    assert adata.X.dtype == np.float32 and adata.n_vars == TINY.embedding_dim
+    assert list(adata.var_names[:2]) == [f"{VAR_PREFIX}0000", f"{VAR_PREFIX}0001"]
+    obs = adata.obs
+    for col in Obs.CATEGORICAL:
+        assert isinstance(obs[col].dtype, pd.CategoricalDtype), col
+    assert set(obs["compound"]) and "control_type" in obs and "moa" in obs
+    assert all(name == f"{p}_{w}_{f}_{lab}" for name, p, w, f, lab in
+               zip(adata.obs_names, obs[Obs.PLATE], obs[Obs.WELL], obs[Obs.FIELD], obs[Obs.LABEL]))
+    # deterministic order: plate, well, field, label
+    keys = list(zip(obs[Obs.PLATE].astype(str), obs[Obs.WELL].astype(str), obs[Obs.FIELD].astype(str), obs[Obs.LABEL]))
+    assert keys == sorted(keys)
+    # platemap joined on (plate, well)
+    platemap = pd.read_csv(demo["platemap"]).set_index(["plate", "well"])
+    expected = platemap.loc[list(zip(obs[Obs.PLATE].astype(str), obs[Obs.WELL].astype(str))), "compound"].to_numpy()
+    assert np.array_equal(obs["compound"].astype(str).to_numpy(), expected)
+    # row / column from the well name
+    assert all(str(w)[0] == str(r) and int(str(w)[1:]) == int(c) for w, r, c in zip(obs[Obs.WELL], obs[Obs.ROW], obs[Obs.COLUMN]))
+    # spatial = centroids (x, y) in micrometres
+    plate = open_plate(demo["plates"][0])
+    py, px = plate.pixel_size
+    np.testing.assert_allclose(adata.obsm[Keys.SPATIAL], np.c_[obs[Obs.CENTROID_X] * px, obs[Obs.CENTROID_Y] * py])
+    assert adata.obsm[Keys.LOCALIZATION].shape == (adata.n_obs, 31)
+    assert list(adata.uns[Keys.LOCALIZATION_CLASSES]) == list(CLASS_NAMES)
+    prov = adata.uns[Keys.PROVENANCE]
+    assert prov["checkpoint_sha256"] == SubCell.random(TINY, seed=0).checkpoint_sha256
+    assert prov["channel_mapping"]["demo-plate-1"] == {"microtubules": "microtubules", "er": "er", "dna": "nucleus",
+                                                      "protein": "protein"}
+    assert prov["crop"]["out_size"] == 64 and prov["crop"]["crop_um"] == pytest.approx(71.68)
+    assert prov["crop_window_px"]["demo-plate-1"] == [224, 224]  # 71.68 um at 0.32 um/px
+    assert prov["plates"]["demo-plate-1"] == demo["plates"][0]
+
+
+def test_embeddings_equal_the_model_on_the_crops(demo, reference, model):
+    """The pipeline's X for a field is exactly the model applied to that field's crops."""
+    from subcell_scale.pipeline import field_crops
+
+    _, adata = reference
+    crops, cells = field_crops(demo["plates"][0], "A01", "0", **SMALL)
+    direct = model.embed(crops[:, 0], batch_size=7)["embedding"]
+    sub = adata[(adata.obs[Obs.PLATE] == "demo-plate-1") & (adata.obs[Obs.WELL] == "A01")]
+    assert list(sub.obs[Obs.LABEL]) == list(cells[Obs.LABEL])
+    assert np.array_equal(sub.X, direct)
+
+
+def test_written_anndata_reads_back_and_runs_scanpy(reference):
+    import scanpy as sc
+
+    out, adata = reference
+    back = ad.read_zarr(out / Files.CELLS_ZARR)
+    _same(adata, back)
+    assert back.uns[Keys.PROVENANCE]["checkpoint_sha256"] == adata.uns[Keys.PROVENANCE]["checkpoint_sha256"]
+    sc.pp.neighbors(back, use_rep="X", n_neighbors=5, method="gauss")  # no numba JIT: seconds, not a minute
+    sc.tl.umap(back)
+    sc.tl.leiden(back, flavor="igraph", n_iterations=2)
+    assert back.obsm["X_umap"].shape == (back.n_obs, 2)
+    assert back.obs["leiden"].nunique() >= 1
+
+
+def test_every_ground_truth_cell_is_embedded_or_dropped_with_a_reason(demo, reference):
+    out, adata = reference
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    n_dropped = 0
+    for path in demo["plates"]:
+        plate = open_plate(path)
+        for well in plate.wells:
+            for fld in plate.fields(well):
+                truth = set(np.unique(plate.read_labels(well, fld, "cells")).tolist()) - {0}
+                shard = read_shard(out / "shards" / plate.name / f"{well}_{fld}.npz")
+                mask = (adata.obs[Obs.PLATE] == plate.name) & (adata.obs[Obs.WELL] == well) & (adata.obs[Obs.FIELD] == fld)
+                embedded = set(adata.obs.loc[mask, Obs.LABEL].tolist())
+                dropped = [lab for labels in shard.dropped.values() for lab in labels]
+                assert embedded.isdisjoint(dropped) and len(dropped) == len(set(dropped))
+                assert embedded | set(dropped) == truth
+                record = manifest["fields"][f"{plate.name}/{well}/{fld}"]
+                assert record["status"] == "done" and record["n_cells"] == len(embedded)
+                assert record["dropped"] == {k: len(v) for k, v in shard.dropped.items()}
+                n_dropped += len(dropped)
+    assert n_dropped > 0  # the demo has border cells, so the check above is not vacuous
+    assert manifest["embed"]["summary"]["n_cells"] == adata.n_obs
+
+
+def test_cluster_runs_are_bit_identical_to_in_process(demo, reference, spec, model, client, tmp_path):
+    _, ref = reference
+    two = embed_plate(demo["plates"], spec, client=client, out=tmp_path / "two", platemap=demo["platemap"],
+                      progress=False, **SMALL)
+    _same(ref, two)
+    # the model was built once on each worker, however many fields each ran
+    loads = client.run(loads_per_worker)
+    assert len(loads) == 2 and all(list(v.values()) == [1] for v in loads.values())
+    # an instance reaches the workers as a checkpoint file in out, not through the graph
+    inst = embed_plate(demo["plates"], model, client=client, out=tmp_path / "inst", platemap=demo["platemap"],
+                       progress=False, batch_size=3, **SMALL)
+    _same(ref, inst)
+    assert (tmp_path / "inst" / "model" / "encoder.pth").is_file()
+    assert all(list(v.values()) == [1] for v in client.run(loads_per_worker).values())
+
+
+def test_one_worker_and_another_batch_size_give_the_same_embeddings(demo, reference, spec, client):
+    _, ref = reference
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    client.retire_workers(workers=workers[1:])  # last user of the module's cluster: keep one worker
+    assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
+    adata = embed_plate(demo["plates"], spec, client=client, platemap=demo["platemap"], batch_size=5,
+                        progress=False, **SMALL)
+    _same(ref, adata)
+    # crops cut with torch on the embedding side: the same within float32 rounding
+    on_device = embed_plate(demo["plates"], spec, client=client, platemap=demo["platemap"], batch_size=5,
+                            progress=False, crop_on="device", **SMALL)
+    assert list(on_device.obs_names) == list(ref.obs_names)
+    np.testing.assert_allclose(on_device.X, ref.X, atol=1e-4)
+
+
+def test_a_failed_field_is_recorded_and_a_rerun_finishes_only_it(demo, reference, model, tmp_path):
+    _, ref = reference
+    plates = [str(shutil.copytree(p, tmp_path / Path(p).name)) for p in demo["plates"]]
+    field = Path(plates[1]) / open_plate(plates[1]).well_path("A02") / "0"
+    level0 = json.loads((field / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]["datasets"][0]
+    image = field / level0["path"]
+    chunks = sorted(p for p in image.rglob("*") if p.is_file() and p.name != "zarr.json")
+    original = chunks[0].read_bytes()
+    chunks[0].write_bytes(b"not a zarr chunk")  # a damaged chunk (a missing one would read as zeros)
+    out = tmp_path / "run"
+    first = embed_plate(plates, model, out=out, platemap=demo["platemap"], progress=False, retries=1, **SMALL)
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    record = manifest["fields"]["demo-plate-2/A02/0"]
+    assert record["status"] == "failed" and record["attempts"] == 2
+    assert "A02" in record["error"]
+    assert manifest["embed"]["summary"]["failed"] == 1 and manifest["embed"]["summary"]["done"] == 7
+    assert list(first.uns[Keys.PROVENANCE]["failed_fields"]) == ["demo-plate-2/A02/0"]
+    assert not (first.obs[Obs.WELL].astype(str) + first.obs[Obs.PLATE].astype(str) == "A02demo-plate-2").any()
+
+    chunks[0].write_bytes(original)
+    shards = sorted((out / "shards").rglob("*.npz"))
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    second = embed_plate(plates, model, out=out, platemap=demo["platemap"], progress=False, **SMALL)
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in shards)  # finished fields were not recomputed
+    assert json.loads((out / Files.MANIFEST).read_text())["fields"]["demo-plate-2/A02/0"]["status"] == "done"
+    _same(ref, second)
+
+
+def _embed_cmd(plates: list[str], out: Path, checkpoint: Path) -> list[str]:
+    return [sys.executable, "-c", "import sys; from subcell_scale.cli import main; sys.exit(main())", "embed", *plates, "--model", str(checkpoint),
+            "--out", str(out), "--set", "out_size=64", "--no-progress", "--batch-size", "4"]
+
+
+def test_killed_cli_run_resumes_to_the_same_anndata(demo, reference, model, tmp_path):
+    _, ref = reference
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(model.encoder_state_dict(), checkpoint)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_embed_cmd(demo["plates"], out, checkpoint), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "shards").rglob("*.npz"))) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(list((out / "shards").rglob("*.npz")))
+    assert 0 < n_before < 8, "the run was not stopped midway"
+    assert not (out / Files.CELLS_ZARR).exists()
+
+    done = subprocess.run(_embed_cmd(demo["plates"], out, checkpoint), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    back = ad.read_zarr(out / Files.CELLS_ZARR)
+    assert back.obs_names.is_unique
+    assert list(back.obs_names) == list(ref.obs_names)
+    assert np.array_equal(back.X, ref.X)
+    assert Keys.LOCALIZATION not in back.obsm  # no classifiers given on the command line
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    assert manifest["embed"]["summary"]["done"] == 8
+
+
+def test_out_directory_with_other_parameters_is_refused(demo, reference, model):
+    out, _ = reference
+    with pytest.raises(RunDirectoryError, match="other parameters"):
+        embed_plate(demo["plates"], model, out=out, progress=False, out_size=32)
+
+
+def test_missing_channel_fails_before_any_work(demo, model, tmp_path):
+    with pytest.raises(ChannelMismatchError, match="Mito"):
+        embed_plate(demo["plates"][0], model, out=tmp_path / "x", channel_map={"protein": "Mito"}, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_in_memory_run_without_out(demo, reference, model):
+    _, ref = reference
+    adata = embed_plate(demo["plates"], model, platemap=demo["platemap"], progress=False, batch_size=1, **SMALL)
+    _same(ref, adata)
