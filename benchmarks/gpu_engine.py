@@ -1,15 +1,20 @@
 """GPU benchmark of the SubCell engine (ViT-B/16, 448 px), printed as one table.
 
-Rows: cells/s and peak GPU memory at batch 64/128/256 for this engine in fp32 and bf16, the
-same for a reference-style forward (eager attention keeping every layer's probabilities, as
-SubCellPortable), an optional torch.compile row, with --explore each SDPA backend, TF32 and the top CUDA kernels, and ``embed()`` end to
-end from uint16 host crops. Then how far bf16 moves the embeddings against fp32, and a check of the tiny
-reference fixture on the GPU. Runs in about 2-3 minutes on an H100; ``--smoke`` runs a tiny config on
-the CPU in seconds to check the script itself.
+Rows: cells/s and peak GPU memory at batch 64/128/256 for this engine in fp32 and bf16, the same for a
+reference-style forward (eager attention keeping every layer's probabilities, as SubCellPortable),
+optional torch.compile rows (``--compile``, ``--compile-modes``), with ``--explore`` each SDPA backend,
+TF32 and the top CUDA kernels, and ``embed()`` end to end from uint16 host crops. Then how far bf16
+moves the embeddings against fp32, GPU fp32 against CPU fp32, and the tiny reference fixture on the
+GPU. About 70 s on an H200 (plus ~15 s per compile mode); ``--smoke`` runs a tiny config on the CPU in
+seconds to check the script itself.
 
     python3 benchmarks/gpu_engine.py                 # on a CUDA machine
     python3 benchmarks/gpu_engine.py --compile       # add the torch.compile row
     python3 benchmarks/gpu_engine.py --smoke         # quick check anywhere
+
+Measured on one NVIDIA H200 (torch 2.11, cu130), bf16: 2470 cells/s eager, 2640-2660 with
+torch.compile; reference-style 925 (bf16) and 248 (fp32); bf16 vs fp32 embeddings: relative Frobenius
+error 5.8e-3, min cosine 0.99998.
 """
 
 from __future__ import annotations
@@ -91,7 +96,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny config, small batches, runs on the CPU")
     parser.add_argument("--batches", default="64,128,256")
     parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--compile", action="store_true", help="add a torch.compile bf16 row")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile bf16 rows")
+    parser.add_argument("--compile-modes", default="default",
+                        help="comma-separated torch.compile modes for --compile (default, reduce-overhead, ...)")
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="only the bf16 engine rows (plus --compile / --explore): for quick comparisons")
     parser.add_argument("--explore", action="store_true",
                         help="also time each SDPA backend and TF32, and print the top CUDA kernels")
     parser.add_argument("--min-seconds", type=float, default=1.5, help="timed seconds per row")
@@ -130,10 +139,10 @@ def main() -> None:
         rows.append({"row": label, "precision": model.precision, "batch": batch, **r})
         print(json.dumps(rows[-1]), flush=True)
 
-    for p in ("bf16", "fp32"):
+    for p in ("bf16",) if args.skip_baselines else ("bf16", "fp32"):
         for batch in batches:
             row("engine (SDPA)", engines[p], batch)
-    for p in ("bf16", "fp32"):
+    for p in () if args.skip_baselines else ("bf16", "fp32"):
         for batch in batches:
             row("reference-style (eager, all attn)", references[p], batch, ref=True)
     del references
@@ -172,19 +181,22 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=70))
         del xb
 
-    if args.compile and time.perf_counter() - start > args.max_seconds - 90:
-        rows.append({"row": "engine + torch.compile", "precision": "bf16", "batch": batches[-1], "cells_per_s": None,
-                     "peak_gib": None, "note": "skipped (time)"})
-    elif args.compile:
+    for mode in args.compile_modes.split(",") if args.compile else ():
+        label = f"engine + torch.compile ({mode})"
+        if time.perf_counter() - start > args.max_seconds - 90:
+            rows.append({"row": label, "precision": "bf16", "batch": batches[-1], "cells_per_s": None,
+                         "peak_gib": None, "note": "skipped (time)"})
+            continue
         t0 = time.perf_counter()
-        compiled = SubCell(config, n_classifiers=1, device=device, precision="bf16", compile=True)
+        compiled = SubCell(config, n_classifiers=1, device=device, precision="bf16",
+                           compile=True if mode == "default" else mode)
         compiled.load_state_dict(base.state_dict())
         with torch.inference_mode():
             out = compiled(x)
-        accuracy["bf16 + torch.compile"] = compare(out.embedding, ref32.embedding)
-        print(f"torch.compile warm-up {time.perf_counter() - t0:.1f} s", flush=True)
-        row("engine + torch.compile", compiled, batches[-1])
-        del compiled
+        accuracy[f"bf16 + torch.compile ({mode})"] = compare(out.embedding, ref32.embedding)
+        print(f"torch.compile ({mode}) warm-up {time.perf_counter() - t0:.1f} s", flush=True)
+        row(label, compiled, batches[-1])
+        del compiled, out
     engine = engines["bf16"]
     del engines["fp32"]
 

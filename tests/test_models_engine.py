@@ -84,10 +84,10 @@ def test_embed_normalises_integer_crops_like_the_reference(model, crops):
 
 def test_results_do_not_depend_on_the_batch_size(model, crops):
     whole = model.embed(crops, batch_size=64)
-    for batch_size in (1, 3, 16):
-        split = model.embed(crops, batch_size=batch_size)
+    for batch_size, n in ((1, 6), (3, 21), (16, 21)):
+        split = model.embed(crops[:n], batch_size=batch_size)
         for key in whole:
-            np.testing.assert_array_equal(split[key], whole[key], err_msg=f"{key} at batch {batch_size}")
+            np.testing.assert_array_equal(split[key], whole[key][:n], err_msg=f"{key} at batch {batch_size}")
 
 
 def test_memory_budget_halves_the_batch_and_gives_identical_results(crops, caplog):

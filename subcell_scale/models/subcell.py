@@ -126,14 +126,16 @@ class SubCell(nn.Module):
         Activation budget per forward pass; a batch whose estimate (:meth:`estimate_batch_bytes`) is
         larger raises ``torch.OutOfMemoryError`` as the GPU would, so :meth:`embed` splits it.
     compile
-        Wrap the backbone in ``torch.compile`` (first call per input shape is slow).
+        Wrap the backbone in ``torch.compile``: ``True`` for the default mode or a mode name
+        (``"max-autotune-no-cudagraphs"``, ...). The first call per input shape compiles (about 15 s
+        for ViT-B on a GPU); on an H200 the default mode gave about 7 % more cells/s in bf16.
     """
 
     def __init__(self, config: ModelConfig, *, n_classifiers: int = 1, channels: Sequence[str] | None = None,
                  variant: str | None = None, device: str | torch.device | None = None,
                  precision: Precision = "auto", probability_mode: ProbabilityMode = "sigmoid",
                  pos_interpolation: PosInterpolation = "size", attention: AttentionImpl = "sdpa",
-                 max_batch_bytes: int | None = None, compile: bool = False) -> None:
+                 max_batch_bytes: int | None = None, compile: bool | str = False) -> None:
         super().__init__()
         if not 0 <= n_classifiers <= 10:
             msg = f"n_classifiers must be 0..10 (ten seeds are published), got {n_classifiers}"
@@ -164,7 +166,11 @@ class SubCell(nn.Module):
         self.eval()
         self.to(_resolve_device(device))
         # kept out of the module tree so the compiled wrapper adds no state_dict keys
-        self.__dict__["_compiled_encoder"] = torch.compile(self.encoder) if compile else None
+        if compile:
+            mode = None if compile is True else str(compile)
+            self.__dict__["_compiled_encoder"] = torch.compile(self.encoder, mode=mode)
+        else:
+            self.__dict__["_compiled_encoder"] = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
