@@ -157,8 +157,11 @@ def write_label_image(
     colors = [{"label-value": int(v), "rgba": label_color(int(v))} for v in values if v != 0]
     write_label_metadata(labels_group, name, colors=colors, properties=_properties_list(properties, where),
                          fmt=fmt, source={"image": "../../"})
-    listed = list(dict.fromkeys(ome_attrs(labels_group).get("labels", [])))
-    set_ome_attrs(labels_group, {"labels": listed}, version=fmt.version)
+    # ome-zarr-py appends the name even when it is listed already, and leaves out the 0.5 version
+    attrs = ome_attrs(labels_group)
+    listed = list(dict.fromkeys(attrs.get("labels", [])))
+    if listed != attrs.get("labels") or (fmt.version != "0.4" and attrs.get("version") != fmt.version):
+        set_ome_attrs(labels_group, {"labels": listed}, version=fmt.version)
 
 
 def write_labels(
