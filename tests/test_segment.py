@@ -76,6 +76,22 @@ def test_segment_field_recovers_synthetic_cells_at_any_pixel_size(pixel_size):
     assert np.array_equal(labels[inside], nuc[inside])
 
 
+def test_fine_fields_are_segmented_on_a_binned_grid():
+    # 0.09 um/px with a ragged size: binned x4 to 0.36 um/px, labels repeated back to every pixel
+    image, _, cells = synthetic_field(pixel_size=0.09, size_um=100.0, n_cells=8)
+    assert image.shape[1] % 4 != 0
+    labels = segment_field(image, ["er", "dna"], 0.09)
+    assert labels.shape == cells.shape and labels.dtype == np.int32
+    scores = match_scores(labels, cells)
+    assert scores["f1"] == 1.0 and scores["mean_iou"] > 0.85
+    blocks = labels[:labels.shape[0] // 4 * 4, :labels.shape[1] // 4 * 4].reshape(
+        labels.shape[0] // 4, 4, labels.shape[1] // 4, 4)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # constant on each 4 x 4 block
+    full = segment_field(image, ["er", "dna"], 0.09, work_pixel_size_um=0.09)
+    assert match_scores(full, cells)["f1"] == 1.0
+    assert match_scores(labels, full)["mean_iou"] > 0.9
+
+
 def test_touching_nuclei_are_split():
     image, nuclei, _ = synthetic_field(seed=3, touching=True, n_cells=8)
     # every nucleus overlaps a partner: one Otsu component per pair unless the watershed splits them
