@@ -1,0 +1,181 @@
+"""Presets: effective parameters per plate, channel checks, and the crops each preset feeds the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from subcell_scale._constants import VAR_PREFIX, Keys, Obs
+from subcell_scale.errors import ChannelMismatchError, ConfigError
+from subcell_scale.io import PlateWriter, open_plate
+from subcell_scale.io.demo import make_demo_plate
+from subcell_scale.models import SubCell
+from subcell_scale.models.config import ModelConfig
+from subcell_scale.pipeline import embed_plate, field_crops
+from subcell_scale.presets import PRESET_REPORT, get_preset, report_lines, resolve_preset
+
+JUMP = "jump-cellpainting"
+YBG = ("er", "nucleus", "protein")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cp_plate(tmp_path_factory) -> str:
+    (path,) = make_demo_plate(tmp_path_factory.mktemp("cp"), n_plates=1, n_wells=4, n_fields=1, field_size=192,
+                              seed=1, cellpainting=True)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def hpa_plate(tmp_path_factory) -> str:
+    (path,) = make_demo_plate(tmp_path_factory.mktemp("hpa"), n_plates=1, n_wells=4, n_fields=1, field_size=384,
+                              cells_per_field=16, seed=2)
+    return str(path)
+
+
+def _direct_crop(image: np.ndarray, cy: int, cx: int, window: int, size: int) -> np.ndarray:
+    """Zero-padded window centred on (cy, cx), resized bilinearly (align_corners=False): float64 (C, S, S)."""
+    c, h, w = image.shape
+    out = np.zeros((c, window, window), np.float64)
+    y0, x0 = cy - window // 2, cx - window // 2
+    ys, xs = slice(max(y0, 0), min(y0 + window, h)), slice(max(x0, 0), min(x0 + window, w))
+    out[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = image[:, ys, xs]
+    t = torch.from_numpy(out)[None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def test_hpa_preset_is_the_training_geometry():
+    p = resolve_preset("hpa")
+    assert p["crop"]["out_size"] == 448 and p["crop"]["crop_um"] == pytest.approx(71.68)
+    assert p["crop"]["out_pixel_size"] == pytest.approx(0.16)
+    assert (p["mask_mode"], p["normalization"], p["center"], p["dilation"]) == ("own_cell", "global", "bbox", 7)
+    assert p["variant"] == "all_channels_MAE-CellS-ProtS-Pool" and p["overridden"] == []
+    alt = get_preset("hpa")["alternatives"]["reference-640"]
+    masked640 = resolve_preset("hpa", crop_um=alt["crop_um"], model_pixel_size=alt["model_pixel_size"])
+    assert masked640["crop"]["out_size"] == 640 and masked640["overridden"] == ["crop_um", "model_pixel_size"]
+    assert resolve_preset(None)["preset"] == "hpa"
+
+
+def test_unknown_preset_and_parameter_are_named():
+    with pytest.raises(ConfigError, match="unknown preset 'jump'.*jump-cellpainting"):
+        resolve_preset("jump")
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['crop_size'\]"):
+        resolve_preset("hpa", crop_size=3)
+    with pytest.raises(ConfigError, match="normalization"):
+        resolve_preset("hpa", normalization="zscore")
+
+
+def test_jump_preset_on_a_cell_painting_plate(cp_plate):
+    plate = open_plate(cp_plate)
+    assert plate.channel_names == ["DNA", "ER", "RNA", "AGP", "Mito"] and plate.pixel_size == (0.598, 0.598)
+    p = resolve_preset(JUMP, plate)
+    idx = {n: i for i, n in enumerate(plate.channel_names)}
+    assert p["plate"]["passes"] == [[idx["ER"], idx["DNA"], idx[x]] for x in ("Mito", "AGP", "RNA")]
+    assert p["plate"]["pass_names"] == ["Mito", "AGP", "RNA"]
+    assert p["plate"]["channel_mapping"][0] == {"ER": "er", "DNA": "nucleus", "Mito": "protein"}
+    assert p["plate"]["crop_window_px"] == [128, 128]  # 76.5 um at 0.598 um/px
+    assert p["crop"]["out_size"] == 478 and p["plate"]["rescale"] == pytest.approx(478 / 128)
+    assert (p["mask_mode"], p["normalization"]) == ("none", "per_channel")
+    assert p["aggregation"] == {"by": ["plate", "well"], "operation": "median", "per_field": True}
+    assert [s["method"] for s in p["postprocessing"]] == ["spherize", "standardize"]
+    assert p["postprocessing"][0]["spherize_method"] == "PCA-cor"
+    assert p["evaluation"]["replicate"]["pos_diffby"] == ["plate"] and p["evaluation"]["replicate"]["neg_sameby"] == ["plate"]
+    assert p["evaluation"]["nn"]["exclude_sameby"] == ["compound", "plate"]
+    lines = report_lines(p)
+    assert any("3 pass(es)" in line and "Mito->protein" in line for line in lines)
+    crops, cells = field_crops(plate, plate.wells[0], "0", preset=JUMP)
+    assert crops.shape[1:] == (3, 3, 478, 478) and len(cells) == crops.shape[0] > 0
+
+
+def test_a_40x_plate_gets_the_same_physical_crop(tmp_path, cp_plate):
+    plate = open_plate(cp_plate)
+    image = plate.read_field(plate.wells[0], "0")
+    fine = tmp_path / "fine.zarr"
+    with PlateWriter(fine, name="fine", channel_names=plate.channel_names, pixel_size=0.299) as writer:
+        writer.write_field("A01", "0", np.repeat(np.repeat(image, 2, axis=1), 2, axis=2))
+    coarse, fine_p = resolve_preset(JUMP, plate), resolve_preset(JUMP, open_plate(fine))
+    assert fine_p["plate"]["crop_window_px"] == [256, 256]
+    assert fine_p["plate"]["crop_window_px"][0] * 0.299 == pytest.approx(coarse["plate"]["crop_window_px"][0] * 0.598)
+    assert fine_p["crop"]["out_size"] == coarse["crop"]["out_size"] == 478
+
+
+def test_missing_channel_names_the_channel_and_the_preset(hpa_plate):
+    with pytest.raises(ChannelMismatchError, match=r"preset 'jump-cellpainting' needs channel\(s\) \['Mito', 'AGP', 'RNA'\]"):
+        resolve_preset(JUMP, open_plate(hpa_plate))
+
+
+def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
+    config = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64, num_channels=3, pool_int_dim=16)
+    model = SubCell.random(config, seed=3, n_classifiers=1, channels=YBG)
+    adata = embed_plate(cp_plate, model, out=tmp_path / "run", preset=JUMP, out_size=48, progress=False)
+    d = model.embedding_dim
+    assert adata.n_obs > 0 and adata.X.shape == (adata.n_obs, 3 * d)
+    assert list(adata.var_names[[0, d, 2 * d, 3 * d - 1]]) == [
+        f"{VAR_PREFIX}Mito_0000", f"{VAR_PREFIX}AGP_0000", f"{VAR_PREFIX}RNA_0000", f"{VAR_PREFIX}RNA_{d - 1:04d}"]
+    assert adata.obsm[Keys.LOCALIZATION].shape == (adata.n_obs, 3 * 31)
+    assert list(adata.uns[Keys.PROVENANCE]["passes"]) == ["Mito", "AGP", "RNA"]
+    report = json.loads((tmp_path / "run" / PRESET_REPORT).read_text())
+    assert report["parameters"][0]["preset"] == JUMP and report["parameters"][0]["overridden"] == ["out_size"]
+
+    # one cell, computed directly: 128-px window at the rounded centroid, bilinear to 48, per-channel min-max
+    plate = open_plate(cp_plate)
+    well = str(adata.obs[Obs.WELL].iloc[0])
+    image = plate.read_field(well, "0").astype(np.float64)
+    row = adata.obs.iloc[0]
+    cy, cx = int(np.floor(row[Obs.CENTROID_Y] + 0.5)), int(np.floor(row[Obs.CENTROID_X] + 0.5))
+    idx = {n: i for i, n in enumerate(plate.channel_names)}
+    passes = []
+    for protein in ("Mito", "AGP", "RNA"):
+        crop = _direct_crop(image[[idx["ER"], idx["DNA"], idx[protein]]], cy, cx, 128, 48)
+        low, high = crop.min(axis=(1, 2), keepdims=True), crop.max(axis=(1, 2), keepdims=True)
+        passes.append((crop - low) / (high - low + 1e-6))
+    direct = np.stack(passes).astype(np.float32)
+    crops, cells = field_crops(plate, well, "0", preset=JUMP, model_channels=YBG, out_size=48)
+    assert int(cells[Obs.LABEL].iloc[0]) == int(row[Obs.LABEL])
+    np.testing.assert_allclose(crops[0], direct, atol=1e-5)  # float32 resize vs float64 here
+    per_channel = crops[0].reshape(9, -1)
+    np.testing.assert_allclose(per_channel.min(axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(per_channel.max(axis=1), 1, atol=1e-5)
+    # the cell's 4608-style vector is the three passes' embeddings, concatenated in order
+    expected = model.embed(direct[None], batch_size=3)["embedding"][0]
+    np.testing.assert_allclose(adata.X[0], expected, atol=1e-4)
+
+
+def test_hpa_crop_is_masked_and_globally_normalised(hpa_plate):
+    from scipy import ndimage as ndi
+
+    plate = open_plate(hpa_plate)
+    well = plate.wells[0]
+    crops, cells = field_crops(plate, well, "0", preset="hpa", out_size=64)
+    assert crops.shape[1:] == (1, 4, 64, 64)
+    image = plate.read_field(well, "0").astype(np.float64)
+    labels = plate.read_labels(well, "0", "cells")
+    label = int(cells[Obs.LABEL].iloc[0])
+    ys, xs = np.nonzero(labels == label)
+    # the hpa preset centres on the bounding box (as training did); window 71.68 um / 0.32 = 224 px
+    cy, cx = int(np.floor((ys.min() + ys.max()) / 2 + 0.5)), int(np.floor((xs.min() + xs.max()) / 2 + 0.5))
+    crop = _direct_crop(image, cy, cx, 224, 64)
+    own = np.zeros((224, 224), bool)
+    inside = (ys - (cy - 112), xs - (cx - 112))
+    own[inside] = True
+    nearest = np.minimum(((2 * np.arange(64) + 1) * 224) // 128, 223)  # pixel-centre nearest resize
+    mask = own[np.ix_(nearest, nearest)]
+    dilation = resolve_preset("hpa", out_size=64)["crop"]["dilation_out_px"]
+    mask = ndi.maximum_filter(mask.astype(np.uint8), size=dilation) > 0
+    masked = crop * mask
+    direct = (masked - masked.min()) / (masked.max() - masked.min() + 1e-6)
+    np.testing.assert_allclose(crops[0, 0], direct, atol=1e-5)
+    assert crops[0, 0].max() == pytest.approx(1, abs=1e-5) and crops[0, 0].min() == 0
+    assert crops[0, 0].reshape(4, -1).max(axis=1).min() < 0.99  # one min-max over all channels, not per channel
+    assert not crops[0, 0][:, ~mask].any()  # other cells and background are masked out
