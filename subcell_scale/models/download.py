@@ -211,7 +211,7 @@ def download_file(url: str, dest: str | Path, *, expected_sha256: str | None = N
                        f"{exc}); {have} bytes kept in {part}, run the download again to resume")
                 raise DownloadError(msg) from exc
             logger.warning("%s: %s; resuming from byte %d (attempt %d of %d)", url, exc, have, attempt + 1, retries + 1)
-            time.sleep(min(2.0 ** (attempt - 1), 10.0) * 0.1)
+            time.sleep(min(2.0 ** (attempt - 1), 30.0))  # 1, 2, 4, ... s between attempts
 
     sha = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)
