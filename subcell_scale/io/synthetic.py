@@ -14,15 +14,14 @@ signal into camera counts with vignetting, shot and read noise.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-logger = logging.getLogger(__name__)
+from ..errors import ConfigError
 
 HPA_CHANNELS = ("microtubules", "er", "dna", "protein")
 CELLPAINTING_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
@@ -336,6 +335,7 @@ class _Painter:
         self.um = 1.0 / pixel_size  # pixels per micrometre
         self.rng = rng
         self.shape = layout.labels.shape
+        self._textures: dict[float, np.ndarray] = {}
 
     # masks ---------------------------------------------------------------------------------------
     @cached_property
@@ -397,13 +397,17 @@ class _Painter:
         fx = sfft.rfftfreq(self.shape[1]).astype(np.float32)[None, :]
         return fy * fy + fx * fx
 
-    @lru_cache(maxsize=None)  # noqa: B019 - one painter per field, dropped with it
     def texture(self, scale_um: float) -> np.ndarray:
         """Band-pass noise with structures about ``scale_um`` across, zero mean and unit spread.
 
         All textures of a field filter one white-noise spectrum (a difference of Gaussians applied in
-        Fourier space), so each costs a single inverse FFT.
+        Fourier space), so each costs a single inverse FFT; a scale asked for twice is reused.
         """
+        if scale_um not in self._textures:
+            self._textures[scale_um] = self._band(scale_um)
+        return self._textures[scale_um]
+
+    def _band(self, scale_um: float) -> np.ndarray:
         s = max(scale_um * self.um / 2.5, 0.6)
         f2 = self._freq2 * np.float32(-2.0 * np.pi * np.pi * s * s)
         transfer = np.exp(f2) - np.exp(f2 * np.float32(1.7 * 1.7))
@@ -421,6 +425,7 @@ class _Painter:
         return self.nucleolar_discs(count=(1, 5), radius_um=(0.9, 1.7))
 
     def nucleolar_discs(self, *, count: tuple[int, int], radius_um: tuple[float, float]) -> np.ndarray:
+        """``count`` (low, high exclusive) discs per nucleus with radii drawn from ``radius_um``."""
         out = np.zeros(self.shape, dtype=np.float32)
         lay = self.layout
         for i in range(lay.n_cells):
@@ -582,17 +587,19 @@ def _hpa_protein(p: _Painter, ph: Phenotype) -> np.ndarray:
     elif pattern == "plasma_membrane":
         img = p.membrane(0.9 * s) + 0.08 * cytosol
     elif pattern == "mitochondria":
-        density = 0.012 * np.exp(-p.perinuclear / 1.2) * (1.0 - p.nucleus) * p.cell
+        # a perinuclear network of branched tubules
+        density = 0.02 * np.exp(-p.perinuclear / 1.5) * (1.0 - p.nucleus) * p.cell
         starts = p.sample(density)
-        pts = p.walks(starts, steps=max(int(2.5 * s * p.um), 2), step_px=1.0, wiggle=0.35)
-        img = np.minimum(_unit(p.splat(pts, 0.3 * p.um, np.full(len(pts), 0.6))), 1.5) + 0.04 * cytosol
+        pts = p.walks(starts, steps=max(int(3.5 * s * p.um), 2), step_px=1.0, wiggle=0.3,
+                      stay_in=p.cytoplasm > 0)
+        img = np.minimum(p.splat(pts, 0.3 * p.um, np.full(len(pts), 0.45)), 1.5) + 0.04 * cytosol
     elif pattern == "vesicles":
         density = 0.0035 * p.thickness * (1.0 - p.nucleus)
         pts = p.sample(density)
         img = np.minimum(p.splat(pts, 0.35 * s * p.um), 1.5) + 0.05 * cytosol
     else:
         msg = f"unknown HPA protein pattern {pattern!r}; expected one of {', '.join(HPA_PATTERNS)}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     mixed = ph.strength * _unit(img) + (1.0 - ph.strength) * _unit(baseline)
     return mixed * ph.intensity * p.expression(0.45)
 
@@ -679,7 +686,7 @@ def _cp_mito(p: _Painter, ph: Phenotype) -> np.ndarray:
     steps = max(int(round(length_um * p.um)), 1)
     density = 0.03 * np.exp(-p.perinuclear / clustering) * p.cytoplasm
     starts = p.sample(density)
-    pts = p.walks(starts, steps=steps, step_px=1.0, wiggle=0.35)
+    pts = p.walks(starts, steps=steps, step_px=1.0, wiggle=0.35, stay_in=p.cytoplasm > 0)
     mito = np.minimum(p.splat(pts, 0.3 * p.um, np.full(len(pts), 0.5)), 1.5)
     return (amplitude * mito + 0.05 * p.thickness) * p.expression(0.3)
 
@@ -695,7 +702,7 @@ def cellpainting_field(layout: CellLayout, phenotype: Phenotype, pixel_size: flo
     if phenotype.pattern not in CELLPAINTING_PATTERNS:
         msg = (f"unknown Cell Painting phenotype {phenotype.pattern!r}; expected one of "
                f"{', '.join(CELLPAINTING_PATTERNS)}")
-        raise ValueError(msg)
+        raise ConfigError(msg)
     p = _Painter(layout, pixel_size, rng)
     channels = [_cp_dna(p, phenotype), _cp_er(p, phenotype), _cp_rna(p, phenotype), _cp_agp(p, phenotype),
                 _cp_mito(p, phenotype)]
