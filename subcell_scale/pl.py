@@ -64,6 +64,7 @@ _EXTRA_CHANNEL_COLORS = ("#ff00ff", "#00ffff", "#ff8000", "#ffffff")
 _CONTROL_NAMES = {"dmso", "negcon", "control", "untreated", "neg_control", "negative control"}
 _CONTROL_GREY = "#b0b0b0"
 _MISSING_GREY = "#d9d9d9"
+_WELL_AGGREGATES = ("sum", "mean", "median", "max", "min")
 _PathLike = str | os.PathLike[str]
 
 
@@ -224,6 +225,9 @@ def plate_heatmap(
     frame = data.obs if hasattr(data, "obs") else data
     if not isinstance(frame, pd.DataFrame):
         msg = f"plate_heatmap takes an AnnData or a DataFrame, not {type(data).__name__}"
+        raise ConfigError(msg)
+    if agg not in _WELL_AGGREGATES:
+        msg = f"plate_heatmap: agg must be one of {', '.join(_WELL_AGGREGATES)}, found {agg!r}"
         raise ConfigError(msg)
     for column in [well] + ([value] if value is not None else []):
         if column not in frame.columns:

@@ -117,6 +117,8 @@ def test_plate_heatmap_bad_input():
         pl.plate_heatmap(frame, "n_cells")
     with pytest.raises(ConfigError, match="well name 'Z'"):
         pl.plate_heatmap(pd.DataFrame({"well": ["Z"]}))
+    with pytest.raises(ConfigError, match="agg must be one of"):
+        pl.plate_heatmap(frame, "x", agg="total")
     with pytest.raises(ConfigError, match="outside the 96-well layout"):
         pl.plate_heatmap(pd.DataFrame({"well": ["P24"]}), layout=96)
 
