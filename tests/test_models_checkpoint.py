@@ -28,7 +28,8 @@ def load(path, classifiers=(), **kw) -> SubCell:
 def test_published_layout_loads_and_records_the_sha256():
     import hashlib
 
-    model = load(TINY / "encoder.pth", [TINY / "classifier_seed_0.pth"])
+    model = load(TINY / "encoder.pth", str(TINY / "classifier_seed_0.pth"))  # one path, not a list
+    assert model.n_classifiers == 1
     assert model.checkpoint_sha256 == hashlib.sha256((TINY / "encoder.pth").read_bytes()).hexdigest()
     assert model.classifier_sha256 == [hashlib.sha256((TINY / "classifier_seed_0.pth").read_bytes()).hexdigest()]
 

@@ -243,6 +243,8 @@ class SubCell(nn.Module):
             classifier that does not fit the encoder; the message names the file.
         """
         encoder_path = Path(encoder_path)
+        if isinstance(classifier_paths, (str, Path)):  # one file given without a list
+            classifier_paths = [classifier_paths]
         sd = load_state_dict_file(encoder_path)
         config = infer_config(sd, encoder_path, num_heads=num_heads)
         if variant is not None:
