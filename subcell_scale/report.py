@@ -454,8 +454,20 @@ def _profiles_section(profiles: Any) -> str:
 
 
 def _metrics_section(metrics: Mapping[str, pd.DataFrame]) -> str:
+    """Tables in reading order: the summary, mAP per group, NN accuracy, then per-profile tables."""
+
+    def rank(item: tuple[str, pd.DataFrame]) -> tuple[int, str]:
+        name, table = item
+        if name == "summary":
+            return 0, name
+        if all(c in table for c in _MAP_COLUMNS):
+            return 1, name
+        if all(c in table for c in _NN_COLUMNS):
+            return 2, name
+        return 3, name
+
     parts = []
-    for name, table in metrics.items():
+    for name, table in sorted(metrics.items(), key=rank):
         header = f"<h3>{_e(name)} <span class='note'>({Files.METRICS}/{_e(name)}.csv)</span></h3>"
         lead = ""
         if all(c in table for c in _MAP_COLUMNS):

@@ -168,6 +168,7 @@ def test_full_report(run_dir):
     assert page.cards["replicate_map: fraction retrieved"] == "0.5"
     assert "fraction retrieved (q &lt; 0.05) 0.50 (2/4 groups)" in text
     assert "best accuracy 0.750 at k = 3" in text
+    assert text.index("replicate_map.csv") < text.index("nn_accuracy.csv")  # mAP first, then NN accuracy
     # dropped cells per reason, summed over fields
     for reason, total in {"border": 5, "too_small": 1, "too_large": 4}.items():
         assert re.search(rf"<td>{reason}</td><td class=\"num\">{total}</td>", text)
