@@ -78,7 +78,7 @@ def test_segment_field_recovers_synthetic_cells_at_any_pixel_size(pixel_size):
 
 def test_fine_fields_are_segmented_on_a_binned_grid():
     # 0.09 um/px with a ragged size: binned x4 to 0.36 um/px, labels repeated back to every pixel
-    image, _, cells = synthetic_field(pixel_size=0.09, size_um=100.0, n_cells=8)
+    image, _, cells = synthetic_field(pixel_size=0.09, size_um=80.0, n_cells=6)
     assert image.shape[1] % 4 != 0
     labels = segment_field(image, ["er", "dna"], 0.09)
     assert labels.shape == cells.shape and labels.dtype == np.int32
@@ -297,7 +297,7 @@ def test_li_threshold_keeps_more_of_the_dim_confocal_cytoplasm(demo_plates):
 
     plate = open_plate(demo_plates["hpa"])
     otsu_iou, li_iou, otsu_area, li_area = [], [], 0, 0
-    for well in plate.wells:
+    for well in plate.wells[:2]:
         image, truth = plate.read_field(well, "0"), plate.read_labels(well, "0", "cells")
         otsu = segment_field(image, plate.channel_names, plate.pixel_size)
         li = segment_field(image, plate.channel_names, plate.pixel_size, cell_threshold="li")
