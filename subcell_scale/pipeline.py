@@ -38,7 +38,7 @@ from ._constants import VAR_PREFIX, Files, Keys, Obs
 from .distributed.plugin import ModelSpec
 from .distributed.tasks import FieldJob, embed_field, prepare_field
 from .errors import ConfigError, PlateNotFoundError
-from .presets import crop_spec, report_lines, resolve_preset, write_preset_report
+from .presets import CROP_KEYS, crop_spec, report_lines, resolve_preset, write_preset_report
 from .store import ResultsStore, Shard, field_key, parameters_digest, read_shard, shard_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center")
 _FORMATS = ("zarr", "h5ad")
 _EMBED_KEYS = ("crop", "channel_map", "label_name", "min_area_um2", "max_area_um2", "drop_border", "segmentation")
 """Parameters that change embeddings; the profiling and evaluation keys of a preset do not."""
@@ -257,12 +256,12 @@ def _crop_overrides(crop: CropSpec | Mapping[str, Any] | None) -> dict[str, Any]
     if isinstance(crop, Mapping):
         values = dict(crop)
     else:
-        values = {k: getattr(crop, k) for k in _CROP_KEYS}
+        values = {k: getattr(crop, k) for k in CROP_KEYS}
         values["crop_um"] = crop.side_um
         values["out_size"] = crop.size
-    unknown = sorted(set(values) - set(_CROP_KEYS))
+    unknown = sorted(set(values) - set(CROP_KEYS))
     if unknown:
-        msg = f"crop: unknown key(s) {unknown}; crop keys are {list(_CROP_KEYS)}"
+        msg = f"crop: unknown key(s) {unknown}; crop keys are {list(CROP_KEYS)}"
         raise ConfigError(msg)
     return values
 
@@ -341,7 +340,7 @@ def _jobs(plates: list[Plate], params: list[dict[str, Any]], store: ResultsStore
     jobs = []
     for plate, p in zip(plates, params, strict=True):
         spec = crop_spec(p)
-        crop = {k: getattr(spec, k) for k in _CROP_KEYS}
+        crop = {k: getattr(spec, k) for k in CROP_KEYS}
         filters = {"min_area_um2": p["min_area_um2"], "max_area_um2": p["max_area_um2"],
                    "drop_border": bool(p["drop_border"])}
         for well in plate.wells:
@@ -632,7 +631,7 @@ def _write_cells(adata: AnnData, root: Path, fmt: str) -> Path:
     if fmt == "zarr":
         import anndata as ad
 
-        with ad.settings.override(zarr_write_format=3):
+        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
             adata.write_zarr(tmp)
     else:
         adata.write_h5ad(tmp)

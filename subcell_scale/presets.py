@@ -157,7 +157,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "hpa"
 
 _NOT_OVERRIDABLE = ("description", "alternatives")
-_CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center")
+CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center")
+"""Preset keys that are :class:`~subcell_scale.cells.CropSpec` fields."""
 
 
 def preset_names() -> list[str]:

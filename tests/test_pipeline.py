@@ -275,3 +275,24 @@ def test_in_memory_run_without_out(demo, reference, model):
     _, ref = reference
     adata = embed_plate(demo["plates"], model, platemap=demo["platemap"], progress=False, batch_size=1, **SMALL)
     _same(ref, adata)
+
+
+def test_fields_without_labels_are_segmented_and_the_labels_written_back(demo, model, tmp_path):
+    plate_path = str(shutil.copytree(demo["plates"][0], tmp_path / "p.zarr"))
+    refused = embed_plate(plate_path, model, label_name="seg", segment_if_missing=False, progress=False,
+                          retries=0, **SMALL)
+    assert refused.n_obs == 0 and len(refused.uns[Keys.PROVENANCE]["failed_fields"]) == 4
+    out = tmp_path / "run"
+    adata = embed_plate(plate_path, model, out=out, label_name="seg", progress=False, **SMALL)
+    plate = open_plate(plate_path)
+    for well in plate.wells:
+        assert "seg" in plate.label_names(well, "0")
+        shard = read_shard(out / "shards" / plate.name / f"{well}_0.npz")
+        assert shard.meta["segmented"] is True
+        labels = plate.read_labels(well, "0", "seg")
+        kept = adata.obs.loc[adata.obs[Obs.WELL] == well, Obs.LABEL]
+        assert set(kept) | {v for vals in shard.dropped.values() for v in vals} == set(np.unique(labels)) - {0}
+    assert adata.n_obs > 0
+    # the written labels are used as they are on the next run: nothing is segmented again
+    again = embed_plate(plate_path, model, label_name="seg", segment_if_missing=False, progress=False, **SMALL)
+    _same(adata, again)
