@@ -21,12 +21,13 @@ _LAZY = {
     "embed_plate": "subcell_scale.pipeline",
     "get_client": "subcell_scale.distributed",
 }
-_SUBMODULES = {"io", "models", "profiles", "metrics", "pl", "distributed", "segment", "cells", "presets"}
+_SUBMODULES = {"io", "models", "profiles", "metrics", "pl", "distributed", "segment", "cells", "presets",
+               "illumination"}
 
 __all__ = [*_LAZY, *sorted(_SUBMODULES), "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import cells, distributed, io, metrics, models, pl, presets, profiles, segment
+    from . import cells, distributed, illumination, io, metrics, models, pl, presets, profiles, segment
     from .distributed import get_client
     from .io import Plate, make_demo_plate, open_plate, read_platemap
     from .models import SubCell
