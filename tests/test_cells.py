@@ -170,6 +170,8 @@ def test_passes_stack_single_pass_crops_and_integer_input_is_kept():
     np.testing.assert_allclose(as_float, multi, atol=1e-6)
     chunked, _ = extract_cells(image, labels, 0.5, spec, channels=passes, chunk_size=2)
     np.testing.assert_array_equal(chunked, multi)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        extract_cells(image, labels, 0.5, spec, chunk_size=0)
 
 
 @pytest.mark.parametrize(
