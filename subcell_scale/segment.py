@@ -111,8 +111,10 @@ class SegmentParams:
             raise ConfigError(msg)
         for f in fields(out):
             value = getattr(out, f.name)
-            if isinstance(value, float | int) and not value > 0:
-                msg = f"segmentation parameter {f.name} must be positive, got {value!r}"
+            if isinstance(f.default, str):
+                continue
+            if isinstance(value, bool) or not isinstance(value, float | int) or not value > 0:
+                msg = f"segmentation parameter {f.name} must be a positive number, got {value!r}"
                 raise ConfigError(msg)
         return out
 

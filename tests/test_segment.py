@@ -135,6 +135,10 @@ def test_bad_input_names_the_problem():
     image, _, _ = synthetic_field()
     with pytest.raises(ConfigError, match="unknown segmentation parameter"):
         segment_field(image, ["er", "dna"], 0.5, sigma=3)
+    with pytest.raises(ConfigError, match="nucleus_sigma_um must be a positive number, got 'wide'"):
+        segment_field(image, ["er", "dna"], 0.5, nucleus_sigma_um="wide")
+    with pytest.raises(ConfigError, match="max_cell_radius_um must be a positive number"):
+        segment_field(image, ["er", "dna"], 0.5, max_cell_radius_um=0)
     with pytest.raises(ChannelMismatchError, match="2 channels but 3 names"):
         segment_field(image, ["er", "dna", "x"], 0.5)
     with pytest.raises(PlateFormatError, match=r"\(c, y, x\)"):
