@@ -174,3 +174,19 @@ def test_registry():
     assert get_variant("DNA-Protein_MAE-CellS-ProtS-Pool").channel_letters == "bg"
     with pytest.raises(ConfigError, match="unknown SubCell variant 'rybg'.*all_channels_ViT-ProtS-Pool"):
         get_variant("rybg")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_matches_cpu_in_fp32_and_bf16_stays_close(crops):
+    cpu = SubCell.random(TINY, seed=3, n_classifiers=2, device="cpu")
+    gpu32 = SubCell.random(TINY, seed=3, n_classifiers=2, device="cuda", precision="fp32")
+    gpu16 = SubCell.random(TINY, seed=3, n_classifiers=2, device="cuda", precision="bf16")
+    assert gpu16.compute_dtype == torch.bfloat16 and gpu32.compute_dtype == torch.float32
+    ref = cpu.embed(crops)
+    out32 = gpu32.embed(crops, batch_size=8)
+    out16 = gpu16.embed(crops, batch_size=8)
+    np.testing.assert_allclose(out32["embedding"], ref["embedding"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out32["probabilities"], ref["probabilities"], atol=1e-5, rtol=0)
+    scale = np.abs(ref["embedding"]).max()
+    assert np.abs(out16["embedding"] - ref["embedding"]).max() < 3e-2 * scale
