@@ -152,7 +152,7 @@ class _Outline:
 
 def _random_outline(rng: np.random.Generator, centre: np.ndarray, radius: float, elongation: float,
                     orientation: float, roughness: float) -> _Outline:
-    orders = np.arange(3, 7, dtype=float)
+    orders = np.arange(3, 10, dtype=float)
     amplitudes = rng.normal(0.0, roughness, orders.size) / (orders - 2.0)
     phases = rng.uniform(0.0, 2.0 * np.pi, orders.size)
     return _Outline(np.asarray(centre, dtype=float), float(radius), float(elongation), float(orientation),
@@ -206,7 +206,7 @@ def _place_centres(rng: np.random.Generator, shape: tuple[int, int], radii: np.n
 
 def layout_cells(shape: tuple[int, int], n_cells: int, rng: np.random.Generator, *,
                  radius_px: tuple[float, float], nucleus_fraction: tuple[float, float] = (0.33, 0.45),
-                 elongation: tuple[float, float] = (0.0, 0.45), roughness: float = 0.08,
+                 elongation: tuple[float, float] = (0.0, 0.45), roughness: float = 0.1,
                  touching: float = 0.5) -> CellLayout:
     """Lay out up to ``n_cells`` cells with one nucleus each in a field of ``shape``.
 
