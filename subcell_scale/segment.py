@@ -309,6 +309,9 @@ def segment_field(
         raise ChannelMismatchError(msg)
     p = SegmentParams.from_kwargs(params)
     nucleus, cyto = resolve_segmentation_channels(channel_names, nucleus_channel, cell_channel)
+    if not cyto:
+        logger.info("no cytoplasm channel among %s: cells are nuclei grown by %.1f um", list(channel_names),
+                    p.max_cell_radius_um / 3)
     py, px = pixel_size_yx(pixel_size)
     factor = max(1, int(p.work_pixel_size_um / max(py, px)))
     work_size = (py * factor, px * factor)
