@@ -26,9 +26,9 @@ def crops() -> np.ndarray:
 
 
 def test_random_weights_are_deterministic_and_seeded():
-    a = SubCell.random(TINY, seed=7)
-    b = SubCell.random(TINY, seed=7)
-    c = SubCell.random(TINY, seed=8)
+    a = SubCell.random(TINY, device="cpu", seed=7)
+    b = SubCell.random(TINY, device="cpu", seed=7)
+    c = SubCell.random(TINY, device="cpu", seed=8)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.checkpoint_sha256 == b.checkpoint_sha256 != c.checkpoint_sha256
@@ -49,7 +49,7 @@ def test_random_weights_are_deterministic_and_seeded():
 def test_random_checkpoint_sha256_is_a_hash_of_the_weights():
     import hashlib
 
-    m = SubCell.random(TINY, seed=1, n_classifiers=0)
+    m = SubCell.random(TINY, device="cpu", seed=1, n_classifiers=0)
     digest = hashlib.sha256(b"subcell-scale random seed=1")
     for k, v in m.state_dict().items():
         digest.update(k.encode())
@@ -61,7 +61,7 @@ def test_attributes(model):
     assert model.channels == ("microtubules", "er", "nucleus", "protein")
     assert model.embedding_dim == 96 and model.variant is None and model.device == torch.device("cpu")
     assert model.config == TINY and not any(p.requires_grad for p in model.parameters())
-    assert SubCell(TINY, variant="all_channels_ViT-ProtS-Pool", n_classifiers=0).variant == "all_channels_ViT-ProtS-Pool"
+    assert SubCell(TINY, device="cpu", variant="all_channels_ViT-ProtS-Pool", n_classifiers=0).variant == "all_channels_ViT-ProtS-Pool"
 
 
 def test_embed_normalises_integer_crops_like_the_reference(model, crops):
@@ -91,7 +91,7 @@ def test_results_do_not_depend_on_the_batch_size(model, crops):
 
 
 def test_memory_budget_halves_the_batch_and_gives_identical_results(crops, caplog):
-    m = SubCell.random(TINY, seed=3, n_classifiers=3)
+    m = SubCell.random(TINY, device="cpu", seed=3, n_classifiers=3)
     whole = m.embed(crops, batch_size=64)
     m.max_batch_bytes = m.estimate_batch_bytes(5, 64, 64)
     with pytest.raises(torch.OutOfMemoryError, match="max_batch_bytes"):
@@ -113,7 +113,7 @@ def test_memory_budget_halves_the_batch_and_gives_identical_results(crops, caplo
 
 
 def test_activation_estimate_grows_with_eager_attention(model):
-    eager = SubCell(TINY, attention="eager", n_classifiers=0)
+    eager = SubCell(TINY, device="cpu", attention="eager", n_classifiers=0)
     assert eager.estimate_batch_bytes(2, 448, 448) > model.estimate_batch_bytes(2, 448, 448)
     assert model.estimate_batch_bytes(4, 64, 64) == 4 * model.estimate_batch_bytes(1, 64, 64)
 
@@ -128,7 +128,7 @@ def test_multi_pass_crops_concatenate_the_pass_embeddings(model, crops):
 
 
 def test_no_classifiers_gives_no_probabilities():
-    m = SubCell.random(TINY, n_classifiers=0)
+    m = SubCell.random(TINY, device="cpu", n_classifiers=0)
     out = m.embed(np.random.default_rng(0).random((2, 4, 32, 48), dtype=np.float32))
     assert out["probabilities"] is None and out["pool_attention"].shape == (2, 2, 2, 3)
     assert m(torch.rand(1, 4, 32, 32)).probabilities is None
@@ -148,16 +148,16 @@ def test_bad_input_is_a_clear_error(model):
     with pytest.raises(ChannelMismatchError, match="crops"):
         model.embed(np.zeros((4, 64, 64), np.uint16))
     with pytest.raises(ConfigError, match="n_classifiers"):
-        SubCell(TINY, n_classifiers=11)
+        SubCell(TINY, device="cpu", n_classifiers=11)
     with pytest.raises(ConfigError, match="hidden_size 50 is not divisible by num_heads 4"):
         ModelConfig(hidden_size=50, num_heads=4)
     with pytest.raises(ConfigError, match="probability_mode"):
-        SubCell(TINY, probability_mode="logits")
+        SubCell(TINY, device="cpu", probability_mode="logits")
 
 
 def test_cpu_runs_in_fp32_even_with_bf16_requested():
-    m = SubCell.random(TINY, seed=3, n_classifiers=1, precision="bf16")
-    ref = SubCell.random(TINY, seed=3, n_classifiers=1, precision="fp32")
+    m = SubCell.random(TINY, device="cpu", seed=3, n_classifiers=1, precision="bf16")
+    ref = SubCell.random(TINY, device="cpu", seed=3, n_classifiers=1, precision="fp32")
     x = torch.rand(2, 4, 64, 64)
     assert torch.equal(m(x).embedding, ref(x).embedding)
 
