@@ -3,6 +3,7 @@
 Run from the repository root: ``python3 docs/demo_fields.py``. The fields are made by the same function
 that ``make_demo_plate`` writes into plates (``synthesize_field``, plate 1 acquisition effects), with
 each layout's channels scaled alike in every panel so brightness differences between compounds show.
+Cell Painting panels show the 256-px window (centre or a corner) of a 512-px field with the most cells.
 The last panel of each layout outlines the ground-truth ``cells`` (white) and ``nuclei`` (cyan) labels.
 """
 
@@ -45,16 +46,18 @@ def panels(layout, size: int, seed: int, crop: int) -> list[tuple[str, np.ndarra
         image, cells, nuclei = synthesize_field(layout, table[name], effects, rng, field_size=size,
                                                 cells_per_field=layout.cells_per_field)
         moa = "DMSO (negcon)" if name == DMSO else next(m.name for m in layout.moas if name.startswith(m.code))
-        window = slice((size - crop) // 2, (size + crop) // 2)
-        out.append((f"{name}: {moa}", image[:, window, window].astype(float), cells[window, window],
-                    nuclei[window, window]))
+        # of the centre and the four corners, show the window with the most cell pixels
+        starts = [((size - crop) // 2,) * 2] + [(y, x) for y in (0, size - crop) for x in (0, size - crop)]
+        y, x = max(starts, key=lambda s: int((cells[s[0]:s[0] + crop, s[1]:s[1] + crop] > 0).sum()))
+        window = (slice(y, y + crop), slice(x, x + crop))
+        out.append((f"{name}: {moa}", image[(slice(None), *window)].astype(float), cells[window], nuclei[window]))
     return out
 
 
 def main(out: Path) -> None:
     blocks = [(HPA, 512, 512, "HPA-like, 0.32 um/px: microtubules (red), ER (yellow), DNA (blue), protein (green)"),
               (CELLPAINTING, 512, 256, "Cell Painting, 0.598 um/px: DNA (blue), ER (green), RNA (olive), AGP (red), "
-                                  "Mito (magenta); central 256 px of 512 px fields")]
+                                  "Mito (magenta); 256 px windows of 512 px fields")]
     n_cols = 4
     rows_per_block = [int(np.ceil((len(block[0].moas) + 2) / n_cols)) for block in blocks]
     fig, axes = plt.subplots(sum(rows_per_block), n_cols, figsize=(3.6 * n_cols, 3.9 * sum(rows_per_block)))
