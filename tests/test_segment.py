@@ -240,7 +240,7 @@ def test_segment_plate_on_a_local_cluster_equals_in_process(demo_plates):
     from subcell_scale.io import open_plate
     from subcell_scale.segment import segment_plate
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         summary = segment_plate(demo_plates["hpa"], label_name="on_cluster", client=client)
     assert summary["done"] == summary["n_fields"] == 4
