@@ -67,6 +67,13 @@ class _Model:
     channels: list[str] | None
     identity: dict[str, Any]
 
+    @property
+    def variant(self) -> str | None:
+        """Published variant the weights belong to, when known (names it in messages)."""
+        if self.instance is not None:
+            return self.instance.variant
+        return self.spec.variant or self.spec.options.get("variant")
+
 
 def embed_plate(
     plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
@@ -173,8 +180,8 @@ def embed_plate(
     resolved_model = _resolve_model(model, classifiers, preset)
     if resolved_model.channels is None:  # a checkpoint whose slots are known only once loaded
         resolved_model = _load_for_channels(resolved_model, device)
-    params = [resolve_preset(preset, p, model_channels=resolved_model.channels, channel_map=channel_map,
-                             label_name=label_name, **overrides) for p in plates]
+    params = [resolve_preset(preset, p, model_channels=resolved_model.variant or resolved_model.channels,
+                             channel_map=channel_map, label_name=label_name, **overrides) for p in plates]
     _check_compatible(params)
     run_params = {k: v for k, v in params[0].items() if k != "plate"}
     digest = parameters_digest({**{k: run_params[k] for k in _EMBED_KEYS}, "model": resolved_model.identity,
@@ -288,7 +295,7 @@ def _resolve_model(model: Any, classifiers: Sequence[Any] | None, preset: str | 
             get_variant(name)  # raises with the known names
         variant = get_variant(name)
         spec = ModelSpec("variant", variant=variant.name)
-        return _Model(spec, None, list(variant.channels), spec.describe())
+        return _Model(spec, None, list(variant.channels), {**spec.describe(), **_cached_sha256(spec)})
     if hasattr(model, "embed") and hasattr(model, "channels"):
         identity = {"source": "instance", "variant": model.variant, "checkpoint_sha256": model.checkpoint_sha256,
                     "config": model.config.to_dict(), "n_classifiers": model.n_classifiers,
@@ -309,6 +316,17 @@ def _spec_channels(spec: ModelSpec) -> list[str] | None:
     if spec.source == "random" and spec.config is not None:
         return list(default_channels(int(spec.config.get("num_channels", 4))))
     return None
+
+
+def _cached_sha256(spec: ModelSpec) -> dict[str, Any]:
+    """sha256 of a cached variant's files, from the cache manifest; fails early when it is not cached."""
+    from .models.download import cached_files, read_manifest, variant_dir
+
+    encoder, classifiers = cached_files(spec.variant, n_classifiers=spec.n_classifiers, cache_dir=spec.cache_dir,
+                                        verify=False)
+    files = read_manifest(variant_dir(spec.variant, spec.cache_dir))["files"]
+    return {"checkpoint_sha256": files[encoder.name]["sha256"],
+            "classifier_sha256": [files[c.name]["sha256"] for c in classifiers]}
 
 
 def _checkpoint_identity(spec: ModelSpec) -> dict[str, Any]:

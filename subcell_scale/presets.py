@@ -182,7 +182,7 @@ def get_preset(name: str | None) -> dict[str, Any]:
 
 
 def resolve_preset(name: str | None, plate: Plate | None = None, *,
-                   model_channels: Sequence[str] | None = None, **overrides: Any) -> dict[str, Any]:
+                   model_channels: Sequence[str] | str | None = None, **overrides: Any) -> dict[str, Any]:
     """Effective parameters of a preset for one plate, after overrides.
 
     Parameters
@@ -194,7 +194,8 @@ def resolve_preset(name: str | None, plate: Plate | None = None, *,
         channel names are matched to the model's slots. Without it only the plate-independent part
         is returned.
     model_channels
-        The model's slots in input order when a model other than the preset's variant is used.
+        The model's slots in input order (or its variant name) when a model other than the preset's
+        variant is used.
     **overrides
         Any preset key (see the module docstring); ``None`` values are ignored, so callers can pass
         optional arguments through unchanged.
@@ -250,15 +251,16 @@ def crop_spec(params: Mapping[str, Any]):
 
 
 def plate_parameters(params: Mapping[str, Any], plate: Plate, *,
-                     model_channels: Sequence[str] | None = None) -> dict[str, Any]:
+                     model_channels: Sequence[str] | str | None = None) -> dict[str, Any]:
     """The plate-dependent part of the parameters: channel indices per pass and the crop window."""
     from .models.preprocessing import resolve_channels
     from .models.registry import get_variant
 
-    slots = list(model_channels) if model_channels is not None else list(get_variant(params["variant"]).channels)
+    model = params["variant"] if model_channels is None else model_channels
+    slots = list(get_variant(model).channels) if isinstance(model, str) else list(model)
     names = [str(c) for c in plate.channel_names]
     try:
-        resolved = resolve_channels(names, slots, params.get("channel_map"))
+        resolved = resolve_channels(names, model, params.get("channel_map"))
     except ChannelMismatchError as exc:
         missing = _missing_channels(params.get("channel_map"), names)
         what = f"channel(s) {missing} " if missing else ""
