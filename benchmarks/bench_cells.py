@@ -11,6 +11,7 @@ machine inflates them less than wall-clock times; wall-clock figures are printed
         [--sizes 64 448] [--save-field FIELD.npz]
     python3 benchmarks/bench_cells.py --field FIELD.npz --device cuda   # crops only, CPU numpy vs device
     python3 benchmarks/bench_cells.py --quality 12                      # segmentation vs ground truth
+    python3 benchmarks/bench_cells.py --hpa-real DIR [--set cell_threshold=li]  # real HPA vs its masks
 
 With ``--field`` no plate is written (for a GPU machine without the I/O stack): one saved field is cropped
 ``--copies`` times by the numpy path on one core and by the torch path on ``--device``, host-to-device
@@ -46,7 +47,15 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=0, metavar="WELLS",
                         help="only score segment_field against the demo's ground truth on plates of this many "
                              "wells x --fields fields (default-layout HPA and Cell Painting demo plates, 512 px)")
+    parser.add_argument("--hpa-real", default=None, metavar="DIR",
+                        help="only score segment_field on real HPA fields (images/*_{red,yellow,blue,green}.png) "
+                             "against their masks/*_predictedmask.png, at 0.0800885 um/px")
+    parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="segmentation parameter for --hpa-real")
     args = parser.parse_args()
+    if args.hpa_real:
+        real_hpa_agreement(args)
+        return
     if args.field:
         crops_only(args)
         return
@@ -189,6 +198,41 @@ def segmentation_quality(args: argparse.Namespace) -> None:
                   f"F1@0.5 {2 * matched / (true + predicted):.3f}, precision {matched / predicted:.3f}, "
                   f"recall {matched / true:.3f}, mean IoU of matched {sum(ious) / matched:.3f}, "
                   f"{seconds / n_fields * 1e3:.0f} ms/field CPU")
+
+
+def real_hpa_agreement(args: argparse.Namespace) -> None:
+    """Agreement of classical segmentation with the HPA cell segmenter's masks on real HPA fields."""
+    from pathlib import Path
+
+    import imageio.v3 as iio
+
+    from subcell_scale.segment import match_scores, segment_field
+
+    params: dict[str, float | str] = {}
+    for item in args.params:
+        key, _, value = item.partition("=")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            params[key] = value
+    root = Path(args.hpa_real)
+    masks = sorted((root / "masks").glob("*_predictedmask.png"))
+    matched = true = predicted = 0
+    iou_sum = 0.0
+    for mask_path in masks:
+        image_id = mask_path.name.split("_")[0]
+        image = np.stack([iio.imread(root / "images" / f"{image_id}_{c}.png")
+                          for c in ("red", "yellow", "blue", "green")])
+        labels = segment_field(image, ["microtubules", "er", "dna", "protein"], 0.0800885, **params)
+        scores = match_scores(labels, iio.imread(mask_path))
+        matched += scores["n_matched"]
+        true += scores["n_true"]
+        predicted += scores["n_predicted"]
+        iou_sum += scores["mean_iou"] * scores["n_matched"]
+        print(f"{image_id[:8]} {image.shape[1]}x{image.shape[2]}: F1 {scores['f1']:.3f}, "
+              f"{scores['n_predicted']} predicted / {scores['n_true']} reference cells")
+    print(f"{len(masks)} real HPA fields {params or ''}: F1@0.5 {2 * matched / (true + predicted):.3f}, "
+          f"mean IoU of matched {iou_sum / max(matched, 1):.3f} ({true} reference cells, {predicted} predicted)")
 
 
 if __name__ == "__main__":
