@@ -230,24 +230,26 @@ def _embed_cmd(plates: list[str], out: Path, checkpoint: Path) -> list[str]:
 
 def test_killed_cli_run_resumes_to_the_same_anndata(demo, reference, model, tmp_path):
     _, ref = reference
+    ref = ref[ref.obs[Obs.PLATE] == "demo-plate-1"]
+    plates = demo["plates"][:1]  # four fields
     checkpoint = tmp_path / "tiny.pth"
     torch.save(model.encoder_state_dict(), checkpoint)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_embed_cmd(demo["plates"], out, checkpoint), env=env,
+    proc = subprocess.Popen(_embed_cmd(plates, out, checkpoint), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((out / "shards").rglob("*.npz"))) >= 2:
+        if list((out / "shards").rglob("*.npz")):
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_before = len(list((out / "shards").rglob("*.npz")))
-    assert 0 < n_before < 8, "the run was not stopped midway"
+    assert 0 < n_before < 4, "the run was not stopped midway"
     assert not (out / Files.CELLS_ZARR).exists()
 
-    done = subprocess.run(_embed_cmd(demo["plates"], out, checkpoint), env=env, capture_output=True, text=True,
+    done = subprocess.run(_embed_cmd(plates, out, checkpoint), env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     back = ad.read_zarr(out / Files.CELLS_ZARR)
@@ -256,7 +258,7 @@ def test_killed_cli_run_resumes_to_the_same_anndata(demo, reference, model, tmp_
     assert np.array_equal(back.X, ref.X)
     assert Keys.LOCALIZATION not in back.obsm  # no classifiers given on the command line
     manifest = json.loads((out / Files.MANIFEST).read_text())
-    assert manifest["embed"]["summary"]["done"] == 8
+    assert manifest["embed"]["summary"]["done"] == 4 and manifest["embed"]["summary"]["failed"] == 0
 
 
 def test_out_directory_with_other_parameters_is_refused(demo, reference, model):
