@@ -37,7 +37,7 @@ from . import __version__
 from ._constants import VAR_PREFIX, Files, Keys, Obs
 from .distributed.plugin import ModelSpec
 from .distributed.tasks import FieldJob, embed_field, prepare_field
-from .errors import ConfigError, PlateNotFoundError
+from .errors import CheckpointError, ConfigError, PlateNotFoundError
 from .presets import CROP_KEYS, crop_spec, report_lines, resolve_preset, write_preset_report
 from .store import ResultsStore, Shard, field_key, parameters_digest, read_shard, shard_meta
 
@@ -275,7 +275,7 @@ def _crop_overrides(crop: CropSpec | Mapping[str, Any] | None) -> dict[str, Any]
 
 def _resolve_model(model: Any, classifiers: Sequence[Any] | None, preset: str | None) -> _Model:
     """Turn the ``model`` argument into a spec (for workers), an instance (in-process) and an identity."""
-    from .models.registry import VARIANTS, get_variant
+    from .models.registry import get_variant
     from .presets import get_preset
 
     if model is None:
@@ -288,12 +288,10 @@ def _resolve_model(model: Any, classifiers: Sequence[Any] | None, preset: str | 
         return _Model(spec, None, None, _checkpoint_identity(spec))
     if isinstance(model, str | os.PathLike):
         name = os.fspath(model)
-        if name not in VARIANTS and not any(name.lower() == v.lower() for v in VARIANTS):
-            if any(sep in name for sep in ("/", "\\")) or name.endswith((".pth", ".pt")):
-                msg = f"model checkpoint {name} does not exist"
-                raise PlateNotFoundError(msg)
-            get_variant(name)  # raises with the known names
-        variant = get_variant(name)
+        if any(sep in name for sep in ("/", "\\")) or name.endswith((".pth", ".pt")):
+            msg = f"model checkpoint {name} does not exist (give an encoder .pth file or a variant name)"
+            raise CheckpointError(msg)
+        variant = get_variant(name)  # raises with the known names
         spec = ModelSpec("variant", variant=variant.name)
         return _Model(spec, None, list(variant.channels), {**spec.describe(), **_cached_sha256(spec)})
     if hasattr(model, "embed") and hasattr(model, "channels"):

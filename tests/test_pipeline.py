@@ -19,7 +19,7 @@ import torch
 
 from subcell_scale._constants import VAR_PREFIX, Files, Keys, Obs
 from subcell_scale.distributed import ModelSpec, get_client, loads_per_worker
-from subcell_scale.errors import ChannelMismatchError, RunDirectoryError
+from subcell_scale.errors import ChannelMismatchError, CheckpointError, ConfigError, RunDirectoryError
 from subcell_scale.io import open_plate
 from subcell_scale.io.demo import make_demo_plate
 from subcell_scale.models import SubCell
@@ -298,3 +298,13 @@ def test_fields_without_labels_are_segmented_and_the_labels_written_back(demo, m
     # the written labels are used as they are on the next run: nothing is segmented again
     again = embed_plate(plate_path, model, label_name="seg", segment_if_missing=False, progress=False, **SMALL)
     _same(adata, again)
+
+
+@pytest.mark.parametrize(("model_arg", "error", "match"), [
+    ("missing/encoder.pth", CheckpointError, "missing/encoder.pth does not exist"),
+    ("NoSuchVariant", ConfigError, "unknown SubCell variant 'NoSuchVariant'; known variants: all_channels"),
+])
+def test_bad_model_arguments_are_named(demo, model_arg, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        embed_plate(demo["plates"][0], model_arg, out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
