@@ -1,0 +1,223 @@
+"""The user notebooks: 01 and 02 executed with nbclient on small data, 03 checked against the API.
+
+01 and 02 run in a real Jupyter kernel, with their parameters cell rewritten (tiny model, 2 plates of
+10 wells, one field each, 64-px crops, a temporary output folder); 02 reads the cells that 01 wrote.
+Their outputs are then checked against direct computations on the files they wrote: the well
+profiles against numpy medians and DMSO standardisation, the replicate mAP against copairs, the MoA
+nearest-neighbour accuracy against a numpy cosine search.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+
+import anndata as ad
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+from nbclient import NotebookClient
+
+from subcell_scale._constants import Files, Keys, Obs
+from subcell_scale.models.registry import CLASS_NAMES
+from subcell_scale.profiles import profiling_steps
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+QUICKSTART = "01_quickstart.ipynb"
+PROFILING = "02_profiling_and_evaluation.ipynb"
+SCALING = "03_scaling_out.ipynb"
+N_PLATES, N_WELLS = 2, 10  # 10 wells: the demo platemap then has two MoAs, so every design runs
+CELL_TIMEOUT = 600
+
+
+def _parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    return code[0]
+
+
+def _assigned_names(source: str) -> list[str]:
+    return [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)]
+
+
+def _execute(name: str, parameters: dict, cwd: Path) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom in a python3 kernel with ``parameters`` as its parameters cell."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cell = _parameters_cell(nb)
+    # every parameter the notebook reads is set here, and nothing it does not read
+    assert sorted(_assigned_names(cell.source)) == sorted(parameters)
+    cell.source = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+    NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                   resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def _stdout(nb: nbformat.NotebookNode) -> str:
+    return "".join(o.get("text", "") for o in _outputs(nb) if o.output_type == "stream" and o.name == "stdout")
+
+
+def _n_images(nb: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for o in _outputs(nb))
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> dict:
+    """01 then 02, in one working folder, as a user runs them."""
+    cwd = tmp_path_factory.mktemp("notebooks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # kernels and Dask workers on a shared machine
+        quickstart = _execute(QUICKSTART, {
+            "OUT": "qs", "N_PLATES": N_PLATES, "N_WELLS": N_WELLS, "N_FIELDS": 1, "FIELD_SIZE": 384,
+            "MODEL_SIZE": "tiny", "PRETRAINED": None, "OUT_SIZE": 64, "CLUSTER": "local", "N_WORKERS": 1,
+            "N_NEIGHBORS": 10, "NEIGHBORS_METHOD": "gauss", "SEED": 0}, cwd)
+        profiling = _execute(PROFILING, {
+            "RUN_DIR": "qs/run", "NULL_SIZE": 2000, "SEED": 0, "N_PLATES": N_PLATES, "N_WELLS": N_WELLS,
+            "N_FIELDS": 1, "FIELD_SIZE": 384, "MODEL_SIZE": "tiny", "OUT_SIZE": 64}, cwd)
+    return {"run": cwd / "qs" / "run", "plates": cwd / "qs" / "plates", "01": quickstart, "02": profiling}
+
+
+def test_quickstart_embeds_every_field_into_the_cells_anndata(executed):
+    run, nb = executed["run"], executed["01"]
+    manifest = json.loads((run / Files.MANIFEST).read_text())
+    summary = manifest["embed"]["summary"]
+    assert summary["done"] == N_PLATES * N_WELLS and summary["failed"] == 0
+    cells = ad.read_zarr(run / Files.CELLS_ZARR)
+    assert cells.n_obs == summary["n_cells"] > N_PLATES * N_WELLS
+    assert cells.X.shape[1] == 128  # the tiny config: 2 pooling heads x 64
+    assert cells.obsm[Keys.LOCALIZATION].shape == (cells.n_obs, len(CLASS_NAMES))
+    assert list(cells.uns[Keys.LOCALIZATION_CLASSES]) == list(CLASS_NAMES)
+    platemap = pd.read_csv(executed["plates"] / Files.PLATEMAP).set_index(["plate", "well"])
+    keys = list(zip(cells.obs[Obs.PLATE].astype(str), cells.obs[Obs.WELL].astype(str)))
+    assert np.array_equal(cells.obs["moa"].astype(str), platemap.loc[keys, "moa"].to_numpy())
+
+    text = _stdout(nb)
+    assert re.search(r"Dask dashboard: http://\S+", text)
+    # the gallery's crops, embedded again in the kernel, give exactly the run's embeddings (CPU)
+    difference = re.search(r"largest difference to the run's embeddings: (\S+)", text)
+    assert difference and float(difference.group(1)) == 0.0
+    assert _n_images(nb) >= 3  # the field composite, the UMAP panels, the cell gallery
+
+
+def _well_profiles_oracle(cells: ad.AnnData, features: list[str]) -> pd.DataFrame:
+    """Median per well, then (x - mean) / std of the plate's DMSO wells (population std, as sklearn)."""
+    frame = pd.DataFrame(np.asarray(cells.X, dtype=np.float64), columns=list(cells.var_names))[features]
+    meta = cells.obs[[Obs.PLATE, Obs.WELL, "control_type"]].astype(str).reset_index(drop=True)
+    medians = pd.concat([meta, frame], axis=1).groupby([Obs.PLATE, Obs.WELL, "control_type"]).median()
+    out = []
+    for _, plate in medians.groupby(level=Obs.PLATE):
+        dmso = plate.xs("negcon", level="control_type")
+        out.append((plate - dmso.mean()) / dmso.std(ddof=0))
+    return pd.concat(out).droplevel("control_type")
+
+
+def test_profiles_are_dmso_standardised_well_medians(executed):
+    run = executed["run"]
+    table = pd.read_parquet(run / "profiles.parquet")
+    meta_cols = [c for c in table.columns if c.startswith("Metadata_")]
+    features = [c for c in table.columns if not c.startswith("Metadata_")]
+    assert {"Metadata_plate", "Metadata_well", "Metadata_compound", "Metadata_moa", "Metadata_control_type",
+            "Metadata_n_cells"} <= set(meta_cols)
+    assert len(table) == N_PLATES * N_WELLS and 0 < len(features) < 128
+    expected = _well_profiles_oracle(ad.read_zarr(run / Files.CELLS_ZARR), features)
+    got = table.set_index(["Metadata_plate", "Metadata_well"])[features]
+    expected = expected.loc[list(got.index)]
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-3, atol=1e-3)
+    profiles = ad.read_h5ad(run / Files.PROFILES)
+    assert [s["step"] for s in profiling_steps(profiles)] == ["aggregate", "normalize", "feature_select"]
+    consensus = pd.read_parquet(run / "consensus.parquet")
+    assert sorted(consensus["Metadata_compound"]) == sorted(table["Metadata_compound"].unique())
+
+
+def test_replicate_map_agrees_with_copairs(executed):
+    from copairs.map import average_precision, mean_average_precision
+
+    run = executed["run"]
+    table = pd.read_parquet(run / "profiles.parquet")
+    treated = table[table["Metadata_control_type"] != "negcon"].reset_index(drop=True)
+    features = [c for c in table.columns if not c.startswith("Metadata_")]
+    meta = treated.filter(like="Metadata_")
+    ap = average_precision(meta, treated[features].to_numpy(), pos_sameby=["Metadata_compound"],
+                           pos_diffby=["Metadata_plate"], neg_sameby=["Metadata_plate"],
+                           neg_diffby=["Metadata_compound"], progress_bar=False)
+    expected = mean_average_precision(ap, ["Metadata_compound"], null_size=2000, threshold=0.05, seed=0,
+                                      progress_bar=False).set_index("Metadata_compound")
+    got = pd.read_csv(run / Files.METRICS / "replicate_map.csv").set_index("Metadata_compound")
+    assert sorted(got.index) == sorted(expected.index)
+    np.testing.assert_allclose(got.loc[expected.index, "mean_average_precision"],
+                               expected["mean_average_precision"], rtol=1e-5)
+    for design in ("activity", "moa"):
+        result = pd.read_csv(run / Files.METRICS / f"{design}_map.csv")
+        assert {"mean_average_precision", "p_value", "corrected_p_value"} <= set(result.columns) and len(result)
+    summary = pd.read_csv(run / Files.METRICS / "summary.csv")
+    assert list(summary["design"]) == ["replicate", "activity", "moa"]
+
+
+def test_moa_nearest_neighbour_accuracy_matches_a_direct_search(executed):
+    run = executed["run"]
+    table = pd.read_parquet(run / "profiles.parquet")
+    treated = table[table["Metadata_control_type"] != "negcon"].reset_index(drop=True)
+    x = treated[[c for c in table.columns if not c.startswith("Metadata_")]].to_numpy(dtype=np.float64)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    compound, moa = treated["Metadata_compound"].to_numpy(), treated["Metadata_moa"].to_numpy()
+    similarity[compound[:, None] == compound[None, :]] = -np.inf  # not-same-compound (and not itself)
+    expected = float(np.mean(moa[similarity.argmax(axis=1)] == moa))
+
+    nn = pd.read_csv(run / Files.METRICS / "moa_nn.csv")
+    rule = "rule" if "rule" in nn.columns else "Metadata_rule"
+    row = nn[(nn[rule] == "not-same-compound") & (nn["k"] == 1)]
+    assert len(row) == 1 and row["accuracy"].iloc[0] == pytest.approx(expected)
+    assert set(nn[rule]) == {"not-same-compound", "not-same-compound-or-plate"}
+    assert _n_images(executed["02"]) >= 4  # cells per well, mAP vs q, fraction retrieved, NN accuracy
+
+
+def _imports(tree: ast.AST) -> list[tuple[str, str]]:
+    return [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            for alias in node.names]
+
+
+def test_scaling_notebook_is_valid_and_matches_the_api():
+    nb = nbformat.read(NOTEBOOKS / SCALING, as_version=4)
+    nbformat.validate(nb)
+    params = _parameters_cell(nb)
+    assert {"SLURM_CONFIG", "KUBERNETES_CONFIG", "SCHEDULER_ADDRESS", "PLATE_URL"} <= set(_assigned_names(params.source))
+    namespace: dict = {}
+    exec(compile(params.source, "parameters", "exec"), namespace)  # noqa: S102 - the notebook's own constants
+    for key in ("SLURM_CONFIG", "KUBERNETES_CONFIG"):
+        assert (NOTEBOOKS / namespace[key]).is_file(), f"{key} = {namespace[key]!r} does not exist"
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    tree = ast.parse(source, SCALING)  # every code cell compiles
+    for module, name in _imports(tree):
+        if module.startswith("subcell_scale"):
+            assert hasattr(importlib.import_module(module), name), f"{module}.{name} does not exist"
+    # every cluster is started inside an `if`, so the notebook runs top to bottom without one
+    guarded = {id(call) for node in ast.walk(tree) if isinstance(node, ast.If)
+               for call in ast.walk(node) if isinstance(call, ast.Call)}
+    starts = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "get_client"]
+    assert len(starts) >= 3 and all(id(call) in guarded for call in starts)
+
+
+@pytest.mark.parametrize("name", [QUICKSTART, PROFILING, SCALING])
+def test_notebooks_are_saved_clean(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "clear the outputs before saving"
+    for cell in code:  # as IPython compiles them (magics such as %matplotlib allowed)
+        compile(TransformerManager().transform_cell(cell.source), name, "exec")
+    _parameters_cell(nb)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert os.path.getsize(NOTEBOOKS / name) < 100_000
