@@ -32,7 +32,7 @@ def reduced_model(channels: int = 4):
     return SubCell.random(config, seed=0, n_classifiers=1, device="cpu"), config
 
 
-def efficiency(root: Path, out_size: int, batch_size: int) -> None:
+def efficiency(root: Path, out_size: int, batch_size: int, n_wells: int) -> None:
     import torch
 
     from subcell_scale.distributed import ModelSpec, get_client
@@ -41,7 +41,7 @@ def efficiency(root: Path, out_size: int, batch_size: int) -> None:
     from subcell_scale.pipeline import embed_plate, field_crops
 
     torch.set_num_threads(1)
-    (plate_path,) = make_demo_plate(root / "eff", n_plates=1, n_wells=8, n_fields=1, field_size=512, seed=0)
+    (plate_path,) = make_demo_plate(root / "eff", n_plates=1, n_wells=n_wells, n_fields=2, field_size=512, seed=0)
     model, config = reduced_model()
     plate = open_plate(plate_path)
     crops = [field_crops(plate, w, f, out_size=out_size)[0] for w in plate.wells for f in plate.fields(w)]
@@ -65,7 +65,7 @@ def efficiency(root: Path, out_size: int, batch_size: int) -> None:
         adata = embed_plate(plate_path, spec, client=client, out=root / "eff-cluster", batch_size=batch_size,
                             progress=False, out_size=out_size)
         cluster = adata.n_obs / (time.perf_counter() - start)
-    print(f"efficiency ({n} cells, {out_size} px, batch {batch_size}, reduced ViT {config.hidden_size}x"
+    print(f"efficiency ({n} cells in {len(crops)} fields, {out_size} px, batch {batch_size}, reduced ViT {config.hidden_size}x"
           f"{config.num_layers}, CPU, 1 torch thread)")
     print(f"  bare model          {bare:8.2f} cells/s")
     print(f"  in-process pipeline {local:8.2f} cells/s  efficiency {local / bare:.2f}")
@@ -116,11 +116,12 @@ def main() -> None:
     parser.add_argument("--only", choices=("efficiency", "memory"))
     parser.add_argument("--out-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--wells", type=int, default=24, help="wells (2 fields each) of the efficiency plate")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.only in (None, "efficiency"):
-            efficiency(root, args.out_size, args.batch_size)
+            efficiency(root, args.out_size, args.batch_size, args.wells)
         if args.only in (None, "memory"):
             memory(root, args.out_size)
 
