@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .. import __version__
@@ -17,6 +18,8 @@ from ..errors import SubcellScaleError
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
+    "demo",
+    "run",
     "make_demo_plate",
     "convert",
     "segment",
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SubCell embeddings, localization and JUMP-style profiles for OME-Zarr plates.",
     )
     parser.add_argument("--version", action="version", version=f"subcell-scale {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug log output, also from Dask")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS:
@@ -50,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    # before distributed is imported, so the scheduler and every worker process it spawns keep quiet
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if args.verbose < 1 else "info")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("subcell_scale").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

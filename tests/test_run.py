@@ -1,0 +1,200 @@
+"""``run``: plates + platemap -> every output of the run directory, resumable, with one-line CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from subcell_scale._constants import Files, Keys
+from subcell_scale.distributed import ModelSpec, get_client
+from subcell_scale.errors import ConfigError, PlatemapError, RunDirectoryError
+from subcell_scale.io.demo import make_demo_plate
+from subcell_scale.models import SubCell
+from subcell_scale.models.config import ModelConfig
+from subcell_scale.profiles import profiling_steps
+from subcell_scale.run import load_config, run
+from subcell_scale.store import ResultsStore
+
+TINY = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, num_channels=4, pool_int_dim=32)
+FAST = {"out_size": 32, "null_size": 200}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("demo")
+    plates = make_demo_plate(root, n_plates=2, n_wells=6, n_fields=1, field_size=256, cells_per_field=8, seed=1)
+    return {"plates": [str(p) for p in plates], "platemap": root / Files.PLATEMAP}
+
+
+@pytest.fixture(scope="module")
+def spec() -> ModelSpec:
+    return ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1)
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = get_client("local", n_workers=1, threads_per_worker=2, dashboard=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def finished(demo, spec, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run(demo["plates"], out=out, platemap=demo["platemap"], model=spec, client=client,
+                     progress=False, **FAST)
+    finally:
+        torch.set_num_threads(previous)
+    return out, result
+
+
+def test_run_writes_every_output_of_the_run_directory(finished):
+    out, result = finished
+    assert result.ok, result.lines()
+    assert result.report == out / Files.REPORT
+    for name in (Files.CELLS_ZARR, Files.PROFILES, Files.MANIFEST, Files.REPORT, Files.PRESET):
+        assert (out / name).exists(), name
+    cells = ad.read_zarr(out / Files.CELLS_ZARR)
+    assert cells.n_obs == result.n_cells > 0
+    assert cells.X.shape[1] == 2 * TINY.hidden_size
+    profiles = ad.read_h5ad(out / Files.PROFILES)
+    # one profile per imaged well, carrying its platemap row and cell count
+    wells = cells.obs.groupby(["plate", "well"], observed=True).size()
+    assert profiles.n_obs == len(wells)
+    assert int(profiles.obs[Keys.N_CELLS].sum()) == cells.n_obs
+    assert {"compound", "moa", "control_type"} <= set(profiles.obs.columns)
+    # the hpa preset: median per well, standardized per plate against DMSO
+    steps = [s["step"] for s in profiling_steps(profiles)]
+    assert steps[0] == "aggregate" and "normalize" in steps
+    dmso = profiles[profiles.obs["control_type"] == "negcon"]
+    for plate in dmso.obs["plate"].unique():
+        x = np.asarray(dmso[dmso.obs["plate"] == plate].X)
+        assert np.allclose(x.mean(axis=0), 0, atol=1e-4)
+
+
+def test_metrics_tables_and_figures_are_written(finished):
+    out, result = finished
+    summary = pd.read_csv(out / Files.METRICS / "summary.csv")
+    assert set(summary["design"]) >= {"replicate", "activity", "moa_nn"}
+    assert summary["value"].between(0, 1).all()
+    replicate = pd.read_csv(out / Files.METRICS / "replicate_map.csv")
+    assert {"compound", "mean_average_precision", "p_value", "corrected_p_value"} <= set(replicate.columns)
+    # p-values are on the grid of the null: (#null > mAP + 1) / (null_size + 1)
+    k = replicate["p_value"] * (FAST["null_size"] + 1)
+    assert np.allclose(k, np.round(k))
+    figures = {p.name for p in (out / Files.FIGURES).glob("*.png")}
+    assert {"cells_per_well.png", "umap_cells.png", "example_cells.png", "map_vs_q.png"} <= figures
+    html = (out / Files.REPORT).read_text()
+    assert html.count("data:image/png;base64,") >= len(figures)
+
+
+def test_manifest_records_options_steps_and_fields(finished, demo):
+    out, result = finished
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    assert manifest["run"]["status"] == "done"
+    assert set(manifest["run"]["timings"]) >= {"embed", "profiles", "metrics", "figures"}
+    assert manifest["run"]["options"]["plates"] == demo["plates"]
+    assert manifest["run"]["options"]["overrides"] == {"out_size": 32}
+    statuses = {f["status"] for f in manifest["fields"].values()}
+    assert statuses == {"done"}
+    assert sum(f["n_cells"] for f in manifest["fields"].values()) == result.n_cells
+
+
+def test_rerun_resumes_without_recomputing_fields(finished, demo, spec, client):
+    out, first = finished
+    shards = sorted((out / Files.SHARDS).rglob("*.npz"))
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    again = run(demo["plates"], out=out, platemap=demo["platemap"], model=spec, client=client, progress=False,
+                figures=False, **FAST)
+    assert again.n_cells == first.n_cells
+    assert {p: p.stat().st_mtime_ns for p in shards} == before
+    assert ad.read_h5ad(out / Files.PROFILES).n_obs > 0
+
+
+def test_a_bad_platemap_fails_before_any_work(demo, spec, client, tmp_path):
+    bad = pd.read_csv(demo["platemap"])
+    bad.loc[0, "well"] = "P24"
+    bad.to_csv(tmp_path / "platemap.csv", index=False)
+    with pytest.raises(PlatemapError, match="P24"):
+        run(demo["plates"], out=tmp_path / "out", platemap=tmp_path / "platemap.csv", model=spec, client=client)
+    assert not (tmp_path / "out" / Files.SHARDS).exists()
+
+
+def test_a_second_run_into_a_locked_directory_is_refused(demo, spec, client, tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / Files.LOCK).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        with pytest.raises(RunDirectoryError, match="in use by another run"):
+            run(demo["plates"], out=out, platemap=demo["platemap"], model=spec, client=client)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over
+    with ResultsStore(out).lock():
+        assert (out / Files.LOCK).exists()
+
+
+def test_config_files_hold_options(tmp_path):
+    (tmp_path / "run.toml").write_text('plates = ["a.zarr"]\npreset = "hpa"\n[overrides]\nout_size = 224\n')
+    assert load_config(tmp_path / "run.toml") == {"plates": ["a.zarr"], "preset": "hpa",
+                                                  "overrides": {"out_size": 224}}
+    (tmp_path / "run.yaml").write_text("plates: [a.zarr]\nbatch_size: 8\n")
+    assert load_config(tmp_path / "run.yaml") == {"plates": ["a.zarr"], "batch_size": 8}
+    (tmp_path / "bad.yaml").write_text("plates: [a.zarr]\nbatchsize: 8\n")
+    with pytest.raises(ConfigError, match="batchsize"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["subcell-scale", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_run_from_a_config_file_with_checkpoint_files(demo, tmp_path):
+    model = SubCell.random(TINY, seed=3, n_classifiers=1)
+    torch.save(model.encoder_state_dict(), tmp_path / "encoder.pth")
+    torch.save(model.classifiers[0].state_dict(), tmp_path / "classifier.pth")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"plates: {json.dumps(demo['plates'])}\nplatemap: {demo['platemap']}\nmodel: {tmp_path / 'encoder.pth'}\n"
+        f"classifiers: [{tmp_path / 'classifier.pth'}]\ncluster: local\nn_workers: 1\nnull_size: 100\n"
+        "overrides: {out_size: 32}\n")
+    done = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"), "--no-figures", "--no-progress")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "replicate" in done.stdout and "cells:" in done.stdout
+    manifest = json.loads((tmp_path / "out" / Files.MANIFEST).read_text())
+    assert manifest["run"]["options"]["null_size"] == 100
+    assert manifest["embed"]["model"]["checkpoint_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "missing.zarr", "--out", "{tmp}/o"], "missing.zarr"),
+        (["run", "--out", "{tmp}/o"], "no plate given"),
+        (["run", "{plate}", "--out", "{tmp}/o", "--platemap", "{tmp}/nope.csv"], "nope.csv"),
+        (["run", "{plate}", "--out", "{tmp}/o", "--preset", "nope"], "unknown preset"),
+        (["run", "{plate}", "--out", "{tmp}/o", "--config", "{tmp}/c.ini"], "c.ini"),
+    ],
+)
+def test_cli_errors_are_one_line(demo, tmp_path, args, expected):
+    (tmp_path / "c.ini").write_text("x")
+    args = [a.format(tmp=tmp_path, plate=demo["plates"][0]) for a in args]
+    done = _cli(*args)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("subcell-scale run: error:"), done.stderr
+    assert expected in lines[0]
