@@ -191,7 +191,8 @@ def test_scaling_notebook_is_valid_and_matches_the_api():
     nb = nbformat.read(NOTEBOOKS / SCALING, as_version=4)
     nbformat.validate(nb)
     params = _parameters_cell(nb)
-    assert {"SLURM_CONFIG", "KUBERNETES_CONFIG", "SCHEDULER_ADDRESS", "PLATE_URL"} <= set(_assigned_names(params.source))
+    names = set(_assigned_names(params.source))
+    assert {"SLURM_CONFIG", "KUBERNETES_CONFIG", "SCHEDULER_ADDRESS", "PLATE_URL", "STORAGE_OPTIONS"} <= names
     namespace: dict = {}
     exec(compile(params.source, "parameters", "exec"), namespace)  # noqa: S102 - the notebook's own constants
     for key in ("SLURM_CONFIG", "KUBERNETES_CONFIG"):
