@@ -256,14 +256,32 @@ def embed_crops(model: SubCell, crops: Any, batch_size: int) -> tuple[np.ndarray
 
 
 def _embed_tensor(model: SubCell, flat: Any, per_batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Forward passes over a (B, C, H, W) tensor already on the model's device."""
+    """Forward passes over a (B, C, H, W) tensor already on the model's device.
+
+    A batch that runs out of memory is halved and retried, down to one crop, as :meth:`SubCell.embed`
+    does for numpy crops: a field is not lost to one oversized batch, and the results do not depend on
+    the split.
+    """
     import torch
 
     embeddings, probabilities = [], []
+    size, lo, n = per_batch, 0, flat.shape[0]
     with torch.inference_mode():
-        for lo in range(0, flat.shape[0], per_batch):
-            out = model(flat[lo:lo + per_batch])
+        while lo < n:
+            try:
+                out = model(flat[lo:lo + size])
+            except torch.OutOfMemoryError as exc:
+                tried = min(size, n - lo)
+                if tried <= 1:
+                    raise
+                size = max(1, tried // 2)
+                log.warning("out of memory with a batch of %d crops (%s); retrying with %d", tried,
+                            " ".join(str(exc).split())[:120], size)
+                if flat.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             embeddings.append(out.embedding.float().cpu().numpy())
             if out.probabilities is not None:
                 probabilities.append(out.probabilities.float().cpu().numpy())
+            lo += out.embedding.shape[0]
     return np.concatenate(embeddings), (np.concatenate(probabilities) if probabilities else None)
