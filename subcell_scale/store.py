@@ -71,6 +71,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # a failed write (disk full, file-size limit) names no file; say which one could not be written
+        raise OSError(exc.errno, f"{exc.strerror or exc} writing {len(data)} bytes", str(path)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
