@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _FORMATS = ("zarr", "h5ad")
-_EMBED_KEYS = ("crop", "channel_map", "label_name", "min_area_um2", "max_area_um2", "drop_border", "segmentation")
+_EMBED_KEYS = ("crop", "channel_map", "label_name", "min_area_um2", "max_area_um2", "drop_border", "segmentation",
+               "illumination")
 """Parameters that change embeddings; the profiling and evaluation keys of a preset do not."""
 MODEL_DIR = "model"
 """Folder of ``out`` where a model instance is saved for workers to load."""
@@ -355,6 +356,7 @@ def _jobs(plates: list[Plate], params: list[dict[str, Any]], store: ResultsStore
           storage_options: dict[str, Any] | None) -> list[FieldJob]:
     jobs = []
     for plate, p in zip(plates, params, strict=True):
+        flatfield = _flatfield_path(plate, p.get("illumination"), store)
         spec = crop_spec(p)
         crop = {k: getattr(spec, k) for k in CROP_KEYS}
         filters = {"min_area_um2": p["min_area_um2"], "max_area_um2": p["max_area_um2"],
@@ -367,8 +369,46 @@ def _jobs(plates: list[Plate], params: list[dict[str, Any]], store: ResultsStore
                     segment_if_missing=segment_if_missing, segmentation=dict(p["segmentation"]),
                     filters=filters, crop=crop, passes=p["plate"]["passes"], batch_size=batch_size,
                     shard_path=str(store.shard_path(plate.name, well, str(fld))) if store else None,
-                    digest=digest, crop_on=crop_on, storage_options=storage_options))
+                    digest=digest, crop_on=crop_on, storage_options=storage_options,
+                    flatfield_path=flatfield))
     return jobs
+
+
+FLATFIELD_DIR = "flatfield"
+"""Folder of ``out`` holding the flat field of each plate (``<plate>.npy``) when illumination is corrected."""
+
+
+def _flatfield_path(plate: Plate, illumination: Any, store: ResultsStore | None) -> str | None:
+    """The flat field of a plate as a file workers read: estimated from the plate once, or the given file.
+
+    An estimate is kept in ``out/flatfield/`` and reused when a run resumes, so resumed fields are
+    corrected exactly as the first ones were.
+    """
+    if illumination is None:
+        return None
+    from .errors import ChannelMismatchError
+    from .illumination import estimate_flatfield, load_flatfield
+
+    folder = (store.root / FLATFIELD_DIR) if store is not None else Path(tempfile.mkdtemp(prefix="subcell-flat-"))
+    target = folder / f"{plate.name}.npy"
+    if illumination == "estimate":
+        if target.exists():
+            return str(target)
+        log.info("estimating the flat field of plate %s from its fields", plate.name)
+        flat = estimate_flatfield(plate)
+    else:
+        flat = load_flatfield(illumination)
+        well = plate.wells[0]
+        c, y, x = plate.image(well, plate.fields(well)[0]).shape
+        if flat.shape[-2:] != (y, x):
+            msg = f"flat field {illumination}: {flat.shape[-2:]} px, but plate {plate.name} fields are {(y, x)} px"
+            raise ConfigError(msg)
+        if flat.ndim == 3 and flat.shape[0] != c:
+            msg = f"flat field {illumination}: {flat.shape[0]} channels, but plate {plate.name} has {c}"
+            raise ChannelMismatchError(msg)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(target, np.asarray(flat, dtype=np.float32))
+    return str(target)
 
 
 # -- execution ---------------------------------------------------------------------------------------

@@ -37,6 +37,11 @@ crop_um, model_pixel_size, out_size
     ``round(crop_um / model_pixel_size)``; a smaller ``out_size`` keeps the physical crop).
 mask_mode, dilation, normalization, center
     As in :class:`subcell_scale.cells.CropSpec`.
+illumination
+    Flat-field correction applied to every field before segmentation and cropping: None (off),
+    ``"estimate"`` (one flat field per plate and channel computed from the plate itself, the 10th
+    percentile over fields, smoothed; see :func:`subcell_scale.illumination.estimate_flatfield`) or the
+    path of a ``.npy`` flat field (c, y, x) such as the Broad's illumination functions.
 label_name
     Label image of the plate holding the cells (``"cells"``).
 min_area_um2, max_area_um2, drop_border
@@ -83,6 +88,7 @@ PRESET_REPORT = "preset.json"
 NEGCON_QUERY = "control_type == 'negcon'"
 
 _COMMON: dict[str, Any] = {
+    "illumination": None,
     "label_name": "cells",
     "min_area_um2": 20.0,
     "max_area_um2": 10_000.0,

@@ -179,3 +179,34 @@ def test_hpa_crop_is_masked_and_globally_normalised(hpa_plate):
     assert crops[0, 0].max() == pytest.approx(1, abs=1e-5) and crops[0, 0].min() == 0
     assert crops[0, 0].reshape(4, -1).max(axis=1).min() < 0.99  # one min-max over all channels, not per channel
     assert not crops[0, 0][:, ~mask].any()  # other cells and background are masked out
+
+
+def test_illumination_correction_divides_fields_before_cropping(cp_plate, tmp_path):
+    from subcell_scale.cells import extract_cells
+    from subcell_scale.illumination import apply_flatfield, estimate_flatfield
+    from subcell_scale.segment import filter_cells
+
+    plate = open_plate(cp_plate)
+    well, fld = plate.wells[0], plate.fields(plate.wells[0])[0]
+    small = {"out_size": 64}
+    plain, _ = field_crops(cp_plate, well, fld, preset=JUMP, model_channels=YBG, **small)
+    corrected, cells = field_crops(cp_plate, well, fld, preset=JUMP, model_channels=YBG, illumination="estimate",
+                                   **small)
+    assert corrected.shape == plain.shape and not np.allclose(corrected, plain)
+    # the same crops computed by hand from the flat-field-corrected field
+    p = resolve_preset(JUMP, plate, model_channels=YBG, **small)
+    image = apply_flatfield(plate.read_field(well, fld), estimate_flatfield(plate))
+    kept, _ = filter_cells(plate.read_labels(well, fld, "cells"), plate.pixel_size, min_area_um2=p["min_area_um2"],
+                           max_area_um2=p["max_area_um2"], drop_border=p["drop_border"])
+    from subcell_scale.presets import crop_spec
+
+    expected, table = extract_cells(image, kept, plate.pixel_size, crop_spec(p), channels=p["plate"]["passes"])
+    assert list(table["label"]) == list(cells["label"])
+    np.testing.assert_allclose(corrected, expected, atol=1e-6)
+    # a flat field of the wrong size is refused before any work, naming the file
+    np.save(tmp_path / "flat.npy", np.ones((5, 10, 10), np.float32))
+    with pytest.raises(ConfigError, match="flat.npy"):
+        embed_plate(cp_plate, SubCell.random(ModelConfig(hidden_size=32, num_layers=1, num_heads=1,
+                                                         intermediate_size=64, num_channels=3, pool_int_dim=16),
+                                   channels=YBG),
+                    preset=JUMP, illumination=str(tmp_path / "flat.npy"), progress=False, **small)

@@ -66,6 +66,8 @@ class FieldJob:
         fsspec options for remote plates.
     model_plugin
         Name of the worker plugin holding the model (set when the job runs on a cluster).
+    flatfield_path
+        ``.npy`` flat field (c, y, x) every field is divided by before labels and crops; None: none.
     """
 
     plate_path: str
@@ -85,6 +87,7 @@ class FieldJob:
     crop_on: str = "auto"
     storage_options: dict[str, Any] | None = None
     model_plugin: str | None = None
+    flatfield_path: str | None = None
 
 
 @dataclass
@@ -145,6 +148,10 @@ def prepare_field(job: FieldJob) -> PreparedField:
     plate = open_job_plate(job)
     where = f"plate {job.plate_name} ({job.plate_path}) well {job.well} field {job.field}"
     image = plate.read_field(job.well, job.field)
+    if job.flatfield_path is not None:
+        from ..illumination import apply_flatfield
+
+        image = apply_flatfield(image, _flatfield(job.flatfield_path))
     labels, segmented = _field_labels(plate, job, image, where)
     kept, dropped = filter_cells(labels, plate.pixel_size, **job.filters)
     pixel_size = tuple(float(v) for v in plate.pixel_size)
@@ -157,6 +164,14 @@ def prepare_field(job: FieldJob) -> PreparedField:
         prepared.crops, prepared.cells = crops, table[_CELL_COLUMNS].reset_index(drop=True)
     prepared.seconds = time.perf_counter() - start
     return prepared
+
+
+@functools.lru_cache(maxsize=4)
+def _flatfield(path: str) -> np.ndarray:
+    """A plate's flat field, read once per worker process."""
+    from ..illumination import load_flatfield
+
+    return load_flatfield(path)
 
 
 def _field_labels(plate: Any, job: FieldJob, image: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
