@@ -104,3 +104,42 @@ def test_profile_command_errors_are_one_line(tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0
     assert "cells AnnData not found" in run.stderr and "none.zarr" in run.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+def test_profiles_from_an_embedded_demo_plate(tmp_path):
+    """The cells store the pipeline writes (tiny random model) goes through the profile command:
+    platemap columns reach the wells, localization probabilities aggregate under their class names."""
+    import torch
+
+    from subcell_scale._constants import Keys
+    from subcell_scale.io.demo import make_demo_plate
+    from subcell_scale.models import SubCell
+    from subcell_scale.models.config import ModelConfig
+    from subcell_scale.pipeline import embed_plate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plates = make_demo_plate(tmp_path / "plates", n_plates=2, n_wells=4, n_fields=2, field_size=256,
+                                 cells_per_field=6, seed=1)
+        tiny = ModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, num_channels=4,
+                           pool_int_dim=16)
+        cells = embed_plate([str(p) for p in plates], SubCell.random(tiny, seed=0, n_classifiers=1),
+                            out=tmp_path / "run", platemap=str(tmp_path / "plates" / "platemap.csv"),
+                            progress=False, out_size=32)
+    finally:
+        torch.set_num_threads(threads)
+    store = next((tmp_path / "run").glob("cells.*"))
+    assert main(["profile", str(store), "--out", str(tmp_path / "profiles.h5ad"), "--per-field"]) == 0
+    profiles = ad.read_h5ad(tmp_path / "profiles.h5ad")
+    wells = cells.obs.groupby(["plate", "well"], observed=True)
+    assert profiles.n_obs == wells.ngroups and profiles.obs[Keys.N_CELLS].sum() == cells.n_obs
+    assert {"compound", "moa", "control_type", "row", "column"} <= set(profiles.obs.columns)
+    np.testing.assert_array_equal(profiles.X, aggregate(cells, per_field=True).X)
+    localization = aggregate(store, obsm=Keys.LOCALIZATION, operation="mean")
+    assert list(localization.var_names) == list(cells.uns[Keys.LOCALIZATION_CLASSES])
+    frame = pd.DataFrame(cells.obsm[Keys.LOCALIZATION]).assign(plate=cells.obs["plate"].astype(str).to_numpy(),
+                                                               well=cells.obs["well"].astype(str).to_numpy())
+    expected = frame.groupby(["plate", "well"]).mean().sort_index().to_numpy()
+    np.testing.assert_allclose(localization.X, expected, rtol=1e-6, atol=1e-6)
