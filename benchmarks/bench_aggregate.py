@@ -185,7 +185,8 @@ def main() -> None:
         # the subset ends on a well boundary so both tools see whole wells
         obs = _obs(args.cells, args.wells, args.plates, args.seed)
         ends = np.flatnonzero(np.r_[obs["well"].to_numpy()[1:] != obs["well"].to_numpy()[:-1], True]) + 1
-        subset = int(ends[ends <= args.pycytominer_cells].max()) if (ends <= args.pycytominer_cells).any() else int(ends[0])
+        fitting = ends[ends <= args.pycytominer_cells]
+        subset = int(fitting.max()) if len(fitting) else int(ends[0])
 
         read = _child("read_only", path, 0, args.repeat)
         ours = _child("ours_stream", path, 0, args.repeat)

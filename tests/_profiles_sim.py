@@ -54,8 +54,11 @@ def simulated_cells(n_plates: int = 2, n_wells: int = 12, n_fields: int = 2, n_f
 
 def pycytominer_frame(adata: ad.AnnData, metadata: list[str]) -> pd.DataFrame:
     """Metadata_-prefixed obs columns (as plain strings / numbers) and float64 features, built directly."""
-    meta = pd.DataFrame({f"Metadata_{c}": (adata.obs[c].astype(str) if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)
-                                           else adata.obs[c]).to_numpy() for c in metadata})
+    def plain(column: pd.Series) -> np.ndarray:
+        categorical = isinstance(column.dtype, pd.CategoricalDtype)
+        return (column.astype(str) if categorical else column).to_numpy()
+
+    meta = pd.DataFrame({f"Metadata_{c}": plain(adata.obs[c]) for c in metadata})
     features = pd.DataFrame(np.asarray(adata.X, dtype=np.float64), columns=list(adata.var_names))
     return pd.concat([meta, features], axis=1)
 

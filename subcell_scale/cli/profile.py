@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fit the normalisation separately per value of this column, e.g. plate")
     parser.add_argument("--spherize-method", choices=("ZCA-cor", "ZCA", "PCA", "PCA-cor"), default="ZCA-cor",
                         help="with --normalize spherize (default: ZCA-cor)")
-    parser.add_argument("--spherize-epsilon", type=float, default=1e-6, help="with --normalize spherize (default: 1e-6)")
+    parser.add_argument("--spherize-epsilon", type=float, default=1e-6,
+                        help="with --normalize spherize (default: 1e-6)")
     parser.add_argument("--feature-select", nargs="+", default=None, metavar="OP",
                         choices=("variance_threshold", "correlation_threshold", "drop_na_columns", "drop_outliers",
                                  "blocklist"),

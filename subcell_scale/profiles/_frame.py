@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ def query_rows(obs: pd.DataFrame, query: str, step: str, what: str = "reference"
     return mask
 
 
-def strata(obs: pd.DataFrame, by: str | list[str] | tuple[str, ...] | None, step: str) -> Iterator[tuple[str, np.ndarray]]:
+def strata(obs: pd.DataFrame, by: str | Sequence[str] | None, step: str) -> Iterator[tuple[str, np.ndarray]]:
     """(name, boolean row mask) for each stratum; one stratum named "all" without ``by``."""
     if by is None:
         yield "all", np.ones(len(obs), dtype=bool)

@@ -63,7 +63,11 @@ def normalize(
         fits once on the whole table.
     spherize_method
         ``"ZCA-cor"`` (default, keeps features aligned with the originals, on standardised data),
-        ``"ZCA"``, ``"PCA"`` and ``"PCA-cor"`` (features become ``PC1``, ``PC2``, ...).
+        ``"ZCA"``, ``"PCA"`` and ``"PCA-cor"`` (features become ``PC1``, ``PC2``, ...). With no
+        more reference rows than features, directions the reference rows do not span get the
+        smallest non-zero singular value; the ZCA output is then unique, while PCA components
+        beyond the reference rank are one arbitrary orthonormal basis of that space (as in
+        pycytominer), so only distances and the leading components are comparable across tools.
     spherize_epsilon
         Added to the singular values; larger values shrink the weight of low-variance directions.
     spherize_center
@@ -83,7 +87,8 @@ def normalize(
         raise ProfilingError(f"normalize: method must be one of {METHODS}, got {method!r}")
     if method == "spherize":
         if spherize_method not in SPHERIZE_METHODS:
-            raise ProfilingError(f"normalize: spherize_method must be one of {SPHERIZE_METHODS}, got {spherize_method!r}")
+            raise ProfilingError(f"normalize: spherize_method must be one of {SPHERIZE_METHODS}, "
+                                 f"got {spherize_method!r}")
         if spherize_method.endswith("-cor") and not spherize_center:
             raise ProfilingError(f"normalize: spherize_method={spherize_method!r} needs spherize_center=True")
     if mad_robustize_epsilon is None or spherize_epsilon is None:
