@@ -379,7 +379,9 @@ def draw_figures(out: Path, cells: AnnData, profiles: AnnData | None, tables: Ma
     if cells.n_obs:
         save(pl.cells_per_well(cells), "cells_per_well")
         color = [c for c in ("compound", "moa") if c in cells.obs.columns]
-        if Keys.LOCALIZATION in cells.obsm:
+        n_classes = len(cells.uns.get(Keys.LOCALIZATION_CLASSES, ()))
+        if Keys.LOCALIZATION in cells.obsm and cells.obsm[Keys.LOCALIZATION].shape[1] == n_classes:
+            # one pass: the top class per cell (multi-pass runs keep one block of classes per pass)
             cells.obs["top_localization"] = pl.top_localization(cells)
             color.append("top_localization")
         if cells.n_obs >= 10 and color:

@@ -198,3 +198,23 @@ def test_cli_errors_are_one_line(demo, tmp_path, args, expected):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("subcell-scale run: error:"), done.stderr
     assert expected in lines[0]
+
+
+def test_jump_cellpainting_run_end_to_end(client, tmp_path):
+    plates = make_demo_plate(tmp_path / "plates", n_plates=2, n_wells=6, n_fields=1, field_size=192, seed=4,
+                             cellpainting=True)
+    config = ModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, num_channels=3,
+                         pool_int_dim=16)
+    spec = ModelSpec("random", config=config.to_dict(), seed=0, options={"channels": ["er", "nucleus", "protein"]})
+    result = run(plates, out=tmp_path / "out", platemap=tmp_path / "plates" / Files.PLATEMAP, model=spec,
+                 client=client, preset="jump-cellpainting", figures=False, progress=False, illumination="estimate",
+                 **FAST)
+    assert result.fields_failed == 0 and result.n_cells > 0
+    cells = ad.read_zarr(tmp_path / "out" / Files.CELLS_ZARR)
+    assert cells.X.shape[1] == 3 * 2 * config.hidden_size  # Mito | AGP | RNA passes
+    profiles = ad.read_h5ad(tmp_path / "out" / Files.PROFILES)
+    steps = profiling_steps(profiles)
+    assert [s["step"] for s in steps] == ["aggregate", "normalize", "normalize"]
+    assert steps[0]["per_field"] and steps[1]["method"] == "spherize" and steps[2]["method"] == "standardize"
+    assert (tmp_path / "out" / "flatfield" / "demo-cp-plate-1.npy").exists()
+    assert (tmp_path / "out" / Files.METRICS / "summary.csv").exists()
