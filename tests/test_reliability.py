@@ -162,7 +162,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_cell_is_embedded_once(dem
 
     def kill_one_worker() -> None:
         if _wait_for(lambda: len(_shards(out)) >= 1, timeout=120):
-            address, pid = sorted(pids.items())[0]
+            _, pid = sorted(pids.items())[0]
             os.kill(pid, signal.SIGKILL)
             killed.update(pid=pid, shards=len(_shards(out)))
 
@@ -247,7 +247,7 @@ def test_damaged_and_empty_fields_are_recorded_and_a_rerun_after_repair_complete
         well, fld = key.split("/")[1:]
         assert f"{Path(plate).name} {well}/{fld}" in fields[key]["error"], fields[key]["error"]
         assert f"  failed {key}: " in done.stdout  # the summary names each failed field
-    assert f"2 field(s) FAILED" in done.stdout
+    assert "2 field(s) FAILED" in done.stdout
     # the empty field is done, with no cells and every label accounted for (none)
     empty_key = f"{name}/{empty[0]}/{empty[1]}"
     assert fields[empty_key]["status"] == "done" and fields[empty_key]["n_cells"] == 0
@@ -312,9 +312,7 @@ def test_an_output_directory_inside_a_file_is_one_clear_error(demo, checkpoint, 
 
 def _ignore_file_size_signal() -> bool:
     """Make a worker see a full disk as a failing write (EFBIG) instead of being killed by SIGXFSZ."""
-    import threading as _threading
-
-    if _threading.current_thread() is not _threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return False
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return True
