@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ._constants import Files, Keys
-from .errors import ConfigError, ProfilingError, SubcellScaleError
+from .errors import ConfigError, ProfilingError
 from .store import ResultsStore
 
 if TYPE_CHECKING:  # pragma: no cover

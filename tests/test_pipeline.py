@@ -33,12 +33,8 @@ SMALL = {"out_size": 64}  # the physical crop stays 71.68 um; the model sees 64 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # two cores shared by many processes: one thread per process keeps torch from spinning
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread."""
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,8 @@ YBG = ("er", "nucleus", "protein")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread."""
 
 
 @pytest.fixture(scope="module")

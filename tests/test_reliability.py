@@ -49,11 +49,8 @@ N_FIELDS = 12  # one plate, six wells, two fields
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread."""
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -48,15 +47,10 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def finished(demo, spec, client, tmp_path_factory):
+def finished(demo, spec, client, tmp_path_factory, one_torch_thread):
     out = tmp_path_factory.mktemp("run")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = run(demo["plates"], out=out, platemap=demo["platemap"], model=spec, client=client,
-                     progress=False, **FAST)
-    finally:
-        torch.set_num_threads(previous)
+    result = run(demo["plates"], out=out, platemap=demo["platemap"], model=spec, client=client, progress=False,
+                 **FAST)
     return out, result
 
 
