@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import ProfilingError
 from ._pairs import parse_labels, query_columns
-from ._similarity import Distance
+from ._similarity import Distance, feature_matrix
 from .map import (
     AP_COLUMNS,
     MAP_COLUMNS,
@@ -51,22 +51,6 @@ METRIC_FILES = {
     "summary": "summary.csv",
 }
 """File names inside a run directory's ``metrics/`` folder: per-profile AP and per-group mAP tables."""
-
-
-def _features(adata: AnnData, use_rep: str | None) -> np.ndarray:
-    if use_rep is None:
-        x = adata.X
-    elif use_rep in adata.obsm:
-        x = adata.obsm[use_rep]
-    else:
-        msg = f"adata.obsm has no {use_rep!r} (keys: {list(adata.obsm.keys())})"
-        raise ProfilingError(msg)
-    if x is None:
-        msg = "adata.X is empty; pass use_rep= to evaluate an obsm representation"
-        raise ProfilingError(msg)
-    if hasattr(x, "toarray"):
-        x = x.toarray()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _obs(adata: AnnData, columns: Sequence[str]) -> pd.DataFrame:
@@ -130,7 +114,7 @@ def phenotypic_activity(
         ``return_ap=True`` the per-profile AP table first, then this one.
     """
     obs = _obs(adata, [pert_col] + ([plate_col] if plate_col else []))
-    x = _features(adata, use_rep)
+    x = feature_matrix(adata, use_rep)
     obs = assign_reference_index(obs, control_query, reference_col=_REFERENCE_COL)
     if not (obs[_REFERENCE_COL] >= 0).any():
         msg = f"no profile matches control_query={control_query!r}; phenotypic activity needs negative controls"
@@ -166,7 +150,7 @@ def replicate_retrieval(
     out first, as the SubCell benchmark drops DMSO.
     """
     obs = _obs(adata, [pert_col] + ([plate_col] if plate_col else []))
-    obs, x = _select(obs, _features(adata, use_rep), exclude)
+    obs, x = _select(obs, feature_matrix(adata, use_rep), exclude)
     if _n_plates(obs, plate_col) > 1:
         rules = ([pert_col], [plate_col], [plate_col], [pert_col])
     else:
@@ -197,7 +181,7 @@ def moa_retrieval(
     no MoA. Rows without an MoA are left out. One output row per MoA.
     """
     obs = _obs(adata, [moa_col, pert_col] + ([plate_col] if plate_col else []))
-    obs, x = _select(obs, _features(adata, use_rep), exclude)
+    obs, x = _select(obs, feature_matrix(adata, use_rep), exclude)
     labelled = np.array([len(v) > 0 for v in parse_labels(obs[moa_col])], dtype=bool)
     obs, x = obs[labelled].reset_index(drop=True), x[labelled]
     if _n_plates(obs, plate_col) > 1:
@@ -224,7 +208,7 @@ def moa_nn_accuracy(
     """MoA k-NN accuracy, not-same-compound (and not-same-plate / not-same-batch when given)."""
     columns = [moa_col, pert_col] + [c for c in (plate_col, batch_col) if c]
     obs = _obs(adata, columns)
-    obs, x = _select(obs, _features(adata, use_rep), exclude)
+    obs, x = _select(obs, feature_matrix(adata, use_rep), exclude)
     return nn_accuracy(obs, x, moa_col, exclude_sameby=columns[1:], k=k, distance=distance, mode=mode)
 
 

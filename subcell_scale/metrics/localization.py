@@ -24,6 +24,7 @@ import pandas as pd
 from .._constants import Keys
 from ..errors import ConfigError, ProfilingError
 from ._pairs import parse_labels
+from ._similarity import feature_matrix
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -123,14 +124,6 @@ def _pool(values: np.ndarray, codes: np.ndarray, n_groups: int, how: Literal["me
     if how == "any":
         return out > 0
     return out / np.bincount(codes, minlength=n_groups)[:, None]
-
-
-def _features(adata: AnnData, use_rep: str | None) -> np.ndarray:
-    x = adata.X if use_rep is None else adata.obsm.get(use_rep) if use_rep in adata.obsm else None
-    if x is None:
-        msg = f"no features: adata.X is empty or adata.obsm has no {use_rep!r}"
-        raise ProfilingError(msg)
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +234,7 @@ def evaluate_localization(
     codes, n_groups = _group_rows(obs, groupby)
     if probe:
         labelled = y_true.any(axis=1)
-        x = _features(adata, use_rep)[labelled]
+        x = feature_matrix(adata, use_rep)[labelled]
         keep = y_true[labelled].any(axis=0)
         groups = codes[labelled] if groupby is not None else None
         scores = np.zeros(y_true.shape)
@@ -287,7 +280,7 @@ def prediction_scores(
         raise ProfilingError(msg)
     y = adata.obs[label_col].astype(str).to_numpy()
     groups = None if group_col is None else adata.obs[group_col].astype(str).to_numpy()
-    scores, classes = linear_probe(_features(adata, use_rep), y, cv=cv, groups=groups, seed=seed)
+    scores, classes = linear_probe(feature_matrix(adata, use_rep), y, cv=cv, groups=groups, seed=seed)
     truth = y[:, None] == classes[None, :]
     rows = [
         ("macro_ap", skm.average_precision_score(truth, scores, average="macro")),
@@ -332,7 +325,7 @@ def clustering_scores(
         raise ProfilingError(msg)
     truth = adata.obs[label_col]
     annotated = truth.notna().to_numpy() & (truth.astype(str) != "").to_numpy()
-    x = _features(adata, use_rep)
+    x = feature_matrix(adata, use_rep)
     if method == "kmeans":
         from sklearn.cluster import KMeans
 
