@@ -45,6 +45,19 @@ class Files:
     PLATES = "plates"
     PLATEMAP = "platemap.csv"
     PRESET = "preset.json"
+    PROFILES_PARQUET = "profiles.parquet"
+    FLATFIELD = "flatfield"  # folder: one flat field per plate, <plate>.npy
+    MODEL = "model"  # folder: a model instance saved for the workers
+
+
+class Status:
+    """States of a field in the manifest, and of a run."""
+
+    DONE = "done"
+    FAILED = "failed"
+    PENDING = "pending"
+    SKIPPED = "skipped"  # segmentation: the field already had its labels
+    INCOMPLETE = "incomplete"  # a run that finished with failed fields or skipped steps
 
 
 VAR_PREFIX = "subcell_"

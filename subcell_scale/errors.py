@@ -6,13 +6,27 @@ every message names the place (file, well, field, key) and what was expected.
 
 from __future__ import annotations
 
+__all__ = [
+    "ChannelMismatchError", "CheckpointError", "ConfigError", "DownloadError", "PlateFormatError",
+    "PlateNotFoundError", "PlatemapError", "ProfilingError", "RunDirectoryError", "SubcellScaleError",
+    "WellNameError"
+]
+
 
 class SubcellScaleError(Exception):
-    """Base class of every error subcell-scale raises on purpose."""
+    """Base class of every error subcell-scale raises on purpose.
+
+    ``retriable`` says whether running the same work again could succeed: a field that failed on a
+    damaged chunk or a full disk is retried, one that lacks a channel or its labels is not.
+    """
+
+    retriable: bool = True
 
 
 class PlateNotFoundError(SubcellScaleError, FileNotFoundError):
     """A plate, well, field or level that should exist does not."""
+
+    retriable = False
 
 
 class PlateFormatError(SubcellScaleError, ValueError):
@@ -22,17 +36,25 @@ class PlateFormatError(SubcellScaleError, ValueError):
 class WellNameError(SubcellScaleError, ValueError):
     """A well name that is not row letters followed by a column number ("B03")."""
 
+    retriable = False
+
 
 class PlatemapError(SubcellScaleError, ValueError):
     """A platemap row or file that cannot be joined to the plate."""
+
+    retriable = False
 
 
 class ChannelMismatchError(SubcellScaleError, ValueError):
     """The plate's channels do not provide what a model or preset needs."""
 
+    retriable = False
+
 
 class CheckpointError(SubcellScaleError, ValueError):
     """A weights file that is not the expected state_dict (keys, shapes, format, safety)."""
+
+    retriable = False
 
 
 class DownloadError(SubcellScaleError, OSError):
@@ -41,6 +63,8 @@ class DownloadError(SubcellScaleError, OSError):
 
 class ConfigError(SubcellScaleError, ValueError):
     """An option, preset or config file value that cannot be used."""
+
+    retriable = False
 
 
 class RunDirectoryError(SubcellScaleError, OSError):

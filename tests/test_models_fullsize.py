@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from subcell_scale.models import ModelConfig, SubCell
-from subcell_scale.models.subcell import expected_encoder_shapes
+from subcell_scale.models.checkpoint import expected_encoder_shapes
 
 
 def published_layout(channels: int) -> dict[str, tuple[int, ...]]:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 _LAZY = {
     "SubCell": "subcell_scale.models.subcell",
     "SubCellOutput": "subcell_scale.models.subcell",
+    "ModelSpec": "subcell_scale.models.spec",
+    "ResolvedModel": "subcell_scale.models.spec",
+    "resolve_model": "subcell_scale.models.spec",
     "ModelConfig": "subcell_scale.models.config",
     "VARIANTS": "subcell_scale.models.registry",
     "Variant": "subcell_scale.models.registry",
@@ -29,6 +32,7 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelConfig
     from .download import cache_root, cached_files, download_variant
+    from .spec import ModelSpec, ResolvedModel, resolve_model
     from .registry import CLASS_COLORS, CLASS_NAMES, DEFAULT_VARIANT, VARIANTS, Variant, get_variant
     from .subcell import SubCell, SubCellOutput
 

@@ -159,3 +159,14 @@ def classifier_shapes(sd: Mapping[str, torch.Tensor], path: str | Path) -> tuple
         msg = f"{path}: classifier layer shapes do not chain: {w0}, {w3}, {w6}"
         raise CheckpointError(msg)
     return w0[1], (w0[0], w3[0]), w6[0]
+
+
+def expected_encoder_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    """Key -> shape of the encoder file for ``config`` (``encoder.*``, ``pool_model.*``), built on the
+    meta device, so no memory is used and no ``SubCell`` is needed to check a downloaded file."""
+    from .pooling import GatedAttentionPooler
+    from .vit import ViT
+
+    with torch.device("meta"):
+        parts = {"encoder": ViT(config), "pool_model": GatedAttentionPooler(config)}
+    return {f"{prefix}.{k}": v.shape for prefix, module in parts.items() for k, v in module.state_dict().items()}

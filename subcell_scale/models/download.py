@@ -26,26 +26,22 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._settings import ENV_HOME, settings
+from .._version import __version__
 from ..errors import CheckpointError, DownloadError
 from .registry import BASE_URL, N_CLASSIFIER_SEEDS, VARIANTS, Variant, get_variant
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-ENV_HOME = "SUBCELL_SCALE_HOME"
 _CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _PLAIN_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The model cache: ``cache_dir``, else ``$SUBCELL_SCALE_HOME``, else ``~/.cache/subcell-scale``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(ENV_HOME):
-        return Path(os.environ[ENV_HOME]).expanduser()
-    return Path.home() / ".cache" / "subcell-scale"
+    """The model cache: ``cache_dir``, else :attr:`subcell_scale.settings.model_cache`."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else settings.model_cache
 
 
 def variant_dir(variant: str | Variant, cache_dir: str | Path | None = None) -> Path:
@@ -128,8 +124,7 @@ def cache_status(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
 
 def _validate_encoder(variant: Variant) -> Callable[[Path], None]:
     def check(path: Path) -> None:
-        from .checkpoint import check_state_dict, infer_config, load_state_dict_file
-        from .subcell import expected_encoder_shapes
+        from .checkpoint import check_state_dict, expected_encoder_shapes, infer_config, load_state_dict_file
 
         sd = load_state_dict_file(path)
         config = infer_config(sd, path, num_heads=1)

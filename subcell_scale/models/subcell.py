@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -408,7 +408,7 @@ class SubCell(nn.Module):
         return logits[:rows], probs[:rows]
 
     def embed(self, crops: np.ndarray | torch.Tensor, *, batch_size: int = 64, eps: float = REFERENCE_EPS,
-              ) -> dict[str, np.ndarray | None]:
+              pool_attention: bool = True) -> dict[str, np.ndarray | None]:
         """Embed many crops in batches; returns numpy arrays.
 
         Parameters
@@ -417,57 +417,79 @@ class SubCell(nn.Module):
             ``(N, C, H, W)``, or ``(N, P, C, H, W)`` for P passes per cell (multi-pass mode: the passes'
             embeddings are concatenated). Integer crops (uint8, uint16, ...) are min-max normalised per
             crop over all channels first, exactly as the reference (``(x - min) / (max - min + eps)``);
-            float crops are taken as already normalised and passed through.
+            float crops are taken as already normalised and passed through. A torch tensor is used where
+            it lies (crops cut on the GPU are never copied back to the host).
         batch_size
             Crops per forward pass. When a pass runs out of memory (CUDA, or the ``max_batch_bytes``
             budget), the batch is halved and retried, down to 1; results do not depend on the split.
+        pool_attention
+            Also return the pooling attention maps (skip them to save the device-to-host copies).
 
         Returns
         -------
         dict
             ``"embedding"`` ``(N, D)`` (``(N, P * D)`` multi-pass), ``"probabilities"`` ``(N, 31)``
             (``(N, P, 31)`` multi-pass; ``None`` without classifiers), ``"pool_attention"``
-            ``(N, 2, H/16, W/16)`` (``(N, P, 2, H/16, W/16)`` multi-pass).
+            ``(N, 2, H/16, W/16)`` (``(N, P, 2, H/16, W/16)`` multi-pass; None when not asked for).
         """
         if batch_size < 1:
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ConfigError(msg)
-        arr = crops.detach().cpu().numpy() if isinstance(crops, torch.Tensor) else np.asarray(crops)
-        if arr.ndim not in (4, 5):
-            msg = f"embed expects crops (N, C, H, W) or (N, P, C, H, W), got shape {arr.shape}"
+        if crops.ndim not in (4, 5):
+            msg = f"embed expects crops (N, C, H, W) or (N, P, C, H, W), got shape {tuple(crops.shape)}"
             raise ChannelMismatchError(msg)
-        lead = arr.shape[:-3]
-        flat = arr.reshape(-1, *arr.shape[-3:])
-        n = flat.shape[0]
-        integer = np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_
-        if integer and flat.dtype.kind == "u" and flat.dtype.itemsize == 8:
-            flat = flat.astype(np.float64)  # torch has no uint64 arithmetic; same values up to 2**53
-        elif not integer:
-            flat = flat.astype(np.float32, copy=False)
-            if n and (float(flat.min()) < -1e-3 or float(flat.max()) > 1 + 1e-3):
+        lead = tuple(crops.shape[:-3])
+        flat = crops.reshape(-1, *crops.shape[-3:])
+        if not isinstance(flat, torch.Tensor):
+            flat = _host_array(np.asarray(flat))
+        integer = not flat.dtype.is_floating_point
+        if not integer and flat.shape[0]:
+            low, high = float(flat.min()), float(flat.max())
+            if low < -1e-3 or high > 1 + 1e-3:
                 logger.warning("float crops span [%.3g, %.3g], outside [0, 1]; SubCell expects min-max normalised "
-                               "input (pass integer crops to have them normalised)", flat.min(), flat.max())
+                               "input (pass integer crops to have them normalised)", low, high)
         c = self.config
-        gh, gw = arr.shape[-2] // c.patch_size, arr.shape[-1] // c.patch_size
+        gh, gw = crops.shape[-2] // c.patch_size, crops.shape[-1] // c.patch_size
+        n = flat.shape[0]
         emb = np.empty((n, c.embedding_dim), np.float32)
         probs = np.empty((n, c.num_classes), np.float32) if self.classifiers else None
-        pool = np.empty((n, c.pool_heads, gh, gw), np.float32)
-        size = batch_size
-        start = 0
+        pool = np.empty((n, c.pool_heads, gh, gw), np.float32) if pool_attention else None
+        for start, stop, out in self._batches(flat, batch_size, normalize=integer, eps=eps):
+            emb[start:stop] = out.embedding.cpu().numpy()
+            if pool is not None:
+                pool[start:stop] = out.pool_attention.cpu().numpy()
+            if probs is not None:
+                probs[start:stop] = out.probabilities.cpu().numpy()
+        if len(lead) == 2:
+            return {
+                "embedding": emb.reshape(lead[0], -1),
+                "probabilities": probs.reshape(*lead, -1) if probs is not None else None,
+                "pool_attention": pool.reshape(*lead, *pool.shape[1:]) if pool is not None else None,
+            }
+        return {"embedding": emb, "probabilities": probs, "pool_attention": pool}
+
+    def _batches(self, flat: torch.Tensor, batch_size: int, *, normalize: bool, eps: float
+                 ) -> Iterator[tuple[int, int, SubCellOutput]]:
+        """Forward passes over ``flat`` (B, C, H, W), halving a batch that runs out of memory.
+
+        The one place that splits work into batches: a field is not lost to one oversized batch, and
+        the outputs do not depend on the split (the classifiers pad their rows, see :meth:`_classify`).
+        """
         cuda = self.device.type == "cuda"
+        size, start, n = batch_size, 0, flat.shape[0]
         with torch.inference_mode():
             while start < n:
                 stop = min(start + size, n)
-                batch = torch.from_numpy(np.ascontiguousarray(flat[start:stop]))
-                if cuda:
-                    batch = batch.pin_memory().to(self.device, non_blocking=True)
-                if integer:
+                batch = flat[start:stop]
+                if batch.device != self.device:
+                    batch = (batch.pin_memory() if cuda else batch).to(self.device, non_blocking=True)
+                if normalize:
                     # the reference normalisation (float64, per crop over all channels), on the model's device
                     batch = min_max_normalize(batch, eps=eps).float()
                 try:
                     out = self(batch)
                 except torch.OutOfMemoryError as exc:
-                    if size == 1 or stop - start == 1:
+                    if stop - start == 1:
                         raise
                     size = max(1, (stop - start) // 2)
                     logger.warning("out of memory with a batch of %d crops (%s); retrying with %d",
@@ -476,26 +498,20 @@ class SubCell(nn.Module):
                     if cuda:
                         torch.cuda.empty_cache()
                     continue
-                emb[start:stop] = out.embedding.cpu().numpy()
-                pool[start:stop] = out.pool_attention.cpu().numpy()
-                if probs is not None:
-                    probs[start:stop] = out.probabilities.cpu().numpy()
+                yield start, stop, out
                 start = stop
-        if len(lead) == 2:
-            return {
-                "embedding": emb.reshape(lead[0], -1),
-                "probabilities": probs.reshape(*lead, -1) if probs is not None else None,
-                "pool_attention": pool.reshape(*lead, *pool.shape[1:]),
-            }
-        return {"embedding": emb, "probabilities": probs, "pool_attention": pool}
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
                 f"classifiers={self.n_classifiers}, precision={self.precision}")
 
 
-def expected_encoder_shapes(config: ModelConfig) -> dict[str, torch.Size]:
-    """Key -> shape of the encoder file for ``config``, built on the meta device (no memory used)."""
-    with torch.device("meta"):
-        model = SubCell(config, n_classifiers=0, device="meta")
-    return {k: v.shape for k, v in model.encoder_state_dict().items()}
+def _host_array(arr: np.ndarray) -> torch.Tensor:
+    """A host tensor of numpy crops; uint64 (no torch arithmetic) goes through float64, exact up to 2**53."""
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
+        arr = arr.astype(np.float64)
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr))

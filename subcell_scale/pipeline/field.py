@@ -1,0 +1,273 @@
+"""The unit of work of a run, one field: prepare (CPU: read, labels, filter, crop) and embed (GPU: model, shard).
+
+A :class:`FieldJob` carries paths and frozen parameters only, so a task graph grows with fields, never
+with pixels or weights. :func:`prepare_field` runs on any worker thread; :func:`embed_field` holds the
+worker's ``GPU`` resource, takes the model from the worker plugin and writes the field's shard itself.
+Without Dask, the same two functions are called in turn with a model passed explicitly
+(:mod:`subcell_scale.distributed.scheduler` does either).
+
+Crops are cut either in the prepare task on the CPU (``crop_on="cpu"``, numpy; what runs on machines
+without a GPU) or in the embed task on the model's device (``crop_on="device"``, torch): then the
+prepare task hands over the raw field and its filtered labels, which are far smaller than float crops
+(a Cell Painting field of 5 x 1080 x 1080 uint16 is 11 MB; its 200 cells x 3 passes of 3 x 478 x 478
+float32 crops would be 1.6 GB). ``"auto"`` picks ``"device"`` when the worker has CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._constants import Obs
+from ..errors import PlateNotFoundError
+from ..store import FieldId, Shard, write_shard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cells import CropSpec
+    from ..models import SubCell
+    from ..params import CellFilter
+
+log = logging.getLogger(__name__)
+
+_CELL_COLUMNS = [Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X]
+
+
+@dataclass(frozen=True)
+class FieldJob:
+    """Everything a worker needs to turn one field into a shard (small, picklable).
+
+    Attributes
+    ----------
+    fid
+        Which field (plate name, well, field path).
+    plate_path
+        Where the plate is (a path or URL every worker can open).
+    label_name, segment_if_missing, segmentation
+        Which label image holds the cells; whether to segment (and write the labels back into the
+        plate) when it is missing, with :func:`subcell_scale.segment.segment_field` keyword arguments.
+    cells
+        Which cells are kept (:func:`subcell_scale.segment.filter_cells`).
+    crop
+        How each cell becomes a model input.
+    passes
+        Plate channel indices in model order, one tuple per pass.
+    batch_size
+        Crops per forward pass (rounded down to whole cells, so a cell's passes share a batch).
+    shard_path
+        Where to write the shard; None returns the shard to the caller instead.
+    digest
+        Parameter digest stored in the shard (resume compares it).
+    crop_on
+        ``"cpu"``, ``"device"`` or ``"auto"`` (see the module docstring).
+    storage_options
+        fsspec options for remote plates.
+    model_plugin
+        Name of the worker plugin holding the model (set when the job runs on a cluster).
+    flatfield_path
+        ``.npy`` flat field (c, y, x) every field is divided by before labels and crops; None: none.
+    """
+
+    fid: FieldId
+    plate_path: str
+    label_name: str
+    segment_if_missing: bool
+    segmentation: dict[str, Any]
+    cells: CellFilter
+    crop: CropSpec
+    passes: tuple[tuple[int, ...], ...]
+    batch_size: int
+    shard_path: str | None
+    digest: str
+    crop_on: str = "auto"
+    storage_options: dict[str, Any] | None = None
+    model_plugin: str | None = None
+    flatfield_path: str | None = None
+
+    @property
+    def where(self) -> str:
+        """The field, for messages: plate name and path, well, field."""
+        return f"plate {self.fid.plate} ({self.plate_path}) well {self.fid.well} field {self.fid.field}"
+
+
+@dataclass
+class PreparedField:
+    """Output of :func:`prepare_field`: crops (CPU mode) or the raw field and kept labels (device mode)."""
+
+    cells: pd.DataFrame | None
+    dropped: dict[str, list[int]]
+    seconds: float
+    crops: np.ndarray | None = None
+    image: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    pixel_size: tuple[float, float] = (1.0, 1.0)
+    segmented: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=32)
+def _open_plate_cached(path: str, storage_key: str):
+    """One metadata read per plate per worker process (the ``Plate`` object is lazy)."""
+    import json
+
+    from ..io import open_plate
+
+    options = json.loads(storage_key) if storage_key else None
+    return open_plate(path, storage_options=options)
+
+
+def open_job_plate(job: FieldJob):
+    """The :class:`~subcell_scale.io.Plate` of ``job``, opened once per process."""
+    import json
+
+    key = json.dumps(job.storage_options, sort_keys=True) if job.storage_options else ""
+    return _open_plate_cached(job.plate_path, key)
+
+
+def _resolve_crop_on(crop_on: str) -> str:
+    if crop_on != "auto":
+        return crop_on
+    import torch
+
+    return "device" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_field(job: FieldJob) -> PreparedField:
+    """CPU part of a field: read pixels, read (or make) labels, drop poor cells, crop (CPU mode).
+
+    Raises
+    ------
+    PlateFormatError
+        Unreadable pixels; the message names the plate, well and field.
+    PlateNotFoundError
+        No ``label_name`` labels with ``segment_if_missing=False`` (not retried: it would fail again).
+    """
+    from ..cells import extract_cells
+    from ..segment import filter_cells
+
+    start = time.perf_counter()
+    plate = open_job_plate(job)
+    image = plate.read_field(job.fid.well, job.fid.field)
+    if job.flatfield_path is not None:
+        from ..illumination import apply_flatfield
+
+        image = apply_flatfield(image, _flatfield(job.flatfield_path))
+    labels, segmented = _field_labels(plate, job, image)
+    kept, dropped = filter_cells(labels, plate.pixel_size, **job.cells.kwargs())
+    pixel_size = tuple(float(v) for v in plate.pixel_size)
+    prepared = PreparedField(cells=None, dropped={k: list(v) for k, v in dropped.items()}, seconds=0.0,
+                             pixel_size=pixel_size, segmented=segmented)
+    if _resolve_crop_on(job.crop_on) == "device":
+        prepared.image, prepared.labels = image, kept
+    else:
+        crops, table = extract_cells(image, kept, pixel_size, job.crop, channels=job.passes)
+        prepared.crops, prepared.cells = crops, table[_CELL_COLUMNS].reset_index(drop=True)
+    prepared.seconds = time.perf_counter() - start
+    return prepared
+
+
+@functools.lru_cache(maxsize=4)
+def _flatfield(path: str) -> np.ndarray:
+    """A plate's flat field, read once per worker process."""
+    from ..illumination import load_flatfield
+
+    return load_flatfield(path)
+
+
+def _field_labels(plate: Any, job: FieldJob, image: np.ndarray) -> tuple[np.ndarray, bool]:
+    well, fld = job.fid.well, job.fid.field
+    if job.label_name in plate.label_names(well, fld):
+        return np.asarray(plate.read_labels(well, fld, job.label_name)), False
+    if not job.segment_if_missing:
+        msg = (f"{job.where}: no label image {job.label_name!r} (found {plate.label_names(well, fld)}); "
+               "segment the plate first (`subcell-scale segment`) or allow segmentation")
+        raise PlateNotFoundError(msg)
+    from ..io import write_labels
+    from ..segment import segment_field
+
+    labels = segment_field(image, plate.channel_names, plate.pixel_size, **job.segmentation)
+    write_labels(plate, well, fld, job.label_name, labels)
+    log.info("%s: segmented %d cells, written as labels/%s", job.where, int(labels.max()), job.label_name)
+    return labels, True
+
+
+def embed_field(prepared: PreparedField, job: FieldJob, model: SubCell | None = None) -> dict[str, Any]:
+    """GPU part of a field: crop on the device if asked, embed, write the shard.
+
+    Parameters
+    ----------
+    prepared
+        Output of :func:`prepare_field` for ``job``.
+    job
+        The field.
+    model
+        The model to use; None takes the worker plugin's (inside a Dask task).
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``dropped`` (counts per reason), ``seconds`` (both tasks), ``shard`` (path or None)
+        and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`.
+    """
+    start = time.perf_counter()
+    if model is None:
+        from ..distributed.plugin import worker_model
+
+        model = worker_model(job.model_plugin)
+    crops, cells = prepared.crops, prepared.cells
+    if crops is None:
+        from ..cells import extract_cells_torch
+
+        tensor, table = extract_cells_torch(prepared.image, prepared.labels, prepared.pixel_size, job.crop,
+                                            channels=job.passes, device=model.device)
+        crops, cells = tensor, table[_CELL_COLUMNS].reset_index(drop=True)
+    embedding, probabilities = embed_crops(model, crops, job.batch_size)
+    seconds = prepared.seconds + time.perf_counter() - start
+    shard = Shard(embedding, probabilities, cells, prepared.dropped,
+                  {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.digest,
+                   "seconds": round(seconds, 3), "segmented": prepared.segmented})
+    summary: dict[str, Any] = {"n_cells": shard.n_cells,
+                               "dropped": {k: len(v) for k, v in prepared.dropped.items()},
+                               "seconds": seconds, "shard": job.shard_path}
+    if job.shard_path is not None:
+        write_shard(job.shard_path, shard)
+    else:
+        summary["result"] = shard
+    return summary
+
+
+def embed_crops(model: SubCell, crops: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed (N, P, C, S, S) crops (numpy, or a torch tensor on the model's device).
+
+    Passes of one cell always share a forward batch. A side that is not a multiple of the patch size
+    (JUMP's 478 px) is cut to the largest multiple (464): the reference ViT's patch convolution never
+    reads those last pixels either, so this is the same computation.
+
+    Returns
+    -------
+    embedding
+        float32 (N, P * D), passes concatenated in order.
+    probabilities
+        float32 (N, P * 31), pass-major (pass 0's 31 classes, then pass 1's ...), or None without
+        classifiers.
+    """
+    n, n_passes = int(crops.shape[0]), int(crops.shape[1])
+    patch = model.config.patch_size
+    height, width = int(crops.shape[-2]), int(crops.shape[-1])
+    crops = crops[..., : height // patch * patch, : width // patch * patch]
+    if n == 0:
+        width = n_passes * model.config.num_classes
+        return (np.zeros((0, n_passes * model.embedding_dim), np.float32),
+                np.zeros((0, width), np.float32) if model.n_classifiers else None)
+    per_batch = max(1, int(batch_size) // n_passes) * n_passes
+    out = model.embed(crops, batch_size=per_batch, pool_attention=False)
+    embedding = np.asarray(out["embedding"], dtype=np.float32).reshape(n, -1)
+    probabilities = out["probabilities"]
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities, dtype=np.float32).reshape(n, -1)
+    return embedding, probabilities
