@@ -1,5 +1,8 @@
 """Named protocols: every parameter of a published way of running SubCell, overridable by keyword.
 
+This module holds the presets as data; :meth:`subcell_scale.params.RunParams.resolve` turns one, with
+overrides, into the typed parameters a run uses.
+
 Two presets ship:
 
 ``"hpa"``
@@ -68,22 +71,11 @@ evaluation
 from __future__ import annotations
 
 import copy
-import json
-import logging
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import ChannelMismatchError, ConfigError
+from .errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .io import Plate
-
-log = logging.getLogger(__name__)
-
-PRESET_REPORT = "preset.json"
-"""File written into the output directory with the effective parameters of a run."""
+__all__ = ["DEFAULT_PRESET", "NEGCON_QUERY", "PRESETS", "get_preset", "preset_names"]
 
 NEGCON_QUERY = "control_type == 'negcon'"
 
@@ -162,10 +154,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 DEFAULT_PRESET = "hpa"
 
-_NOT_OVERRIDABLE = ("description", "alternatives")
-CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center")
-"""Preset keys that are :class:`~subcell_scale.cells.CropSpec` fields."""
-
 
 def preset_names() -> list[str]:
     """Names accepted by ``preset=`` and ``--preset``."""
@@ -185,167 +173,3 @@ def get_preset(name: str | None) -> dict[str, Any]:
         msg = f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}"
         raise ConfigError(msg)
     return copy.deepcopy(PRESETS[key])
-
-
-def resolve_preset(name: str | None, plate: Plate | None = None, *,
-                   model_channels: Sequence[str] | str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Effective parameters of a preset for one plate, after overrides.
-
-    Parameters
-    ----------
-    name
-        A preset name (``"hpa"``, ``"jump-cellpainting"``) or None for the default.
-    plate
-        The plate the parameters are for; its pixel size turns micrometres into plate pixels and its
-        channel names are matched to the model's slots. Without it only the plate-independent part
-        is returned.
-    model_channels
-        The model's slots in input order (or its variant name) when a model other than the preset's
-        variant is used.
-    **overrides
-        Any preset key (see the module docstring); ``None`` values are ignored, so callers can pass
-        optional arguments through unchanged.
-
-    Returns
-    -------
-    dict
-        The preset's keys with overrides applied, plus ``preset`` (the name), ``overridden`` (keys
-        changed from the preset), ``crop`` (the resolved :class:`~subcell_scale.cells.CropSpec`
-        geometry) and, with a plate, ``plate``: its name, path, pixel size, channels, the plate
-        channel indices fed to the model (one list per pass), ``pass_names``, ``channel_mapping``
-        (plate channel -> model slot, per pass) and ``crop_window_px`` (crop side in plate pixels).
-
-    Raises
-    ------
-    ConfigError
-        Unknown preset or parameter, or a value the crop geometry rejects.
-    ChannelMismatchError
-        The plate lacks a channel the preset (or channel map) needs; raised before any work starts,
-        naming the channel, the preset and the plate.
-    """
-    params = get_preset(name)
-    preset_name = DEFAULT_PRESET if name is None else str(name).lower()
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    allowed = sorted(k for k in params if k not in _NOT_OVERRIDABLE)
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        msg = f"preset {preset_name!r}: unknown parameter(s) {unknown}; parameters are {allowed}"
-        raise ConfigError(msg)
-    overridden = sorted(k for k, v in overrides.items() if params.get(k) != v)
-    if "crop_um" in overridden and "out_size" not in overrides and params["out_size"] is not None:
-        # a new physical crop at the preset's model scale, not a squeezed one
-        params["out_size"] = None
-    params.update(copy.deepcopy(overrides))
-    params["preset"] = preset_name
-    params["overridden"] = overridden
-    params.pop("alternatives", None)
-    spec = crop_spec(params)
-    params["crop"] = spec.as_dict()
-    if plate is not None:
-        params["plate"] = plate_parameters(params, plate, model_channels=model_channels)
-    return params
-
-
-def crop_spec(params: Mapping[str, Any]):
-    """The :class:`~subcell_scale.cells.CropSpec` of resolved parameters."""
-    from .cells import CropSpec
-
-    return CropSpec(crop_um=float(params["crop_um"]), model_pixel_size=float(params["model_pixel_size"]),
-                    out_size=None if params["out_size"] is None else int(params["out_size"]),
-                    mask_mode=params["mask_mode"], dilation=int(params["dilation"]),
-                    normalization=params["normalization"], center=params["center"])
-
-
-def plate_parameters(params: Mapping[str, Any], plate: Plate, *,
-                     model_channels: Sequence[str] | str | None = None) -> dict[str, Any]:
-    """The plate-dependent part of the parameters: channel indices per pass and the crop window."""
-    from .models.preprocessing import resolve_channels
-    from .models.registry import get_variant
-
-    model = params["variant"] if model_channels is None else model_channels
-    slots = list(get_variant(model).channels) if isinstance(model, str) else list(model)
-    names = [str(c) for c in plate.channel_names]
-    try:
-        resolved = resolve_channels(names, model, params.get("channel_map"))
-    except ChannelMismatchError as exc:
-        missing = _missing_channels(params.get("channel_map"), names)
-        what = f"channel(s) {missing} " if missing else ""
-        msg = (f"preset {params['preset']!r} needs {what}that plate {plate.name!r} ({plate.path}) lacks: {exc}")
-        raise ChannelMismatchError(msg) from exc
-    multi = bool(resolved) and isinstance(resolved[0], list)
-    passes = [list(p) for p in resolved] if multi else [list(resolved)]
-    pass_names = _pass_names(passes, names) if multi else []
-    spec = crop_spec(params)
-    wy, wx = spec.window(plate.pixel_size)
-    return {
-        "name": plate.name,
-        "path": str(plate.path),
-        "pixel_size": [float(v) for v in plate.pixel_size],
-        "channels": names,
-        "model_channels": slots,
-        "passes": passes,
-        "multi_pass": multi,
-        "pass_names": pass_names,
-        "channel_mapping": [{names[i]: slot for i, slot in zip(p, slots, strict=True)} for p in passes],
-        "crop_window_px": [wy, wx],
-        "rescale": float(spec.size) / float(wx),
-    }
-
-
-def _missing_channels(channel_map: Mapping[str, Any] | None, names: Sequence[str]) -> list[str]:
-    lowered = {n.lower() for n in names}
-    wanted: list[str] = []
-    for value in (channel_map or {}).values():
-        wanted.extend(value if isinstance(value, list | tuple) else [value])
-    return [str(w) for w in wanted if isinstance(w, str) and w.lower() not in lowered]
-
-
-def _pass_names(passes: list[list[int]], names: Sequence[str]) -> list[str]:
-    """One name per pass: the plate channel that differs between passes (``Mito``, ``AGP``, ``RNA``)."""
-    varying = [j for j in range(len(passes[0])) if len({p[j] for p in passes}) > 1]
-    out = ["-".join(names[p[j]] for j in varying) or f"pass{k}" for k, p in enumerate(passes)]
-    if len(set(out)) != len(out):
-        out = [f"pass{k}" for k in range(len(passes))]
-    return out
-
-
-def report_lines(params: Mapping[str, Any]) -> list[str]:
-    """Human-readable summary of effective parameters, for logs and the run report."""
-    crop = params["crop"]
-    lines = [f"preset {params['preset']}: {params['description']}",
-             f"model variant: {params['variant']}",
-             f"crop: {crop['crop_um']:.2f} um -> {crop['out_size']} px at {crop['out_pixel_size']:.4f} um/px "
-             f"(model scale {crop['model_pixel_size']} um/px), centre {crop['center']}, mask {crop['mask_mode']}, "
-             f"normalisation {crop['normalization']}",
-             f"cells kept: area {params['min_area_um2']}-{params['max_area_um2']} um2, "
-             f"border cells {'dropped' if params['drop_border'] else 'kept'}; label image {params['label_name']!r}"]
-    plate = params.get("plate")
-    if plate:
-        mapping = "; ".join(", ".join(f"{k}->{v}" for k, v in m.items()) for m in plate["channel_mapping"])
-        lines.append(f"plate {plate['name']}: {plate['pixel_size'][1]} um/px, crop window "
-                     f"{plate['crop_window_px'][1]} px (x{plate['rescale']:.3f}), "
-                     f"{len(plate['passes'])} pass(es): {mapping}")
-    agg = params["aggregation"]
-    lines.append("aggregation: " + (f"{agg['operation']} per field, then mean per well"
-                                    if agg.get("per_field") else f"{agg['operation']} per well"))
-    steps = ", then ".join(f"{s['method']}{' ' + s['spherize_method'] if 'spherize_method' in s else ''} "
-                           f"fitted on {s['reference']}" + (f" per {s['by']}" if s.get("by") else "")
-                           for s in params["postprocessing"])
-    lines.append(f"post-processing: {steps or 'none'}")
-    if params["overridden"]:
-        lines.append(f"overridden: {', '.join(params['overridden'])}")
-    return lines
-
-
-def write_preset_report(out: str | os.PathLike, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> Path:
-    """Write ``preset.json`` (effective parameters and report lines) into ``out``; returns its path.
-
-    ``params`` is one resolved preset or a list (one per plate of a run).
-    """
-    from .store import atomic_write_bytes
-
-    items = list(params) if isinstance(params, list) else [params]
-    body = {"parameters": items, "lines": [line for p in items for line in report_lines(p)]}
-    path = Path(out) / PRESET_REPORT
-    atomic_write_bytes(path, json.dumps(body, indent=1, default=str).encode())
-    return path

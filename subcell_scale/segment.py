@@ -22,12 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._constants import Status
 from .errors import ChannelMismatchError, ConfigError, PlateFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
     from .io import Plate
+
+__all__ = [
+    "CELL_CHANNEL_NAMES", "DROP_REASONS", "NUCLEUS_CHANNEL_NAMES", "SegmentParams", "filter_cells", "grow_cells",
+    "label_areas", "match_scores", "pixel_size_yx", "resolve_segmentation_channels", "segment_field",
+    "segment_nuclei", "segment_plate", "segment_plate_field"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -458,6 +465,7 @@ def segment_plate_field(
     label_name: str = "cells",
     overwrite: bool = False,
     params: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment one field of a plate and write its labels back; the unit of work of :func:`segment_plate`.
 
@@ -473,12 +481,13 @@ def segment_plate_field(
     from .io import open_plate, write_labels
 
     start = time.perf_counter()
-    record: dict[str, Any] = {"well": well, "field": str(field), "status": "done", "n_cells": 0, "seconds": 0.0,
+    record: dict[str, Any] = {"well": well, "field": str(field), "status": Status.DONE, "n_cells": 0, "seconds": 0.0,
                               "error": None}
     try:
-        plate = plate if hasattr(plate, "read_field") else open_plate(os.fspath(plate))  # type: ignore[arg-type]
+        if not hasattr(plate, "read_field"):
+            plate = open_plate(os.fspath(plate), storage_options=storage_options)  # type: ignore[arg-type]
         if not overwrite and label_name in plate.label_names(well, field):
-            record["status"] = "skipped"
+            record["status"] = Status.SKIPPED
             record["n_cells"] = int(label_areas(plate.read_labels(well, field, label_name))[0].size)
         else:
             image = plate.read_field(well, field)
@@ -490,10 +499,24 @@ def segment_plate_field(
         raise  # the same for every field: stop at once
     except Exception as exc:  # noqa: BLE001 - recorded per field, the summary names it
         where = f"{getattr(plate, 'path', plate)} {well}/{field}"
-        record.update(status="failed", error=f"{where}: {type(exc).__name__}: {exc}")
+        record.update(status=Status.FAILED, error=f"{where}: {type(exc).__name__}: {exc}")
         logger.warning("segmentation failed for %s: %s", where, exc)
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
+
+
+@dataclass(frozen=True)
+class _SegmentJob:
+    """One field of :func:`segment_plate` as the scheduler carries it: names and options only."""
+
+    plate: str
+    well: str
+    field: str
+    options: dict[str, Any]
+
+
+def _segment_job(job: _SegmentJob) -> dict[str, Any]:
+    return segment_plate_field(job.plate, job.well, job.field, **job.options)
 
 
 def segment_plate(
@@ -504,6 +527,8 @@ def segment_plate(
     label_name: str = "cells",
     overwrite: bool = False,
     client: Client | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Segment every field of a plate and store the labels in it, so later runs reuse them.
@@ -520,33 +545,49 @@ def segment_plate(
     overwrite
         Re-segment fields that already hold ``label_name``; by default they are skipped.
     client
-        A ``distributed.Client``: one task per field, each worker reading and writing its own field.
+        A ``distributed.Client``: one task per field, each worker reading and writing its own field,
+        through the same scheduler as embedding (:func:`subcell_scale.distributed.map_tasks`).
         ``None`` runs the fields one after the other in this process.
+    storage_options
+        fsspec options of a remote plate, used by every worker that opens it.
+    progress
+        Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
 
     Returns
     -------
     ``{"plate", "label_name", "n_fields", "done", "skipped", "failed", "n_cells", "seconds", "fields"}``
     where ``fields`` lists :func:`segment_plate_field` records in plate order.
     """
+    from .distributed.scheduler import Stage, map_tasks
     from .io import open_plate
 
     start = time.perf_counter()
-    opened = plate if hasattr(plate, "read_field") else open_plate(os.fspath(plate))  # type: ignore[arg-type]
+    opened = plate if hasattr(plate, "read_field") else open_plate(os.fspath(plate), storage_options=storage_options)  # type: ignore[arg-type]
     SegmentParams.from_kwargs(params)
     resolve_segmentation_channels(opened.channel_names, nucleus_channel, cell_channel)
-    sites = [(w, f) for w in opened.wells for f in opened.fields(w)]
     options = {"nucleus_channel": nucleus_channel, "cell_channel": cell_channel, "label_name": label_name,
-               "overwrite": overwrite, "params": params}
-    if client is None:
-        records = [segment_plate_field(opened, w, f, **options) for w, f in sites]
-    else:
-        futures = client.map(segment_plate_field, [opened.path] * len(sites), [w for w, _ in sites],
-                             [f for _, f in sites], pure=False, **options)
-        records = client.gather(futures)
-    counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
+               "overwrite": overwrite, "params": params, "storage_options": storage_options}
+    jobs = [_SegmentJob(str(opened.path), w, str(f), options) for w in opened.wells for f in opened.fields(w)]
+    by_site: dict[tuple[str, str], dict[str, Any]] = {}
+    for outcome in map_tasks([Stage(_segment_job, name="segment")], jobs, client=client, retries=0,
+                             key=lambda job: f"{opened.name}/{job.well}/{job.field}", progress=progress,
+                             desc="segmenting"):
+        job = outcome.item
+        if outcome.ok:
+            record = outcome.result
+        else:  # a worker lost while segmenting, or an error that stops every field
+            if isinstance(outcome.error, ConfigError | ChannelMismatchError):
+                raise outcome.error
+            record = {"well": job.well, "field": job.field, "status": Status.FAILED, "n_cells": 0, "seconds": 0.0,
+                      "error": f"{opened.path} {job.well}/{job.field}: {type(outcome.error).__name__}: "
+                               f"{outcome.error}"}
+        by_site[(job.well, job.field)] = record
+    records = [by_site[(job.well, job.field)] for job in jobs]
+    counts = {s: sum(r["status"] == s for r in records) for s in (Status.DONE, Status.SKIPPED, Status.FAILED)}
     summary = {"plate": str(opened.path), "label_name": label_name, "n_fields": len(records), **counts,
                "n_cells": int(sum(r["n_cells"] for r in records)),
                "seconds": round(time.perf_counter() - start, 3), "fields": records}
-    logger.info("%s: %d fields segmented, %d skipped, %d failed, %d cells in %.1f s", opened.path, counts["done"],
-                counts["skipped"], counts["failed"], summary["n_cells"], summary["seconds"])
+    logger.info("%s: %d fields segmented, %d skipped, %d failed, %d cells in %.1f s", opened.path,
+                counts[Status.DONE], counts[Status.SKIPPED], counts[Status.FAILED], summary["n_cells"],
+                summary["seconds"])
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from subcell_scale.io import PlateWriter, open_plate
 from subcell_scale.io.demo import make_demo_plate
 from subcell_scale.models import SubCell
 from subcell_scale.models.config import ModelConfig
+from subcell_scale._constants import Files
+from subcell_scale.params import RunParams
 from subcell_scale.pipeline import embed_plate, field_crops
-from subcell_scale.presets import PRESET_REPORT, get_preset, report_lines, resolve_preset
+from subcell_scale.presets import get_preset
 
 JUMP = "jump-cellpainting"
 YBG = ("er", "nucleus", "protein")
@@ -53,43 +56,60 @@ def _direct_crop(image: np.ndarray, cy: int, cx: int, window: int, size: int) ->
 
 
 def test_hpa_preset_is_the_training_geometry():
-    p = resolve_preset("hpa")
-    assert p["crop"]["out_size"] == 448 and p["crop"]["crop_um"] == pytest.approx(71.68)
-    assert p["crop"]["out_pixel_size"] == pytest.approx(0.16)
-    assert (p["mask_mode"], p["normalization"], p["center"], p["dilation"]) == ("own_cell", "global", "bbox", 7)
-    assert p["variant"] == "all_channels_MAE-CellS-ProtS-Pool" and p["overridden"] == []
+    p = RunParams.resolve("hpa")
+    assert p.crop.size == 448 and p.crop.side_um == pytest.approx(71.68)
+    assert p.crop.out_pixel_size == pytest.approx(0.16)
+    assert (p.crop.mask_mode, p.crop.normalization, p.crop.center, p.crop.dilation) == ("own_cell", "global", "bbox", 7)
+    assert p.variant == "all_channels_MAE-CellS-ProtS-Pool" and p.overridden == ()
     alt = get_preset("hpa")["alternatives"]["reference-640"]
-    masked640 = resolve_preset("hpa", crop_um=alt["crop_um"], model_pixel_size=alt["model_pixel_size"])
-    assert masked640["crop"]["out_size"] == 640 and masked640["overridden"] == ["crop_um", "model_pixel_size"]
-    assert resolve_preset(None)["preset"] == "hpa"
+    masked640 = RunParams.resolve("hpa", crop_um=alt["crop_um"], model_pixel_size=alt["model_pixel_size"])
+    assert masked640.crop.size == 640 and masked640.overridden == ("crop_um", "model_pixel_size")
+    assert RunParams.resolve(None).preset == "hpa"
+
+
+def test_parameters_are_resolved_once_and_changed_by_copy():
+    p = RunParams.resolve(JUMP, out_size=224, min_area_um2=30)
+    assert RunParams.resolve(p) is p  # resolved parameters pass through untouched
+    q = p.replace(mask_mode="own_cell")
+    assert (q.crop.size, q.cells.min_area_um2, q.crop.mask_mode) == (224, 30, "own_cell")
+    assert q.overridden == ("mask_mode", "min_area_um2", "out_size") and p.crop.mask_mode == "none"
+    assert RunParams.resolve(JUMP, crop={"out_size": 96}).crop.size == 96
+    assert pickle.loads(pickle.dumps(q)) == q  # travels to workers as it is
+    # the digest a resumed run compares sees embedding parameters only
+    assert p.embedding_parameters() == p.replace(postprocessing=[]).embedding_parameters()
+    assert p.embedding_parameters() != p.replace(out_size=225).embedding_parameters()
 
 
 def test_unknown_preset_and_parameter_are_named():
     with pytest.raises(ConfigError, match="unknown preset 'jump'.*jump-cellpainting"):
-        resolve_preset("jump")
+        RunParams.resolve("jump")
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['crop_size'\]"):
-        resolve_preset("hpa", crop_size=3)
+        RunParams.resolve("hpa", crop_size=3)
     with pytest.raises(ConfigError, match="normalization"):
-        resolve_preset("hpa", normalization="zscore")
+        RunParams.resolve("hpa", normalization="zscore")
+    with pytest.raises(ConfigError, match="unknown segmentation parameter"):
+        RunParams.resolve("hpa", segmentation={"sigma": 2})
 
 
 def test_jump_preset_on_a_cell_painting_plate(cp_plate):
     plate = open_plate(cp_plate)
     assert plate.channel_names == ["DNA", "ER", "RNA", "AGP", "Mito"] and plate.pixel_size == (0.598, 0.598)
-    p = resolve_preset(JUMP, plate)
+    params = RunParams.resolve(JUMP)
+    plan = params.plan(plate)
     idx = {n: i for i, n in enumerate(plate.channel_names)}
-    assert p["plate"]["passes"] == [[idx["ER"], idx["DNA"], idx[x]] for x in ("Mito", "AGP", "RNA")]
-    assert p["plate"]["pass_names"] == ["Mito", "AGP", "RNA"]
-    assert p["plate"]["channel_mapping"][0] == {"ER": "er", "DNA": "nucleus", "Mito": "protein"}
-    assert p["plate"]["crop_window_px"] == [128, 128]  # 76.5 um at 0.598 um/px
-    assert p["crop"]["out_size"] == 478 and p["plate"]["rescale"] == pytest.approx(478 / 128)
-    assert (p["mask_mode"], p["normalization"]) == ("none", "per_channel")
-    assert p["aggregation"] == {"by": ["plate", "well"], "operation": "median", "per_field": True}
-    assert [s["method"] for s in p["postprocessing"]] == ["spherize", "standardize"]
-    assert p["postprocessing"][0]["spherize_method"] == "PCA-cor"
-    assert p["evaluation"]["replicate"]["pos_diffby"] == ["plate"] and p["evaluation"]["replicate"]["neg_sameby"] == ["plate"]
-    assert p["evaluation"]["nn"]["exclude_sameby"] == ["compound", "plate"]
-    lines = report_lines(p)
+    assert plan.passes == tuple((idx["ER"], idx["DNA"], idx[x]) for x in ("Mito", "AGP", "RNA"))
+    assert plan.pass_names == ("Mito", "AGP", "RNA")
+    assert plan.channel_mapping[0] == {"ER": "er", "DNA": "nucleus", "Mito": "protein"}
+    assert plan.window_px == (128, 128)  # 76.5 um at 0.598 um/px
+    assert params.crop.size == 478 and plan.rescale == pytest.approx(478 / 128)
+    assert (params.crop.mask_mode, params.crop.normalization) == ("none", "per_channel")
+    assert params.profiling.aggregation == {"by": ["plate", "well"], "operation": "median", "per_field": True}
+    assert [s["method"] for s in params.profiling.postprocessing] == ["spherize", "standardize"]
+    assert params.profiling.postprocessing[0]["spherize_method"] == "PCA-cor"
+    evaluation = params.evaluation
+    assert evaluation["replicate"]["pos_diffby"] == ["plate"] and evaluation["replicate"]["neg_sameby"] == ["plate"]
+    assert evaluation["nn"]["exclude_sameby"] == ["compound", "plate"]
+    lines = params.report_lines(plan)
     assert any("3 pass(es)" in line and "Mito->protein" in line for line in lines)
     crops, cells = field_crops(plate, plate.wells[0], "0", preset=JUMP)
     assert crops.shape[1:] == (3, 3, 478, 478) and len(cells) == crops.shape[0] > 0
@@ -101,15 +121,16 @@ def test_a_40x_plate_gets_the_same_physical_crop(tmp_path, cp_plate):
     fine = tmp_path / "fine.zarr"
     with PlateWriter(fine, name="fine", channel_names=plate.channel_names, pixel_size=0.299) as writer:
         writer.write_field("A01", "0", np.repeat(np.repeat(image, 2, axis=1), 2, axis=2))
-    coarse, fine_p = resolve_preset(JUMP, plate), resolve_preset(JUMP, open_plate(fine))
-    assert fine_p["plate"]["crop_window_px"] == [256, 256]
-    assert fine_p["plate"]["crop_window_px"][0] * 0.299 == pytest.approx(coarse["plate"]["crop_window_px"][0] * 0.598)
-    assert fine_p["crop"]["out_size"] == coarse["crop"]["out_size"] == 478
+    params = RunParams.resolve(JUMP)
+    coarse, fine_p = params.plan(plate), params.plan(open_plate(fine))
+    assert fine_p.window_px == (256, 256)
+    assert fine_p.window_px[0] * 0.299 == pytest.approx(coarse.window_px[0] * 0.598)
+    assert params.crop.size == 478
 
 
 def test_missing_channel_names_the_channel_and_the_preset(hpa_plate):
     with pytest.raises(ChannelMismatchError, match=r"preset 'jump-cellpainting' needs channel\(s\) \['Mito', 'AGP', 'RNA'\]"):
-        resolve_preset(JUMP, open_plate(hpa_plate))
+        RunParams.resolve(JUMP).plan(open_plate(hpa_plate))
 
 
 def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
@@ -122,7 +143,7 @@ def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
         f"{VAR_PREFIX}Mito_0000", f"{VAR_PREFIX}AGP_0000", f"{VAR_PREFIX}RNA_0000", f"{VAR_PREFIX}RNA_{d - 1:04d}"]
     assert adata.obsm[Keys.LOCALIZATION].shape == (adata.n_obs, 3 * 31)
     assert list(adata.uns[Keys.PROVENANCE]["passes"]) == ["Mito", "AGP", "RNA"]
-    report = json.loads((tmp_path / "run" / PRESET_REPORT).read_text())
+    report = json.loads((tmp_path / "run" / Files.PRESET).read_text())
     assert report["parameters"][0]["preset"] == JUMP and report["parameters"][0]["overridden"] == ["out_size"]
 
     # one cell, computed directly: 128-px window at the rounded centroid, bilinear to 48, per-channel min-max
@@ -168,7 +189,7 @@ def test_hpa_crop_is_masked_and_globally_normalised(hpa_plate):
     own[inside] = True
     nearest = np.minimum(((2 * np.arange(64) + 1) * 224) // 128, 223)  # pixel-centre nearest resize
     mask = own[np.ix_(nearest, nearest)]
-    dilation = resolve_preset("hpa", out_size=64)["crop"]["dilation_out_px"]
+    dilation = RunParams.resolve("hpa", out_size=64).crop.dilation_px
     mask = ndi.maximum_filter(mask.astype(np.uint8), size=dilation) > 0
     masked = crop * mask
     direct = (masked - masked.min()) / (masked.max() - masked.min() + 1e-6)
@@ -191,13 +212,10 @@ def test_illumination_correction_divides_fields_before_cropping(cp_plate, tmp_pa
                                    **small)
     assert corrected.shape == plain.shape and not np.allclose(corrected, plain)
     # the same crops computed by hand from the flat-field-corrected field
-    p = resolve_preset(JUMP, plate, model_channels=YBG, **small)
+    p = RunParams.resolve(JUMP, **small)
     image = apply_flatfield(plate.read_field(well, fld), estimate_flatfield(plate))
-    kept, _ = filter_cells(plate.read_labels(well, fld, "cells"), plate.pixel_size, min_area_um2=p["min_area_um2"],
-                           max_area_um2=p["max_area_um2"], drop_border=p["drop_border"])
-    from subcell_scale.presets import crop_spec
-
-    expected, table = extract_cells(image, kept, plate.pixel_size, crop_spec(p), channels=p["plate"]["passes"])
+    kept, _ = filter_cells(plate.read_labels(well, fld, "cells"), plate.pixel_size, **p.cells.kwargs())
+    expected, table = extract_cells(image, kept, plate.pixel_size, p.crop, channels=p.plan(plate, YBG).passes)
     assert list(table["label"]) == list(cells["label"])
     np.testing.assert_allclose(corrected, expected, atol=1e-6)
     # a flat field of the wrong size is refused before any work, naming the file

@@ -1,23 +1,46 @@
-"""Dask side of subcell-scale: the cluster factory, the per-worker model and the per-field tasks.
+"""Dask side of subcell-scale: the cluster factory, the per-worker model and the one scheduler.
 
 This layer only schedules: it decides where a field runs, and the work itself is done by the same
-stage functions (:mod:`subcell_scale.cells`, :mod:`subcell_scale.segment`, the model) that run in a
-notebook without a cluster.
+stage functions (:mod:`subcell_scale.pipeline.field`, :mod:`subcell_scale.segment`, the model) that run
+in a notebook without a cluster. Names are imported lazily, so planning a run loads no Dask.
 """
 
 from __future__ import annotations
 
-from .cluster import GPU_RESOURCE, count_gpus, get_client
-from .plugin import PLUGIN_NAME, ModelSpec, SubCellPlugin, loads_per_worker, register_model, worker_model
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "GPU_RESOURCE",
-    "PLUGIN_NAME",
-    "ModelSpec",
-    "SubCellPlugin",
-    "count_gpus",
-    "get_client",
-    "loads_per_worker",
-    "register_model",
-    "worker_model",
-]
+_LAZY = {
+    "GPU_RESOURCE": "cluster",
+    "count_gpus": "cluster",
+    "get_client": "cluster",
+    "PLUGIN_NAME": "plugin",
+    "SubCellPlugin": "plugin",
+    "loads_per_worker": "plugin",
+    "register_model": "plugin",
+    "worker_model": "plugin",
+    "load_cluster_config": "deploy",
+    "render_kubernetes_spec": "deploy",
+    "render_slurm_job_script": "deploy",
+    "Outcome": "scheduler",
+    "Stage": "scheduler",
+    "map_tasks": "scheduler",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cluster import GPU_RESOURCE, count_gpus, get_client
+    from .deploy import load_cluster_config, render_kubernetes_spec, render_slurm_job_script
+    from .plugin import PLUGIN_NAME, SubCellPlugin, loads_per_worker, register_model, worker_model
+    from .scheduler import Outcome, Stage, map_tasks
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

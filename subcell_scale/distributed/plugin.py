@@ -1,8 +1,8 @@
 """The SubCell model held once per worker, so that it never travels inside a task graph.
 
-A :class:`ModelSpec` says how to build the model (published variant, checkpoint files or seeded
-random weights); it is small and pickles with the plugin. Each worker builds the model from it once,
-in :meth:`SubCellPlugin.setup`, on its own GPU when it has one, and tasks fetch it with
+A :class:`~subcell_scale.models.ModelSpec` says how to build the model (published variant, checkpoint
+files or seeded random weights); it is small and pickles with the plugin. Each worker builds the model
+from it once, in :meth:`SubCellPlugin.setup`, on its own GPU when it has one, and tasks fetch it with
 :func:`worker_model`.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
@@ -20,86 +19,12 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Worker
 
-    from ..models import SubCell
+    from ..models import ModelSpec, SubCell
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "subcell-model"
 """Prefix of the plugin names; each model spec is registered as ``subcell-model-<digest>``."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Recipe for a SubCell model that any process can follow.
-
-    Attributes
-    ----------
-    source
-        ``"variant"`` (published weights from the local model cache), ``"checkpoint"`` (encoder and
-        classifier files) or ``"random"`` (deterministic random weights, for demos and tests).
-    variant
-        Published variant name (``"variant"``, ``"random"``) or None.
-    encoder_path, classifier_paths
-        Files for ``"checkpoint"``; paths every worker can read.
-    config
-        Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"``.
-    seed, n_classifiers
-        Random weights seed and classifier count (``"random"``); classifiers to load (``"variant"``).
-    cache_dir
-        Model cache for ``"variant"`` (the default cache when None).
-    options
-        Keyword options of the :class:`~subcell_scale.models.SubCell` constructor or loader
-        (``precision``, ``channels``, ``num_heads``, ``variant`` for a checkpoint, ...).
-    torch_threads
-        ``torch.set_num_threads`` on the worker before loading (Dask starts workers with 1).
-    """
-
-    source: str
-    variant: str | None = None
-    encoder_path: str | None = None
-    classifier_paths: tuple[str, ...] = ()
-    config: dict[str, Any] | None = None
-    seed: int = 0
-    n_classifiers: int = 1
-    cache_dir: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    torch_threads: int | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.source not in ("variant", "checkpoint", "random"):
-            msg = f"ModelSpec.source must be 'variant', 'checkpoint' or 'random', got {self.source!r}"
-            raise ConfigError(msg)
-        if self.source == "checkpoint" and not self.encoder_path:
-            msg = "ModelSpec(source='checkpoint') needs encoder_path"
-            raise ConfigError(msg)
-        if self.source == "variant" and not self.variant:
-            msg = "ModelSpec(source='variant') needs a variant name"
-            raise ConfigError(msg)
-        object.__setattr__(self, "classifier_paths", tuple(str(p) for p in self.classifier_paths))
-
-    def describe(self) -> dict[str, Any]:
-        """Plain-JSON description (for the manifest and the parameter digest)."""
-        d = asdict(self)
-        d.pop("torch_threads")
-        d["classifier_paths"] = list(self.classifier_paths)
-        return d
-
-    def load(self, device: str | None = None) -> SubCell:
-        """Build the model in this process on ``device`` (CUDA when available, else CPU)."""
-        from ..models import SubCell
-        from ..models.config import ModelConfig
-
-        options = dict(self.options)
-        if self.source == "random":
-            config = ModelConfig(**self.config) if self.config is not None else None
-            if config is not None and self.variant:
-                options.setdefault("variant", self.variant)
-            return SubCell.random(config if config is not None else self.variant, seed=self.seed,
-                                  n_classifiers=self.n_classifiers, device=device, **options)
-        if self.source == "checkpoint":
-            return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device, **options)
-        return SubCell.from_pretrained(self.variant, n_classifiers=self.n_classifiers,
-                                       cache_dir=self.cache_dir, device=device, **options)
 
 
 def default_device() -> str:

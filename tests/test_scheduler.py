@@ -1,0 +1,102 @@
+"""The one scheduler: the same outcomes in-process and on a cluster, retries, resources, waiting for workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from distributed import Client, LocalCluster
+
+from subcell_scale.distributed.scheduler import Stage, map_tasks, wait_for_workers
+from subcell_scale.errors import ChannelMismatchError, PlateFormatError
+
+ATTEMPTS: dict[int, int] = {}
+_LOCK = threading.Lock()
+
+
+def _square(item: int) -> int:
+    if item == 3:
+        raise ChannelMismatchError("item 3 lacks a channel")  # deterministic: never retried
+    if item == 5:
+        with _LOCK:
+            ATTEMPTS[item] = ATTEMPTS.get(item, 0) + 1
+            first = ATTEMPTS[item] == 1
+        if first:
+            raise PlateFormatError("item 5: damaged chunk")  # retriable: the retry succeeds
+    return item * item
+
+
+def _plus_one(previous: int, item: int) -> tuple[int, int]:
+    return item, previous + 1
+
+
+SEEN: set[int] = set()
+
+
+def _flaky(item: int) -> int:
+    """Fails on the first attempt of every item (threaded workers share this module's state)."""
+    with _LOCK:
+        first = item not in SEEN
+        SEEN.add(item)
+    if first:
+        raise OSError(f"item {item}: transient")
+    return item
+
+
+def _outcomes(client=None, retries=1) -> dict:
+    ATTEMPTS.clear()
+    stages = [Stage(_square, name="square"), Stage(_plus_one, resources={"GPU": 1}, name="plus")]
+    return {o.item: o for o in map_tasks(stages, range(8), client=client, retries=retries, progress=False)}
+
+
+def _check(outcomes: dict) -> None:
+    assert sorted(outcomes) == list(range(8))
+    for item, outcome in outcomes.items():
+        if item == 3:
+            assert not outcome.ok and isinstance(outcome.error, ChannelMismatchError) and outcome.attempts == 1
+        else:
+            assert outcome.ok and outcome.result == (item, item * item + 1)
+    assert outcomes[5].attempts == 2
+
+
+def test_in_process_chains_stages_and_retries_only_what_could_succeed():
+    _check(_outcomes())
+    no_retry = _outcomes(retries=0)
+    assert not no_retry[5].ok and isinstance(no_retry[5].error, PlateFormatError)
+
+
+def test_a_cluster_gives_the_same_outcomes():
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1},
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        _check(_outcomes(client))
+
+
+def test_workers_without_the_gpu_resource_are_used_with_one_warning(caplog):
+    # what a Jupyter user types first: no resources declared; it must not wait forever
+    with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as client:
+        address = client.scheduler.address
+        with caplog.at_level(logging.WARNING, logger="subcell_scale"):
+            outcomes = _outcomes(client)
+    _check(outcomes)
+    warnings = [r.getMessage() for r in caplog.records if "offers the resource" in r.getMessage()]
+    assert len(warnings) == 1 and "--resources GPU=1" in warnings[0] and address in warnings[0]
+
+
+def test_retries_on_a_cluster_resubmit_the_item():
+    with Client(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as client:
+        SEEN.clear()
+        outcomes = list(map_tasks([Stage(_flaky)], range(3), client=client, retries=1, progress=False))
+        assert sorted(o.result for o in outcomes) == [0, 1, 2] and {o.attempts for o in outcomes} == {2}
+        SEEN.clear()
+        outcomes = list(map_tasks([Stage(_flaky)], range(3), client=client, retries=0, progress=False))
+        assert all(isinstance(o.error, OSError) for o in outcomes)
+
+
+def test_a_cluster_without_workers_is_waited_for_then_named(capsys):
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        with pytest.raises(TimeoutError, match=f"no worker joined the cluster at {client.scheduler.address}"):
+            wait_for_workers(client, timeout=1)
+        assert "waiting for workers" in capsys.readouterr().out
+        cluster.scale(1)
+        assert len(wait_for_workers(client, timeout=30)) == 1
