@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from ._constants import Files, Keys, Obs
+from ._constants import Files, Keys, Obs, Status
+from ._version import __version__
 from .errors import RunDirectoryError
+from .store import FieldId
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ def fields_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
     """
     rows = []
     for key, info in (manifest.get("fields") or {}).items():
-        plate, well, fld = (["", "", ""] + str(key).rsplit("/", 2))[-3:]
-        row = {Obs.PLATE: plate, Obs.WELL: well, Obs.FIELD: fld, "status": info.get("status", "unknown"),
+        fid = FieldId.from_key(key)
+        row = {Obs.PLATE: fid.plate, Obs.WELL: fid.well, Obs.FIELD: fid.field, "status": info.get("status", "unknown"),
                "n_cells": info.get("n_cells"), "seconds": info.get("seconds"), "attempts": info.get("attempts"),
                "error": info.get("error")}
         for reason, count in (info.get("dropped") or {}).items():
@@ -87,7 +88,7 @@ def fields_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
     dropped = [c for c in table.columns if c.startswith("dropped_")]
     table[dropped] = table[dropped].fillna(0).astype(int)
     table["n_dropped"] = table[dropped].sum(axis=1).astype(int) if dropped else 0
-    table["failed"] = table["status"] == "failed"
+    table["failed"] = table["status"] == Status.FAILED
     return table
 
 
@@ -280,7 +281,7 @@ def _caption(path: Path) -> str:
 def _summary(run: _Run, fields: pd.DataFrame | None) -> str:
     cards = []
     if fields is not None and len(fields):
-        done = int((fields["status"] == "done").sum())
+        done = int((fields["status"] == Status.DONE).sum())
         failed = int(fields["failed"].sum())
         pending = len(fields) - done - failed
         cards += [_card("fields done", f"{done}/{len(fields)}", "ok" if done == len(fields) else ""),
@@ -383,7 +384,7 @@ def _fields_section(fields: pd.DataFrame) -> str:
     if len(failed):
         parts.append(f"<h3>Failed fields ({len(failed)})</h3>"
                      + _table(failed[[Obs.PLATE, Obs.WELL, Obs.FIELD, "attempts", "error"]]))
-    pending = fields[~fields["status"].isin(["done", "failed"])]
+    pending = fields[~fields["status"].isin([Status.DONE, Status.FAILED])]
     if len(pending):
         parts.append(f"<h3>Fields not finished ({len(pending)})</h3>"
                      "<p>Run the same command again with the same output directory to finish them.</p>"
@@ -398,7 +399,7 @@ def _fields_section(fields: pd.DataFrame) -> str:
         timing = {"fields timed": len(seconds), "total seconds (sum over fields)": float(seconds.sum()),
                   "median seconds per field": float(seconds.median()), "slowest field seconds": float(seconds.max())}
         parts.append("<h3>Timings</h3>" + _kv_table(timing))
-    done = fields[fields["status"] == "done"]
+    done = fields[fields["status"] == Status.DONE]
     for title, table, value, label, cmap in (
             ("Failed fields per well", fields, "failed", "failed fields", "Reds"),
             ("Dropped cells per well (finished fields)", done, "n_dropped", "cells dropped", "Oranges")):
@@ -418,7 +419,7 @@ def _cells_section(cells: _Cells, fields: pd.DataFrame | None) -> str:
 
     parts = [f"<p><code>{_e(cells.path.name)}</code>: {cells.n_obs:,} cells x {cells.n_vars:,} features.</p>"]
     obs = cells.obs
-    done = fields[fields["status"] == "done"] if fields is not None else None
+    done = fields[fields["status"] == Status.DONE] if fields is not None else None
     if Obs.WELL in obs and len(obs):
         try:
             if done is not None and len(done):

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._constants import Files, Obs
+from ._constants import Files, Obs, Status
 from .errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,61 @@ SHARD_FORMAT = 1
 
 MANIFEST_FORMAT = 1
 
-DONE, FAILED, PENDING = "done", "failed", "pending"
+DONE, FAILED, PENDING = Status.DONE, Status.FAILED, Status.PENDING
 
 _CELL_COLUMNS = (Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X)
 
 
-def field_key(plate: str, well: str, field_path: str) -> str:
-    """Manifest key of a field: ``"<plate>/<well>/<field>"``."""
-    return f"{plate}/{well}/{field_path}"
+@dataclass(frozen=True, order=True)
+class FieldId:
+    """One field of one plate: the identity a field keeps from job to shard to manifest to AnnData.
+
+    Attributes
+    ----------
+    plate
+        The plate's name (unique within a run).
+    well
+        Well name, ``"B03"``.
+    field
+        The field's path inside the well (``"0"``).
+    """
+
+    plate: str
+    well: str
+    field: str
+
+    def __post_init__(self) -> None:
+        for part, what in ((self.plate, "plate name"), (self.well, "well"), (self.field, "field")):
+            if not part or "/" in part or "\\" in part or part in (".", ".."):
+                msg = f"{what} {part!r} cannot name a field of a run (empty or contains a path separator)"
+                raise RunDirectoryError(msg)
+
+    @property
+    def key(self) -> str:
+        """Manifest key: ``"<plate>/<well>/<field>"``."""
+        return f"{self.plate}/{self.well}/{self.field}"
+
+    @property
+    def obs_prefix(self) -> str:
+        """Start of the obs names of the field's cells: ``"<plate>_<well>_<field>"`` (then ``_<label>``)."""
+        return f"{self.plate}_{self.well}_{self.field}"
+
+    @property
+    def shard(self) -> str:
+        """Path of the field's shard inside the run directory."""
+        return f"{Files.SHARDS}/{self.plate}/{self.well}_{self.field}.npz"
+
+    @classmethod
+    def from_key(cls, key: str) -> FieldId:
+        """The field a manifest key names."""
+        parts = str(key).split("/")
+        if len(parts) != 3:
+            msg = f"{key!r} is not a field key '<plate>/<well>/<field>'"
+            raise RunDirectoryError(msg)
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return self.key
 
 
 def parameters_digest(parameters: Mapping[str, Any]) -> str:
@@ -201,13 +248,9 @@ class ResultsStore:
     def manifest_path(self) -> Path:
         return self.root / Files.MANIFEST
 
-    def shard_path(self, plate: str, well: str, field_path: str) -> Path:
+    def shard_path(self, fid: FieldId) -> Path:
         """Where the shard of a field lives (``shards/<plate>/<well>_<field>.npz``)."""
-        for part, what in ((plate, "plate name"), (well, "well"), (field_path, "field")):
-            if not part or "/" in part or "\\" in part or part in (".", ".."):
-                msg = f"{what} {part!r} cannot name a results shard (empty or contains a path separator)"
-                raise RunDirectoryError(msg)
-        return self.root / Files.SHARDS / plate / f"{well}_{field_path}.npz"
+        return self.root / fid.shard
 
     # -- manifest -----------------------------------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
@@ -251,26 +294,29 @@ class ResultsStore:
         self.manifest.setdefault("fields", {})
         self.flush(force=True)
 
-    def set_pending(self, keys: list[str]) -> None:
+    def field(self, fid: FieldId) -> dict[str, Any]:
+        """The manifest record of a field (empty when the manifest does not know it)."""
+        return dict(self.manifest.get("fields", {}).get(fid.key, {}))
+
+    def set_pending(self, fids: list[FieldId]) -> None:
         """Mark fields that have no finished result yet as pending (failed ones keep their last error)."""
         fields = self.manifest.setdefault("fields", {})
-        for key in keys:
-            if fields.get(key, {}).get("status") not in (DONE, FAILED):
-                fields[key] = {"status": PENDING}
+        for fid in fids:
+            if fields.get(fid.key, {}).get("status") not in (DONE, FAILED):
+                fields[fid.key] = {"status": PENDING}
         self._dirty = True
 
-    def record_done(self, key: str, *, n_cells: int, dropped: Mapping[str, int], seconds: float | None,
-                    shard: str | None) -> None:
+    def record_done(self, fid: FieldId, *, n_cells: int, dropped: Mapping[str, int], seconds: float | None) -> None:
         """A field finished: its shard exists with ``n_cells`` cells."""
-        self.manifest.setdefault("fields", {})[key] = {
+        self.manifest.setdefault("fields", {})[fid.key] = {
             "status": DONE, "n_cells": int(n_cells), "dropped": {k: int(v) for k, v in dropped.items()},
-            "seconds": None if seconds is None else round(float(seconds), 3), "shard": shard, "error": None}
+            "seconds": None if seconds is None else round(float(seconds), 3), "shard": fid.shard, "error": None}
         self._dirty = True
         self.flush()
 
-    def record_failed(self, key: str, *, error: str, seconds: float | None = None, attempts: int = 1) -> None:
+    def record_failed(self, fid: FieldId, *, error: str, seconds: float | None = None, attempts: int = 1) -> None:
         """A field failed after its retries; ``error`` is the message a user needs to fix it."""
-        self.manifest.setdefault("fields", {})[key] = {
+        self.manifest.setdefault("fields", {})[fid.key] = {
             "status": FAILED, "n_cells": None, "dropped": {}, "error": error, "attempts": int(attempts),
             "seconds": None if seconds is None else round(float(seconds), 3), "shard": None}
         self._dirty = True

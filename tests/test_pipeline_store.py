@@ -17,9 +17,9 @@ from subcell_scale.store import (
     DONE,
     FAILED,
     PENDING,
+    FieldId,
     ResultsStore,
     Shard,
-    field_key,
     parameters_digest,
     read_shard,
     shard_meta,
@@ -70,10 +70,11 @@ def test_manifest_records_fields_and_refuses_other_parameters(tmp_path):
     store = ResultsStore(tmp_path, flush_interval=3600)
     store.begin(inputs={"plates": ["a"]}, parameters={"out_size": 64}, model={"source": "random"},
                 versions={"numpy": np.__version__}, digest="d1")
-    keys = [field_key("a", "B03", "0"), field_key("a", "B03", "1")]
-    store.set_pending(keys)
-    store.record_done(keys[0], n_cells=4, dropped={"border": 2}, seconds=1.23456, shard="shards/a/B03_0.npz")
-    store.record_failed(keys[1], error="PlateFormatError: chunk missing", seconds=0.5, attempts=2)
+    fids = [FieldId("a", "B03", "0"), FieldId("a", "B03", "1")]
+    keys = [f.key for f in fids]
+    store.set_pending(fids)
+    store.record_done(fids[0], n_cells=4, dropped={"border": 2}, seconds=1.23456)
+    store.record_failed(fids[1], error="PlateFormatError: chunk missing", seconds=0.5, attempts=2)
     store.summarize()
     store.flush(force=True)
     manifest = json.loads((tmp_path / Files.MANIFEST).read_text())
@@ -85,7 +86,7 @@ def test_manifest_records_fields_and_refuses_other_parameters(tmp_path):
     assert manifest["embed"]["parameters"] == {"out_size": 64}
 
     again = ResultsStore(tmp_path)
-    again.set_pending(keys + [field_key("a", "C01", "0")])
+    again.set_pending([*fids, FieldId("a", "C01", "0")])
     assert again.manifest["fields"][keys[1]]["status"] == FAILED  # keeps the last error until retried
     assert again.manifest["fields"]["a/C01/0"]["status"] == PENDING
     with pytest.raises(RunDirectoryError, match="other parameters .*out_size"):
@@ -107,9 +108,18 @@ def test_unreadable_manifest_is_refused(tmp_path):
 
 def test_bad_names_cannot_escape_the_store(tmp_path):
     store = ResultsStore(tmp_path)
-    assert store.shard_path("p", "B03", "0") == tmp_path / "shards" / "p" / "B03_0.npz"
+    assert store.shard_path(FieldId("p", "B03", "0")) == tmp_path / "shards" / "p" / "B03_0.npz"
     with pytest.raises(RunDirectoryError, match="path separator"):
-        store.shard_path("../x", "B03", "0")
+        FieldId("../x", "B03", "0")
+
+
+def test_one_field_identity_from_job_to_manifest_to_obs():
+    fid = FieldId("plate-1", "B03", "0")
+    assert fid.key == "plate-1/B03/0" and FieldId.from_key(fid.key) == fid
+    assert fid.obs_prefix == "plate-1_B03_0" and fid.shard == "shards/plate-1/B03_0.npz"
+    assert sorted([FieldId("p", "B03", "1"), FieldId("p", "A01", "0")])[0].well == "A01"
+    with pytest.raises(RunDirectoryError, match="not a field key"):
+        FieldId.from_key("plate-1_B03_0")
 
 
 def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):

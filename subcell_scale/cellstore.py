@@ -1,0 +1,231 @@
+"""The cells AnnData: how fields' shards become one AnnData, and how it is written and read back.
+
+This module holds the contract scanpy users rely on (DESIGN.md, "Cells AnnData"):
+
+- ``X`` float32 embeddings (passes concatenated), ``var_names`` ``subcell_0000`` ... (multi-pass:
+  ``subcell_<pass>_0000`` ...);
+- ``obs_names`` ``"{plate}_{well}_{field}_{label}"``; ``obs``: plate, well, row, column, field
+  (categoricals), label, area, centroid_y, centroid_x (pixels), then the platemap's columns;
+- ``obsm["spatial"]`` (x, y) in micrometres, ``obsm["localization"]`` (n, 31 x passes, pass-major),
+  ``uns["localization_classes"]``, ``uns["subcell_scale"]`` (provenance).
+
+Rows follow the fields in plate, well, field order and cells by label within a field, whatever order
+the fields were computed in, so a resumed or distributed run gives the same AnnData.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ._constants import VAR_PREFIX, Files, Keys, Obs
+from ._version import __version__
+from .errors import RunDirectoryError
+from .store import FieldId, Shard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+    from .io import Plate
+    from .models import ResolvedModel
+    from .params import PlatePlan, RunParams
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("zarr", "h5ad")
+"""File formats of the cells AnnData in a run directory."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the cells AnnData records beside the cells: the run's plates, plans, parameters and model."""
+
+    plates: Sequence[Plate]
+    plans: Sequence[PlatePlan]
+    params: RunParams
+    model: ResolvedModel
+    platemap: Any = None
+
+    def plan_of(self, plate_name: str) -> PlatePlan:
+        return next(p for p in self.plans if p.name == plate_name)
+
+
+def var_names(width: int, pass_names: Sequence[str]) -> list[str]:
+    """``subcell_0000`` ...; with passes ``subcell_<pass>_0000`` ..., pass after pass."""
+    if not pass_names:
+        return [f"{VAR_PREFIX}{i:04d}" for i in range(width)]
+    per = width // len(pass_names)
+    return [f"{VAR_PREFIX}{name}_{i:04d}" for name in pass_names for i in range(per)]
+
+
+def field_obs(fid: FieldId, shard: Shard, plate: Plate, plan: PlatePlan) -> tuple[pd.DataFrame, np.ndarray]:
+    """The obs rows of one field's cells (in label order) and the order that sorts the shard's rows so."""
+    cells = shard.cells.sort_values(Obs.LABEL, kind="stable")
+    order = cells.index.to_numpy()
+    row, column = plate.row_column(fid.well)
+    py, px = plan.pixel_size
+    labels = cells[Obs.LABEL].to_numpy().astype(np.int64)
+    obs = pd.DataFrame({
+        Obs.PLATE: fid.plate, Obs.WELL: fid.well, Obs.ROW: row, Obs.COLUMN: int(column), Obs.FIELD: fid.field,
+        Obs.LABEL: labels, Obs.AREA: cells[Obs.AREA].to_numpy(),
+        Obs.CENTROID_Y: cells[Obs.CENTROID_Y].to_numpy(dtype=np.float64),
+        Obs.CENTROID_X: cells[Obs.CENTROID_X].to_numpy(dtype=np.float64),
+        "_x_um": cells[Obs.CENTROID_X].to_numpy(dtype=np.float64) * px,
+        "_y_um": cells[Obs.CENTROID_Y].to_numpy(dtype=np.float64) * py,
+    }, index=[f"{fid.obs_prefix}_{lab}" for lab in labels])
+    return obs, order
+
+
+def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, failed: Sequence[str]) -> AnnData:
+    """Concatenate the fields' shards, in the order given, into the cells AnnData (held in memory)."""
+    import anndata as ad
+
+    from .models.registry import CLASS_NAMES
+
+    by_plate = {p.name: p for p in context.plates}
+    blocks, emb, probs = [], [], []
+    for fid, shard in fields:
+        obs, order = field_obs(fid, shard, by_plate[fid.plate], context.plan_of(fid.plate))
+        blocks.append(obs)
+        emb.append(shard.embedding[order])
+        if shard.probabilities is not None:
+            probs.append(shard.probabilities[order])
+    first = context.plans[0]
+    width = int(emb[0].shape[1]) if emb else context.model.embedding_dim * len(first.passes)
+    obs = pd.concat(blocks) if blocks else _empty_obs()
+    X = np.concatenate(emb).astype(np.float32, copy=False) if emb else np.zeros((0, width), np.float32)
+    spatial = obs[["_x_um", "_y_um"]].to_numpy(dtype=np.float64)
+    obs = _finish_obs(obs.drop(columns=["_x_um", "_y_um"]), context)
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=var_names(X.shape[1], first.pass_names)))
+    adata.strings_to_categoricals()  # as writing would: the returned object equals the one read back
+    adata.obsm[Keys.SPATIAL] = spatial
+    if probs and len(probs) == len(emb):
+        adata.obsm[Keys.LOCALIZATION] = np.concatenate(probs).astype(np.float32, copy=False)
+        adata.uns[Keys.LOCALIZATION_CLASSES] = list(CLASS_NAMES)
+    adata.uns[Keys.PROVENANCE] = provenance(context, failed, X.shape[1])
+    return adata
+
+
+def _finish_obs(obs: pd.DataFrame, context: RunContext) -> pd.DataFrame:
+    for col in Obs.CATEGORICAL:
+        values = obs[col]
+        obs[col] = pd.Categorical(values, categories=_ordered_unique(values))
+    if context.platemap is not None:
+        from .io.platemap import join_platemap, read_platemap
+
+        joined = join_platemap(obs, read_platemap(context.platemap), plates=list(context.plates))
+        joined.index = obs.index
+        obs = joined
+    return obs
+
+
+def _empty_obs() -> pd.DataFrame:
+    return pd.DataFrame({Obs.PLATE: [], Obs.WELL: [], Obs.ROW: [], Obs.COLUMN: pd.Series([], dtype=np.int64),
+                         Obs.FIELD: [], Obs.LABEL: pd.Series([], dtype=np.int64),
+                         Obs.AREA: pd.Series([], dtype=np.int64), Obs.CENTROID_Y: pd.Series([], dtype=float),
+                         Obs.CENTROID_X: pd.Series([], dtype=float), "_x_um": pd.Series([], dtype=float),
+                         "_y_um": pd.Series([], dtype=float)})
+
+
+def _ordered_unique(values: pd.Series) -> list[Any]:
+    seen: dict[Any, None] = {}
+    for v in values:
+        seen.setdefault(v, None)
+    try:
+        return sorted(seen)
+    except TypeError:  # pragma: no cover - mixed types
+        return list(seen)
+
+
+def provenance(context: RunContext, failed: Sequence[str], width: int) -> dict[str, Any]:
+    """``uns["subcell_scale"]``: how the cells were made (model, parameters, channels, plates)."""
+    params, model, first = context.params, context.model, context.plans[0]
+    mapping: dict[str, Any] = {}
+    for plan in context.plans:
+        if plan.pass_names:
+            mapping[plan.name] = {name: dict(m) for name, m in zip(plan.pass_names, plan.channel_mapping, strict=True)}
+        else:
+            mapping[plan.name] = dict(plan.channel_mapping[0])
+    record = params.to_dict()
+    return {
+        "version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "preset": params.preset,
+        "variant": model.identity.get("variant") or model.variant or "",
+        "checkpoint_sha256": model.checkpoint_sha256 or "",
+        "model": json.dumps(model.identity, sort_keys=True, default=str),
+        "model_channels": list(first.model_channels),
+        "embedding_dim": int(width // max(1, len(first.passes))),
+        "passes": list(first.pass_names),
+        "channel_mapping": mapping,
+        "crop": {k: v for k, v in record["crop"].items() if v is not None},
+        "normalization": params.crop.normalization,
+        "mask_mode": params.crop.mask_mode,
+        "pixel_size": {p.name: list(p.pixel_size) for p in context.plans},
+        "crop_window_px": {p.name: list(p.window_px) for p in context.plans},
+        "plates": {p.name: str(p.path) for p in context.plates},
+        "label_name": params.label_name,
+        "localization_layout": "pass-major: column p * 31 + k is class k of pass p",
+        "failed_fields": sorted(failed),
+        "parameters": json.dumps(record, sort_keys=True),
+    }
+
+
+def cells_path(root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
+    """Where a run directory keeps its cells AnnData."""
+    return Path(root) / (Files.CELLS_H5AD if fmt == "h5ad" else Files.CELLS_ZARR)
+
+
+def write_cells(adata: AnnData, root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
+    """Write the cells AnnData into a run directory, replacing an older one only once the new one is whole."""
+    path = cells_path(root, fmt)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _remove(tmp)
+    if fmt == "zarr":
+        import anndata as ad
+
+        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+            adata.write_zarr(tmp)
+    else:
+        adata.write_h5ad(tmp)
+    _remove(path)
+    os.replace(tmp, path)
+    log.info("cells written to %s (%d cells x %d)", path, adata.n_obs, adata.n_vars)
+    return path
+
+
+def read_cells(run: str | os.PathLike[str]) -> AnnData:
+    """The cells AnnData of a run directory (or a ``cells.zarr`` / ``cells.h5ad`` path).
+
+    Raises
+    ------
+    RunDirectoryError
+        The directory holds no cells AnnData (the run did not finish its first step).
+    """
+    import anndata as ad
+
+    path = Path(run)
+    if path.is_dir() and not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
+        candidates = [cells_path(path, fmt) for fmt in FORMATS if cells_path(path, fmt).exists()]
+        if not candidates:
+            msg = f"{path}: no {Files.CELLS_ZARR} or {Files.CELLS_H5AD} (has the run finished embedding?)"
+            raise RunDirectoryError(msg)
+        path = candidates[0]
+    return ad.read_h5ad(path) if path.suffix == ".h5ad" else ad.read_zarr(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

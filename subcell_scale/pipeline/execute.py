@@ -1,0 +1,102 @@
+"""Run the fields of a plan: skip the finished ones, map the rest, record each as it ends.
+
+A field is finished when its shard exists with the run's parameter digest (the shards are the
+truth; the manifest is rebuilt from them). The others go through
+:func:`subcell_scale.distributed.scheduler.map_tasks`, in this process or on a cluster, and each
+ends in the manifest as done (with its cell count) or failed (with the error a user needs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._constants import Files, Status
+from ..distributed.scheduler import Stage, map_tasks
+from ..store import FieldId, ResultsStore, Shard, shard_meta
+from .field import FieldJob, embed_field, prepare_field
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+
+    from ..models import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FieldResults:
+    """What became of a run's fields: shards returned in memory (no store), and errors of failed ones."""
+
+    shards: dict[FieldId, Shard] = field(default_factory=dict)
+    failed: dict[FieldId, str] = field(default_factory=dict)
+
+
+def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | None, store: ResultsStore | None, *,
+               scratch: Path, device: str | None, retries: int, progress: bool | None) -> FieldResults:
+    """Compute every field of ``jobs`` that has no finished shard; record each in ``store``.
+
+    Parameters
+    ----------
+    scratch
+        Where a model instance is saved for the workers when there is no run directory.
+    device
+        In-process device of the model (``"cuda"``, ``"cpu"``; default CUDA when present).
+    """
+    results = FieldResults()
+    todo = [job for job in jobs if not _finished(job, store)]
+    if store is not None:
+        store.set_pending([j.fid for j in todo])
+        store.flush(force=True)
+    if len(todo) < len(jobs):
+        log.info("resuming: %d of %d fields already done", len(jobs) - len(todo), len(jobs))
+    if not todo:
+        return results
+    if client is None:
+        instance = model.local(device)
+        stages = [Stage(prepare_field), Stage(lambda prep, job: embed_field(prep, job, instance))]
+    else:
+        from ..distributed.cluster import GPU_RESOURCE
+        from ..distributed.plugin import register_model
+
+        folder = (store.root if store is not None else scratch) / Files.MODEL
+        plugin = register_model(client, model.for_workers(folder))
+        todo = [replace(job, model_plugin=plugin) for job in todo]
+        stages = [Stage(prepare_field, name="prepare"), Stage(embed_field, resources={GPU_RESOURCE: 1}, name="embed")]
+    try:
+        for outcome in map_tasks(stages, todo, client=client, key=lambda job: job.fid.key, retries=retries,
+                                 total=len(jobs), done=len(jobs) - len(todo), progress=progress, desc="embedding"):
+            job = outcome.item
+            if outcome.ok:
+                summary = outcome.result
+                if store is not None:
+                    store.record_done(job.fid, n_cells=summary["n_cells"], dropped=summary["dropped"],
+                                      seconds=summary["seconds"])
+                else:
+                    results.shards[job.fid] = summary["result"]
+            else:
+                message = f"{type(outcome.error).__name__}: {' '.join(str(outcome.error).split())}"
+                log.error("field %s failed after %d attempt(s): %s", job.fid, outcome.attempts, message)
+                results.failed[job.fid] = message
+                if store is not None:
+                    store.record_failed(job.fid, error=message, attempts=outcome.attempts)
+    finally:
+        if store is not None:
+            store.flush(force=True)
+    return results
+
+
+def _finished(job: FieldJob, store: ResultsStore | None) -> bool:
+    """Whether the field's shard exists with this run's digest (then the manifest says so too)."""
+    if store is None:
+        return False
+    meta = shard_meta(job.shard_path)
+    if meta is None or meta.get("digest") != job.digest:
+        return False
+    if store.field(job.fid).get("status") != Status.DONE:
+        store.record_done(job.fid, n_cells=meta["n_cells"], seconds=meta.get("seconds"),
+                          dropped={k: len(v) for k, v in meta.get("dropped", {}).items()})
+    return True
