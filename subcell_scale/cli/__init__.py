@@ -1,19 +1,27 @@
 """The ``subcell-scale`` command line: one sub-command per stage, plus ``run`` and ``demo``.
 
 Each sub-command lives in its own module of this package with ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``; heavy imports happen inside ``run`` so
-``--help`` is instant. Errors print one line on stderr and exit non-zero.
+``add_arguments(parser)`` and ``run(args) -> int``; options several commands share are declared once
+in :mod:`._options`, with the Python functions' defaults. Only the command being run builds its
+options, and heavy imports happen inside ``run``, so ``--help`` is instant.
+
+Exit codes (:class:`ExitCode`) are the same for every command: 0 everything finished, 1 an error
+before any result (one line on stderr), 2 a usage error, 3 finished but fields failed (a rerun
+retries them), 4 every field finished but a later step could not run (named in the summary),
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
-from .. import __version__
+from .._version import __version__
 from ..errors import SubcellScaleError
 
 # Sub-command modules, in the order ``--help`` lists them.
@@ -30,7 +38,28 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+class ExitCode(enum.IntEnum):
+    """What a command's exit status means (see the module docstring)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    FIELDS_FAILED = 3
+    STEPS_SKIPPED = 4
+    INTERRUPTED = 130
+
+
+def outcome_code(failed_fields: int, skipped_steps: Mapping[str, str] | None = None) -> ExitCode:
+    """The exit status of a command that finished: failed fields first, then skipped steps."""
+    if failed_fields:
+        return ExitCode.FIELDS_FAILED
+    if skipped_steps:
+        return ExitCode.STEPS_SKIPPED
+    return ExitCode.OK
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that sub-command gets its options (the others list their help)."""
     parser = argparse.ArgumentParser(
         prog="subcell-scale",
         description="SubCell embeddings, localization and JUMP-style profiles for OME-Zarr plates.",
@@ -42,17 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{module_name}")
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+        if command in (None, module.NAME):
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = {importlib.import_module(f"{__name__}.{m}").NAME for m in COMMANDS}
+    command = next((a for a in argv if a in names), None)
+    parser = build_parser(command or "")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
+        return ExitCode.USAGE
     # before distributed is imported, so the scheduler and every worker process it spawns keep quiet
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if args.verbose < 1 else "info")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
@@ -62,18 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("subcell-scale: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except SubcellScaleError as exc:
         if args.traceback:
             raise
         print(f"subcell-scale {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     except (OSError, ValueError, RuntimeError) as exc:
         if args.traceback:
             raise
         print(f"subcell-scale {args.command}: error: {type(exc).__name__}: {_one_line(exc)} "
               "(rerun with --traceback for details)", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
 
 
 def _one_line(exc: BaseException) -> str:

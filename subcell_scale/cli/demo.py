@@ -20,9 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..run import demo
+    from ..workflow import demo
     from .run import report
 
     result = demo(args.out, n_plates=args.n_plates, n_wells=args.n_wells, n_fields=args.n_fields,
-                  cluster=args.cluster, n_workers=args.n_workers, seed=args.seed, progress=not args.no_progress)
+                  cluster=args.cluster, n_workers=args.n_workers, seed=args.seed,
+                  progress=False if args.no_progress else None)
     return report(result)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_cluster_options, client_for
+
 NAME = "segment"
 HELP = "segment every field (nuclei from DNA, cells on the cytoplasm) and write the labels into the plate"
 
@@ -32,34 +34,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="params", type=_param, action="append", default=[], metavar="KEY=VALUE",
                         help="a segmentation parameter in micrometres, e.g. --set nucleus_min_distance_um=6 "
                              "(see subcell_scale.segment.SegmentParams)")
-    parser.add_argument("--cluster", default=None, metavar="KIND",
-                        help="run one task per field on a Dask cluster: local, cuda, auto or a cluster config "
-                             "file (default: in this process)")
-    parser.add_argument("--workers", type=int, default=None, help="workers for --cluster local")
+    add_cluster_options(parser, default="run in this process")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._constants import Status
     from ..segment import segment_plate
+    from . import outcome_code
 
-    client = None
-    if args.cluster:
-        from ..distributed import get_client
-
-        client = get_client(args.cluster, n_workers=args.workers)
     failed = 0
-    try:
+    with client_for(args, default=None) as client:
         for plate in args.plates:
             summary = segment_plate(plate, nucleus_channel=args.channel_nucleus, cell_channel=args.channel_cell,
                                     label_name=args.label_name, overwrite=args.overwrite, client=client,
-                                    **dict(args.params))
+                                    progress=False if args.no_progress else None, **dict(args.params))
             print(f"{summary['plate']}: {summary['done']} fields segmented, {summary['skipped']} kept, "
                   f"{summary['failed']} failed; {summary['n_cells']} cells in labels/{args.label_name} "
                   f"({summary['seconds']:.1f} s)")
             for record in summary["fields"]:
-                if record["status"] == "failed":
+                if record["status"] == Status.FAILED:
                     print(f"  failed: {record['error']}")
-            failed += summary["failed"]
-    finally:
-        if client is not None:
-            client.close()
-    return 1 if failed else 0
+            failed += summary[Status.FAILED]
+    return outcome_code(failed)
