@@ -35,7 +35,8 @@ def reduced_model(channels: int = 4):
 def efficiency(root: Path, out_size: int, batch_size: int, n_wells: int) -> None:
     import torch
 
-    from subcell_scale.distributed import ModelSpec, get_client
+    from subcell_scale.distributed import get_client
+    from subcell_scale.models import ModelSpec
     from subcell_scale.io import open_plate
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.pipeline import embed_plate, field_crops
@@ -87,7 +88,8 @@ def _peak_worker_rss(client, stop: threading.Event, peak: list[float]) -> None:
 
 
 def memory(root: Path, out_size: int) -> None:
-    from subcell_scale.distributed import ModelSpec, get_client
+    from subcell_scale.distributed import get_client
+    from subcell_scale.models import ModelSpec
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.pipeline import embed_plate
 

@@ -30,7 +30,7 @@ def log(msg: str) -> None:
 
 
 def make_model(smoke: bool, device: str, channels: tuple[str, ...] | None = None, variant: str | None = None):
-    from subcell_scale.distributed import ModelSpec
+    from subcell_scale.models import ModelSpec
     from subcell_scale.models import SubCell
     from subcell_scale.models.config import ModelConfig
 

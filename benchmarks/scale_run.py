@@ -57,7 +57,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from subcell_scale.distributed import ModelSpec, get_client
+    from subcell_scale.distributed import get_client
+    from subcell_scale.models import ModelSpec
     from subcell_scale.io import open_plate
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.models.config import ModelConfig

@@ -1,7 +1,20 @@
 """subcell-scale: SubCell embeddings, localization and well profiles for whole OME-Zarr plates.
 
-The top-level names are imported lazily so that ``import subcell_scale`` and ``subcell-scale --help``
-stay fast (torch, dask and zarr load on first use).
+The public surface, as in scanpy::
+
+    import subcell_scale as ss
+
+    ss.run(...), ss.demo(...)                   the whole job into a run directory
+    ss.embed_plate(...), ss.read_cells(...)     plates -> cells AnnData
+    ss.open_plate(...), ss.field_crops(...)     plates and the crops the model sees
+    ss.get_client(...)                          a Dask cluster set up for embedding
+    ss.profiles, ss.metrics                     well profiles and their evaluation
+    ss.tl, ss.pl                                computing on AnnData, and drawing what was computed
+    ss.datasets                                 demo plates
+    ss.settings                                 session-wide defaults
+
+Everything but ``settings`` is imported lazily, so that ``import subcell_scale`` and
+``subcell-scale --help`` stay fast (torch, dask and zarr load on first use).
 """
 
 from __future__ import annotations
@@ -9,7 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._settings import settings
+from ._version import __version__
 
 # public name -> module that defines it
 _LAZY = {
@@ -18,20 +32,30 @@ _LAZY = {
     "read_platemap": "subcell_scale.io",
     "make_demo_plate": "subcell_scale.io",
     "SubCell": "subcell_scale.models",
+    "ModelSpec": "subcell_scale.models",
+    "RunParams": "subcell_scale.params",
     "embed_plate": "subcell_scale.pipeline",
+    "field_crops": "subcell_scale.pipeline",
+    "read_cells": "subcell_scale.cellstore",
+    "run": "subcell_scale.workflow",
+    "demo": "subcell_scale.workflow",
     "get_client": "subcell_scale.distributed",
 }
-_SUBMODULES = {"io", "models", "profiles", "metrics", "pl", "distributed", "segment", "cells", "presets",
-               "illumination"}
+_SUBMODULES = {"io", "models", "profiles", "metrics", "tl", "pl", "datasets", "distributed", "segment", "cells",
+               "presets", "params", "illumination", "errors"}
 
-__all__ = [*_LAZY, *sorted(_SUBMODULES), "__version__"]
+__all__ = [*_LAZY, *sorted(_SUBMODULES), "settings", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import cells, distributed, illumination, io, metrics, models, pl, presets, profiles, segment
+    from . import (cells, datasets, distributed, errors, illumination, io, metrics, models, params, pl, presets,
+                   profiles, segment, tl)
+    from .cellstore import read_cells
     from .distributed import get_client
     from .io import Plate, make_demo_plate, open_plate, read_platemap
-    from .models import SubCell
-    from .pipeline import embed_plate
+    from .models import ModelSpec, SubCell
+    from .params import RunParams
+    from .pipeline import embed_plate, field_crops
+    from .workflow import demo, run
 
 
 def __getattr__(name: str):

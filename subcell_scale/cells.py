@@ -45,6 +45,11 @@ from .segment import pixel_size_yx
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+__all__ = [
+    "CELL_COLUMNS", "TRAINING_CROP_UM", "TRAINING_PIXEL_SIZE", "CropSpec", "cell_table", "extract_cells",
+    "extract_cells_torch", "nearest_indices", "resolve_passes"
+]
+
 logger = logging.getLogger(__name__)
 
 MaskMode = Literal["own_cell", "none"]

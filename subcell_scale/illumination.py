@@ -25,6 +25,8 @@ from .errors import ChannelMismatchError, ConfigError, PlateFormatError
 if TYPE_CHECKING:  # pragma: no cover
     from .io import Plate
 
+__all__ = ["apply_flatfield", "estimate_flatfield", "flatfield_from_fields", "load_flatfield"]
+
 logger = logging.getLogger(__name__)
 
 FlatfieldMethod = Literal["mean", "percentile"]

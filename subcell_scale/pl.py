@@ -1,8 +1,8 @@
 """Figures for cells, wells and metrics: plate heatmaps, cell galleries, UMAPs and retrieval plots.
 
-Every function takes the objects the other stages produce (the cells or profiles AnnData, crops and
-model outputs as arrays, the metric tables), returns a :class:`matplotlib.figure.Figure` and writes
-it to ``save=`` when given. Figures are built without pyplot, so calling these in a loop leaks no
+Every function draws what other stages computed (the cells or profiles AnnData with what
+:mod:`subcell_scale.tl` added, crops and model outputs as arrays, the metric tables): it computes
+nothing of its own, returns a :class:`matplotlib.figure.Figure` and writes it to ``save=`` when given. Figures are built without pyplot, so calling these in a loop leaks no
 open figures and Jupyter shows each returned figure once.
 
 Colours are stable: a categorical column gets the same colour for the same value in every figure
@@ -28,18 +28,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ._constants import Keys, Obs
+from ._constants import Obs
 from .errors import ConfigError
 from .io.wells import normalize_well_name, parse_well_name, row_index, row_name
 from .models.registry import CLASS_COLORS, CLASS_NAMES
+from .tl import TOP_LOCALIZATION, UMAP
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CHANNEL_COLORS", "DPI", "MAX_LEGEND_ENTRIES", "PLATE_LAYOUTS", "category_colors", "cell_gallery",
+    "cells_per_well", "composite", "fraction_retrieved", "map_scatter", "nn_accuracy", "plate_heatmap",
+    "plate_layout", "umap"
+]
 
-TOP_LOCALIZATION = "top_localization"
-"""Colour key meaning "the most probable class in ``obsm['localization']``"."""
+logger = logging.getLogger(__name__)
 
 DPI = 100
 """Figure resolution: a figure of ``figsize`` inches is ``figsize * DPI`` pixels."""
@@ -120,25 +124,6 @@ def _class_colors(class_names: Sequence[str]) -> dict[str, str]:
     reference = dict(zip(CLASS_NAMES, CLASS_COLORS, strict=True))
     fallback = category_colors([c for c in class_names if c not in reference])
     return {c: reference.get(c, fallback.get(c, "#808080")) for c in class_names}
-
-
-def top_localization(adata: AnnData) -> pd.Categorical:
-    """The most probable localization class of each cell, from ``obsm['localization']``.
-
-    Categories keep the classifier's class order, so legends list classes the way the model does.
-    """
-    if Keys.LOCALIZATION not in adata.obsm:
-        msg = (f"this AnnData has no obsm['{Keys.LOCALIZATION}'] (embedded without classifiers?); "
-               f"colour by an obs column instead of '{TOP_LOCALIZATION}'")
-        raise ConfigError(msg)
-    probs = np.asarray(adata.obsm[Keys.LOCALIZATION])
-    classes = list(adata.uns.get(Keys.LOCALIZATION_CLASSES, CLASS_NAMES))
-    if probs.ndim != 2 or probs.shape[1] != len(classes):
-        msg = (f"obsm['{Keys.LOCALIZATION}'] has shape {probs.shape} but uns['{Keys.LOCALIZATION_CLASSES}'] "
-               f"names {len(classes)} classes")
-        raise ConfigError(msg)
-    top = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
-    return pd.Categorical(top, categories=[c for c in classes if c in set(top)])
 
 
 def _legend_outside(ax: Any, handles: list[Any], title: str | None) -> None:
@@ -475,65 +460,31 @@ def cell_gallery(
 # UMAP
 
 
-def compute_umap(adata: AnnData, *, use_rep: str = "X", n_neighbors: int = 15, random_state: int = 0,
-                 key_added: str = "X_umap") -> np.ndarray:
-    """Run ``sc.pp.neighbors`` + ``sc.tl.umap`` on a representation and store ``obsm[key_added]``.
-
-    Only the coordinates are written back (no ``obsp``/``uns['neighbors']``), so the cells or profiles
-    AnnData stays as the pipeline wrote it apart from the new ``obsm`` entry.
-    """
-    import anndata as ad
-    import scanpy as sc
-
-    if use_rep == "X":
-        rep = adata.X
-    elif use_rep in adata.obsm:
-        rep = adata.obsm[use_rep]
-    else:
-        msg = f"compute_umap: use_rep {use_rep!r} is neither 'X' nor an obsm key ({', '.join(adata.obsm)})"
-        raise ConfigError(msg)
-    rep = np.asarray(rep.toarray() if hasattr(rep, "toarray") else rep, dtype=np.float32)
-    if rep.shape[0] < 3:
-        msg = f"compute_umap: need at least 3 rows for a UMAP, found {rep.shape[0]}"
-        raise ConfigError(msg)
-    work = ad.AnnData(X=np.zeros((rep.shape[0], 0), dtype=np.float32), obsm={"rep": rep})
-    sc.pp.neighbors(work, use_rep="rep", n_neighbors=max(2, min(n_neighbors, rep.shape[0] - 1)),
-                    random_state=random_state)
-    sc.tl.umap(work, random_state=random_state)
-    adata.obsm[key_added] = work.obsm["X_umap"].astype(np.float32)
-    return adata.obsm[key_added]
-
-
 def umap(
     adata: AnnData,
     color: str | Sequence[str],
     *,
-    use_rep: str = "X",
-    basis: str = "X_umap",
-    recompute: bool = False,
-    n_neighbors: int = 15,
+    basis: str = UMAP,
     random_state: int = 0,
     point_size: float | None = None,
     ncols: int = 2,
     title: str | None = None,
     save: _PathLike | None = None,
 ) -> Figure:
-    """UMAP of cells or well profiles, one panel per colour key.
+    """UMAP of cells or well profiles (computed by :func:`subcell_scale.tl.umap`), one panel per colour key.
 
     Parameters
     ----------
     adata
-        The cells AnnData or the profiles AnnData.
+        The cells AnnData or the profiles AnnData, with ``obsm[basis]``.
     color
-        ``obs`` column(s) to colour by (``"compound"``, ``"moa"``, ...) or ``"top_localization"`` for the
-        most probable class in ``obsm['localization']``, drawn in the class colours. Numeric columns
-        get a colour bar; categorical ones a legend outside the panel.
-    use_rep
-        What the neighbour graph is built on: ``"X"`` (the embedding / profile features) or an
-        ``obsm`` key.
+        ``obs`` column(s) to colour by (``"compound"``, ``"moa"``, ...). ``"top_localization"`` (set by
+        :func:`subcell_scale.tl.top_localization`) is drawn in the class colours. Numeric columns get a
+        colour bar; categorical ones a legend outside the panel.
     basis
-        ``obsm`` key of the coordinates; computed with :func:`compute_umap` when missing or when
-        ``recompute`` is set.
+        ``obsm`` key of the coordinates (``"X_umap"``, as scanpy and :func:`subcell_scale.tl.umap` write it).
+    random_state
+        Seed of the drawing order (no category is always drawn on top).
     point_size
         Marker area; by default scaled down as the number of points grows.
     """
@@ -542,12 +493,14 @@ def umap(
         msg = "umap: give at least one colour key"
         raise ConfigError(msg)
     for key in keys:
-        if key != TOP_LOCALIZATION and key not in adata.obs.columns:
-            msg = (f"umap: colour key {key!r} is not an obs column; available: "
-                   f"{', '.join(map(str, adata.obs.columns))} or '{TOP_LOCALIZATION}'")
+        if key not in adata.obs.columns:
+            hint = ("; run subcell_scale.tl.top_localization(adata) first" if key == TOP_LOCALIZATION else "")
+            msg = (f"umap: colour key {key!r} is not an obs column{hint}; available: "
+                   f"{', '.join(map(str, adata.obs.columns))}")
             raise ConfigError(msg)
-    if recompute or basis not in adata.obsm:
-        compute_umap(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=random_state, key_added=basis)
+    if basis not in adata.obsm:
+        msg = f"umap: no obsm[{basis!r}]; compute it with subcell_scale.tl.umap(adata) (or scanpy's sc.tl.umap)"
+        raise ConfigError(msg)
     xy = np.asarray(adata.obsm[basis])[:, :2]
     n = xy.shape[0]
     size = point_size if point_size is not None else float(np.clip(12000 / max(n, 1), 2, 60))
@@ -558,7 +511,7 @@ def umap(
     order = np.random.default_rng(random_state).permutation(n)  # no category always drawn on top
     for ax, key in zip(axes, keys, strict=False):
         if key == TOP_LOCALIZATION:
-            values = pd.Series(top_localization(adata), index=adata.obs_names)
+            values = adata.obs[key].astype("category")
             palette = _class_colors(list(values.cat.categories))
             label = "top localization"
         else:

@@ -139,6 +139,7 @@ def run(
     figures: bool = True,
     null_size: int = 10000,
     seed: int = 0,
+    segment_if_missing: bool = True,
     progress: bool | None = None,
     **overrides: Any,
 ) -> RunResult:
@@ -155,8 +156,8 @@ def run(
     platemap
         Well annotations (plate, well, compound, moa, control_type, ...); without one the run stops
         after the cells and per-well profiles (metrics need perturbations).
-    model, classifiers, preset, channel_map, batch_size, format, retries
-        As in :func:`subcell_scale.pipeline.embed_plate`.
+    model, classifiers, preset, channel_map, batch_size, format, retries, segment_if_missing, progress
+        As in :func:`subcell_scale.embed_plate`.
     client, scheduler, cluster, n_workers
         An existing client, or how to get one (:func:`subcell_scale.distributed.get_client`); a
         client made here is closed at the end.
@@ -181,9 +182,9 @@ def run(
     plate_list = [plates] if isinstance(plates, str | os.PathLike) else list(plates)
     # everything that can be wrong with the inputs fails here, before a cluster starts
     params = RunParams.resolve(preset, channel_map=channel_map, **overrides)
-    resolved = resolve_model(model, classifiers, default_variant=params.variant)
     opened = open_plates(plate_list)
     pm = _check_platemap(opened, platemap)
+    resolved = resolve_model(model, classifiers, default_variant=params.variant)
     store = ResultsStore(out)
     timings: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -202,7 +203,8 @@ def run(
         client = get_client(cluster, scheduler=scheduler, n_workers=n_workers)
     try:  # embed_plate holds the directory's lock while it writes
         cells = embed_plate(opened, resolved, client=client, out=out, preset=params, platemap=pm,
-                            batch_size=batch_size, format=format, retries=retries, progress=progress)
+                            batch_size=batch_size, format=format, retries=retries, progress=progress,
+                            segment_if_missing=segment_if_missing)
     finally:
         if own_client:
             _close(client)
@@ -425,7 +427,7 @@ def _example_cells(cells: AnnData, model: ResolvedModel, params: RunParams, n: i
 
 def demo(out: str | os.PathLike = "demo-run", *, n_plates: int = 2, n_wells: int = 12, n_fields: int = 1,
          field_size: int = 512, cells_per_field: int = 8, seed: int = 0, cluster: str = "auto",
-         n_workers: int | None = None, progress: bool = True, **run_options: Any) -> RunResult:
+         n_workers: int | None = None, progress: bool | None = None, **run_options: Any) -> RunResult:
     """Generate demo plates and run the whole job on them on a local cluster.
 
     With the published ``all_channels`` weights in the model cache (``subcell-scale download``) and

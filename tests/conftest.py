@@ -1,8 +1,20 @@
-"""Shared test setup."""
+"""Shared test setup: data and models built once per session and handed out to every test file.
+
+Fixtures that write files (demo plates) are session-scoped and must be treated as read-only; a test
+that changes a plate copies it first (``shutil.copytree``). In-memory objects are handed out as
+copies by the module fixtures that use them.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
 import pytest
+
+from _shared import COMPOUNDS, MOA, TINY
 
 
 @pytest.fixture(scope="module")
@@ -14,3 +26,48 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def demo_plates(tmp_path_factory) -> dict:
+    """Two small HPA-like demo plates (4 wells, 1 field, labels written) and their platemap; read-only."""
+    from subcell_scale.io.demo import make_demo_plate
+
+    out = tmp_path_factory.mktemp("demo-plates")
+    plates = make_demo_plate(out, n_plates=2, n_wells=4, n_fields=1, field_size=256, seed=0)
+    return {"plates": [str(p) for p in plates], "platemap": str(out / "platemap.csv"), "dir": Path(out)}
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    """A tiny random model as workers build it (one classifier)."""
+    from subcell_scale.models import ModelSpec
+
+    return ModelSpec("random", config=TINY, seed=0, n_classifiers=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cells() -> ad.AnnData:
+    """A small cells AnnData following the contract: 2 plates, 12 wells each, 4 compound clusters."""
+    from subcell_scale.models.registry import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    records, x = [], []
+    wells = [f"{r}{c:02d}" for r in "BCD" for c in range(2, 6)]
+    for plate in ("P1", "P2"):
+        for i, well in enumerate(wells):
+            compound = COMPOUNDS[i % 4]
+            for label in range(1, int(rng.integers(3, 9)) + 1):
+                records.append({"plate": plate, "well": well, "field": str(label % 2), "label": label,
+                                "compound": compound, "moa": MOA[compound], "area": float(rng.integers(200, 900))})
+                x.append(np.eye(4, 16)[i % 4] * 5 + rng.normal(size=16))
+    obs = pd.DataFrame(records)
+    obs.index = [f"{r.plate}_{r.well}_{r.field}_{r.label}" for r in obs.itertuples()]
+    for col in ("plate", "well", "field"):
+        obs[col] = obs[col].astype("category")
+    adata = ad.AnnData(X=np.asarray(x, dtype=np.float32), obs=obs)
+    logits = rng.normal(size=(adata.n_obs, 31))
+    logits[np.arange(adata.n_obs), obs["compound"].map({c: 5 * k for k, c in enumerate(COMPOUNDS)})] += 6
+    adata.obsm["localization"] = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    adata.uns["localization_classes"] = list(CLASS_NAMES)
+    return adata

@@ -222,3 +222,34 @@ def test_notebooks_are_saved_clean(name):
     _parameters_cell(nb)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert os.path.getsize(NOTEBOOKS / name) < 100_000
+
+
+def _public(module: str, name: str) -> bool:
+    """``module.name`` is part of the public API: listed in ``__all__`` of a public module."""
+    import subcell_scale
+
+    parts = module.split(".")
+    if parts[0] != "subcell_scale" or (len(parts) > 1 and parts[1] not in subcell_scale.__all__):
+        return False
+    return name in getattr(importlib.import_module(module), "__all__", ())
+
+
+@pytest.mark.parametrize("name", [QUICKSTART, PROFILING, SCALING])
+def test_notebooks_use_public_names_only(name):
+    import subcell_scale
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    source = "\n".join(TransformerManager().transform_cell(c.source) for c in nb.cells if c.cell_type == "code")
+    tree = ast.parse(source, name)
+    used = [(m, n) for m, n in _imports(tree) if m.startswith("subcell_scale")]
+    aliases = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+               if a.name == "subcell_scale"}
+    for node in ast.walk(tree):  # ss.name and ss.module.name
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            used.append(("subcell_scale", node.attr))
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and isinstance(node.value.value, ast.Name) and node.value.value.id in aliases
+                and isinstance(getattr(subcell_scale, node.value.attr, None), type(subcell_scale))):
+            used.append((f"subcell_scale.{node.value.attr}", node.attr))
+    private = sorted({f"{m}.{n}" for m, n in used if not _public(m, n)})
+    assert used and not private, f"{name} uses names outside the public API: {private}"

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from subcell_scale._constants import VAR_PREFIX, Files, Keys, Obs
-from subcell_scale.distributed import ModelSpec, get_client, loads_per_worker
+from subcell_scale.distributed import get_client, loads_per_worker
+from subcell_scale.models import ModelSpec
 from subcell_scale.errors import ChannelMismatchError, CheckpointError, ConfigError, RunDirectoryError
 from subcell_scale.io import open_plate
 from subcell_scale.io.demo import make_demo_plate

@@ -12,12 +12,11 @@ import pytest
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
-from subcell_scale import pl
+from subcell_scale import pl, tl
 from subcell_scale.errors import ConfigError
 from subcell_scale.models.registry import CLASS_COLORS, CLASS_NAMES
 
-COMPOUNDS = ("DMSO", "taxol", "nocodazole", "brefeldin")
-MOA = {"DMSO": "control", "taxol": "microtubule", "nocodazole": "microtubule", "brefeldin": "golgi"}
+from _shared import COMPOUNDS
 
 
 def _check_png(path, fig: Figure) -> np.ndarray:
@@ -32,34 +31,15 @@ def _check_png(path, fig: Figure) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cells() -> ad.AnnData:
-    """A small cells AnnData following the contract: 2 plates, 12 wells each, 4 compound clusters."""
-    rng = np.random.default_rng(0)
-    records, x = [], []
-    wells = [f"{r}{c:02d}" for r in "BCD" for c in range(2, 6)]
-    for plate in ("P1", "P2"):
-        for i, well in enumerate(wells):
-            compound = COMPOUNDS[i % 4]
-            for label in range(1, int(rng.integers(3, 9)) + 1):
-                records.append({"plate": plate, "well": well, "field": str(label % 2), "label": label,
-                                "compound": compound, "moa": MOA[compound], "area": float(rng.integers(200, 900))})
-                x.append(np.eye(4, 16)[i % 4] * 5 + rng.normal(size=16))
-    obs = pd.DataFrame(records)
-    obs.index = [f"{r.plate}_{r.well}_{r.field}_{r.label}" for r in obs.itertuples()]
-    for col in ("plate", "well", "field"):
-        obs[col] = obs[col].astype("category")
-    adata = ad.AnnData(X=np.asarray(x, dtype=np.float32), obs=obs)
-    logits = rng.normal(size=(adata.n_obs, 31))
-    logits[np.arange(adata.n_obs), obs["compound"].map({c: 5 * k for k, c in enumerate(COMPOUNDS)})] += 6
-    adata.obsm["localization"] = (1 / (1 + np.exp(-logits))).astype(np.float32)
-    adata.uns["localization_classes"] = list(CLASS_NAMES)
-    return adata
+def cells(synthetic_cells) -> ad.AnnData:
+    return synthetic_cells.copy()
 
 
 @pytest.fixture(scope="module")
 def cells_with_umap(cells) -> ad.AnnData:
     adata = cells.copy()
-    pl.compute_umap(adata, n_neighbors=10)
+    tl.umap(adata, n_neighbors=10)
+    tl.top_localization(adata)
     return adata
 
 
@@ -136,19 +116,6 @@ def test_category_colors_are_stable_and_grey_for_controls():
     assert len(set(many.values())) == 30
 
 
-def test_top_localization_is_the_argmax(cells):
-    top = pl.top_localization(cells)
-    expected = np.asarray(CLASS_NAMES)[cells.obsm["localization"].argmax(axis=1)]
-    assert list(top) == list(expected)
-    assert list(top.categories) == [c for c in CLASS_NAMES if c in set(expected)]
-
-
-def test_top_localization_needs_probabilities(cells):
-    bare = ad.AnnData(X=cells.X.copy(), obs=cells.obs.copy())
-    with pytest.raises(ConfigError, match="no obsm\\['localization'\\]"):
-        pl.top_localization(bare)
-
-
 # -- cell gallery -----------------------------------------------------------------------------------
 
 
@@ -219,22 +186,9 @@ def test_cell_gallery_checks_shapes():
 # -- UMAP -------------------------------------------------------------------------------------------
 
 
-def test_compute_umap_writes_only_coordinates(cells, cells_with_umap):
-    adata = cells_with_umap  # one scanpy neighbors + umap run for the module (numba compiles once)
-    xy = adata.obsm["X_umap"]
-    assert xy.shape == (adata.n_obs, 2) and np.isfinite(xy).all()
-    assert "X_umap" not in cells.obsm
-    assert "neighbors" not in adata.uns and len(adata.obsp) == 0
-    # neighbours in the embedding stay neighbours: most cells' nearest UMAP neighbour shares the compound
-    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    same = adata.obs["compound"].to_numpy()[d.argmin(1)] == adata.obs["compound"].to_numpy()
-    assert same.mean() > 0.9
-
-
 def test_umap_panels_legends_and_colours(cells_with_umap, tmp_path):
     adata = cells_with_umap
-    fig = pl.umap(adata, ["compound", "moa", pl.TOP_LOCALIZATION], ncols=3, save=tmp_path / "umap.png")
+    fig = pl.umap(adata, ["compound", "moa", tl.TOP_LOCALIZATION], ncols=3, save=tmp_path / "umap.png")
     _check_png(tmp_path / "umap.png", fig)
     panels = [ax for ax in fig.axes if ax.collections]
     assert [ax.get_title() for ax in panels] == ["compound", "moa", "top localization"]
@@ -246,9 +200,8 @@ def test_umap_panels_legends_and_colours(cells_with_umap, tmp_path):
     colors = [to_hex(c) for c in points.get_facecolors()]
     order = np.random.default_rng(0).permutation(adata.n_obs)
     assert colors == [palette[c] for c in adata.obs["compound"].to_numpy()[order]]
-    top = pl.top_localization(adata)
     loc_legend = [t.get_text() for t in panels[2].get_legend().get_texts()]
-    assert loc_legend == list(top.categories)
+    assert loc_legend == list(adata.obs[tl.TOP_LOCALIZATION].cat.categories)
     handle_colors = [to_hex(h.get_markerfacecolor()) for h in panels[2].get_legend().legend_handles]
     assert handle_colors == [CLASS_COLORS[CLASS_NAMES.index(c)] for c in loc_legend]
 
@@ -274,14 +227,22 @@ def test_umap_of_profiles(cells, tmp_path):
     obs = cells.obs.groupby(["plate", "well"], observed=True)[["compound", "moa"]].first().reset_index()
     obs.index = obs.index.astype(str)
     profiles = ad.AnnData(X=x.to_numpy(np.float32), obs=obs)
+    tl.umap(profiles)
     fig = pl.umap(profiles, ["compound", "moa"], save=tmp_path / "profiles.png")
     _check_png(tmp_path / "profiles.png", fig)
     assert fig._suptitle.get_text() == f"UMAP of {profiles.n_obs} profiles"
 
 
-def test_umap_unknown_key(cells_with_umap):
+def test_umap_draws_only_what_tl_computed(cells, cells_with_umap):
     with pytest.raises(ConfigError, match="'dose' is not an obs column"):
         pl.umap(cells_with_umap, "dose")
+    with pytest.raises(ConfigError, match=r"no obsm\['X_umap'\]; compute it with subcell_scale.tl.umap"):
+        pl.umap(cells, "compound")
+    bare = cells.copy()
+    bare.obsm["X_umap"] = cells_with_umap.obsm["X_umap"]
+    with pytest.raises(ConfigError, match="run subcell_scale.tl.top_localization"):
+        pl.umap(bare, tl.TOP_LOCALIZATION)
+    assert "X_umap" not in cells.obsm and "top_localization" not in cells.obs
 
 
 # -- retrieval metrics ------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from subcell_scale._constants import Files, Keys, Obs
-from subcell_scale.distributed import ModelSpec, get_client
+from subcell_scale.distributed import get_client
+from subcell_scale.models import ModelSpec
 from subcell_scale.errors import PlateFormatError, RunDirectoryError, WellNameError
 from subcell_scale.io import open_plate
 from subcell_scale.io.demo import make_demo_plate

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from subcell_scale._constants import Files, Keys
-from subcell_scale.distributed import ModelSpec, get_client
+from subcell_scale.distributed import get_client
+from subcell_scale.models import ModelSpec
 from subcell_scale.errors import ConfigError, PlatemapError, RunDirectoryError
 from subcell_scale.io.demo import make_demo_plate
 from subcell_scale.models import SubCell
 from subcell_scale.models.config import ModelConfig
 from subcell_scale.profiles import profiling_steps
-from subcell_scale.run import load_config, run
+from subcell_scale.workflow import load_config, run
 from subcell_scale.store import ResultsStore
 
 TINY = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, num_channels=4, pool_int_dim=32)
