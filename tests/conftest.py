@@ -7,13 +7,13 @@ copies by the module fixtures that use them.
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from collections.abc import Callable
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-
 from _shared import COMPOUNDS, MOA, TINY
 
 
@@ -29,21 +29,58 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def demo_plates(tmp_path_factory) -> dict:
-    """Two small HPA-like demo plates (4 wells, 1 field, labels written) and their platemap; read-only."""
+def demo_plates(tmp_path_factory) -> Callable[..., dict]:
+    """``demo_plates(**make_demo_plate options)`` -> ``{"plates", "plate", "platemap", "root"}``.
+
+    The same options give the same plates, written once per session and shared: treat them as
+    read-only and copy a plate (``shutil.copytree``) before changing it.
+    """
     from subcell_scale.io.demo import make_demo_plate
 
-    out = tmp_path_factory.mktemp("demo-plates")
-    plates = make_demo_plate(out, n_plates=2, n_wells=4, n_fields=1, field_size=256, seed=0)
-    return {"plates": [str(p) for p in plates], "platemap": str(out / "platemap.csv"), "dir": Path(out)}
+    made: dict[str, dict] = {}
+
+    def make(**options) -> dict:
+        key = json.dumps(options, sort_keys=True)
+        if key not in made:
+            root = tmp_path_factory.mktemp("demo-plates")
+            plates = [str(p) for p in make_demo_plate(root, **options)]
+            made[key] = {"plates": plates, "plate": plates[0], "platemap": str(root / "platemap.csv"),
+                         "root": root}
+        return made[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")
-def tiny_spec():
-    """A tiny random model as workers build it (one classifier)."""
+def tiny_config():
+    """A SubCell architecture small enough to embed a demo plate in seconds."""
+    from subcell_scale.models.config import ModelConfig
+
+    return ModelConfig(**TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_config):
+    """The tiny random model as workers build it (one classifier)."""
     from subcell_scale.models import ModelSpec
 
-    return ModelSpec("random", config=TINY, seed=0, n_classifiers=1)
+    return ModelSpec("random", config=tiny_config.to_dict(), seed=0, n_classifiers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_spec):
+    """The same tiny random model, built in the test process on the CPU."""
+    return tiny_spec.load("cpu")
+
+
+@pytest.fixture(scope="module")
+def local_client():
+    """A local cluster of two single-thread worker processes, each advertising one GPU slot."""
+    from subcell_scale.distributed import get_client
+
+    client = get_client("local", n_workers=2, threads_per_worker=1, dashboard=False)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

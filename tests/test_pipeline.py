@@ -18,18 +18,19 @@ import pytest
 import torch
 
 from subcell_scale._constants import VAR_PREFIX, Files, Keys, Obs
-from subcell_scale.distributed import get_client, loads_per_worker
-from subcell_scale.models import ModelSpec
-from subcell_scale.errors import ChannelMismatchError, CheckpointError, ConfigError, RunDirectoryError
+from subcell_scale.distributed import loads_per_worker
+from subcell_scale.errors import (
+    ChannelMismatchError,
+    CheckpointError,
+    ConfigError,
+    RunDirectoryError,
+)
 from subcell_scale.io import open_plate
-from subcell_scale.io.demo import make_demo_plate
-from subcell_scale.models import SubCell
-from subcell_scale.models.config import ModelConfig
+from subcell_scale.models import ModelSpec, SubCell
 from subcell_scale.models.registry import CLASS_NAMES
 from subcell_scale.pipeline import embed_plate
 from subcell_scale.store import read_shard
 
-TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=1, intermediate_size=128, num_channels=4, pool_int_dim=32)
 SMALL = {"out_size": 64}  # the physical crop stays 71.68 um; the model sees 64 px
 
 
@@ -39,20 +40,18 @@ def _one_torch_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("demo")
-    plates = make_demo_plate(root, n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
-    return {"root": root, "plates": [str(p) for p in plates], "platemap": str(root / Files.PLATEMAP)}
+def demo(demo_plates) -> dict:
+    return demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
 
 
 @pytest.fixture(scope="module")
-def model() -> SubCell:
-    return SubCell.random(TINY, seed=0, n_classifiers=1)
+def model(tiny_model) -> SubCell:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1)
+def spec(tiny_spec) -> ModelSpec:
+    return tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +63,8 @@ def reference(demo, model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = get_client("local", n_workers=2, threads_per_worker=2, dashboard=False)
-    yield c
-    c.close()
+def client(local_client):
+    return local_client
 
 
 def _same(a: ad.AnnData, b: ad.AnnData) -> None:
@@ -77,10 +74,10 @@ def _same(a: ad.AnnData, b: ad.AnnData) -> None:
     pd.testing.assert_frame_equal(a.obs, b.obs)
 
 
-def test_cells_anndata_contract(demo, reference):
+def test_cells_anndata_contract(demo, reference, tiny_config):
     out, adata = reference
     assert adata.n_obs > 20
-    assert adata.X.dtype == np.float32 and adata.n_vars == TINY.embedding_dim
+    assert adata.X.dtype == np.float32 and adata.n_vars == tiny_config.embedding_dim
     assert list(adata.var_names[:2]) == [f"{VAR_PREFIX}0000", f"{VAR_PREFIX}0001"]
     obs = adata.obs
     for col in Obs.CATEGORICAL:
@@ -104,7 +101,7 @@ def test_cells_anndata_contract(demo, reference):
     assert adata.obsm[Keys.LOCALIZATION].shape == (adata.n_obs, 31)
     assert list(adata.uns[Keys.LOCALIZATION_CLASSES]) == list(CLASS_NAMES)
     prov = adata.uns[Keys.PROVENANCE]
-    assert prov["checkpoint_sha256"] == SubCell.random(TINY, seed=0).checkpoint_sha256
+    assert prov["checkpoint_sha256"] == SubCell.random(tiny_config, seed=0).checkpoint_sha256
     assert prov["channel_mapping"]["demo-plate-1"] == {"microtubules": "microtubules", "er": "er", "dna": "nucleus",
                                                       "protein": "protein"}
     assert prov["crop"]["out_size"] == 64 and prov["crop"]["crop_um"] == pytest.approx(71.68)

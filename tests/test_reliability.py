@@ -12,6 +12,7 @@ mAP invariances (``test_metrics_map.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,17 +35,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from subcell_scale._constants import Files, Keys, Obs
-from subcell_scale.distributed import get_client
-from subcell_scale.models import ModelSpec
 from subcell_scale.errors import PlateFormatError, RunDirectoryError, WellNameError
 from subcell_scale.io import open_plate
-from subcell_scale.io.demo import make_demo_plate
-from subcell_scale.io.wells import normalize_well_name, parse_well_name, row_index, row_name
-from subcell_scale.models import SubCell
-from subcell_scale.models.config import ModelConfig
+from subcell_scale.io.wells import (
+    normalize_well_name,
+    parse_well_name,
+    row_index,
+    row_name,
+)
+from subcell_scale.models import ModelSpec
 from subcell_scale.pipeline import embed_plate
 
-TINY = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, num_channels=4, pool_int_dim=32)
 SMALL = {"out_size": 32}
 N_FIELDS = 12  # one plate, six wells, two fields
 
@@ -55,22 +56,20 @@ def _one_torch_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("demo")
-    (plate,) = make_demo_plate(root, n_plates=1, n_wells=6, n_fields=2, field_size=256, cells_per_field=8, seed=3)
-    return {"plate": str(plate), "platemap": str(root / Files.PLATEMAP)}
+def demo(demo_plates) -> dict:
+    return demo_plates(n_plates=1, n_wells=6, n_fields=2, field_size=256, cells_per_field=8, seed=3)
 
 
 @pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1)
+def spec(tiny_spec) -> ModelSpec:
+    return tiny_spec
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> dict[str, str]:
+def checkpoint(tmp_path_factory, tiny_model) -> dict[str, str]:
     """The spec's weights as files, for the command line (``--model``, ``--classifiers``)."""
     folder = tmp_path_factory.mktemp("weights")
-    model = SubCell.random(TINY, seed=0, n_classifiers=1)
+    model = tiny_model
     torch.save(model.encoder_state_dict(), folder / "encoder.pth")
     torch.save(model.classifiers[0].state_dict(), folder / "classifier.pth")
     return {"encoder": str(folder / "encoder.pth"), "classifier": str(folder / "classifier.pth")}
@@ -86,10 +85,8 @@ def reference(demo, spec) -> ad.AnnData:
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = get_client("local", n_workers=2, threads_per_worker=1, dashboard=False)
-    yield c
-    c.close()
+def client(local_client):
+    return local_client
 
 
 def _same_cells(expected: ad.AnnData, got: ad.AnnData) -> None:
@@ -383,10 +380,10 @@ def test_leftovers_of_a_crash_are_detected_and_recomputed(demo, spec, reference,
 
 # -- model -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("crop_on", ["cpu", "device"])
-def test_out_of_memory_splits_the_batch_and_gives_the_same_embeddings(demo, crop_on, caplog):
-    budget = SubCell.random(TINY, seed=0).estimate_batch_bytes(3, 32, 32)  # room for 3 crops of 16 asked
-    tight = ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1, options={"max_batch_bytes": budget})
-    free = ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1)
+def test_out_of_memory_splits_the_batch_and_gives_the_same_embeddings(demo, crop_on, caplog, tiny_model, tiny_spec):
+    budget = tiny_model.estimate_batch_bytes(3, 32, 32)  # room for 3 crops of 16 asked
+    tight = dataclasses.replace(tiny_spec, options={"max_batch_bytes": budget})
+    free = tiny_spec
     unconstrained = embed_plate(demo["plate"], free, progress=False, batch_size=16, crop_on=crop_on, **SMALL)
     with caplog.at_level(logging.WARNING):
         constrained = embed_plate(demo["plate"], tight, progress=False, batch_size=16, crop_on=crop_on, retries=0,

@@ -12,39 +12,33 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _shared import TINY
 
 from subcell_scale._constants import Files, Keys
-from subcell_scale.distributed import get_client
-from subcell_scale.models import ModelSpec
 from subcell_scale.errors import ConfigError, PlatemapError, RunDirectoryError
 from subcell_scale.io.demo import make_demo_plate
-from subcell_scale.models import SubCell
+from subcell_scale.models import ModelSpec, SubCell
 from subcell_scale.models.config import ModelConfig
 from subcell_scale.profiles import profiling_steps
-from subcell_scale.workflow import load_config, run
 from subcell_scale.store import ResultsStore
+from subcell_scale.workflow import load_config, run
 
-TINY = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, num_channels=4, pool_int_dim=32)
 FAST = {"out_size": 32, "null_size": 200}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("demo")
-    plates = make_demo_plate(root, n_plates=2, n_wells=6, n_fields=1, field_size=256, cells_per_field=8, seed=1)
-    return {"plates": [str(p) for p in plates], "platemap": root / Files.PLATEMAP}
+def demo(demo_plates) -> dict:
+    return demo_plates(n_plates=2, n_wells=6, n_fields=1, field_size=256, cells_per_field=8, seed=1)
 
 
 @pytest.fixture(scope="module")
-def spec() -> ModelSpec:
-    return ModelSpec("random", config=TINY.to_dict(), seed=0, n_classifiers=1)
+def spec(tiny_spec) -> ModelSpec:
+    return tiny_spec
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = get_client("local", n_workers=1, threads_per_worker=2, dashboard=False)
-    yield c
-    c.close()
+def client(local_client):
+    return local_client
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def test_run_writes_every_output_of_the_run_directory(finished):
         assert (out / name).exists(), name
     cells = ad.read_zarr(out / Files.CELLS_ZARR)
     assert cells.n_obs == result.n_cells > 0
-    assert cells.X.shape[1] == 2 * TINY.hidden_size
+    assert cells.X.shape[1] == 2 * TINY["hidden_size"]
     profiles = ad.read_h5ad(out / Files.PROFILES)
     # one profile per imaged well, carrying its platemap row and cell count
     wells = cells.obs.groupby(["plate", "well"], observed=True).size()
@@ -158,8 +152,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["subcell-scale", *args], capture_output=True, text=True, timeout=600)
 
 
-def test_cli_run_from_a_config_file_with_checkpoint_files(demo, tmp_path):
-    model = SubCell.random(TINY, seed=3, n_classifiers=1)
+def test_cli_run_from_a_config_file_with_checkpoint_files(demo, tmp_path, tiny_config):
+    model = SubCell.random(tiny_config, seed=3, n_classifiers=1)
     torch.save(model.encoder_state_dict(), tmp_path / "encoder.pth")
     torch.save(model.classifiers[0].state_dict(), tmp_path / "classifier.pth")
     config = tmp_path / "run.yaml"
