@@ -68,9 +68,9 @@ def var_names(width: int, pass_names: Sequence[str]) -> list[str]:
     return [f"{VAR_PREFIX}{name}_{i:04d}" for name in pass_names for i in range(per)]
 
 
-def field_obs(fid: FieldId, shard: Shard, plate: Plate, plan: PlatePlan) -> tuple[pd.DataFrame, np.ndarray]:
+def field_obs(fid: FieldId, cells: pd.DataFrame, plate: Plate, plan: PlatePlan) -> tuple[pd.DataFrame, np.ndarray]:
     """The obs rows of one field's cells (in label order) and the order that sorts the shard's rows so."""
-    cells = shard.cells.sort_values(Obs.LABEL, kind="stable")
+    cells = cells.sort_values(Obs.LABEL, kind="stable")
     order = cells.index.to_numpy()
     row, column = plate.row_column(fid.well)
     py, px = plan.pixel_size
@@ -88,29 +88,39 @@ def field_obs(fid: FieldId, shard: Shard, plate: Plate, plan: PlatePlan) -> tupl
 
 def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, failed: Sequence[str]) -> AnnData:
     """Concatenate the fields' shards, in the order given, into the cells AnnData (held in memory)."""
-    import anndata as ad
-
-    from .models.registry import CLASS_NAMES
-
     by_plate = {p.name: p for p in context.plates}
     blocks, emb, probs = [], [], []
     for fid, shard in fields:
-        obs, order = field_obs(fid, shard, by_plate[fid.plate], context.plan_of(fid.plate))
+        obs, order = field_obs(fid, shard.cells, by_plate[fid.plate], context.plan_of(fid.plate))
         blocks.append(obs)
         emb.append(shard.embedding[order])
         if shard.probabilities is not None:
             probs.append(shard.probabilities[order])
-    first = context.plans[0]
-    width = int(emb[0].shape[1]) if emb else context.model.embedding_dim * len(first.passes)
-    obs = pd.concat(blocks) if blocks else _empty_obs()
+    width = int(emb[0].shape[1]) if emb else _default_width(context)
     X = np.concatenate(emb).astype(np.float32, copy=False) if emb else np.zeros((0, width), np.float32)
+    localization = np.concatenate(probs).astype(np.float32, copy=False) if probs and len(probs) == len(emb) else None
+    return _anndata(blocks, X, localization, context, failed)
+
+
+def _default_width(context: RunContext) -> int:
+    return context.model.embedding_dim * len(context.plans[0].passes)
+
+
+def _anndata(blocks: list[pd.DataFrame], X: Any, localization: Any, context: RunContext,
+             failed: Sequence[str]) -> AnnData:
+    """The cells AnnData around ``X`` and ``localization`` (numpy or dask), with obs built from ``blocks``."""
+    import anndata as ad
+
+    from .models.registry import CLASS_NAMES
+
+    obs = pd.concat(blocks) if blocks else _empty_obs()
     spatial = obs[["_x_um", "_y_um"]].to_numpy(dtype=np.float64)
     obs = _finish_obs(obs.drop(columns=["_x_um", "_y_um"]), context)
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=var_names(X.shape[1], first.pass_names)))
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=var_names(X.shape[1], context.plans[0].pass_names)))
     adata.strings_to_categoricals()  # as writing would: the returned object equals the one read back
     adata.obsm[Keys.SPATIAL] = spatial
-    if probs and len(probs) == len(emb):
-        adata.obsm[Keys.LOCALIZATION] = np.concatenate(probs).astype(np.float32, copy=False)
+    if localization is not None:
+        adata.obsm[Keys.LOCALIZATION] = localization
         adata.uns[Keys.LOCALIZATION_CLASSES] = list(CLASS_NAMES)
     adata.uns[Keys.PROVENANCE] = provenance(context, failed, X.shape[1])
     return adata
@@ -186,26 +196,122 @@ def cells_path(root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
     return Path(root) / (Files.CELLS_H5AD if fmt == "h5ad" else Files.CELLS_ZARR)
 
 
-def write_cells(adata: AnnData, root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
-    """Write the cells AnnData into a run directory, replacing an older one only once the new one is whole."""
+CHUNK_BYTES = 32 << 20
+"""Target size of one row chunk of ``X`` in the cells store: big enough for fast reads, small enough
+that a few of them in flight stay within :attr:`subcell_scale.settings.memory_budget`."""
+
+
+def stream_cells(fields: Sequence[tuple[FieldId, str]], context: RunContext, failed: Sequence[str],
+                 root: str | os.PathLike[str], fmt: str = "zarr") -> AnnData:
+    """Write the cells AnnData of a run from its shards in one streamed pass, and open it backed.
+
+    Only ``obs`` is built in memory (from the shards' cell tables, the embeddings unread); ``X`` and
+    ``obsm["localization"]`` are lazy concatenations of the shards' arrays, copied into the store
+    one row chunk at a time by a few threads, so the memory used stays about
+    :attr:`subcell_scale.settings.memory_budget` whatever the number of cells. The store replaces an
+    older one only once it is whole.
+
+    Returns
+    -------
+    The cells AnnData as :func:`read_cells` opens it: ``X`` and ``obsm["localization"]`` backed by
+    the store (dask arrays), everything else in memory.
+    """
+    import dask.array as da
+    from dask import delayed
+
+    from ._settings import settings
+    from .store import read_shard_cells
+
+    by_plate = {p.name: p for p in context.plates}
+    blocks, emb, probs = [], [], []
+    width = n_prob = None
+    for fid, path in fields:
+        cells, shapes = read_shard_cells(path)
+        obs, order = field_obs(fid, cells, by_plate[fid.plate], context.plan_of(fid.plate))
+        blocks.append(obs)
+        width = shapes["embedding"][1]
+        n_prob = shapes["probabilities"][1] if "probabilities" in shapes else None
+        if len(obs):
+            emb.append(da.from_delayed(delayed(_sorted_rows, pure=True)(path, "embedding", order),
+                                       shape=(len(obs), width), dtype=np.float32))
+            if n_prob is not None:
+                probs.append(da.from_delayed(delayed(_sorted_rows, pure=True)(path, "probabilities", order),
+                                             shape=(len(obs), n_prob), dtype=np.float32))
+    width = width if width is not None else _default_width(context)
+    rows = max(1, CHUNK_BYTES // (4 * width))
+    X = da.concatenate(emb).rechunk((rows, width)) if emb else da.zeros((0, width), np.float32, chunks=(1, width))
+    localization = da.concatenate(probs).rechunk((rows, n_prob)) if probs and len(probs) == len(emb) else None
+    adata = _anndata(blocks, X, localization, context, failed)
+    threads = int(max(1, min(4, settings.memory_budget // (3 * CHUNK_BYTES))))
+    path = write_cells(adata, root, fmt, threads=threads)
+    return read_cells(path)
+
+
+def _sorted_rows(path: str, name: str, order: np.ndarray) -> np.ndarray:
+    from .store import read_shard_array
+
+    return read_shard_array(path, name)[order]
+
+
+def write_cells(adata: AnnData, root: str | os.PathLike[str], fmt: str = "zarr", *, threads: int = 1) -> Path:
+    """Write the cells AnnData into a run directory, replacing an older one only once the new one is whole.
+
+    A dask-backed ``X`` (and ``obsm["localization"]``) is stored chunk by chunk with ``threads``
+    threads, one row chunk per task, so chunks are never written by two tasks at once.
+    """
     path = cells_path(root, fmt)
     tmp = path.with_name(f".{path.name}.tmp")
     _remove(tmp)
     if fmt == "zarr":
-        import anndata as ad
-
-        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
-            adata.write_zarr(tmp)
+        _write_zarr(adata, tmp, threads)
     else:
-        adata.write_h5ad(tmp)
+        import dask
+
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            adata.write_h5ad(tmp)
     _remove(path)
     os.replace(tmp, path)
     log.info("cells written to %s (%d cells x %d)", path, adata.n_obs, adata.n_vars)
     return path
 
 
-def read_cells(run: str | os.PathLike[str]) -> AnnData:
+def _write_zarr(adata: AnnData, path: Path, threads: int) -> None:
+    import anndata as ad
+    import dask
+    import dask.array as da
+    import zarr
+
+    lazy = {"X": adata.X} if isinstance(adata.X, da.Array) else {}
+    lazy.update({f"obsm/{k}": v for k, v in adata.obsm.items() if isinstance(v, da.Array)})
+    skeleton = ad.AnnData(X=None if "X" in lazy else adata.X, obs=adata.obs, var=adata.var, uns=adata.uns,
+                          obsm={k: v for k, v in adata.obsm.items() if f"obsm/{k}" not in lazy})
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+        skeleton.write_zarr(path)
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    targets = []
+    for name, array in lazy.items():
+        chunks = (max(1, int(array.chunks[0][0])) if array.shape[0] else 1, int(array.shape[1]))
+        target = group.create_array(name, shape=array.shape, chunks=chunks, dtype="float32",
+                                    compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
+        target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        targets.append(target)
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        da.store(list(lazy.values()), targets, lock=False)
+    zarr.consolidate_metadata(str(path))  # the listing anndata wrote no longer names X
+
+
+def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
     """The cells AnnData of a run directory (or a ``cells.zarr`` / ``cells.h5ad`` path).
+
+    Parameters
+    ----------
+    run
+        The run directory, or the cells store itself.
+    load
+        Read everything into memory. By default ``X`` and ``obsm["localization"]`` stay in the store
+        (dask arrays for ``cells.zarr``, anndata's backed mode for ``cells.h5ad``): the object opens
+        at once whatever the number of cells, scanpy and :func:`subcell_scale.profiles.aggregate`
+        read it in chunks, and ``adata.to_memory()`` loads it when it fits.
 
     Raises
     ------
@@ -221,7 +327,33 @@ def read_cells(run: str | os.PathLike[str]) -> AnnData:
             msg = f"{path}: no {Files.CELLS_ZARR} or {Files.CELLS_H5AD} (has the run finished embedding?)"
             raise RunDirectoryError(msg)
         path = candidates[0]
-    return ad.read_h5ad(path) if path.suffix == ".h5ad" else ad.read_zarr(path)
+    if path.suffix == ".h5ad":
+        return ad.read_h5ad(path) if load else ad.read_h5ad(path, backed="r")
+    if load:
+        return ad.read_zarr(path)
+    return _open_zarr(path)
+
+
+def _open_zarr(path: Path) -> AnnData:
+    """A zarr cells store with its matrices as dask arrays over the store's row chunks."""
+    import anndata as ad
+    import dask.array as da
+    import zarr
+    from anndata.io import read_elem
+
+    group = zarr.open_group(str(path), mode="r")
+
+    def lazy(node: Any) -> Any:
+        dense = isinstance(node, zarr.Array) and node.attrs.get("encoding-type") == "array" and node.ndim == 2
+        return da.from_zarr(node) if dense else read_elem(node)
+
+    obsm = {k: lazy(v) for k, v in group["obsm"].members()} if "obsm" in group else {}
+    for key in (Keys.SPATIAL,):  # small: in memory, as users index it freely
+        if key in obsm and isinstance(obsm[key], da.Array):
+            obsm[key] = obsm[key].compute()
+    X = lazy(group["X"]) if "X" in group else None
+    return ad.AnnData(X=X, obs=read_elem(group["obs"]), var=read_elem(group["var"]),
+                      uns=read_elem(group["uns"]) if "uns" in group else {}, obsm=obsm)
 
 
 def _remove(path: Path) -> None:

@@ -205,6 +205,46 @@ def read_shard(path: str | os.PathLike) -> Shard:
     return Shard(embedding, probabilities, cells, dropped, meta)
 
 
+def read_shard_cells(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, tuple[int, ...]]]:
+    """The cell table of a shard and the shapes of its arrays, without reading the arrays.
+
+    What a streamed assembly needs first: ``obs`` and the row count of every field, before any
+    embedding is read.
+
+    Raises
+    ------
+    RunDirectoryError
+        The file is not a readable shard.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            cells = pd.DataFrame({col: data[f"cells_{col}"] for col in _CELL_COLUMNS})
+        shapes = {}
+        with zipfile.ZipFile(path) as archive:
+            for name in ("embedding", "probabilities"):
+                if f"{name}.npy" in archive.namelist():
+                    with archive.open(f"{name}.npy") as fh:
+                        version = np.lib.format.read_magic(fh)
+                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)
+                        shapes[name] = tuple(int(v) for v in read_header(fh)[0])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        msg = f"results shard {path} is damaged or not a subcell-scale shard ({exc}); delete it to recompute the field"
+        raise RunDirectoryError(msg) from exc
+    return cells, shapes
+
+
+def read_shard_array(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One array of a shard (``"embedding"`` or ``"probabilities"``), float32."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return np.asarray(data[name], dtype=np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        msg = f"results shard {path}: cannot read {name!r} ({exc}); delete the shard to recompute the field"
+        raise RunDirectoryError(msg) from exc
+
+
 def shard_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     """Metadata of a complete shard, or None when it is missing, damaged or of another format."""
     path = Path(path)

@@ -105,7 +105,7 @@ def test_cells_anndata_contract(demo, reference, tiny_config):
     assert prov["channel_mapping"]["demo-plate-1"] == {"microtubules": "microtubules", "er": "er", "dna": "nucleus",
                                                       "protein": "protein"}
     assert prov["crop"]["out_size"] == 64 and prov["crop"]["crop_um"] == pytest.approx(71.68)
-    assert prov["crop_window_px"]["demo-plate-1"] == [224, 224]  # 71.68 um at 0.32 um/px
+    assert list(prov["crop_window_px"]["demo-plate-1"]) == [224, 224]  # 71.68 um at 0.32 um/px
     assert prov["plates"]["demo-plate-1"] == demo["plates"][0]
 
 

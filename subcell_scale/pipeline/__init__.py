@@ -29,11 +29,11 @@ import pandas as pd
 
 from .._settings import settings
 from .._version import __version__
-from ..cellstore import FORMATS, RunContext, assemble, write_cells
+from ..cellstore import FORMATS, RunContext, assemble, cells_path, stream_cells
 from ..errors import ConfigError, PlateNotFoundError
 from ..models.spec import ModelSpec, ResolvedModel, resolve_model
 from ..params import RunParams, check_same_layout, write_parameters
-from ..store import FieldId, ResultsStore, parameters_digest, read_shard
+from ..store import FieldId, ResultsStore, parameters_digest
 from .execute import run_fields
 from .field import prepare_field
 from .jobs import open_plates, plan_jobs
@@ -136,6 +136,9 @@ def embed_plate(
         ``uns["localization_classes"]`` (31 names, the column order within a pass);
         ``uns["subcell_scale"]``: provenance. Fields that failed are left out and listed in
         ``uns["subcell_scale"]["failed_fields"]`` and the manifest; a rerun computes only them.
+        With ``out``, ``X`` and ``obsm["localization"]`` stay in ``out/cells.zarr`` (dask arrays; see
+        :func:`subcell_scale.read_cells`), so the client never holds every embedding; without
+        ``out``, everything is in memory.
 
     Raises
     ------
@@ -187,11 +190,10 @@ def embed_plate(
             # 3. map
             results = run_fields(jobs, resolved, client, store, scratch=Path(scratch), device=device,
                                  retries=int(retries), progress=progress)
-            # 4. assemble from the shards
-            fields = [(j.fid, read_shard(j.shard_path)) for j in jobs if j.fid not in results.failed]
-            adata = assemble(fields, context, [f.key for f in results.failed])
-            path = write_cells(adata, store.root, format)
-            store.summarize(seconds=round(time.perf_counter() - started, 3), cells=path.name)
+            # 4. assemble: the shards streamed into the cells store, which the returned AnnData reads
+            fields = [(j.fid, j.shard_path) for j in jobs if j.fid not in results.failed]
+            adata = stream_cells(fields, context, [f.key for f in results.failed], store.root, format)
+            store.summarize(seconds=round(time.perf_counter() - started, 3), cells=cells_path(store.root, format).name)
             store.flush(force=True)
     if results.failed:
         log.warning("%d of %d fields failed (see %s); rerun with the same out to retry them",

@@ -195,5 +195,6 @@ def _obsm_names(key: str, n: int, uns: dict) -> pd.Index:
 def _chunk_rows(matrix: Any) -> int:
     chunks = getattr(matrix, "chunks", None)
     if isinstance(chunks, tuple) and chunks and chunks[0]:
-        return int(chunks[0])
+        first = chunks[0]
+        return int(first[0] if isinstance(first, tuple) else first)  # dask: a tuple of chunk sizes per axis
     return 1024
