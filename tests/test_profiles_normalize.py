@@ -13,6 +13,7 @@ from scipy.stats import median_abs_deviation
 from subcell_scale.errors import ProfilingError
 from subcell_scale.profiles import from_dataframe, normalize, profiling_steps
 
+from _jump_reference import legacy_spherize
 from _profiles_sim import pycytominer_frame, real_cellprofiler, simulated_profiles
 
 NEGCON = "control_type == 'negcon'"
@@ -158,26 +159,13 @@ def test_real_cellprofiler_degenerate_features():
         np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
 
 
-def _legacy_spherize_oracle(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float) -> np.ndarray:
-    """pycytominer's Spherize before PR #748, from its documented formula: W from the SVD of the
-    RAW reference rows, applied to the centred (-cor: standardised) rows. n > d here."""
-    n = fit.shape[0]
-    mean = fit.mean(axis=0)
-    scale = fit.std(axis=0) if method.endswith("-cor") else np.ones(fit.shape[1])
-    _, s, vt = np.linalg.svd(fit, full_matrices=True)
-    w = vt.T @ np.diag(1.0 / (s + epsilon)) * np.sqrt(n - 1)
-    if method.startswith("ZCA"):
-        w = w @ vt
-    return ((rows - mean) / scale) @ w
-
-
 @pytest.mark.parametrize("spherize_method", ["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
 def test_legacy_spherize_is_the_svd_of_the_raw_reference_rows(profiles, spherize_method):
     result = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON,
                        spherize_variant="legacy")
     x = np.asarray(profiles.X, dtype=np.float64)
     negcon = (profiles.obs["control_type"] == "negcon").to_numpy()
-    expected = _legacy_spherize_oracle(x[negcon], x, spherize_method, 1e-6)
+    expected = legacy_spherize(x[negcon], x, spherize_method, 1e-6)
     np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
     assert profiling_steps(result)[-1]["spherize_variant"] == "legacy"
     corrected = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON)
