@@ -13,6 +13,7 @@ from subcell_scale.metrics import EvaluationDesign, evaluate_profiles, usable_mo
 from subcell_scale.profiles import postprocess
 
 import _jump_reference as reference
+from _profiles_sim import simulated_screen
 
 NEGCON = "control_type == 'negcon'"
 CHAIN = [
@@ -20,42 +21,6 @@ CHAIN = [
      "spherize_epsilon": 1e-6, "spherize_variant": "legacy"},
     {"step": "normalize", "method": "standardize", "reference": "all", "by": "plate"},
 ]
-N_FEATURES = 12
-
-
-def _simulate(seed: int = 3, n_plates: int = 3, n_compounds: int = 40, n_dmso: int = 8) -> ad.AnnData:
-    """Two cell types on their own plates; every compound once per plate; 1-2 MoAs per compound, a
-    few MoAs held by a single compound (not usable), a large common offset (legacy != corrected)."""
-    rng = np.random.default_rng(seed)
-    moas = [f"moa{i}" for i in range(8)]
-    compound_moas = {}
-    for c in range(n_compounds):
-        labels = list(rng.choice(moas, size=int(rng.integers(1, 3)), replace=False))
-        if c >= n_compounds - 4:
-            labels = [f"solo{c}"] + (labels[:1] if c % 2 else [])
-        compound_moas[f"cmp{c:02d}"] = labels
-    moa_effect = {m: rng.normal(size=N_FEATURES) for m in moas}
-    rows, blocks = [], []
-    for cell_type, scale in (("A549", 1.0), ("U2OS", 2.5)):
-        mixing = np.eye(N_FEATURES) + 0.3 * rng.normal(size=(N_FEATURES, N_FEATURES))
-        for p in range(n_plates):
-            plate = f"{cell_type}_P{p}"
-            offset = 6.0 + rng.normal(size=N_FEATURES)
-            names = [f"cmp{c:02d}" for c in range(n_compounds)] + ["DMSO"] * n_dmso
-            for w, compound in enumerate(rng.permutation(names)):
-                labels = compound_moas.get(compound, [])
-                effect = sum((moa_effect[m] for m in labels if m in moa_effect), np.zeros(N_FEATURES))
-                effect = effect + 0.5 * rng.normal(size=N_FEATURES) if compound != "DMSO" else effect
-                blocks.append(scale * (offset + (effect + 0.8 * rng.normal(size=N_FEATURES)) @ mixing))
-                rows.append({"plate": plate, "well": f"W{w:03d}", "compound": str(compound),
-                             "moa": "|".join(labels), "cell_type": cell_type,
-                             "control_type": "negcon" if compound == "DMSO" else "trt"})
-    obs = pd.DataFrame(rows)
-    obs.index = [f"{r.plate}_{r.well}" for r in obs.itertuples()]
-    var = pd.DataFrame(index=[f"subcell_{i:04d}" for i in range(N_FEATURES)])
-    return ad.AnnData(np.asarray(blocks, dtype=np.float32), obs=obs, var=var)
-
-
 def _usable(profiles: ad.AnnData) -> pd.DataFrame:
     """Usable MoAs the benchmark's way: labels held by >= 2 compounds; lists as in its CSV."""
     obs = profiles.obs[profiles.obs["compound"] != "DMSO"].drop_duplicates("compound")
@@ -67,7 +32,7 @@ def _usable(profiles: ad.AnnData) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def profiles() -> ad.AnnData:
-    return _simulate()
+    return simulated_screen()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,12 @@ from .designs import (
     to_metadata_frame,
     write_table,
 )
-from .evaluate import EvaluationDesign, evaluate_profiles, usable_moa_table, write_tables
+from .evaluate import (
+    EvaluationDesign,
+    evaluate_profiles,
+    usable_moa_table,
+    write_tables,
+)
 from .localization import (
     clustering_scores,
     evaluate_localization,

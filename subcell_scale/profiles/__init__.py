@@ -27,7 +27,13 @@ from __future__ import annotations
 from ._steps import profiling_steps
 from .aggregate import aggregate
 from .consensus import consensus
-from .export import from_dataframe, read_profiles, to_dataframe, write_csv, write_parquet
+from .export import (
+    from_dataframe,
+    read_profiles,
+    to_dataframe,
+    write_csv,
+    write_parquet,
+)
 from .feature_select import feature_select, select_variant_features
 from .harmony import harmony
 from .inverse_normal import rank_inverse_normal
