@@ -157,3 +157,35 @@ def test_design_errors(ours):
         evaluate_profiles(ours[0], preset="hpa")
     with pytest.raises(ProfilingError, match=r"obs has no column\(s\) \['batch'\]"):
         evaluate_profiles(ours[0], design={"plate_col": "batch"})
+
+
+def test_a_cell_type_is_evaluated_on_its_own_features(ours):
+    """postprocess returns the union of the strata's features (NaN where a stratum dropped one);
+    each cell type is evaluated on the features it has."""
+    processed = ours[0].copy()
+    a549 = (processed.obs["cell_type"] == "A549").to_numpy()
+    processed.X[a549, 0] = np.nan
+    tables = evaluate_profiles(processed, design={"null_size": 100})
+    alone = processed[a549, 1:].copy()
+    expected = evaluate_profiles(alone, design={"null_size": 100})
+    got = tables["replicate_map"].query("cell_type == 'A549'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected["replicate_map"])
+    processed.X[np.flatnonzero(a549)[0], 1] = np.nan
+    with pytest.raises(ProfilingError, match="cell type A549: profiles .* have missing feature values"):
+        evaluate_profiles(processed, design={"null_size": 100})
+
+
+def test_preset_front_ends_read_the_preset(monkeypatch, profiles, ours):
+    """postprocess(preset=...) and evaluate_profiles(preset=...) take the chain and the design a
+    preset holds under "postprocess" and "design"; keyword arguments override them."""
+    from subcell_scale import presets
+
+    monkeypatch.setitem(presets.PRESETS, "protocol-under-test",
+                        {**presets.get_preset("jump-cellpainting"), "postprocess": CHAIN,
+                         "design": {"null_size": 100, "nn_k": 5}})
+    processed = postprocess(profiles, preset="protocol-under-test")
+    np.testing.assert_array_equal(processed.X, ours[0].X)
+    tables = evaluate_profiles(processed, preset="protocol-under-test", nn_match="any")
+    assert list(tables["moa_nn"]["k"].unique()) == [1, 2, 3, 4, 5]
+    expected = evaluate_profiles(processed, design={"null_size": 100, "nn_k": 5, "nn_match": "any"})
+    pd.testing.assert_frame_equal(tables["summary"], expected["summary"])
