@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy.stats import median_abs_deviation
 
 from ..errors import ProfilingError
-from ._frame import dense_features, query_rows
+from ._frame import dense_features, query_rows, strata
 from ._steps import record_step
 
 logger = logging.getLogger(__name__)
@@ -216,10 +217,6 @@ def select_variant_features(
     ``uns["profiling"]`` with the parameters, ``dropped_features`` and the features dropped for
     missing / infinite values.
     """
-    from scipy.stats import median_abs_deviation
-
-    from ._frame import strata
-
     x = dense_features(adata, "select_variant_features")
     names = np.asarray(adata.var_names, dtype=object)
     finite = np.isfinite(x).all(axis=0)
