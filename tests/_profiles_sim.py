@@ -80,6 +80,43 @@ def simulated_profiles(n_plates: int = 2, n_wells: int = 40, n_features: int = 1
     return ad.AnnData(X=np.concatenate(blocks).astype(np.float32), obs=obs, var=var)
 
 
+def simulated_screen(seed: int = 3, n_plates: int = 3, n_compounds: int = 40, n_dmso: int = 8,
+                     n_features: int = 12, offset: float = 6.0) -> ad.AnnData:
+    """Well profiles of a compound screen in two cell types (A549, U2OS) on their own plates: every
+    compound once per plate, DMSO wells, 1-2 MoAs per compound ("|"-joined; the last 4 compounds hold
+    a MoA no other compound has), features = MoA + compound effects + noise, mixed per cell type,
+    plus a per-plate shift around a common ``offset`` (how far the rows are from centred decides
+    how far the legacy sphering is from the corrected one)."""
+    rng = np.random.default_rng(seed)
+    moas = [f"moa{i}" for i in range(8)]
+    compound_moas = {}
+    for c in range(n_compounds):
+        labels = list(rng.choice(moas, size=int(rng.integers(1, 3)), replace=False))
+        if c >= n_compounds - 4:
+            labels = [f"solo{c}"] + (labels[:1] if c % 2 else [])
+        compound_moas[f"cmp{c:02d}"] = labels
+    moa_effect = {m: rng.normal(size=n_features) for m in moas}
+    rows, blocks = [], []
+    for cell_type, scale in (("A549", 1.0), ("U2OS", 2.5)):
+        mixing = np.eye(n_features) + 0.3 * rng.normal(size=(n_features, n_features))
+        for p in range(n_plates):
+            plate = f"{cell_type}_P{p}"
+            shift = offset + rng.normal(size=n_features)
+            names = [f"cmp{c:02d}" for c in range(n_compounds)] + ["DMSO"] * n_dmso
+            for w, compound in enumerate(rng.permutation(names)):
+                labels = compound_moas.get(compound, [])
+                effect = sum((moa_effect[m] for m in labels if m in moa_effect), np.zeros(n_features))
+                effect = effect + 0.5 * rng.normal(size=n_features) if compound != "DMSO" else effect
+                blocks.append(scale * (shift + (effect + 0.8 * rng.normal(size=n_features)) @ mixing))
+                rows.append({"plate": plate, "well": f"W{w:03d}", "compound": str(compound),
+                             "moa": "|".join(labels), "cell_type": cell_type,
+                             "control_type": "negcon" if compound == "DMSO" else "trt"})
+    obs = pd.DataFrame(rows)
+    obs.index = [f"{r.plate}_{r.well}" for r in obs.itertuples()]
+    var = pd.DataFrame(index=[f"subcell_{i:04d}" for i in range(n_features)])
+    return ad.AnnData(np.asarray(blocks, dtype=np.float32), obs=obs, var=var)
+
+
 def real_cellprofiler() -> pd.DataFrame:
     """5 real cells x 320 CellProfiler features (see the .md beside the file)."""
     return pd.read_csv(REAL_CELLPROFILER)

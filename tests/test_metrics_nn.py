@@ -17,10 +17,16 @@ def _labels(v) -> set[str]:
     return set(v)
 
 
-def brute_force(meta, x, label_col, exclude, ks, mode="any", distance="cosine"):
+def brute_force(meta, x, label_col, exclude, ks, mode="any", distance="cosine", match="any", count_all=False,
+                queries=None):
     """One query at a time, straight from the definition."""
     labels = [_labels(v) for v in meta[label_col]]
+    ordered = [tuple(v.split("|")) if isinstance(v, str) else tuple(v) for v in meta[label_col]]
     keep = [i for i, lab in enumerate(labels) if lab]
+
+    def matches(i, j):
+        return ordered[i] == ordered[j] if match == "identical" else bool(labels[i] & labels[j])
+
     if distance == "cosine":
         xn = x / np.linalg.norm(x, axis=1, keepdims=True)
         sims = xn @ xn.T
@@ -29,8 +35,10 @@ def brute_force(meta, x, label_col, exclude, ks, mode="any", distance="cosine"):
     hits = dict.fromkeys(ks, 0)
     n_queries = excluded = 0
     for i in keep:
+        if queries is not None and not queries[i]:
+            continue
         neighbours = [j for j in keep if j != i and all(meta[c].iloc[j] != meta[c].iloc[i] for c in exclude)]
-        if not any(labels[i] & labels[j] for j in neighbours):
+        if not count_all and not any(matches(i, j) for j in neighbours):
             excluded += 1
             continue
         n_queries += 1
@@ -38,7 +46,7 @@ def brute_force(meta, x, label_col, exclude, ks, mode="any", distance="cosine"):
         for k in ks:
             top = ranked[:k]
             if mode == "any":
-                hits[k] += any(labels[i] & labels[j] for j in top)
+                hits[k] += any(matches(i, j) for j in top)
             else:
                 votes: dict[str, tuple[int, int]] = {}
                 for r, j in enumerate(top):
@@ -68,6 +76,32 @@ def test_nn_accuracy_equals_brute_force(profiles, exclude, mode):
     assert 0.3 < ours.loc[0, "accuracy"] < 1.0
     if mode == "any":
         assert ours["accuracy"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize("match", ["any", "identical"])
+@pytest.mark.parametrize("count_all", [False, True])
+def test_match_rules_query_rows_and_counting_equal_brute_force(profiles, match, count_all):
+    """'identical': the neighbour's label list equals the query's (the SubCell JUMP benchmark's
+    computation); count_all: queries that cannot be hit count as misses (its accuracy)."""
+    meta, x = profiles
+    queries = (np.arange(len(meta)) % 3 != 0) & (meta["control_type"] == "trt").to_numpy()
+    ks = [1, 5, 20]
+    ours = nn_accuracy(meta, x, "moa", ["compound", "plate"], k=ks, match=match, count_all_queries=count_all,
+                       query_rows=queries, batch_size=300)
+    ref = brute_force(meta, x, "moa", ["compound", "plate"], ks, match=match, count_all=count_all, queries=queries)
+    pd.testing.assert_frame_equal(ours, ref, check_dtype=False)
+    assert ours.loc[0, "n_queries"] <= queries.sum()
+    if count_all:
+        assert ours.loc[0, "n_queries"] == queries.sum() and ours.loc[0, "n_excluded_queries"] == 0
+
+
+def test_identical_lists_are_stricter_than_a_shared_label(profiles):
+    meta, x = profiles
+    shared = nn_accuracy(meta, x, "moa", ["compound"], k=[1, 10], count_all_queries=True)
+    identical = nn_accuracy(meta, x, "moa", ["compound"], k=[1, 10], match="identical", count_all_queries=True)
+    assert (identical["n_hits"] < shared["n_hits"]).all()
+    with pytest.raises(ProfilingError, match="match must be"):
+        nn_accuracy(meta, x, "moa", k=1, match="identical", mode="vote")
 
 
 def test_labels_as_lists_and_euclidean(profiles):

@@ -1,4 +1,4 @@
-"""normalize: pycytominer 1.7.1 (fixed spherize) per plate, degenerate features, reference errors."""
+"""normalize: pycytominer 1.7.1 per plate, the legacy sphering, degenerate features, reference errors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scipy.stats import median_abs_deviation
 from subcell_scale.errors import ProfilingError
 from subcell_scale.profiles import from_dataframe, normalize, profiling_steps
 
+from _jump_reference import legacy_spherize
 from _profiles_sim import pycytominer_frame, real_cellprofiler, simulated_profiles
 
 NEGCON = "control_type == 'negcon'"
@@ -81,26 +82,63 @@ def test_spherize_with_fewer_reference_rows_than_features(spherize_method):
     np.testing.assert_allclose(pdist(result.X), pdist(expected), rtol=1e-5, atol=1e-5)
 
 
-def test_degenerate_features_dropped_in_every_stratum_and_recorded(profiles):
+def _with_degenerate_features(profiles: ad.AnnData) -> ad.AnnData:
     data = profiles.copy()
     p1_negcon = ((data.obs["plate"] == "P1") & (data.obs["control_type"] == "negcon")).to_numpy()
     data.X[p1_negcon, 2] = 7.0                     # constant among P1's controls only
     data.X[:, 5] = 1.0                             # constant everywhere
     majority = np.flatnonzero((data.obs["control_type"] == "negcon").to_numpy())
     data.X[majority[: len(majority) // 2 + 2], 6] = 0.5   # zero MAD among controls, not constant
-    result = normalize(data, method="mad_robustize", reference=NEGCON, by="plate")
-    dropped = ["subcell_0002", "subcell_0005", "subcell_0006"]
-    assert profiling_steps(result)[-1]["dropped_features"] == dropped
-    assert [v for v in data.var_names if v not in dropped] == list(result.var_names)
+    return data
+
+
+DEGENERATE = ["subcell_0002", "subcell_0005", "subcell_0006"]
+
+
+@pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize"])
+def test_degenerate_features_kept_as_pycytominer_keeps_them(profiles, method):
+    """Constant / zero-MAD features among a plate's controls are scaled as pycytominer scales them
+    (standardize: centred, scale 1; mad_robustize: divided by MAD + epsilon), not dropped."""
+    data = _with_degenerate_features(profiles)
+    result = normalize(data, method=method, reference=NEGCON, by="plate")
+    assert list(result.var_names) == list(data.var_names)
+    step = profiling_steps(result)[-1]
+    assert step["degenerate"] == "keep" and step["degenerate_features"] == DEGENERATE
+    assert step["dropped_features"] == []
+    expected = _pycytominer(data, "plate", NEGCON, method=method)[list(data.var_names)].to_numpy()
+    finite = np.abs(expected) < 1e6  # mad_robustize: a zero MAD divides by epsilon (1e-18)
+    np.testing.assert_allclose(result.X[finite], expected[finite], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result.X[~finite], expected[~finite], rtol=1e-6)
+    p1_negcon = ((data.obs["plate"] == "P1") & (data.obs["control_type"] == "negcon")).to_numpy()
+    if method == "standardize":  # centred, divided by 1
+        column = data.X[(data.obs["plate"] == "P1").to_numpy(), 2]
+        np.testing.assert_allclose(result.X[(data.obs["plate"] == "P1").to_numpy(), 2], column - 7.0, atol=1e-6)
+        assert np.all(result.X[p1_negcon, 2] == 0)
+
+
+def test_degenerate_features_dropped_in_every_stratum_on_request(profiles):
+    data = _with_degenerate_features(profiles)
+    result = normalize(data, method="mad_robustize", reference=NEGCON, by="plate", degenerate="drop")
+    step = profiling_steps(result)[-1]
+    assert step["dropped_features"] == DEGENERATE and step["degenerate"] == "drop"
+    kept = [v for v in data.var_names if v not in DEGENERATE]
+    assert kept == list(result.var_names)
     assert np.isfinite(result.X).all()
-    kept = [v for v in data.var_names if v not in dropped]
     expected = _pycytominer(data[:, kept].copy(), "plate", NEGCON, method="mad_robustize")
     np.testing.assert_allclose(result.X, expected[kept].to_numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_real_cellprofiler_degenerate_features_dropped():
-    """5 real cells: features constant or with zero MAD go (scipy's MAD as the oracle); the rest
-    equal pycytominer's output on the same (float32) values."""
+def test_spherize_names_constant_features_unless_dropped(profiles):
+    data = _with_degenerate_features(profiles)
+    with pytest.raises(ProfilingError, match=r"constant among the reference rows .* \['subcell_0005'\]"):
+        normalize(data, method="spherize", reference=NEGCON)
+    result = normalize(data, method="spherize", reference=NEGCON, degenerate="drop")  # one stratum: 0002 varies
+    assert profiling_steps(result)[-1]["dropped_features"] == ["subcell_0005", "subcell_0006"]
+
+
+def test_real_cellprofiler_degenerate_features():
+    """5 real cells: features constant or with zero MAD (scipy's MAD as the oracle) are kept by
+    standardize exactly as pycytominer keeps them, or dropped on request; ZCA-cor needs them gone."""
     frame = real_cellprofiler()
     cells = from_dataframe(frame)
     features = pycytominer.cyto_utils.infer_cp_features(frame)
@@ -110,11 +148,59 @@ def test_real_cellprofiler_degenerate_features_dropped():
     degenerate = [f for f, m in zip(features, mad, strict=True) if m == 0 or frame[f].nunique() == 1]
     assert 20 <= len(degenerate) < len(features) // 2
     kept = [f for f in features if f not in degenerate]
+    result = normalize(cells, method="standardize")
+    assert profiling_steps(result)[-1]["degenerate_features"] == degenerate
+    expected = pycytominer.normalize(frame, features=features, method="standardize")[features].to_numpy()
+    np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
     for kwargs in ({"method": "standardize"}, {"method": "spherize", "spherize_method": "ZCA-cor"}):
-        result = normalize(cells, **kwargs)
+        result = normalize(cells, degenerate="drop", **kwargs)
         assert profiling_steps(result)[-1]["dropped_features"] == degenerate
         expected = pycytominer.normalize(frame, features=kept, **kwargs)[kept].to_numpy()
         np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spherize_method", ["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
+def test_legacy_spherize_is_the_svd_of_the_raw_reference_rows(profiles, spherize_method):
+    result = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON,
+                       spherize_variant="legacy")
+    x = np.asarray(profiles.X, dtype=np.float64)
+    negcon = (profiles.obs["control_type"] == "negcon").to_numpy()
+    expected = legacy_spherize(x[negcon], x, spherize_method, 1e-6)
+    np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5)
+    assert profiling_steps(result)[-1]["spherize_variant"] == "legacy"
+    corrected = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON)
+    assert not np.allclose(result.X, corrected.X, atol=1e-2)  # the simulated plates are far from centred
+    reference = result.X[negcon].astype(np.float64)
+    assert np.abs(np.cov(reference, rowvar=False) - np.eye(8)).max() > 0.1  # not white
+
+
+def test_legacy_and_corrected_agree_on_centred_reference_rows(profiles):
+    """The two computations differ only through the reference rows' mean: on centred (and, for
+    -cor, standardised) rows they coincide, as the pycytominer issue #747 reporter observed."""
+    data = profiles.copy()
+    negcon = (data.obs["control_type"] == "negcon").to_numpy()
+    x = np.asarray(data.X, dtype=np.float64)
+    data.X = ((x - x[negcon].mean(axis=0)) / x[negcon].std(axis=0)).astype(np.float32)
+    kwargs = dict(method="spherize", spherize_method="ZCA-cor", reference=NEGCON)
+    legacy = normalize(data, spherize_variant="legacy", **kwargs)
+    corrected = normalize(data, **kwargs)
+    np.testing.assert_allclose(legacy.X, corrected.X, rtol=1e-4, atol=1e-4)
+
+
+def test_inverse_normal_matches_pycytominer(profiles):
+    result = normalize(profiles, method="inverse_normal", reference=NEGCON, by="plate")
+    expected = _pycytominer(profiles, "plate", NEGCON, method="inverse_normal")
+    np.testing.assert_allclose(result.X, expected[list(result.var_names)].to_numpy(), rtol=1e-6, atol=1e-6)
+    assert profiling_steps(result)[-1]["inverse_normal_n_quantiles"] == 1000
+
+
+def test_unscaled_mad_of_the_jump_recipe(profiles):
+    """mad_scale=1, epsilon 0: the recipe's (x - median) / MAD = pycytominer's mad_robustize x 1.4826."""
+    result = normalize(profiles, method="mad_robustize", reference=NEGCON, by="plate", mad_scale=1.0,
+                       mad_robustize_epsilon=0.0)
+    expected = _pycytominer(profiles, "plate", NEGCON, method="mad_robustize", mad_robustize_epsilon=0.0)
+    np.testing.assert_allclose(result.X, 1.4826 * expected[list(result.var_names)].to_numpy(), rtol=1e-5)
+    assert profiling_steps(result)[-1]["mad_scale"] == 1.0
 
 
 def test_reference_missing_in_a_stratum_names_it(profiles):
@@ -133,7 +219,7 @@ def test_reference_missing_in_a_stratum_names_it(profiles):
 def test_copy_false_changes_in_place(profiles):
     data = profiles.copy()
     data.X[:, 0] = 2.0
-    returned = normalize(data, copy=False)
+    returned = normalize(data, copy=False, degenerate="drop")
     assert returned is data
     assert data.n_vars == profiles.n_vars - 1
     np.testing.assert_allclose(data.X.mean(axis=0), 0, atol=1e-6)

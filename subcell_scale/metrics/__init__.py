@@ -1,6 +1,9 @@
 """Evaluation of profiles: mAP with p-values (copairs semantics), MoA nearest-neighbour accuracy,
 the JUMP / SubCell benchmark designs on AnnData, and localization / clustering scores.
 
+``evaluate_profiles(profiles, design={...})`` (or ``preset=``) is the protocol evaluation: every
+table of the SubCell JUMP benchmark, per cell type (see :mod:`subcell_scale.metrics.evaluate`).
+
 ``average_precision`` and ``mean_average_precision`` take copairs' arguments and return its columns,
 computed block-wise so that 50,000 profiles in a "vs all other perturbations" design fit in a few GB.
 """
@@ -10,13 +13,19 @@ from __future__ import annotations
 from .designs import (
     DESIGNS,
     METRIC_FILES,
-    evaluate_profiles,
+    evaluate_designs,
     moa_nn_accuracy,
     moa_retrieval,
     phenotypic_activity,
     replicate_retrieval,
     to_metadata_frame,
     write_table,
+)
+from .evaluate import (
+    EvaluationDesign,
+    evaluate_profiles,
+    usable_moa_table,
+    write_tables,
 )
 from .localization import (
     clustering_scores,
@@ -40,10 +49,12 @@ from .nn import nn_accuracy
 __all__ = [
     "DESIGNS",
     "METRIC_FILES",
+    "EvaluationDesign",
     "assign_reference_index",
     "average_precision",
     "benjamini_hochberg",
     "clustering_scores",
+    "evaluate_designs",
     "evaluate_localization",
     "evaluate_profiles",
     "expected_average_precision",
@@ -60,5 +71,7 @@ __all__ = [
     "prediction_scores",
     "replicate_retrieval",
     "to_metadata_frame",
+    "usable_moa_table",
     "write_table",
+    "write_tables",
 ]

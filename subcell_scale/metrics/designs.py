@@ -3,8 +3,9 @@
 Each function picks the copairs pair rules of a published design (see the table in
 ``profiling-and-metrics.md`` section 1.6), runs :func:`~subcell_scale.metrics.average_precision`
 and :func:`~subcell_scale.metrics.mean_average_precision` on ``adata.obs`` and ``adata.X`` (or an
-``obsm`` representation) and returns one row per perturbation (or MoA). :func:`evaluate_profiles`
-runs them all and writes ``metrics/*.csv`` for a run directory.
+``obsm`` representation) and returns one row per perturbation (or MoA). :func:`evaluate_designs`
+runs them all and writes ``metrics/*.csv``; the protocol evaluation per cell type is
+:func:`subcell_scale.metrics.evaluate_profiles` with a design.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _RESULT_COLUMNS = frozenset({*AP_COLUMNS, *MAP_COLUMNS, *NN_COLUMNS, "p_value_me
                              "value", "n_groups"})
 
 DESIGNS = ("replicate", "activity", "moa")
-"""Designs :func:`evaluate_profiles` knows, in the order it runs them."""
+"""Designs :func:`evaluate_designs` knows, in the order it runs them."""
 
 METRIC_FILES = {
     "replicate": ("replicate_ap.csv", "replicate_map.csv"),
@@ -243,7 +244,7 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def evaluate_profiles(
+def evaluate_designs(
     adata: AnnData,
     out_dir: str | Path | None = None,
     *,
@@ -261,6 +262,10 @@ def evaluate_profiles(
     exact: bool | Literal["auto"] = False,
 ) -> dict[str, pd.DataFrame]:
     """Run the evaluation designs on profiles and (with ``out_dir``) write ``*.csv`` tables there.
+
+    This is what ``evaluate_profiles(adata, out_dir, designs=..., pert_col=...)`` (no ``design`` or
+    ``preset``) runs; the protocol evaluation with the SubCell JUMP benchmark's semantics per cell
+    type is ``evaluate_profiles(adata, design={...})``.
 
     ``designs="all"`` runs every design whose columns exist (a design without them is skipped
     with a log line); naming designs explicitly makes a missing column an error. Controls

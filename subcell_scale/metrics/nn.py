@@ -34,6 +34,9 @@ def nn_accuracy(
     distance: Distance = "cosine",
     *,
     mode: Literal["any", "vote"] = "any",
+    match: Literal["any", "identical"] = "any",
+    count_all_queries: bool = False,
+    query_rows: np.ndarray | None = None,
     batch_size: int | None = None,
     sep: str = "|",
 ) -> pd.DataFrame:
@@ -59,6 +62,19 @@ def nn_accuracy(
         1-NN accuracy). ``"vote"``: the labels held by most of the k neighbours are predicted (a tie
         goes to the labels of the nearer neighbour; labels that neighbour holds together stay
         tied) and the query is a hit when it carries one of them. For k=1 both modes agree.
+    match
+        When a neighbour's labels match the query's: ``"any"`` (default) when they share a label;
+        ``"identical"`` when its label list is the same list (same labels, same order). The SubCell
+        JUMP benchmark (``scripts/compute_map.py``, ``compute_nn_moa``) computes the latter: it
+        compares ``set(str(m).split("|"))`` of MoA *lists*, i.e. their string forms. Only
+        ``mode="any"`` is defined for ``"identical"``.
+    count_all_queries
+        ``False`` (default): queries without any allowed neighbour sharing their label cannot be hit
+        and are left out (``n_excluded_queries``). ``True``: every query counts, those as misses,
+        as the SubCell JUMP benchmark counts them (its accuracy is the mean over all queries).
+    query_rows
+        Boolean mask over ``meta`` of the rows that are queries; the others are only neighbours
+        (e.g. negative controls kept in the pool). Default: every labelled row.
     batch_size
         Similarity values per block (query rows x profiles); ``None`` picks about 4 million.
     sep
@@ -74,6 +90,9 @@ def nn_accuracy(
     """
     if mode not in ("any", "vote"):
         msg = f"mode must be 'any' or 'vote', got {mode!r}"
+        raise ProfilingError(msg)
+    if match not in ("any", "identical") or (match == "identical" and mode != "any"):
+        msg = f"match must be 'any' or 'identical' (the latter with mode='any'), got match={match!r}, mode={mode!r}"
         raise ProfilingError(msg)
     ks = sorted({int(v) for v in ([k] if np.isscalar(k) else k)})
     if not ks or ks[0] < 1:
@@ -94,9 +113,19 @@ def nn_accuracy(
     if keep.size < 2:
         msg = f"nn_accuracy needs at least 2 profiles with a {label_col!r} label, found {keep.size}"
         raise ProfilingError(msg)
+    if query_rows is None:
+        is_query = np.ones(keep.size, dtype=bool)
+    else:
+        query_rows = np.asarray(query_rows, dtype=bool)
+        if query_rows.shape != (len(meta),):
+            msg = f"query_rows must be a boolean mask of the {len(meta)} rows of meta, got shape {query_rows.shape}"
+            raise ProfilingError(msg)
+        is_query = query_rows[keep]
     meta = meta.iloc[keep].reset_index(drop=True)
-    ind, _ = label_matrix([labels[i] for i in keep])
+    kept_labels = [labels[i] for i in keep]
+    ind, _ = label_matrix(kept_labels)
     ind_f = ind.astype(np.float32)
+    list_code = pd.factorize(pd.Series(kept_labels, dtype=object))[0]
     codes = codes_of(meta, exclude)
     sim = Similarity(feats[keep], distance)
     n = len(meta)
@@ -104,15 +133,21 @@ def nn_accuracy(
     hits = {kk: 0 for kk in ks}
     n_queries = 0
     excluded = 0
+    queries = np.flatnonzero(is_query)
     rows_per = rows_per_block(n, batch_size)
-    for start in range(0, n, rows_per):
-        rows = np.arange(start, min(n, start + rows_per))
+    for start in range(0, queries.size, rows_per):
+        rows = queries[start:start + rows_per]
         allowed = np.ones((rows.size, n), dtype=bool)
         allowed[np.arange(rows.size), rows] = False
         for c in exclude:
             allowed &= codes[c][rows, None] != codes[c][None, :]
-        shares = (ind_f[rows] @ ind_f.T) > 0
+        if match == "identical":
+            shares = list_code[rows, None] == list_code[None, :]
+        else:
+            shares = (ind_f[rows] @ ind_f.T) > 0
         possible = (allowed & shares).any(axis=1)
+        if count_all_queries:
+            possible[:] = True
         excluded += int((~possible).sum())
         if not possible.any():
             continue

@@ -12,6 +12,14 @@ reads the same here::
     wells = pf.feature_select(wells, operation=["variance_threshold", "correlation_threshold"])
     compounds = pf.consensus(wells, by="compound", operation="median")
     pf.write_parquet(wells, "run/profiles.parquet")                    # Metadata_ columns + features
+
+A protocol's whole chain, per cell type, in one call (:func:`postprocess`)::
+
+    wells = pf.postprocess(wells, steps=[
+        {"step": "normalize", "method": "spherize", "spherize_method": "PCA-cor",
+         "reference": "control_type == 'negcon'", "spherize_variant": "legacy"},
+        {"step": "normalize", "method": "standardize", "by": "plate"},
+    ])
 """
 
 from __future__ import annotations
@@ -19,18 +27,31 @@ from __future__ import annotations
 from ._steps import profiling_steps
 from .aggregate import aggregate
 from .consensus import consensus
-from .export import from_dataframe, read_profiles, to_dataframe, write_csv, write_parquet
-from .feature_select import feature_select
+from .export import (
+    from_dataframe,
+    read_profiles,
+    to_dataframe,
+    write_csv,
+    write_parquet,
+)
+from .feature_select import feature_select, select_variant_features
+from .harmony import harmony
+from .inverse_normal import rank_inverse_normal
 from .normalize import normalize
+from .postprocess import postprocess
 
 __all__ = [
     "aggregate",
     "consensus",
     "feature_select",
     "from_dataframe",
+    "harmony",
     "normalize",
+    "postprocess",
     "profiling_steps",
+    "rank_inverse_normal",
     "read_profiles",
+    "select_variant_features",
     "to_dataframe",
     "write_csv",
     "write_parquet",

@@ -1,10 +1,18 @@
 """Normalise profiles against reference wells (usually negative controls), per plate if asked.
 
-Same methods, parameter names and arithmetic as ``pycytominer.normalize`` 1.7.1, with the sphering
-fix of pycytominer PR #748 (the SVD is taken of the centred / standardised reference rows, so the
-output is white). Differences, on purpose: strata (``by="plate"``) are handled here rather than by
-a loop around the call, and features that are constant or have zero MAD among the reference rows
-of any stratum are dropped first and recorded, instead of producing inf/NaN or silently scaling by 1.
+Same methods, parameter names and arithmetic as ``pycytominer.normalize`` 1.7.1, strata handled here
+(``by="plate"``) rather than by a loop around the call:
+
+- Degenerate features (constant, or with zero MAD, among a stratum's reference rows) are treated as
+  pycytominer treats them by default: ``standardize`` centres them and divides by 1 (sklearn's
+  constant-feature rule), ``robustize`` divides a zero IQR by 1, ``mad_robustize`` divides by
+  ``1.4826 MAD + epsilon``. ``degenerate="drop"`` removes them from every stratum instead and
+  records them; either way the step lists them.
+- Sphering has two computations. ``spherize_variant="corrected"`` is pycytominer 1.7.1 (PR #748): the
+  SVD is taken of the centred (``-cor``: standardised) reference rows, so they come out white.
+  ``"legacy"`` is what the releases before that fix computed: the SVD of the raw reference rows,
+  neither centred nor scaled, applied to the centred / standardised rows. Results published with
+  those releases (the SubCell JUMP benchmark among them) are reproduced only with ``"legacy"``.
 """
 
 from __future__ import annotations
@@ -24,11 +32,15 @@ from ._steps import record_step
 
 logger = logging.getLogger(__name__)
 
-NormalizeMethod = Literal["standardize", "robustize", "mad_robustize", "spherize"]
+NormalizeMethod = Literal["standardize", "robustize", "mad_robustize", "spherize", "inverse_normal"]
 SpherizeMethod = Literal["ZCA-cor", "ZCA", "PCA", "PCA-cor"]
+SpherizeVariant = Literal["corrected", "legacy"]
+Degenerate = Literal["keep", "drop"]
 
-METHODS = ("standardize", "robustize", "mad_robustize", "spherize")
+METHODS = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
 SPHERIZE_METHODS = ("ZCA-cor", "ZCA", "PCA", "PCA-cor")
+SPHERIZE_VARIANTS = ("corrected", "legacy")
+DEGENERATE = ("keep", "drop")
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 
 
@@ -41,7 +53,11 @@ def normalize(
     spherize_method: SpherizeMethod = "ZCA-cor",
     spherize_epsilon: float = 1e-6,
     spherize_center: bool = True,
+    spherize_variant: SpherizeVariant = "corrected",
     mad_robustize_epsilon: float = 1e-18,
+    mad_scale: float = MAD_SCALE,
+    inverse_normal_n_quantiles: int = 1000,
+    degenerate: Degenerate = "keep",
     copy: bool = True,
 ) -> AnnData:
     """Scale each feature (or whiten all features) using statistics of the reference rows.
@@ -52,8 +68,11 @@ def normalize(
         Profiles (one row per well), e.g. from :func:`aggregate`.
     method
         ``"standardize"``: (x - mean) / std; ``"robustize"``: (x - median) / IQR;
-        ``"mad_robustize"``: (x - median) / (1.4826 MAD + epsilon); ``"spherize"``: whitening so
-        the reference rows get identity covariance (removes correlated plate / batch structure).
+        ``"mad_robustize"``: (x - median) / (``mad_scale`` MAD + epsilon); ``"spherize"``: whitening
+        so the reference rows get identity covariance (removes correlated plate / batch
+        structure); ``"inverse_normal"``: each feature mapped through the reference rows' quantiles
+        onto a standard normal (pycytominer's ``QuantileTransformer`` with
+        ``n_quantiles=min(inverse_normal_n_quantiles, n_reference)``).
     reference
         pandas query on ``obs`` selecting the rows the statistics are fitted on, e.g.
         ``"control_type == 'negcon'"`` (JUMP: DMSO wells); ``"all"`` fits on every row. All rows
@@ -72,27 +91,36 @@ def normalize(
         Added to the singular values; larger values shrink the weight of low-variance directions.
     spherize_center
         Centre before sphering (the ``-cor`` variants always centre).
+    spherize_variant
+        ``"corrected"`` (pycytominer 1.7.1): the whitening matrix comes from the SVD of the centred
+        (``-cor``: standardised) reference rows. ``"legacy"``: from the SVD of the raw reference
+        rows, as pycytominer computed it before PR #748; the output is then not white, but it is
+        what profiles published with those releases were made with. Use it to reproduce them.
     mad_robustize_epsilon
         Added to the scaled MAD in the denominator.
+    mad_scale
+        Factor on the MAD: 1.4826 (pycytominer, the MAD of a normal distribution equals its standard
+        deviation) or 1.0 (the JUMP profiling recipe's unscaled MAD; a common factor on every
+        feature changes no cosine similarity).
+    inverse_normal_n_quantiles
+        Quantiles of ``"inverse_normal"`` (capped at the number of reference rows).
+    degenerate
+        Features that are constant or have zero MAD among the reference rows of some stratum:
+        ``"keep"`` (default) scales them as pycytominer does (a zero standard deviation or IQR
+        becomes 1; ``mad_robustize`` divides by ``mad_scale`` MAD + epsilon, so a zero MAD blows
+        the feature up by 1/epsilon); ``"drop"`` removes them from every stratum. Sphering cannot
+        whiten a constant feature: with ``"keep"`` it raises and names them.
     copy
         Return a new AnnData (default) or, with ``False``, change ``adata`` in place and return it.
 
     Returns
     -------
-    The normalised AnnData: ``X`` float32, minus the features that were constant or had zero MAD
-    among the reference rows of some stratum; a ``"normalize"`` step in ``uns["profiling"]`` with
-    the parameters, the strata, their reference row counts and the dropped features.
+    The normalised AnnData: ``X`` float32 (minus the degenerate features with ``degenerate="drop"``);
+    a ``"normalize"`` step in ``uns["profiling"]`` with the parameters, the strata, their reference
+    row counts, ``degenerate_features`` (kept or dropped) and ``dropped_features``.
     """
-    if method not in METHODS:
-        raise ProfilingError(f"normalize: method must be one of {METHODS}, got {method!r}")
-    if method == "spherize":
-        if spherize_method not in SPHERIZE_METHODS:
-            raise ProfilingError(f"normalize: spherize_method must be one of {SPHERIZE_METHODS}, "
-                                 f"got {spherize_method!r}")
-        if spherize_method.endswith("-cor") and not spherize_center:
-            raise ProfilingError(f"normalize: spherize_method={spherize_method!r} needs spherize_center=True")
-    if mad_robustize_epsilon is None or spherize_epsilon is None:
-        raise ProfilingError("normalize: mad_robustize_epsilon and spherize_epsilon must be numbers")
+    _check_options(method, spherize_method, spherize_center, spherize_variant, degenerate,
+                   mad_robustize_epsilon, spherize_epsilon, inverse_normal_n_quantiles)
     x = dense_features(adata, "normalize")
     is_reference = query_rows(adata.obs, reference, "normalize")
     groups = list(strata(adata.obs, by, "normalize"))
@@ -104,27 +132,31 @@ def normalize(
             raise ProfilingError(f"normalize: reference query {reference!r} matches no rows in {where} "
                                  f"({int(rows.sum())} rows); check the query or use by=None")
         fit_rows.append(fit)
-    drop = np.zeros(x.shape[1], dtype=bool)
+    flagged = np.zeros(x.shape[1], dtype=bool)
     for fit in fit_rows:
-        drop |= _degenerate(x[fit])
-    dropped = adata.var_names[drop].tolist()
+        flagged |= _degenerate(x[fit])
+    degenerate_features = adata.var_names[flagged].tolist()
+    drop = flagged if degenerate == "drop" else np.zeros_like(flagged)
     if drop.all():
         raise ProfilingError(f"normalize: every one of the {x.shape[1]} features is constant or has zero MAD among "
                              f"the reference rows ({reference!r}); nothing to normalise")
-    if dropped:
-        logger.info("normalize: dropping %d features constant or with zero MAD among reference rows: %s",
-                    len(dropped), dropped[:10])
+    if degenerate_features:
+        logger.info("normalize: %d features constant or with zero MAD among reference rows (%s): %s",
+                    len(degenerate_features), "dropped" if degenerate == "drop" else "kept",
+                    degenerate_features[:10])
     x = x[:, ~drop]
-    if method == "spherize" and not np.isfinite(x).all():
-        bad = adata.var_names[~drop][~np.isfinite(x).all(axis=0)].tolist()
-        raise ProfilingError(f"normalize: spherize needs finite values; features {bad[:10]} have NaN/inf "
-                             "(run feature_select(operation='drop_na_columns') or impute first)")
+    names = adata.var_names[~drop]
+    if method == "spherize":
+        _check_spherize_input(x, fit_rows, groups, names, reference)
     out = np.empty_like(x)
     for (name, rows), fit in zip(groups, fit_rows, strict=True):
         if method == "spherize":
-            out[rows] = _spherize(x[fit], x[rows], spherize_method, spherize_epsilon, spherize_center, name)
+            out[rows] = _spherize(x[fit], x[rows], spherize_method, spherize_epsilon, spherize_center,
+                                  spherize_variant, name)
+        elif method == "inverse_normal":
+            out[rows] = _inverse_normal(x[fit], x[rows], inverse_normal_n_quantiles)
         else:
-            center, scale = _location_scale(x[fit], method, mad_robustize_epsilon)
+            center, scale = _location_scale(x[fit], method, mad_robustize_epsilon, mad_scale)
             out[rows] = (x[rows] - center) / scale
     if copy:
         result = adata[:, ~drop].copy()
@@ -138,12 +170,54 @@ def normalize(
     params: dict = {"method": method, "reference": reference, "by": by}
     if method == "spherize":
         params.update(spherize_method=spherize_method, spherize_epsilon=float(spherize_epsilon),
-                      spherize_center=bool(spherize_center))
+                      spherize_center=bool(spherize_center), spherize_variant=spherize_variant)
     if method == "mad_robustize":
-        params["mad_robustize_epsilon"] = float(mad_robustize_epsilon)
-    params.update(strata=[name for name, _ in groups], n_reference=[int(f.sum()) for f in fit_rows])
-    record_step(result, "normalize", dropped_features=dropped, **params)
+        params.update(mad_robustize_epsilon=float(mad_robustize_epsilon), mad_scale=float(mad_scale))
+    if method == "inverse_normal":
+        params["inverse_normal_n_quantiles"] = int(inverse_normal_n_quantiles)
+    params.update(degenerate=degenerate, degenerate_features=degenerate_features,
+                  strata=[name for name, _ in groups], n_reference=[int(f.sum()) for f in fit_rows])
+    record_step(result, "normalize", dropped_features=degenerate_features if degenerate == "drop" else [],
+                **params)
     return result
+
+
+def _check_options(method: str, spherize_method: str, spherize_center: bool, spherize_variant: str,
+                   degenerate: str, mad_epsilon: float | None, spherize_epsilon: float | None,
+                   n_quantiles: int) -> None:
+    if method not in METHODS:
+        raise ProfilingError(f"normalize: method must be one of {METHODS}, got {method!r}")
+    if degenerate not in DEGENERATE:
+        raise ProfilingError(f"normalize: degenerate must be one of {DEGENERATE}, got {degenerate!r}")
+    if method == "spherize":
+        if spherize_method not in SPHERIZE_METHODS:
+            raise ProfilingError(f"normalize: spherize_method must be one of {SPHERIZE_METHODS}, "
+                                 f"got {spherize_method!r}")
+        if spherize_variant not in SPHERIZE_VARIANTS:
+            raise ProfilingError(f"normalize: spherize_variant must be one of {SPHERIZE_VARIANTS}, "
+                                 f"got {spherize_variant!r}")
+        if spherize_method.endswith("-cor") and not spherize_center:
+            raise ProfilingError(f"normalize: spherize_method={spherize_method!r} needs spherize_center=True")
+    if mad_epsilon is None or spherize_epsilon is None:
+        raise ProfilingError("normalize: mad_robustize_epsilon and spherize_epsilon must be numbers")
+    if method == "inverse_normal" and int(n_quantiles) < 2:
+        raise ProfilingError(f"normalize: inverse_normal_n_quantiles must be at least 2, got {n_quantiles}")
+
+
+def _check_spherize_input(x: np.ndarray, fit_rows: list[np.ndarray], groups: list[tuple[str, np.ndarray]],
+                          names: pd.Index, reference: str) -> None:
+    """Sphering needs finite values and no feature constant among a stratum's reference rows."""
+    if not np.isfinite(x).all():
+        bad = names[~np.isfinite(x).all(axis=0)].tolist()
+        raise ProfilingError(f"normalize: spherize needs finite values; features {bad[:10]} have NaN/inf "
+                             "(run feature_select(operation='drop_na_columns') or impute first)")
+    for (name, _), fit in zip(groups, fit_rows, strict=True):
+        sub = x[fit]
+        constant = sub.max(axis=0) == sub.min(axis=0)
+        if constant.any():
+            raise ProfilingError(f"normalize: spherize cannot whiten features constant among the reference rows "
+                                 f"({reference!r}) of stratum {name}: {names[constant].tolist()[:10]}; remove "
+                                 "them first (feature_select variance_threshold) or pass degenerate='drop'")
 
 
 def _degenerate(x: np.ndarray) -> np.ndarray:
@@ -160,34 +234,54 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (ddof 0) ignoring NaN, by the corrected two-pass formula.
 
     The correction term removes the rounding error of the mean from the variance; it is also what
-    sklearn's StandardScaler computes, so results agree to the last bit with pycytominer.
+    sklearn's StandardScaler computes, so results agree to the last bit with pycytominer. A
+    feature sklearn deems constant (variance within the rounding bound of its two-pass algorithm)
+    gets scale 1, as StandardScaler gives it.
     """
     n = (~np.isnan(x)).sum(axis=0)
-    mean = np.nansum(x, axis=0) / n
-    deviation = x - mean
-    correction = np.nansum(deviation, axis=0)
-    variance = (np.nansum(deviation**2, axis=0) - correction**2 / n) / n
-    return mean, np.sqrt(variance)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(x, axis=0) / n
+        deviation = x - mean
+        correction = np.nansum(deviation, axis=0)
+        variance = (np.nansum(deviation**2, axis=0) - correction**2 / n) / n
+    eps = np.finfo(np.float64).eps
+    constant = variance <= n * eps * variance + (n * mean * eps) ** 2
+    return mean, np.where(constant, 1.0, np.sqrt(variance))
 
 
-def _location_scale(x: np.ndarray, method: str, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+def _location_scale(x: np.ndarray, method: str, epsilon: float, mad_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Centre and scale fitted on reference rows, with pycytominer's (sklearn's) definitions."""
-    if method == "standardize":
-        center, scale = _mean_std(x)
-    elif method == "robustize":
-        center = np.nanmedian(x, axis=0)
-        q25, q75 = np.nanpercentile(x, [25, 75], axis=0)  # linear interpolation, as RobustScaler
-        scale = q75 - q25
-        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-    else:
-        center = np.nanmedian(x, axis=0)
-        scale = MAD_SCALE * np.nanmedian(np.abs(x - center), axis=0) + epsilon
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+        if method == "standardize":
+            center, scale = _mean_std(x)
+        elif method == "robustize":
+            center = np.nanmedian(x, axis=0)
+            q25, q75 = np.nanpercentile(x, [25, 75], axis=0)  # linear interpolation, as RobustScaler
+            scale = q75 - q25
+            scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+        else:
+            center = np.nanmedian(x, axis=0)
+            scale = mad_scale * np.nanmedian(np.abs(x - center), axis=0) + epsilon
     return center, scale
 
 
-def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, center: bool,
+def _inverse_normal(fit: np.ndarray, rows: np.ndarray, n_quantiles: int) -> np.ndarray:
+    """pycytominer's inverse normal transform: sklearn's QuantileTransformer fitted on the reference rows."""
+    from sklearn.preprocessing import QuantileTransformer
+
+    transformer = QuantileTransformer(n_quantiles=min(int(n_quantiles), fit.shape[0]), output_distribution="normal")
+    transformer.fit(fit)
+    return transformer.transform(rows)
+
+
+def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, center: bool, variant: str,
               stratum: str) -> np.ndarray:
-    """Whitening matrix from the reference rows' SVD, applied to every row of the stratum."""
+    """Whitening matrix from the reference rows' SVD, applied to every row of the stratum.
+
+    ``variant="legacy"`` takes the singular vectors and values of the raw reference rows (the
+    computation before pycytominer PR #748) while still centring / standardising the rows it is
+    applied to, exactly as those releases did; the rank checks use the transformed rows in both.
+    """
     n, d = fit.shape
     if n < 2:
         raise ProfilingError(f"normalize: spherize needs at least 2 reference rows, stratum {stratum} has {n}")
@@ -204,6 +298,8 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
         raise ProfilingError(f"normalize: spherize reference rows of stratum {stratum} are not full rank (n={n}, "
                              f"d={d}, rank={rank}); remove linearly dependent features (feature_select "
                              "correlation_threshold) or use more reference rows")
+    if variant == "legacy":
+        _, sigma, vt = np.linalg.svd(fit, full_matrices=True)
     if n <= d:
         # directions the reference rows do not span get the smallest non-zero singular value
         sigma = np.concatenate([sigma[:rank], np.repeat(sigma[rank - 1], d - rank)])
@@ -212,4 +308,3 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
     if method.startswith("ZCA"):
         w = w @ vt
     return ((rows - mean) / std) @ w
-
