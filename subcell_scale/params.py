@@ -228,10 +228,7 @@ class RunParams:
         segmentation = dict(values.get("segmentation") or {})
         SegmentParams.from_kwargs({k: v for k, v in segmentation.items()
                                    if k not in ("nucleus_channel", "cell_channel")})
-        crop = CropSpec(crop_um=float(values["crop_um"]), model_pixel_size=float(values["model_pixel_size"]),
-                        out_size=None if values["out_size"] is None else int(values["out_size"]),
-                        mask_mode=values["mask_mode"], dilation=int(values["dilation"]),
-                        normalization=values["normalization"], center=values["center"])
+        crop = CropSpec(**{k: values[k] for k in CROP_KEYS if k in values})
         illumination = values.get("illumination")
         return cls(
             preset=name, description=str(values.get("description", "")), variant=str(values["variant"]),
@@ -255,12 +252,10 @@ class RunParams:
     # -- plain forms --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
         """The flat preset keys (as in :data:`subcell_scale.presets.PRESETS`) these parameters hold."""
-        crop = self.crop
+        crop = {k: getattr(self.crop, k) for k in CROP_KEYS}
+        crop["crop_um"] = self.crop.side_um
         return {"description": self.description, "variant": self.variant,
-                "channel_map": copy.deepcopy(self.channel_map), "crop_um": crop.side_um,
-                "model_pixel_size": crop.model_pixel_size, "out_size": crop.out_size, "mask_mode": crop.mask_mode,
-                "dilation": crop.dilation, "normalization": crop.normalization, "center": crop.center,
-                "illumination": self.illumination, "label_name": self.label_name, **self.cells.kwargs(),
+                "channel_map": copy.deepcopy(self.channel_map), **crop, "illumination": self.illumination, "label_name": self.label_name, **self.cells.kwargs(),
                 "segmentation": dict(self.segmentation), "aggregation": dict(self.profiling.aggregation),
                 "postprocessing": [dict(s) for s in self.profiling.postprocessing],
                 "feature_select": self.profiling.feature_select, "evaluation": copy.deepcopy(self.evaluation)}
