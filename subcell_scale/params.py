@@ -70,21 +70,18 @@ class CellFilter:
 
 @dataclass(frozen=True)
 class Profiling:
-    """How cells become well profiles: aggregation, post-processing steps, feature selection.
+    """How cells become well profiles: aggregation, then a post-processing chain.
 
     Attributes
     ----------
     aggregation
         Keyword arguments of :func:`subcell_scale.profiles.aggregate`.
-    postprocessing
-        Ordered keyword arguments of :func:`subcell_scale.profiles.normalize`, one mapping per step.
-    feature_select
-        Keyword arguments of :func:`subcell_scale.profiles.feature_select`, or None.
+    postprocess
+        The steps of :func:`subcell_scale.profiles.postprocess`, in order (run per cell type).
     """
 
     aggregation: Mapping[str, Any]
-    postprocessing: tuple[Mapping[str, Any], ...] = ()
-    feature_select: Mapping[str, Any] | None = None
+    postprocess: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,9 +160,9 @@ class RunParams:
     illumination
         None, ``"estimate"`` or the path of a flat field (see :mod:`subcell_scale.illumination`).
     profiling
-        Aggregation, post-processing and feature selection of well profiles.
-    evaluation
-        The evaluation designs (``replicate``, ``moa``, ``nn``, ``exclude_queries``).
+        Aggregation and post-processing of well profiles.
+    design
+        Fields of :class:`subcell_scale.metrics.EvaluationDesign`: what the evaluation computes.
     overridden
         Preset keys whose value was changed by an override.
     """
@@ -180,7 +177,7 @@ class RunParams:
     segmentation: Mapping[str, Any]
     illumination: str | None
     profiling: Profiling
-    evaluation: Mapping[str, Any]
+    design: Mapping[str, Any]
     overridden: tuple[str, ...] = ()
 
     # -- construction -------------------------------------------------------------------------------
@@ -230,15 +227,18 @@ class RunParams:
                                    if k not in ("nucleus_channel", "cell_channel")})
         crop = CropSpec(**{k: values[k] for k in CROP_KEYS if k in values})
         illumination = values.get("illumination")
+        chain = values.get("postprocess") or ()
+        if isinstance(chain, str):
+            from .presets import get_chain
+
+            chain = get_chain(chain)
         return cls(
             preset=name, description=str(values.get("description", "")), variant=str(values["variant"]),
             channel_map=copy.deepcopy(values.get("channel_map")), crop=crop,
             cells=CellFilter(**{k: values[k] for k in _FILTER_KEYS}), label_name=str(values["label_name"]),
             segmentation=segmentation, illumination=None if illumination is None else os.fspath(illumination),
-            profiling=Profiling(aggregation=dict(values["aggregation"]),
-                                postprocessing=tuple(dict(s) for s in values.get("postprocessing") or ()),
-                                feature_select=values.get("feature_select")),
-            evaluation=copy.deepcopy(values.get("evaluation") or {}), overridden=overridden)
+            profiling=Profiling(aggregation=dict(values["aggregation"]), postprocess=tuple(dict(s) for s in chain)),
+            design=copy.deepcopy(dict(values.get("design") or {})), overridden=overridden)
 
     def replace(self, **overrides: Any) -> RunParams:
         """A copy with ``overrides`` applied as :meth:`resolve` applies them to the preset's defaults."""
@@ -257,8 +257,7 @@ class RunParams:
         return {"description": self.description, "variant": self.variant,
                 "channel_map": copy.deepcopy(self.channel_map), **crop, "illumination": self.illumination, "label_name": self.label_name, **self.cells.kwargs(),
                 "segmentation": dict(self.segmentation), "aggregation": dict(self.profiling.aggregation),
-                "postprocessing": [dict(s) for s in self.profiling.postprocessing],
-                "feature_select": self.profiling.feature_select, "evaluation": copy.deepcopy(self.evaluation)}
+                "postprocess": [dict(s) for s in self.profiling.postprocess], "design": copy.deepcopy(dict(self.design))}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON record: the flat keys, ``preset``, ``overridden`` and the resolved ``crop`` geometry."""
@@ -329,13 +328,30 @@ class RunParams:
         agg = self.profiling.aggregation
         lines.append("aggregation: " + (f"{agg['operation']} per field, then mean per well"
                                         if agg.get("per_field") else f"{agg['operation']} per well"))
-        steps = ", then ".join(f"{s['method']}{' ' + s['spherize_method'] if 'spherize_method' in s else ''} "
-                               f"fitted on {s['reference']}" + (f" per {s['by']}" if s.get("by") else "")
-                               for s in self.profiling.postprocessing)
-        lines.append(f"post-processing: {steps or 'none'}")
+        steps = ", then ".join(_describe_step(s) for s in self.profiling.postprocess)
+        lines.append(f"post-processing (per cell type): {steps or 'none'}")
         if self.overridden:
             lines.append(f"overridden: {', '.join(self.overridden)}")
         return lines
+
+
+def _describe_step(step: Mapping[str, Any]) -> str:
+    """One step of a post-processing chain in words: ``normalize spherize PCA-cor (legacy) fitted on ...``."""
+    words = [str(step.get("step", "?"))]
+    if "method" in step:
+        words.append(str(step["method"]))
+    if "spherize_method" in step:
+        words.append(str(step["spherize_method"]) + (f" ({step['spherize_variant']})" if "spherize_variant" in step
+                                                     else ""))
+    if "operation" in step:
+        words.append("+".join(step["operation"]) if isinstance(step["operation"], list) else str(step["operation"]))
+    if "reference" in step:
+        words.append(f"fitted on {step['reference']}")
+    if step.get("by"):
+        words.append(f"per {step['by']}")
+    if "batch" in step:
+        words.append(f"on {step['batch']}")
+    return " ".join(words)
 
 
 def write_parameters(out: str | os.PathLike, params: RunParams, plans: Sequence[PlatePlan]) -> Path:

@@ -21,9 +21,27 @@ Two presets ship:
     0.598 um/px) centred on the rounded centroid, rescaled bilinearly to 478 px (x3.74, about the
     0.16 um/px training scale), per-channel min-max over the whole crop, neighbours not masked; the
     model reads the first 464 px of each side (29 x 29 patches of 16), as the reference ViT does. Wells
-    are profiled as the median of cells per field, then the mean of fields per well; profiles are
-    PCA-cor sphered on the DMSO (negative control) wells, then standardised per plate; evaluation uses
-    the JUMP designs (see ``evaluation`` below).
+    are profiled as the median of cells per field, then the mean of fields per well. Post-processing
+    and evaluation are those of the SubCell JUMP benchmark (zwefers/subcell_jump_analysis), each cell
+    type on its own (``scripts/postprocess.py`` L7-10, L179): PCA-cor sphering fitted on the DMSO
+    wells, eps 1e-6, computed as the pycytominer releases of the benchmark did (SVD of the raw DMSO
+    rows, ``spherize_variant="legacy"``; ``utils/postprocess_utils.py`` L115-125), then
+    standardisation per plate fitted on all its wells (L100-113), no feature selection
+    (``configs/BEST_POSTPROC_CONFIGS.yaml`` L3). Evaluation (``scripts/compute_map.py``): DMSO wells
+    removed (L277); replicate mAP with the same compound on another plate as positives and other
+    compounds on the same plate as negatives (L82-92); multilabel MoA mAP with another compound on
+    another plate as positives and the same plate, no shared MoA, as negatives, usable MoAs only
+    (L113-131); null size 10000, threshold 0.05, seed 42 (L91, L130, L230-234); MoA k-NN accuracy
+    for k = 1..50 skipping the same plate or compound, a neighbour matching when its usable-MoA list
+    is identical to the query's (L202-220), every query counted (L163-173); compound k-NN accuracy
+    skipping the same plate (L189). ``docs/protocols.md`` lists every step with its reference and the
+    differences that remain.
+
+A third named chain, ``"jump-recipe"`` (:data:`CHAINS`), is the JUMP consortium's post-processing
+(broadinstitute/jump-profiling-recipe): variant features, per-plate MAD robustize, rank inverse
+normal transform, feature selection, Harmony on ``batch``; use it with
+``subcell_scale.profiles.postprocess(profiles, preset="jump-recipe")`` or ``postprocess="jump-recipe"``
+in a run.
 
 Every pixel quantity is derived from micrometres and the plate's own pixel size, so a 40x plate gets
 the same physical crop as a 20x plate (a larger window in plate pixels, the same model input).
@@ -55,17 +73,14 @@ segmentation
 aggregation
     Keyword arguments of :func:`subcell_scale.profiles.aggregate` (``by``, ``operation``,
     ``per_field``: with it, cells -> field with ``operation``, then the mean of fields per well).
-feature_select
-    Keyword arguments of ``profiles.feature_select``, or None for no feature selection.
-postprocessing
-    Ordered list of keyword arguments of :func:`subcell_scale.profiles.normalize` (``method``,
-    ``reference``: a pandas query on obs selecting the rows a step is fitted on, ``by``: the column
-    fitted separately, None for all plates together, ``spherize_method``, ...).
-evaluation
-    ``replicate`` and ``moa``: copairs ``average_precision`` arguments (``pos_sameby``, ``pos_diffby``,
-    ``neg_sameby``, ``neg_diffby``); ``nn``: ``nn_accuracy`` arguments (``label_col``,
-    ``exclude_sameby``, ``k``); ``exclude_queries``: a pandas query on obs for rows that are never
-    queries (the negative controls, as in JUMP) but stay in the pool of negatives.
+postprocess
+    The chain of :func:`subcell_scale.profiles.postprocess`: a list of steps (``{"step": "normalize",
+    "method": ..., "reference": <pandas query on obs>, "by": <column fitted separately>, ...}``), run
+    separately per ``obs["cell_type"]`` when present; or the name of a chain in :data:`CHAINS`.
+design
+    Fields of :class:`subcell_scale.metrics.EvaluationDesign` for
+    :func:`subcell_scale.metrics.evaluate_profiles` (pair rules, negative controls, usable MoAs,
+    null size, threshold, seed, k-NN rules).
 """
 
 from __future__ import annotations
@@ -75,7 +90,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_PRESET", "NEGCON_QUERY", "PRESETS", "get_preset", "preset_names"]
+__all__ = ["CHAINS", "DEFAULT_PRESET", "NEGCON_QUERY", "PRESETS", "get_chain", "get_preset", "preset_names"]
 
 NEGCON_QUERY = "control_type == 'negcon'"
 
@@ -103,14 +118,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "center": "bbox",
         **_COMMON,
         "aggregation": {"by": ["plate", "well"], "operation": "median", "per_field": False},
-        "postprocessing": [{"method": "standardize", "reference": NEGCON_QUERY, "by": "plate"}],
-        "feature_select": None,
-        "evaluation": {
-            "replicate": {"pos_sameby": ["compound"], "pos_diffby": [], "neg_sameby": [],
-                          "neg_diffby": ["compound"]},
-            "moa": {"pos_sameby": ["moa"], "pos_diffby": ["compound"], "neg_sameby": [], "neg_diffby": ["moa"]},
-            "nn": {"label_col": "moa", "exclude_sameby": ["compound"], "k": 1},
-            "exclude_queries": NEGCON_QUERY,
+        # not a published evaluation: DMSO-standardised wells, replicates and MoAs retrieved across the run
+        "postprocess": [{"step": "normalize", "method": "standardize", "reference": NEGCON_QUERY, "by": "plate"}],
+        "design": {
+            "replicate_rules": {"pos_sameby": ["compound"], "pos_diffby": [], "neg_sameby": [],
+                                "neg_diffby": ["compound"]},
+            "moa_rules": {"pos_sameby": ["moa"], "pos_diffby": ["compound"], "neg_sameby": [],
+                          "neg_diffby": ["moa"]},
+            "moa_nn_exclude": ["compound"], "compound_nn_exclude": ["plate"], "negcon_in_pool": True,
+            "nn_match": "any", "seed": 0,
         },
         "alternatives": {
             "reference-640": {"crop_um": 51.2, "model_pixel_size": 0.08, "out_size": 640,
@@ -133,24 +149,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "center": "centroid",
         **_COMMON,
         "aggregation": {"by": ["plate", "well"], "operation": "median", "per_field": True},
-        "postprocessing": [
-            {"method": "spherize", "spherize_method": "PCA-cor", "reference": NEGCON_QUERY, "by": None,
-             "spherize_epsilon": 1e-6},
-            {"method": "standardize", "reference": "all", "by": "plate"},
+        "postprocess": [
+            {"step": "normalize", "method": "spherize", "spherize_method": "PCA-cor", "reference": NEGCON_QUERY,
+             "by": None, "spherize_epsilon": 1e-6, "spherize_center": True, "spherize_variant": "legacy"},
+            {"step": "normalize", "method": "standardize", "reference": "all", "by": "plate"},
         ],
-        "feature_select": None,
-        "evaluation": {
-            "replicate": {"pos_sameby": ["compound"], "pos_diffby": ["plate"], "neg_sameby": ["plate"],
-                          "neg_diffby": ["compound"]},
-            "moa": {"pos_sameby": ["moa"], "pos_diffby": ["compound", "plate"], "neg_sameby": [],
-                    "neg_diffby": ["moa"]},
-            "nn": {"label_col": "moa", "exclude_sameby": ["compound", "plate"], "k": 1},
-            "exclude_queries": NEGCON_QUERY,
-        },
+        "design": {},  # the SubCell JUMP benchmark's: the defaults of EvaluationDesign
         "alternatives": {},
     },
 }
 """Defaults of every preset, by name (see the module docstring for what each key means)."""
+
+CHAINS: dict[str, list[dict[str, Any]]] = {
+    "jump-recipe": [
+        {"step": "select_variant_features", "reference": NEGCON_QUERY, "by": "plate"},
+        {"step": "normalize", "method": "mad_robustize", "reference": NEGCON_QUERY, "by": "plate",
+         "mad_scale": 1.0, "mad_robustize_epsilon": 0.0},
+        {"step": "rank_inverse_normal"},
+        {"step": "feature_select", "operation": ["variance_threshold", "correlation_threshold", "drop_na_columns"],
+         "na_cutoff": 0.0},
+        {"step": "harmony", "batch": "batch", "nclust": 300, "max_iter_harmony": 20},
+    ],
+}
+"""Post-processing chains by name, beyond the presets' own (``docs/protocols.md``, ``jump-recipe``)."""
 
 DEFAULT_PRESET = "hpa"
 
@@ -173,3 +194,21 @@ def get_preset(name: str | None) -> dict[str, Any]:
         msg = f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}"
         raise ConfigError(msg)
     return copy.deepcopy(PRESETS[key])
+
+
+def get_chain(name: str) -> list[dict[str, Any]]:
+    """A deep copy of a post-processing chain: a preset's ``postprocess`` or one of :data:`CHAINS`.
+
+    Raises
+    ------
+    ConfigError
+        Neither a preset nor a chain has that name; the message lists both.
+    """
+    key = str(name).lower()
+    if key in CHAINS:
+        return copy.deepcopy(CHAINS[key])
+    if key in PRESETS:
+        chain = PRESETS[key]["postprocess"]
+        return get_chain(chain) if isinstance(chain, str) else copy.deepcopy(chain)
+    msg = f"unknown post-processing chain {name!r}; presets: {', '.join(PRESETS)}; chains: {', '.join(CHAINS)}"
+    raise ConfigError(msg)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from ._constants import Files, Keys, Status
@@ -76,7 +75,8 @@ class RunResult:
             out.append(f"  ... and {len(self.failed) - 10} more (see {self.out / Files.MANIFEST})")
         if self.summary is not None and len(self.summary):
             for r in self.summary.itertuples():
-                out.append(f"{r.design:>10} {r.metric:<20} {r.value:.3f}  ({r.n_groups} groups)")
+                cell_type = "" if getattr(r, "cell_type", "all") == "all" else f"{r.cell_type:<8} "
+                out.append(f"{cell_type}{r.design:>12} {r.metric:<20} {r.value:.3f}  ({r.n_groups} groups)")
         out += [f"skipped {step}: {why}" for step, why in self.skipped.items()]
         if self.report is not None:
             out.append(f"report: {self.report}")
@@ -137,8 +137,8 @@ def run(
     format: str = "zarr",
     retries: int = 1,
     figures: bool = True,
-    null_size: int = 10000,
-    seed: int = 0,
+    null_size: int | None = None,
+    seed: int | None = None,
     segment_if_missing: bool = True,
     progress: bool | None = None,
     **overrides: Any,
@@ -164,7 +164,8 @@ def run(
     figures
         Draw the figures and the report.
     null_size, seed
-        Null distribution size and seed of the mAP p-values.
+        Null distribution size and seed of the mAP p-values (default: the preset's design, e.g. 10000
+        and 42 for ``jump-cellpainting`` as the benchmark).
     **overrides
         Preset parameters (``out_size=224``, ``mask_mode="none"``, ...).
 
@@ -220,7 +221,9 @@ def run(
         if cells.n_obs == 0:
             skipped["profiles"] = "no cells were embedded"
         else:
-            profiles = make_profiles(cells_path(out, format), params.profiling)
+            profiles, why = make_profiles(cells_path(out, format), params.profiling)
+            if why:
+                skipped["postprocess"] = why
             profiles.write_h5ad(out / Files.PROFILES)
             from .profiles import write_parquet
 
@@ -230,11 +233,9 @@ def run(
         t0 = time.perf_counter()
         tables: dict[str, pd.DataFrame] = {}
         if profiles is not None:
-            why = _cannot_evaluate(profiles)
+            tables, why = evaluate(profiles, params.design, out / Files.METRICS, null_size=null_size, seed=seed)
             if why:
                 skipped["metrics"] = why
-            else:
-                tables = evaluate(profiles, params.evaluation, out / Files.METRICS, null_size=null_size, seed=seed)
         timings["metrics"] = time.perf_counter() - t0
 
         report = None
@@ -255,103 +256,48 @@ def run(
     return result
 
 
-def make_profiles(cells: str | os.PathLike | AnnData, recipe: Profiling) -> AnnData:
-    """Well profiles from a cells AnnData with a preset's aggregation, feature selection and post-processing.
+def make_profiles(cells: str | os.PathLike | AnnData, recipe: Profiling) -> tuple[AnnData, str | None]:
+    """Well profiles from a cells AnnData: the preset's aggregation, then its post-processing chain.
 
-    A post-processing step whose reference rows are missing (e.g. no negative controls in the
-    platemap) falls back to all rows of its stratum, with a warning and a note in ``uns``.
+    Returns the profiles and, when the chain could not run on them (no negative-control wells to fit
+    on, a single well, constant features), why: the aggregated profiles are returned then, so a run
+    still writes them, and says the post-processing was skipped.
     """
-    from .profiles import aggregate, feature_select, normalize
+    from .profiles import aggregate, postprocess
 
     profiles = aggregate(cells, **dict(recipe.aggregation))
-    for step in recipe.postprocessing:
-        step = dict(step)
-        method = step.pop("method")
-        try:
-            profiles = normalize(profiles, method=method, **step)
-        except ProfilingError as exc:
-            if step.get("reference", "all") == "all":
-                raise
-            log.warning("normalize %s: %s; fitting on all rows instead", method, exc)
-            profiles = normalize(profiles, method=method, **{**step, "reference": "all"})
-    if recipe.feature_select:
-        profiles = feature_select(profiles, **recipe.feature_select)
-    return profiles
+    if not recipe.postprocess:
+        return profiles, None
+    try:
+        return postprocess(profiles, steps=[dict(step) for step in recipe.postprocess]), None
+    except ProfilingError as exc:
+        log.warning("post-processing skipped: %s", exc)
+        return profiles, f"{exc} (profiles are the aggregated wells, not post-processed)"
 
 
-def evaluate(profiles: AnnData, evaluation: Mapping[str, Any], out_dir: str | os.PathLike | None = None, *,
-             null_size: int = 10000, seed: int = 0, threshold: float = 0.05) -> dict[str, pd.DataFrame]:
-    """The preset's evaluation on well profiles: replicate and MoA mAP, activity vs controls, MoA k-NN.
+def evaluate(profiles: AnnData, design: Mapping[str, Any], out_dir: str | os.PathLike | None = None, *,
+             null_size: int | None = None, seed: int | None = None) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """The preset's evaluation of well profiles (:func:`subcell_scale.metrics.evaluate_profiles`), or why not.
 
-    Returns the tables by name (``replicate_ap``, ``replicate_map``, ``moa_*``, ``activity_*``,
-    ``moa_nn``, ``summary``) and writes them as CSV into ``out_dir``.
+    ``null_size`` and ``seed``, when given, replace the design's. Returns the tables (written as CSV
+    into ``out_dir``) and, when nothing could be evaluated, the reason (no compounds in the platemap,
+    fewer than two, no pairs): the run names the step as skipped instead of failing.
     """
-    from .metrics import average_precision, fraction_retrieved, mean_average_precision, nn_accuracy, \
-        phenotypic_activity
+    from .metrics import EvaluationDesign, evaluate_profiles
 
-    obs = profiles.obs.reset_index(drop=True)
-    x = np.asarray(profiles.X, dtype=np.float64)
-    exclude = evaluation.get("exclude_queries")
-    queries = np.ones(len(obs), dtype=bool) if not exclude else ~obs.eval(exclude).to_numpy(dtype=bool)
-    tables: dict[str, pd.DataFrame] = {}
-    summary: list[dict[str, Any]] = []
-    for design in ("replicate", "moa"):
-        rule = evaluation.get(design)
-        if not rule or any(c not in obs.columns for c in rule["pos_sameby"]):
-            continue
-        meta, feats = obs[queries].reset_index(drop=True), x[queries]
-        meta = meta.dropna(subset=list(rule["pos_sameby"]))
-        feats = feats[meta.index.to_numpy()]
-        meta = meta.reset_index(drop=True)
-        if design == "moa":  # "a|b" shares a MoA with "a": list-valued labels, as copairs' multilabel
-            rule = {**rule, "multilabel_col": rule["pos_sameby"][0]}
-        try:
-            ap = average_precision(meta, feats, **rule)
-            res = mean_average_precision(ap, list(rule["pos_sameby"]), null_size=null_size, threshold=threshold,
-                                         seed=seed)
-        except ProfilingError as exc:
-            log.warning("%s retrieval could not be evaluated: %s", design, exc)
-            continue
-        tables[f"{design}_ap"], tables[f"{design}_map"] = ap, res
-        summary += [{"design": design, "metric": "mAP", "value": float(res["mean_average_precision"].mean()),
-                     "n_groups": len(res)},
-                    {"design": design, "metric": "fraction_retrieved", "value": fraction_retrieved(res),
-                     "n_groups": len(res)}]
-    if exclude and "compound" in obs.columns:
-        try:
-            ap, res = phenotypic_activity(profiles, pert_col="compound", control_query=exclude,
-                                          plate_col="plate" if "plate" in obs.columns else None,
-                                          null_size=null_size, threshold=threshold, seed=seed, return_ap=True)
-        except ProfilingError as exc:
-            log.warning("phenotypic activity could not be evaluated: %s", exc)
-        else:
-            tables["activity_ap"], tables["activity_map"] = ap, res
-            summary += [{"design": "activity", "metric": "mAP",
-                         "value": float(res["mean_average_precision"].mean()), "n_groups": len(res)},
-                        {"design": "activity", "metric": "fraction_retrieved", "value": fraction_retrieved(res),
-                         "n_groups": len(res)}]
-    nn = evaluation.get("nn")
-    if nn and nn["label_col"] in obs.columns:
-        ks = sorted({1, 3, 5, 10} | {int(k) for k in np.atleast_1d(nn.get("k", 1))})
-        meta = obs[queries].reset_index(drop=True)
-        keep = meta[nn["label_col"]].notna().to_numpy()
-        try:
-            acc = nn_accuracy(meta[keep].reset_index(drop=True), x[queries][keep], nn["label_col"],
-                              exclude_sameby=list(nn.get("exclude_sameby", ())), k=ks)
-        except ProfilingError as exc:
-            log.warning("MoA nearest-neighbour accuracy could not be evaluated: %s", exc)
-        else:
-            acc.insert(0, "rule", "not-same-" + "-or-".join(nn.get("exclude_sameby", ())) or "none")
-            tables["moa_nn"] = acc
-            summary += [{"design": "moa_nn", "metric": f"accuracy@{int(r.k)}", "value": float(r.accuracy),
-                         "n_groups": int(r.n_queries)} for r in acc.itertuples() if int(r.k) in (1, 5)]
-    tables["summary"] = pd.DataFrame(summary, columns=["design", "metric", "value", "n_groups"])
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, table in tables.items():
-            table.to_csv(out_dir / f"{name}.csv", index=False)
-    return tables
+    options = {k: v for k, v in (("null_size", null_size), ("seed", seed)) if v is not None}
+    evaluation = EvaluationDesign.from_mapping(design, **options)
+    column = evaluation.pert_col
+    if column not in profiles.obs.columns:
+        return {}, (f"profiles have no {column!r} column (give a platemap with plate, well, {column}, moa, "
+                    "control_type)")
+    if profiles.obs[column].nunique() < 2:
+        return {}, f"fewer than two values of {column!r}"
+    try:
+        return evaluate_profiles(profiles, out_dir, design=evaluation), None
+    except ProfilingError as exc:
+        log.warning("evaluation skipped: %s", exc)
+        return {}, str(exc)
 
 
 def draw_figures(out: Path, cells: AnnData, profiles: AnnData | None, tables: Mapping[str, pd.DataFrame],
@@ -393,12 +339,15 @@ def draw_figures(out: Path, cells: AnnData, profiles: AnnData | None, tables: Ma
         if color:
             tl.umap(profiles, n_neighbors=min(15, profiles.n_obs - 1))
             save(pl.umap(profiles, color, title="Well profiles"), "umap_profiles")
-    maps = {d: tables[f"{d}_map"] for d in ("replicate", "activity", "moa") if f"{d}_map" in tables}
+    maps = {d: tables[f"{d}_map"] for d in ("replicate", "moa") if f"{d}_map" in tables}
     if maps:
         save(pl.map_scatter(maps), "map_vs_q")
         save(pl.fraction_retrieved(maps), "fraction_retrieved")
-    if "moa_nn" in tables:
-        save(pl.nn_accuracy(tables["moa_nn"], by="rule"), "nn_accuracy")
+    curves = {f"{what} {cell_type}".strip(): table
+              for what, key in (("MoA", "moa_nn"), ("compound", "compound_nn")) if key in tables
+              for cell_type, table in _by_cell_type(tables[key])}
+    if curves:
+        save(pl.nn_accuracy(curves, title="Nearest-neighbour accuracy"), "nn_accuracy")
     return written
 
 
@@ -489,12 +438,11 @@ def _check_platemap(plates: list[Any], platemap: Any) -> pd.DataFrame | None:
     return pm
 
 
-def _cannot_evaluate(profiles: AnnData) -> str | None:
-    if "compound" not in profiles.obs.columns:
-        return "profiles have no 'compound' column (give a platemap with plate, well, compound, moa, control_type)"
-    if profiles.obs["compound"].nunique() < 2:
-        return "fewer than two compounds"
-    return None
+def _by_cell_type(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A table's rows per cell type; the name is empty when there is only one."""
+    if "cell_type" not in table.columns or table["cell_type"].nunique() < 2:
+        return [("", table)]
+    return [(str(name), part) for name, part in table.groupby("cell_type", sort=True)]
 
 
 def _describe_model(model: Any) -> Any:

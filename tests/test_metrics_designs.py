@@ -11,7 +11,6 @@ from _metrics_sim import simulated_profiles
 from subcell_scale.cli import main
 from subcell_scale.errors import ProfilingError
 from subcell_scale.metrics import (
-    METRIC_FILES,
     evaluate_profiles,
     moa_nn_accuracy,
     moa_retrieval,
@@ -21,6 +20,8 @@ from subcell_scale.metrics import (
     to_metadata_frame,
     write_table,
 )
+
+from subcell_scale.metrics.evaluate import TABLES
 
 copairs_map = pytest.importorskip("copairs.map")
 copairs_matching = pytest.importorskip("copairs.matching")
@@ -127,34 +128,39 @@ def test_metadata_export_round_trips(profiles, tmp_path):
 
 
 def test_evaluate_profiles_writes_every_table(profiles, tmp_path):
-    tables = evaluate_profiles(profiles, tmp_path, null_size=NULL, k=(1, 5))
-    for design in ("replicate", "activity", "moa"):
-        for name in METRIC_FILES[design]:
-            assert (tmp_path / name).is_file()
-    nn = pd.read_csv(tmp_path / METRIC_FILES["moa_nn"])
-    assert list(nn["k"]) == [1, 5]
-    summary = pd.read_csv(tmp_path / METRIC_FILES["summary"])
-    assert set(summary["design"]) == {"replicate", "activity", "moa", "moa_nn"}
+    tables = evaluate_profiles(profiles, tmp_path, preset="jump-cellpainting", null_size=NULL)
+    written = sorted(p.stem for p in tmp_path.glob("*.csv"))
+    assert written == sorted(TABLES) == sorted(tables)
     rep = tables["replicate_map"]
-    assert "DMSO" not in set(rep["compound"])  # controls are negatives of activity only
+    assert "DMSO" not in set(rep["compound"]) and set(rep["cell_type"]) == {"all"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
     row = summary[(summary.design == "replicate") & (summary.metric == "mAP")].iloc[0]
     assert row.value == pytest.approx(rep["mean_average_precision"].mean())
-    with pytest.raises(ProfilingError, match="needs \\['mechanism'\\]"):
-        evaluate_profiles(profiles, designs="moa", moa_col="mechanism")
-    without_moa = profiles.copy()
-    del without_moa.obs["moa"]
-    assert "moa_map" not in evaluate_profiles(without_moa, null_size=100)
+    assert list(pd.read_csv(tmp_path / "moa_nn.csv")["k"]) == list(range(1, 51))
 
 
-def test_cli_evaluate(profiles, tmp_path, capsys):
+def test_every_entry_point_writes_the_same_bytes(profiles, tmp_path, capsys):
+    """``evaluate_profiles``, ``subcell-scale evaluate`` and a run's evaluation: one path, identical tables."""
+    from subcell_scale.params import RunParams
+    from subcell_scale.workflow import evaluate
+
+    path = tmp_path / "profiles.h5ad"
+    profiles.write_h5ad(path)
+    evaluate_profiles(ad.read_h5ad(path), tmp_path / "api", preset="jump-cellpainting", null_size=300)
+    assert main(["evaluate", str(path), "--out", str(tmp_path / "cli"), "--set", "null_size=300"]) == 0
+    assert "replicate" in capsys.readouterr().out
+    evaluate(ad.read_h5ad(path), RunParams.resolve("jump-cellpainting").design, tmp_path / "run", null_size=300)
+    for name in TABLES:
+        api = (tmp_path / "api" / f"{name}.csv").read_bytes()
+        assert api == (tmp_path / "cli" / f"{name}.csv").read_bytes() == (tmp_path / "run" / f"{name}.csv").read_bytes()
+
+
+def test_cli_evaluate_errors_are_one_line(profiles, tmp_path, capsys):
     path = tmp_path / "profiles.h5ad"
     profiles.write_h5ad(path)
     out = tmp_path / "metrics"
-    assert main(["evaluate", str(path), "--out", str(out), "--null-size", "300", "--k", "1", "3",
-                 "--exact", "auto"]) == 0
-    assert "replicate" in capsys.readouterr().out
-    replicate = pd.read_csv(out / METRIC_FILES["replicate"][1])
-    assert replicate["p_value"].between(0, 1).all() and "p_value_method" in replicate
-    assert main(["evaluate", str(path), "--out", str(out), "--design", "moa", "--moa-col", "nope"]) == 1
-    assert "needs ['nope']" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--out", str(out), "--set", "pert_col=nope", "null_size=10"]) == 1
+    assert "obs has no column(s) ['nope']" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--out", str(out), "--set", "seeds=1"]) == 1
+    assert "unknown key(s) ['seeds']" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.h5ad"), "--out", str(out)]) == 1

@@ -153,8 +153,8 @@ def test_design_errors(ours):
         evaluate_profiles(ours[0], design={"seeds": 1})
     with pytest.raises(ConfigError, match="nn_match must be"):
         evaluate_profiles(ours[0], design={}, nn_match="all")
-    with pytest.raises(ConfigError, match="preset 'hpa' has no 'design' entry"):
-        evaluate_profiles(ours[0], preset="hpa")
+    with pytest.raises(ConfigError, match="unknown preset 'jump'"):
+        evaluate_profiles(ours[0], preset="jump")
     with pytest.raises(ProfilingError, match=r"obs has no column\(s\) \['batch'\]"):
         evaluate_profiles(ours[0], design={"plate_col": "batch"})
 

@@ -134,51 +134,55 @@ def test_profiles_are_dmso_standardised_well_medians(executed):
     expected = expected.loc[list(got.index)]
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-3, atol=1e-3)
     profiles = ad.read_h5ad(run / Files.PROFILES)
-    assert [s["step"] for s in profiling_steps(profiles)] == ["aggregate", "normalize", "feature_select"]
+    assert [s["step"] for s in profiling_steps(profiles)] == ["aggregate", "postprocess", "normalize", "feature_select"]
     consensus = pd.read_parquet(run / "consensus.parquet")
     assert sorted(consensus["Metadata_compound"]) == sorted(table["Metadata_compound"].unique())
 
 
 def test_replicate_map_agrees_with_copairs(executed):
+    """The hpa design: replicates of a compound against every other well (DMSO negatives, never queries)."""
     from copairs.map import average_precision, mean_average_precision
 
     run = executed["run"]
     table = pd.read_parquet(run / "profiles.parquet")
-    treated = table[table["Metadata_control_type"] != "negcon"].reset_index(drop=True)
     features = [c for c in table.columns if not c.startswith("Metadata_")]
-    meta = treated.filter(like="Metadata_")
-    ap = average_precision(meta, treated[features].to_numpy(), pos_sameby=["Metadata_compound"],
-                           pos_diffby=["Metadata_plate"], neg_sameby=["Metadata_plate"],
-                           neg_diffby=["Metadata_compound"], progress_bar=False)
+    meta = table.filter(like="Metadata_").reset_index(drop=True)
+    ap = average_precision(meta, table[features].to_numpy(), pos_sameby=["Metadata_compound"], pos_diffby=[],
+                           neg_sameby=[], neg_diffby=["Metadata_compound"], progress_bar=False)
+    ap = ap[ap["Metadata_control_type"] != "negcon"]
     expected = mean_average_precision(ap, ["Metadata_compound"], null_size=2000, threshold=0.05, seed=0,
                                       progress_bar=False).set_index("Metadata_compound")
-    got = pd.read_csv(run / Files.METRICS / "replicate_map.csv").set_index("Metadata_compound")
+    got = pd.read_csv(run / Files.METRICS / "replicate_map.csv").set_index("compound")
     assert sorted(got.index) == sorted(expected.index)
     np.testing.assert_allclose(got.loc[expected.index, "mean_average_precision"],
                                expected["mean_average_precision"], rtol=1e-5)
-    for design in ("activity", "moa"):
-        result = pd.read_csv(run / Files.METRICS / f"{design}_map.csv")
-        assert {"mean_average_precision", "p_value", "corrected_p_value"} <= set(result.columns) and len(result)
+    np.testing.assert_allclose(got.loc[expected.index, "p_value"], expected["p_value"], rtol=1e-5)
+    moa = pd.read_csv(run / Files.METRICS / "moa_map.csv")
+    assert {"mean_average_precision", "p_value", "corrected_p_value"} <= set(moa.columns) and len(moa)
     summary = pd.read_csv(run / Files.METRICS / "summary.csv")
-    assert list(summary["design"]) == ["replicate", "activity", "moa"]
+    assert {"replicate", "moa", "moa_nn", "compound_nn"} <= set(summary["design"])
 
 
 def test_moa_nearest_neighbour_accuracy_matches_a_direct_search(executed):
+    """k = 1: the nearest well of another compound (DMSO wells included, never matching) shares a MoA."""
     run = executed["run"]
     table = pd.read_parquet(run / "profiles.parquet")
-    treated = table[table["Metadata_control_type"] != "negcon"].reset_index(drop=True)
-    x = treated[[c for c in table.columns if not c.startswith("Metadata_")]].to_numpy(dtype=np.float64)
+    x = table[[c for c in table.columns if not c.startswith("Metadata_")]].to_numpy(dtype=np.float64)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     similarity = unit @ unit.T
-    compound, moa = treated["Metadata_compound"].to_numpy(), treated["Metadata_moa"].to_numpy()
+    compound, moa = table["Metadata_compound"].to_numpy(), table["Metadata_moa"].astype(str).to_numpy()
+    control = (table["Metadata_control_type"] == "negcon").to_numpy()
+    compounds_per_moa = table[~control].groupby("Metadata_moa")["Metadata_compound"].nunique()
+    usable = set(compounds_per_moa[compounds_per_moa >= 2].index)
     similarity[compound[:, None] == compound[None, :]] = -np.inf  # not-same-compound (and not itself)
-    expected = float(np.mean(moa[similarity.argmax(axis=1)] == moa))
+    queries = np.flatnonzero(~control & np.isin(moa, list(usable)))
+    nearest = similarity[queries].argmax(axis=1)
+    expected = float(np.mean((moa[nearest] == moa[queries]) & ~control[nearest]))
 
     nn = pd.read_csv(run / Files.METRICS / "moa_nn.csv")
-    rule = "rule" if "rule" in nn.columns else "Metadata_rule"
-    row = nn[(nn[rule] == "not-same-compound") & (nn["k"] == 1)]
-    assert len(row) == 1 and row["accuracy"].iloc[0] == pytest.approx(expected)
-    assert set(nn[rule]) == {"not-same-compound", "not-same-compound-or-plate"}
+    row = nn[nn["k"] == 1]
+    assert len(row) == 1 and row["n_queries"].iloc[0] == len(queries)
+    assert row["accuracy"].iloc[0] == pytest.approx(expected)
     assert _n_images(executed["02"]) >= 4  # cells per well, mAP vs q, fraction retrieved, NN accuracy
 
 

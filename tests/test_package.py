@@ -101,7 +101,7 @@ def test_no_import_circles():
 
 def test_stages_never_import_the_layers_that_compose_them():
     stages = ("io", "segment", "cells", "models", "profiles", "metrics", "illumination")
-    above = ("pipeline", "workflow", "cellstore", "params", "presets", "report", "cli", "store", "datasets", "tl",
+    above = ("pipeline", "workflow", "cellstore", "params", "report", "cli", "store", "datasets", "tl",
              "pl", "distributed.cluster", "distributed.plugin", "distributed.deploy")
     for module, targets in _import_graph().items():
         name = module.removeprefix("subcell_scale.")

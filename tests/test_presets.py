@@ -76,7 +76,7 @@ def test_parameters_are_resolved_once_and_changed_by_copy():
     assert RunParams.resolve(JUMP, crop={"out_size": 96}).crop.size == 96
     assert pickle.loads(pickle.dumps(q)) == q  # travels to workers as it is
     # the digest a resumed run compares sees embedding parameters only
-    assert p.embedding_parameters() == p.replace(postprocessing=[]).embedding_parameters()
+    assert p.embedding_parameters() == p.replace(postprocess="jump-recipe").embedding_parameters()
     assert p.embedding_parameters() != p.replace(out_size=225).embedding_parameters()
 
 
@@ -104,11 +104,19 @@ def test_jump_preset_on_a_cell_painting_plate(cp_plate):
     assert params.crop.size == 478 and plan.rescale == pytest.approx(478 / 128)
     assert (params.crop.mask_mode, params.crop.normalization) == ("none", "per_channel")
     assert params.profiling.aggregation == {"by": ["plate", "well"], "operation": "median", "per_field": True}
-    assert [s["method"] for s in params.profiling.postprocessing] == ["spherize", "standardize"]
-    assert params.profiling.postprocessing[0]["spherize_method"] == "PCA-cor"
-    evaluation = params.evaluation
-    assert evaluation["replicate"]["pos_diffby"] == ["plate"] and evaluation["replicate"]["neg_sameby"] == ["plate"]
-    assert evaluation["nn"]["exclude_sameby"] == ["compound", "plate"]
+    chain = params.profiling.postprocess
+    assert [s["method"] for s in chain] == ["spherize", "standardize"]
+    assert (chain[0]["spherize_method"], chain[0]["spherize_variant"], chain[0]["reference"]) == (
+        "PCA-cor", "legacy", "control_type == 'negcon'")
+    assert (chain[1]["reference"], chain[1]["by"]) == ("all", "plate")
+    # the SubCell JUMP benchmark's evaluation: DMSO removed, seed 42, k-NN to 50, identical MoA lists
+    from subcell_scale.metrics import EvaluationDesign
+
+    design = EvaluationDesign.from_mapping(params.design)
+    assert design.rules("replicate") == {"pos_sameby": ["compound"], "pos_diffby": ["plate"],
+                                         "neg_sameby": ["plate"], "neg_diffby": ["compound"]}
+    assert (design.seed, design.null_size, design.nn_k, design.nn_match, design.negcon_in_pool) == (
+        42, 10000, 50, "identical", False)
     lines = params.report_lines(plan)
     assert any("3 pass(es)" in line and "Mito->protein" in line for line in lines)
     crops, cells = field_crops(plate, plate.wells[0], "0", preset=JUMP)

@@ -93,7 +93,8 @@ def test_profile_command_equals_the_api(cells, tmp_path, capsys):
                                         by="plate"), operation=["variance_threshold", "correlation_threshold"])
     written = ad.read_h5ad(out)
     np.testing.assert_array_equal(written.X, expected.X)
-    assert [s["step"] for s in profiling_steps(written)] == ["aggregate", "normalize", "feature_select"]
+    assert [s["step"] for s in profiling_steps(written)] == ["aggregate", "postprocess", "normalize",
+                                                               "feature_select"]
     np.testing.assert_array_equal(read_profiles(tmp_path / "out" / "profiles.parquet").X, expected.X)
 
 

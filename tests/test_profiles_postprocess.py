@@ -130,8 +130,8 @@ def test_chain_errors_name_the_step_and_stratum(profiles):
         postprocess(profiles, steps=JUMP_CHAIN, spherize_varant="legacy")
     with pytest.raises(ConfigError, match="give steps="):
         postprocess(profiles)
-    with pytest.raises(ConfigError, match="preset 'hpa' has no 'postprocess' step list"):
-        postprocess(profiles, preset="hpa")
+    with pytest.raises(ConfigError, match="unknown post-processing chain 'jump'.*chains: jump-recipe"):
+        postprocess(profiles, preset="jump")
     data = profiles.copy()
     data.obs.loc[(data.obs["cell_type"] == "U2OS").to_numpy(), "control_type"] = "trt"
     with pytest.raises(ProfilingError, match=r"step 0 \(normalize\) \(cell_type='U2OS'\): .*matches no rows"):

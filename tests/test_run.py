@@ -76,8 +76,9 @@ def test_run_writes_every_output_of_the_run_directory(finished):
 def test_metrics_tables_and_figures_are_written(finished):
     out, result = finished
     summary = pd.read_csv(out / Files.METRICS / "summary.csv")
-    assert set(summary["design"]) >= {"replicate", "activity", "moa_nn"}
-    assert summary["value"].between(0, 1).all()
+    assert set(summary["design"]) >= {"replicate", "moa", "moa_nn", "compound_nn"}
+    rates = summary[summary["metric"] != "n_queries"]
+    assert rates["value"].between(0, 1).all(), summary
     replicate = pd.read_csv(out / Files.METRICS / "replicate_map.csv")
     assert {"compound", "mean_average_precision", "p_value", "corrected_p_value"} <= set(replicate.columns)
     # p-values are on the grid of the null: (#null > mAP + 1) / (null_size + 1)
@@ -203,7 +204,8 @@ def test_jump_cellpainting_run_end_to_end(client, tmp_path):
     assert cells.X.shape[1] == 3 * 2 * config.hidden_size  # Mito | AGP | RNA passes
     profiles = ad.read_h5ad(tmp_path / "out" / Files.PROFILES)
     steps = profiling_steps(profiles)
-    assert [s["step"] for s in steps] == ["aggregate", "normalize", "normalize"]
-    assert steps[0]["per_field"] and steps[1]["method"] == "spherize" and steps[2]["method"] == "standardize"
+    assert [s["step"] for s in steps] == ["aggregate", "postprocess", "normalize", "normalize"]
+    assert steps[0]["per_field"] and steps[2]["method"] == "spherize" and steps[3]["method"] == "standardize"
+    assert steps[2]["spherize_variant"] == "legacy"
     assert (tmp_path / "out" / "flatfield" / "demo-cp-plate-1.npy").exists()
     assert (tmp_path / "out" / Files.METRICS / "summary.csv").exists()

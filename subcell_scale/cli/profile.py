@@ -12,6 +12,11 @@ HELP = "aggregate a cells AnnData into well profiles, then normalise and select 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cells", metavar="CELLS", help="cells AnnData (.zarr or .h5ad), streamed from disk")
     parser.add_argument("--out", required=True, metavar="PROFILES.h5ad", help="profiles AnnData to write (.h5ad)")
+    parser.add_argument("--preset", default=None,
+                        help="aggregate and post-process as a preset does (hpa, jump-cellpainting) instead of the "
+                             "options below")
+    parser.add_argument("--chain", default=None, metavar="NAME",
+                        help="a named post-processing chain (a preset's, or jump-recipe) instead of the steps below")
     parser.add_argument("--operation", choices=("median", "mean"), default="median",
                         help="per-well aggregation (default: median)")
     parser.add_argument("--per-field", action="store_true",
@@ -40,22 +45,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the profiles as parquet (Metadata_ columns + features)")
 
 
+def _steps(args: argparse.Namespace) -> list[dict]:
+    """The post-processing steps the options describe (a chain for :func:`subcell_scale.profiles.postprocess`)."""
+    steps = []
+    if args.normalize:
+        step = {"step": "normalize", "method": args.normalize, "reference": args.reference, "by": args.by}
+        if args.normalize == "spherize":
+            step.update(spherize_method=args.spherize_method, spherize_epsilon=args.spherize_epsilon)
+        steps.append(step)
+    if args.feature_select:
+        steps.append({"step": "feature_select", "operation": args.feature_select,
+                      "corr_threshold": args.corr_threshold, "blocklist": args.blocklist})
+    return steps
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..profiles import aggregate, feature_select, normalize, write_parquet
+    from ..errors import ConfigError, ProfilingError
+    from ..params import RunParams
+    from ..presets import get_chain
+    from ..profiles import write_parquet
+    from ..workflow import make_profiles
 
     out = Path(args.out)
     if out.suffix != ".h5ad":
         raise ConfigError(f"--out {out}: profiles are written as .h5ad")
     if args.reference != "all" and args.normalize is None:
         raise ConfigError("--reference only applies with --normalize METHOD")
-    profiles = aggregate(args.cells, by=args.group_by, operation=args.operation, per_field=args.per_field)
-    if args.normalize:
-        profiles = normalize(profiles, method=args.normalize, reference=args.reference, by=args.by,
-                             spherize_method=args.spherize_method, spherize_epsilon=args.spherize_epsilon)
-    if args.feature_select:
-        profiles = feature_select(profiles, operation=args.feature_select, corr_threshold=args.corr_threshold,
-                                  blocklist=args.blocklist)
+    manual = _steps(args)
+    if manual and (args.preset or args.chain):
+        raise ConfigError("--normalize/--feature-select describe a chain themselves; leave out --preset/--chain")
+    if args.preset:
+        recipe = RunParams.resolve(args.preset, **({"postprocess": args.chain} if args.chain else {})).profiling
+    else:
+        from ..params import Profiling
+
+        aggregation = {"by": args.group_by, "operation": args.operation, "per_field": args.per_field}
+        recipe = Profiling(aggregation, tuple(get_chain(args.chain) if args.chain else manual))
+    profiles, skipped = make_profiles(args.cells, recipe)
+    if skipped:
+        raise ProfilingError(f"post-processing could not run: {skipped}")
     out.parent.mkdir(parents=True, exist_ok=True)
     profiles.write_h5ad(out)
     print(f"{profiles.n_obs} profiles x {profiles.n_vars} features -> {out}")

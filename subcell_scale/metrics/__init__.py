@@ -1,8 +1,10 @@
 """Evaluation of profiles: mAP with p-values (copairs semantics), MoA nearest-neighbour accuracy,
 the JUMP / SubCell benchmark designs on AnnData, and localization / clustering scores.
 
-``evaluate_profiles(profiles, design={...})`` (or ``preset=``) is the protocol evaluation: every
-table of the SubCell JUMP benchmark, per cell type (see :mod:`subcell_scale.metrics.evaluate`).
+``evaluate_profiles(profiles, preset="jump-cellpainting")`` (or ``design={...}``) is the one
+evaluation path: every table of the SubCell JUMP benchmark, per cell type (see
+:mod:`subcell_scale.metrics.evaluate`); ``run``, ``subcell-scale evaluate`` and the notebooks write
+and show its tables.
 
 ``average_precision`` and ``mean_average_precision`` take copairs' arguments and return its columns,
 computed block-wise so that 50,000 profiles in a "vs all other perturbations" design fit in a few GB.
@@ -11,9 +13,6 @@ computed block-wise so that 50,000 profiles in a "vs all other perturbations" de
 from __future__ import annotations
 
 from .designs import (
-    DESIGNS,
-    METRIC_FILES,
-    evaluate_designs,
     moa_nn_accuracy,
     moa_retrieval,
     phenotypic_activity,
@@ -47,14 +46,11 @@ from .map import (
 from .nn import nn_accuracy
 
 __all__ = [
-    "DESIGNS",
-    "METRIC_FILES",
     "EvaluationDesign",
     "assign_reference_index",
     "average_precision",
     "benjamini_hochberg",
     "clustering_scores",
-    "evaluate_designs",
     "evaluate_localization",
     "evaluate_profiles",
     "expected_average_precision",

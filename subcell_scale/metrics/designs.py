@@ -3,9 +3,8 @@
 Each function picks the copairs pair rules of a published design (see the table in
 ``profiling-and-metrics.md`` section 1.6), runs :func:`~subcell_scale.metrics.average_precision`
 and :func:`~subcell_scale.metrics.mean_average_precision` on ``adata.obs`` and ``adata.X`` (or an
-``obsm`` representation) and returns one row per perturbation (or MoA). :func:`evaluate_designs`
-runs them all and writes ``metrics/*.csv``; the protocol evaluation per cell type is
-:func:`subcell_scale.metrics.evaluate_profiles` with a design.
+``obsm`` representation) and returns one row per perturbation (or MoA), for analyses beyond a
+protocol; a protocol's whole evaluation, per cell type, is :func:`subcell_scale.metrics.evaluate_profiles`.
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ProfilingError
-from ._pairs import parse_labels, query_columns
+from ._pairs import parse_labels
 from ._similarity import Distance, feature_matrix
 from .map import (
     AP_COLUMNS,
     MAP_COLUMNS,
     assign_reference_index,
     average_precision,
-    fraction_retrieved,
     mean_average_precision,
 )
 from .nn import NN_COLUMNS, nn_accuracy
@@ -40,19 +38,6 @@ METADATA_PREFIX = "Metadata_"
 _REFERENCE_COL = "__reference_index"
 _RESULT_COLUMNS = frozenset({*AP_COLUMNS, *MAP_COLUMNS, *NN_COLUMNS, "p_value_method", "design", "metric",
                              "value", "n_groups"})
-
-DESIGNS = ("replicate", "activity", "moa")
-"""Designs :func:`evaluate_designs` knows, in the order it runs them."""
-
-METRIC_FILES = {
-    "replicate": ("replicate_ap.csv", "replicate_map.csv"),
-    "activity": ("activity_ap.csv", "activity_map.csv"),
-    "moa": ("moa_ap.csv", "moa_map.csv"),
-    "moa_nn": "moa_nn_accuracy.csv",
-    "summary": "summary.csv",
-}
-"""File names inside a run directory's ``metrics/`` folder: per-profile AP and per-group mAP tables."""
-
 
 def _obs(adata: AnnData, columns: Sequence[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in adata.obs.columns]
@@ -242,118 +227,3 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
         msg = f"{path}: write results as .csv, .csv.gz or .parquet"
         raise ProfilingError(msg)
     return path
-
-
-def evaluate_designs(
-    adata: AnnData,
-    out_dir: str | Path | None = None,
-    *,
-    designs: Sequence[str] | str = "all",
-    pert_col: str = "compound",
-    moa_col: str = "moa",
-    plate_col: str | None = "plate",
-    control_query: str | None = "control_type == 'negcon'",
-    null_size: int = 10000,
-    threshold: float = 0.05,
-    seed: int = 0,
-    k: Sequence[int] = (1, 5, 10),
-    distance: Distance = "cosine",
-    use_rep: str | None = None,
-    exact: bool | Literal["auto"] = False,
-) -> dict[str, pd.DataFrame]:
-    """Run the evaluation designs on profiles and (with ``out_dir``) write ``*.csv`` tables there.
-
-    This is what ``evaluate_profiles(adata, out_dir, designs=..., pert_col=...)`` (no ``design`` or
-    ``preset``) runs; the protocol evaluation with the SubCell JUMP benchmark's semantics per cell
-    type is ``evaluate_profiles(adata, design={...})``.
-
-    ``designs="all"`` runs every design whose columns exist (a design without them is skipped
-    with a log line); naming designs explicitly makes a missing column an error. Controls
-    (``control_query``) are the negatives of ``activity`` and are left out of ``replicate`` and
-    ``moa``. Returns the tables by name: ``replicate_ap``, ``replicate_map``, ``activity_*``,
-    ``moa_*``, ``moa_nn`` and ``summary`` (design, mAP, fraction retrieved, groups; NN accuracy per k).
-    ``exact`` is passed to :func:`~subcell_scale.metrics.mean_average_precision`.
-    """
-    explicit = designs != "all"
-    chosen = list(DESIGNS) if designs == "all" else [designs] if isinstance(designs, str) else list(designs)
-    unknown = [d for d in chosen if d not in DESIGNS]
-    if unknown:
-        msg = f"unknown design(s) {unknown}; choose from {list(DESIGNS)} or 'all'"
-        raise ProfilingError(msg)
-    columns = set(adata.obs.columns)
-    if plate_col is not None and plate_col not in columns:
-        if explicit:
-            msg = f"adata.obs has no plate column {plate_col!r}; pass plate_col=None for a single plate"
-            raise ProfilingError(msg)
-        plate_col = None
-    control_cols = _query_columns(control_query, columns)
-    has_controls = control_query is not None and control_cols is not None
-    exclude = control_query if has_controls else None
-    needs = {"replicate": [pert_col], "activity": [pert_col], "moa": [pert_col, moa_col]}
-    common = dict(null_size=null_size, threshold=threshold, seed=seed, distance=distance, use_rep=use_rep,
-                  exact=exact, return_ap=True)
-    tables: dict[str, pd.DataFrame] = {}
-    summary = []
-    for design in chosen:
-        missing = [c for c in needs[design] if c not in columns]
-        if design == "activity" and not has_controls:
-            missing.append(f"controls ({control_query!r})")
-        if missing:
-            if explicit:
-                msg = f"design {design!r} needs {missing} in adata.obs"
-                raise ProfilingError(msg)
-            logger.info("skipping design %r: adata.obs lacks %s", design, missing)
-            continue
-        try:
-            if design == "replicate":
-                ap, res = replicate_retrieval(adata, pert_col=pert_col, plate_col=plate_col, exclude=exclude, **common)
-            elif design == "activity":
-                ap, res = phenotypic_activity(adata, pert_col=pert_col, control_query=control_query,
-                                              plate_col=plate_col, **common)
-            else:
-                ap, res = moa_retrieval(adata, moa_col=moa_col, pert_col=pert_col, plate_col=plate_col,
-                                        exclude=exclude, **common)
-        except ProfilingError as exc:
-            if explicit:
-                raise
-            logger.warning("design %r could not be evaluated: %s", design, exc)
-            continue
-        tables[f"{design}_ap"], tables[f"{design}_map"] = ap, res
-        summary.append({"design": design, "metric": "mAP", "value": float(res["mean_average_precision"].mean()),
-                        "n_groups": len(res)})
-        summary.append({"design": design, "metric": "fraction_retrieved", "value": fraction_retrieved(res),
-                        "n_groups": len(res)})
-        if design == "moa":
-            try:
-                nn = moa_nn_accuracy(adata, moa_col=moa_col, pert_col=pert_col, plate_col=plate_col,
-                                     exclude=exclude, k=k, distance=distance, use_rep=use_rep)
-            except ProfilingError as exc:
-                logger.warning("MoA nearest-neighbour accuracy could not be evaluated: %s", exc)
-            else:
-                tables["moa_nn"] = nn
-                summary.extend({"design": "moa_nn", "metric": f"accuracy@{int(r.k)}", "value": float(r.accuracy),
-                                "n_groups": int(r.n_queries)} for r in nn.itertuples())
-    tables["summary"] = pd.DataFrame(summary, columns=["design", "metric", "value", "n_groups"])
-    if out_dir is not None:
-        _write_all(tables, Path(out_dir))
-    return tables
-
-
-def _query_columns(query: str | None, columns: set[str]) -> list[str] | None:
-    """Columns a query names, or None when it names one that does not exist."""
-    if query is None:
-        return None
-    named = query_columns(query)
-    return named if named and all(c in columns for c in named) else None
-
-
-def _write_all(tables: dict[str, pd.DataFrame], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for design in DESIGNS:
-        for key, name in zip((f"{design}_ap", f"{design}_map"), METRIC_FILES[design]):
-            if key in tables:
-                write_table(tables[key], out_dir / name)
-    if "moa_nn" in tables:
-        write_table(tables["moa_nn"], out_dir / METRIC_FILES["moa_nn"])
-    tables["summary"].to_csv(out_dir / METRIC_FILES["summary"], index=False)
-    logger.info("wrote %d metric tables to %s", len(tables), out_dir)

@@ -185,16 +185,13 @@ def evaluate_profiles(
     out_dir
         Write every table as ``<name>.csv`` here (lists joined by ``"|"``).
     design
-        The evaluation (fields of :class:`EvaluationDesign`; ``{}`` for the SubCell JUMP
-        benchmark's defaults).
+        The evaluation (fields of :class:`EvaluationDesign`); with neither ``design`` nor ``preset``,
+        the SubCell JUMP benchmark's (the defaults of :class:`EvaluationDesign`).
     preset
-        A preset name whose ``"design"`` entry is the design (``"jump-cellpainting"``).
+        A preset name whose ``"design"`` entry is the design (``"jump-cellpainting"``); ``design``
+        entries given too replace the preset's.
     **options
-        With ``design`` or ``preset``: design fields overriding them (``seed=0``,
-        ``nn_match="any"``). Without either: the keyword arguments of
-        :func:`~subcell_scale.metrics.designs.evaluate_designs`, which then runs instead (the
-        per-design form ``evaluate_profiles(adata, out_dir, designs=..., pert_col=...)``, kept
-        while callers move to the design form).
+        Design fields overriding both (``seed=0``, ``nn_match="any"``, ``null_size=1000``).
 
     Returns
     -------
@@ -209,10 +206,6 @@ def evaluate_profiles(
         A task that cannot be computed for a cell type (no MoA labels, a single plate) is left out
         of its tables with a warning.
     """
-    if design is None and preset is None:
-        from .designs import evaluate_designs
-
-        return evaluate_designs(profiles, out_dir, **options)
     if preset is not None:
         base = preset_design(preset)
         if design is not None:

@@ -98,12 +98,20 @@ def write_csv(adata: AnnData, path: str | os.PathLike) -> Path:
 
 
 def read_profiles(path: str | os.PathLike, *, features: Sequence[str] | None = None) -> AnnData:
-    """Read a profile table (parquet, CSV or CSV.gz) written here or by pycytominer into AnnData."""
+    """Read profiles into AnnData: an ``.h5ad`` written here, or a table (parquet, CSV or CSV.gz) written
+    here or by pycytominer (``Metadata_`` columns and features)."""
     path = Path(path)
     if not path.is_file():
         raise ProfilingError(f"profile table not found: {path}")
     name = path.name.lower()
     steps = []
+    if name.endswith(".h5ad"):
+        import anndata
+
+        try:
+            return anndata.read_h5ad(path)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ProfilingError(f"{path}: not a readable .h5ad AnnData ({exc})") from exc
     if name.endswith(".parquet") or name.endswith(".pq"):
         import pyarrow.parquet as pq
 
@@ -114,7 +122,7 @@ def read_profiles(path: str | os.PathLike, *, features: Sequence[str] | None = N
     elif name.endswith(".csv") or name.endswith(".csv.gz"):
         frame = pd.read_csv(path)
     else:
-        raise ProfilingError(f"{path}: profile tables must be .parquet, .csv or .csv.gz")
+        raise ProfilingError(f"{path}: profiles must be .h5ad, .parquet, .csv or .csv.gz")
     adata = from_dataframe(frame, features=features)
     if steps:
         adata.uns[Keys.PROFILING] = {f"{i:02d}": step for i, step in enumerate(steps)}

@@ -36,9 +36,6 @@ from .normalize import normalize
 
 logger = logging.getLogger(__name__)
 
-PRESET_KEY = "postprocess"
-"""Key of a preset holding the step list of :func:`postprocess`."""
-
 STEPS: dict[str, Callable[..., AnnData]] = {
     "normalize": normalize,
     "feature_select": feature_select,
@@ -64,7 +61,8 @@ def postprocess(
     adata
         Well profiles, e.g. from :func:`aggregate`.
     preset
-        Name of a preset (``"jump-cellpainting"``) whose ``"postprocess"`` entry holds the chain;
+        Name of a preset (``"jump-cellpainting"``) whose ``"postprocess"`` entry holds the chain, or of a
+        chain in :data:`subcell_scale.presets.CHAINS` (``"jump-recipe"``);
         ``steps`` given here replace it.
     steps
         The chain: dicts with ``"step"`` (a key of :data:`STEPS`) and that function's keyword
@@ -122,15 +120,10 @@ def postprocess(
 
 
 def preset_chain(name: str) -> list[dict[str, Any]]:
-    """The step list a preset holds under ``"postprocess"``."""
-    from ..presets import get_preset
+    """The step list of a preset (its ``"postprocess"`` entry) or of a named chain (``"jump-recipe"``)."""
+    from ..presets import get_chain
 
-    entry = get_preset(name).get(PRESET_KEY)
-    if not isinstance(entry, Sequence) or isinstance(entry, str):
-        msg = (f"preset {name!r} has no {PRESET_KEY!r} step list; pass steps=[...] or add the chain under "
-               f"{PRESET_KEY!r} in the preset")
-        raise ConfigError(msg)
-    return [dict(step) for step in _copy.deepcopy(list(entry))]
+    return [dict(step) for step in get_chain(name)]
 
 
 def _resolve_chain(preset: str | None, steps: Sequence[Mapping[str, Any]] | None,
