@@ -7,6 +7,9 @@ which then read their fields themselves.
 
 NGFF 0.4 (Zarr v2) and 0.5 (Zarr v3) plates open identically, from local paths or fsspec URLs.
 Level array paths always come from the ``multiscales`` metadata ("0" and "s0" styles both occur).
+What is in the store counts: consolidated metadata (which ngff-zarr writes into every image, and
+users add before uploading a plate) is never read, so label images added after a plate was written
+are found (see :mod:`subcell_scale.io.consolidated`).
 
 z and t: analysis is 2-D. By default time point 0 is used and z stacks are max-projected (the usual
 choice for widefield HCS); ``open_plate(path, z=INDEX)`` selects one plane instead and
@@ -30,6 +33,7 @@ import zarr.errors
 
 from ..errors import PlateFormatError, PlateNotFoundError, SubcellScaleError, WellNameError
 from ._ngff import SUPPORTED_AXES, axis_names, dataset_scale, ngff_version, ome_attrs, um_per_unit
+from .consolidated import open_on_disk
 from .wells import normalize_well_name, row_index, well_name
 
 logger = logging.getLogger(__name__)
@@ -233,8 +237,8 @@ class Plate:
                 msg = f"{self.path}: well {name} has no field {field!r} (fields: {self.fields(name)})"
                 raise PlateNotFoundError(msg)
             where = f"{self.path} {name}/{field}"
-            group = self._group(f"{self._well_paths[name]}/{field}", f"field {name}/{field}")
-            self._field_meta[key] = _image_meta(group, where)
+            path = f"{self._well_paths[name]}/{field}"
+            self._field_meta[key] = _image_meta(self.root, path, self._group(path, f"field {name}/{field}"), where)
         return name, self._field_meta[key]
 
     def n_levels(self, well: str, field: str | int) -> int:
@@ -365,12 +369,30 @@ class Plate:
     # -- labels ----------------------------------------------------------------------------------
 
     def label_names(self, well: str, field: str | int) -> list[str]:
-        """Names of the label images of a field (empty when it has none)."""
+        """Names of the label images of a field, as the store holds them now (empty when it has none).
+
+        The names listed by the field's ``labels`` group come first, then those listed by the image
+        group itself (where iohub keeps them), then label images present in the ``labels`` group but
+        listed nowhere (written by a tool that did not update the listing). Consolidated metadata is
+        never consulted, so labels added after the plate was written are found.
+        """
         name, _ = self._field(well, field)
-        group = self.root[f"{self._well_paths[name]}/{field}"]
-        if "labels" not in group:
+        field = str(field)
+        field_path = f"{self._well_paths[name]}/{field}"
+        try:
+            group = open_on_disk(self.root.store, f"{field_path}/labels")
+        except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError):
             return []
-        return [str(n) for n in ome_attrs(group["labels"]).get("labels", [])]
+        names = [str(n) for n in ome_attrs(group).get("labels", []) or []]
+        image_listing = ome_attrs(self.root[field_path]).get("labels")
+        if isinstance(image_listing, dict):
+            image_listing = image_listing.get("labels")
+        if isinstance(image_listing, list):
+            names += [str(n) for n in image_listing]
+        for key in sorted(group.group_keys()):
+            if key not in names and "multiscales" in ome_attrs(group[key]):
+                names.append(key)
+        return list(dict.fromkeys(names))
 
     def labels(self, well: str, field: str | int, name: str, level: int = 0) -> xr.DataArray:
         """A label image of a field as a dask-backed DataArray with dims ("y", "x")."""
@@ -384,7 +406,8 @@ class Plate:
         key = (well_name_, field, name)
         where = f"{self.path} {well_name_}/{field} labels {name!r}"
         if key not in self._label_meta:
-            self._label_meta[key] = _image_meta(self._group(group_path, f"labels {name!r}"), where)
+            group = self._group(group_path, f"labels {name!r}")
+            self._label_meta[key] = _image_meta(self.root, group_path, group, where)
         meta = self._label_meta[key]
         self._check_level(well_name_, field, meta, level)
         source = self._level_array(group_path, meta["datasets"][level], f"{where} level {level}")
@@ -412,8 +435,12 @@ class Plate:
         return np.asarray(self.labels(well, field, name, level).data.compute(scheduler="synchronous"))
 
 
-def _image_meta(group: zarr.Group, where: str) -> dict[str, Any]:
-    """What the reader needs from an image (or label image) group's multiscales and omero."""
+def _image_meta(root: zarr.Group, path: str, group: zarr.Group, where: str) -> dict[str, Any]:
+    """What the reader needs from the multiscales and omero of the image (or label image) ``group``.
+
+    ``group`` is the node at ``path`` of the plate ``root``; its arrays are looked up through the
+    root, which reads the store rather than a consolidated listing.
+    """
     attrs = ome_attrs(group)
     multiscales = attrs.get("multiscales")
     if not isinstance(multiscales, list) or not multiscales:
@@ -452,7 +479,10 @@ def _image_meta(group: zarr.Group, where: str) -> dict[str, Any]:
     if not channels or any(not c for c in channels):
         n_channels = None
         if "c" in axes:
-            first = group.get(str(datasets[0]["path"]))
+            try:
+                first = root[f"{path}/{datasets[0]['path']}"]
+            except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+                first = None
             n_channels = first.shape[axes.index("c")] if isinstance(first, zarr.Array) else None
         channels = [f"c{i}" for i in range(n_channels or 1)]
     return {
@@ -478,12 +508,16 @@ def _is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def local_path(path: str) -> str:
+    """A local plate path without its ``file://`` prefix."""
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
 def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     try:
         if _is_url(path):
-            return zarr.open_group(path, mode="r", storage_options=storage_options)
-        local = path[len("file://"):] if path.startswith("file://") else path
-        return zarr.open_group(local, mode="r")
+            return open_on_disk(path, storage_options=storage_options)
+        return open_on_disk(local_path(path))
     except zarr.errors.ContainsArrayError:
         msg = f"{path}: a bare zarr array, not an HCS plate (a plate is a group with 'plate' metadata)"
         raise PlateFormatError(msg) from None
