@@ -19,6 +19,7 @@ unless a plane is selected.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -39,22 +40,35 @@ from .wells import normalize_well_name, row_index, well_name
 logger = logging.getLogger(__name__)
 
 
+MissingChunks = Literal["raise", "fill"]
+"""What reading a field does where an image chunk is not in the store: fail, or read the fill value."""
+
+_SHOWN_KEYS = 8
+
+
 class _NamedArray:
     """A zarr array whose read errors name the plate, well, field and level they came from.
 
     Dask reads chunks through ``__getitem__``, so a corrupt chunk surfaces as a
-    :class:`PlateFormatError` saying where it is, not as a codec traceback.
+    :class:`PlateFormatError` saying where it is, not as a codec traceback. Zarr reads a chunk that
+    is not in the store as the array's fill value; with ``missing_chunks="raise"`` every chunk a
+    read touches must be stored (one listing of the array's keys, on its first read), so a lost or
+    unreadable chunk fails the read, naming its keys, instead of giving black pixels.
     """
 
-    def __init__(self, array: zarr.Array, where: str) -> None:
+    def __init__(self, array: zarr.Array, where: str, *, missing_chunks: MissingChunks = "raise") -> None:
         self.array = array
         self.where = where
+        self.missing_chunks = missing_chunks
         self.shape = array.shape
         self.dtype = array.dtype
         self.ndim = array.ndim
         self.chunks = array.chunks
+        self._stored: frozenset[str] | None = None
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if self.missing_chunks == "raise":
+            self._check_stored(key)
         try:
             return self.array[key]
         except SubcellScaleError:
@@ -62,6 +76,63 @@ class _NamedArray:
         except Exception as exc:
             msg = f"{self.where}: cannot read a chunk ({type(exc).__name__}: {exc}); the store is damaged"
             raise PlateFormatError(msg) from exc
+
+    def _stored_keys(self) -> frozenset[str]:
+        """Keys of the objects stored under the array (chunk or shard files, relative to the array)."""
+        if self._stored is None:
+            from zarr.core.sync import collect_aiterator
+
+            prefix = f"{self.array.path}/" if self.array.path else ""
+            try:
+                keys = collect_aiterator(self.array.store.list_prefix(prefix))
+            except Exception as exc:
+                msg = f"{self.where}: cannot list the array's chunks ({type(exc).__name__}: {exc})"
+                raise PlateFormatError(msg) from exc
+            self._stored = frozenset(k[len(prefix):] if k.startswith(prefix) else k for k in keys)
+        return self._stored
+
+    def _check_stored(self, key: Any) -> None:
+        grid = self.array.shards or self.array.chunks  # what the store holds: shards, or chunks
+        ranges = _grid_ranges(key, self.shape, grid)
+        if ranges is None:  # not a plain block selection: every stored object of the array counts
+            ranges = [range(-(-n // size)) for n, size in zip(self.shape, grid)]
+        if any(len(r) == 0 for r in ranges):
+            return
+        stored = self._stored_keys()
+        encode = self.array.metadata.encode_chunk_key
+        missing = [encode(coords) for coords in itertools.product(*ranges) if encode(coords) not in stored]
+        if missing:
+            path = self.array.path
+            shown = ", ".join(f"{path}/{k}" for k in missing[:_SHOWN_KEYS])
+            more = f" and {len(missing) - _SHOWN_KEYS} more" if len(missing) > _SHOWN_KEYS else ""
+            msg = (f"{self.where}: {len(missing)} chunk(s) inside the array's extent {self.shape} are missing from "
+                   f"the store: {shown}{more}; zarr would read them as the fill value "
+                   f"{self.array.fill_value} (black pixels). Restore them, or open the plate with "
+                   "missing_chunks='fill' if it was written sparsely on purpose")
+            raise PlateFormatError(msg)
+
+
+def _grid_ranges(key: Any, shape: tuple[int, ...], grid: tuple[int, ...]) -> list[range] | None:
+    """Per dimension, the grid cells (chunks or shards) a basic selection touches; None if not basic."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    key = key + (slice(None),) * (len(shape) - len(key))
+    ranges = []
+    for k, n, size in zip(key, shape, grid):
+        if isinstance(k, (int, np.integer)):
+            i = int(k) + n if k < 0 else int(k)
+            ranges.append(range(i // size, i // size + 1))
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                return None
+            ranges.append(range(start // size, (stop - 1) // size + 1) if stop > start else range(0))
+        else:
+            return None
+    return ranges
 
 
 class Plate:
@@ -77,6 +148,9 @@ class Plate:
         NGFF version of the plate, "0.4" or "0.5".
     wells
         Normalised well names ("B03"), in the order the plate lists them.
+    missing_chunks
+        "raise" or "fill": what reading an image chunk that is not in the store does (see
+        :func:`open_plate`).
     """
 
     def __init__(
@@ -87,11 +161,13 @@ class Plate:
         storage_options: dict[str, Any] | None = None,
         z: int | Literal["max"] = "max",
         t: int = 0,
+        missing_chunks: MissingChunks = "raise",
     ) -> None:
         self.path = path
         self.storage_options = storage_options
         self.z = z
         self.t = int(t)
+        self.missing_chunks = missing_chunks
         self._root: zarr.Group | None = root
         attrs = ome_attrs(root)
         plate = attrs.get("plate")
@@ -282,7 +358,8 @@ class Plate:
 
     # -- pixels ----------------------------------------------------------------------------------
 
-    def _level_array(self, group_path: str, dataset_path: str, where: str) -> _NamedArray:
+    def _level_array(self, group_path: str, dataset_path: str, where: str, *,
+                     missing_chunks: MissingChunks = "fill") -> _NamedArray:
         full = f"{group_path}/{dataset_path}"
         try:
             node = self.root[full]
@@ -292,7 +369,7 @@ class Plate:
         if not isinstance(node, zarr.Array):
             msg = f"{where}: level {dataset_path!r} is a group, expected an array"
             raise PlateFormatError(msg)
-        return _NamedArray(node, where)
+        return _NamedArray(node, where, missing_chunks=missing_chunks)
 
     def image(self, well: str, field: str | int, level: int = 0) -> xr.DataArray:
         """A field's image as a dask-backed DataArray with dims ("c", "y", "x").
@@ -305,7 +382,8 @@ class Plate:
         self._check_level(name, field, meta, level)
         dataset = meta["datasets"][level]
         where = f"{self.path} {name}/{field} level {level}"
-        source = self._level_array(f"{self._well_paths[name]}/{field}", dataset, where)
+        source = self._level_array(f"{self._well_paths[name]}/{field}", dataset, where,
+                                   missing_chunks=self.missing_chunks)
         axes = meta["axes"]
         if source.ndim != len(axes):
             msg = f"{where}: array has {source.ndim} dimensions but the axes are {axes}"
@@ -426,6 +504,22 @@ class Plate:
         return xr.DataArray(data, dims=("y", "x"), name=name,
                             attrs={"plate": self.name, "well": well_name_, "field": field, "level": int(level)})
 
+    def level_path(self, well: str, field: str | int, level: int = 0, *, label: str | None = None) -> str:
+        """Store path of the array a field's image (or its label image ``label``) has at ``level``.
+
+        Relative to the plate root, e.g. "B/3/0/s0" or "B/3/0/labels/cells/0": the array whose chunk
+        files are read when that image is computed.
+        """
+        name, meta = self._field(well, field)
+        field = str(field)
+        group_path = f"{self._well_paths[name]}/{field}"
+        if label is not None:
+            self.labels(name, field, label, level)  # checks the label image and caches its metadata
+            meta = self._label_meta[(name, field, label)]
+            group_path = f"{group_path}/labels/{label}"
+        self._check_level(name, field, meta, level)
+        return f"{group_path}/{meta['datasets'][level]}"
+
     def forget_labels(self, well: str, field: str | int, name: str) -> None:
         """Drop cached metadata of a label image (after it was rewritten)."""
         self._label_meta.pop((normalize_well_name(well), str(field), name), None)
@@ -532,6 +626,7 @@ def open_plate(
     storage_options: dict[str, Any] | None = None,
     z: int | Literal["max"] = "max",
     t: int = 0,
+    missing_chunks: MissingChunks = "raise",
 ) -> Plate:
     """Open an NGFF HCS plate (0.4 or 0.5) lazily, reading only its plate metadata.
 
@@ -546,6 +641,14 @@ def open_plate(
         "max" (default) max-projects z stacks; an int selects that plane.
     t
         The time point to read (default 0).
+    missing_chunks
+        "raise" (default): reading an image whose chunks are not all in the store fails with a
+        :class:`PlateFormatError` naming the plate, well, field and the missing chunk keys, because
+        zarr would otherwise read them as the fill value (black pixels) and cells would be embedded
+        on them. "fill": read missing chunks as the fill value, for plates written sparsely on
+        purpose (zarr leaves out chunks that hold only the fill value unless told otherwise). Label
+        images are always read with fill values: an empty region of a label image is legitimately
+        not stored.
 
     Raises
     ------
@@ -557,6 +660,9 @@ def open_plate(
     """
     if z != "max" and not isinstance(z, (int, np.integer)):
         msg = f"z must be 'max' or a plane index, got {z!r}"
+        raise PlateFormatError(msg)
+    if missing_chunks not in ("raise", "fill"):
+        msg = f"missing_chunks must be 'raise' or 'fill', got {missing_chunks!r}"
         raise PlateFormatError(msg)
     text = os.fspath(path)
     if not _is_url(text):
@@ -570,5 +676,5 @@ def open_plate(
             raise PlateFormatError(msg)
         text = text if text.startswith("file://") else str(local.resolve())
     root = _open_root(text, storage_options)
-    return Plate(text, root, storage_options=storage_options, z=z, t=t)
+    return Plate(text, root, storage_options=storage_options, z=z, t=t, missing_chunks=missing_chunks)
 
