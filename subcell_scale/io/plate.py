@@ -116,8 +116,9 @@ def _grid_ranges(key: Any, shape: tuple[int, ...], grid: tuple[int, ...]) -> lis
     """Per dimension, the grid cells (chunks or shards) a basic selection touches; None if not basic."""
     if not isinstance(key, tuple):
         key = (key,)
-    if any(k is Ellipsis for k in key):
-        i = key.index(Ellipsis)
+    ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+    if ellipsis:
+        i = ellipsis[0]
         key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
     key = key + (slice(None),) * (len(shape) - len(key))
     ranges = []
