@@ -30,7 +30,7 @@ from ome_zarr_models.common.omero import Omero
 from skimage.draw import disk
 from zarr.errors import ZarrUserWarning
 
-from subcell_scale.io import open_plate, write_labels
+from subcell_scale.io import open_plate, validate_plate, write_labels
 from subcell_scale.io.consolidated import quiet_consolidation, repair_consolidated
 from subcell_scale.segment import segment_plate
 
@@ -134,7 +134,7 @@ def plate_with_added_labels(written, tmp_path) -> tuple[str, Path]:
     if not writer.startswith("iohub"):
         fmt = FormatV05() if zarr.open_group(str(path), mode="r").metadata.zarr_format == 3 else FormatV04()
         field = zarr.open_group(str(path), path="A/1/0", mode="r+", use_consolidated=False)
-        ome_zarr_write_labels(ADDED, field, name="added", axes="yx", fmt=fmt, scale_factors=[2],
+        ome_zarr_write_labels(ADDED, field, name="added", axes="yx", fmt=fmt, scale_factors=[2], scaler=None,
                               storage_options={"chunks": (32, 32)})
     return writer, path
 
@@ -187,6 +187,7 @@ def test_write_labels_twice_and_every_reader_sees_them(plate_with_added_labels, 
         assert _listings(path) == before
     elif writer.startswith("ome-zarr"):
         assert _listings(path) == [] and "removed the consolidated metadata of /" in caplog.text
+        validate_plate(path)  # the whole plate, both label images included, is valid NGFF
     # zarr trusting consolidated listings (what other tools do by default) finds the new labels
     field = zarr.open_group(str(path), path="A/1/0", mode="r")
     assert set(field["labels"].group_keys()) == {*first, "cells"}
