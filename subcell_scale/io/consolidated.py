@@ -45,10 +45,9 @@ def quiet_consolidation() -> Iterator[None]:
     it. Only that one warning is filtered, and only inside the ``with`` block, so the same warning
     from a user's own code elsewhere is still shown, as is every other warning.
     """
-    from zarr.errors import ZarrUserWarning
-
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_V3_CONSOLIDATION_WARNING, category=ZarrUserWarning)
+        # zarr.errors.ZarrUserWarning (zarr >= 3.1) is a UserWarning, as the same warning was before
+        warnings.filterwarnings("ignore", message=_V3_CONSOLIDATION_WARNING, category=UserWarning)
         yield
 
 
