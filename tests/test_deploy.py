@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,64 @@ def test_get_client_starts_the_cluster_of_a_file(local_cluster_file):
     finally:
         client.close()
     assert cluster.status.name == "closed"  # closing the client closes the cluster the file started
+
+
+# -- a real SLURM ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """munged + slurmctld + slurmd on loopback, configured in a temporary folder (see tests/_slurm.py)."""
+    from _slurm import single_node_slurm, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("slurm")
+    with single_node_slurm(root) as env, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", env["SLURM_CONF"])  # sbatch, squeue and scancel of dask-jobqueue find it
+        yield {"env": env, "root": root}
+
+
+def test_embed_plate_on_sbatch_started_workers_equals_the_in_process_run(slurm, tmp_path, one_torch_thread):
+    import os
+    import sys
+
+    import numpy as np
+
+    from _slurm import PARTITION, queue
+    from subcell_scale.distributed import ModelSpec, get_client
+    from subcell_scale.io.demo import make_demo_plate
+    from subcell_scale.models.config import ModelConfig
+    from subcell_scale.pipeline import embed_plate
+
+    (plate,) = make_demo_plate(tmp_path / "demo", n_plates=1, n_wells=4, n_fields=2, field_size=256,
+                               cells_per_field=8, seed=3)
+    tiny = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, num_channels=4,
+                       pool_int_dim=32)
+    spec = ModelSpec("random", config=tiny.to_dict(), seed=0, n_classifiers=1)
+    cluster_file = tmp_path / "slurm-cpu.yaml"
+    cluster_file.write_text(yaml.safe_dump({"kind": "slurm", "workers": 2, "slurm": {
+        "gpu": False, "queue": PARTITION, "cores": 1, "memory": "2GB", "walltime": "00:10:00",
+        "job_script_prologue": ["export OMP_NUM_THREADS=1"], "python": sys.executable,
+        "local_directory": str(tmp_path / "scratch"), "log_directory": str(slurm["root"] / "jobs"),
+        "scheduler_options": {"dashboard_address": ":0"}}}))
+
+    client = get_client(cluster=cluster_file, dashboard=False)
+    try:
+        script = client.cluster.job_script()
+        assert "--resources GPU=1" in script and "--gres" not in script and f"#SBATCH -p {PARTITION}" in script
+        client.wait_for_workers(2, timeout=60)
+        jobs = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        assert len(set(jobs.values())) == 2 and set(jobs.values()) <= set(queue(slurm["env"]))  # sbatch's jobs
+        on_slurm = embed_plate(plate, spec, client=client, progress=False, out_size=32)
+    finally:
+        client.close()
+    in_process = embed_plate(plate, spec, progress=False, out_size=32)
+    assert on_slurm.n_obs == in_process.n_obs > 0
+    assert list(on_slurm.obs_names) == list(in_process.obs_names)
+    assert np.array_equal(np.asarray(on_slurm.X), np.asarray(in_process.X))  # bit-identical on CPU
+    assert np.array_equal(on_slurm.obsm["localization"], in_process.obsm["localization"])
+    # closing the client cancelled the worker jobs
+    deadline = time.monotonic() + 30
+    while queue(slurm["env"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert queue(slurm["env"]) == []

@@ -160,3 +160,56 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("subcell-scale convert: error: ") and "missing.png" in err
+
+
+# Opera Phenix exports one LZW-compressed TIFF per channel (r03c03f03p01-ch5sk1fk1fl1.tiff, no
+# predictor); the JUMP images are ZSTD-compressed; many microscopes add the horizontal predictor.
+COMPRESSIONS = {
+    "lzw": ({"compression": "lzw"}, tifffile.COMPRESSION.LZW),
+    "lzw-predictor": ({"compression": "lzw", "predictor": True}, tifffile.COMPRESSION.LZW),
+    "zstd": ({"compression": "zstd"}, tifffile.COMPRESSION.ZSTD),
+}
+
+
+def _phenix_files(folder, compression):
+    """The vendored JUMP site's real pixels as one compressed TIFF per channel, Phenix-named."""
+    stack = tifffile.imread(REALDATA / "jump" / "BR00123947_G01_s1.tif")
+    folder.mkdir()
+    rows = []
+    for i, (channel, plane) in enumerate(zip(["AGP", "DNA", "ER", "Mito", "RNA"], stack)):
+        name = f"r07c01f02p01-ch{i + 1}sk1fk1fl1.tiff"
+        tifffile.imwrite(folder / name, plane, photometric="minisblack", rowsperstrip=64,
+                         **COMPRESSIONS[compression][0])
+        rows.append({"plate": "BR00123947", "well": "G01", "field": "1", "channel": channel, "path": name})
+    pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
+    return stack
+
+
+@pytest.mark.parametrize("compression", list(COMPRESSIONS))
+def test_compressed_microscope_tiffs_convert_out_of_the_box(tmp_path, compression):
+    stack = _phenix_files(tmp_path / "tiffs", compression)
+    for path in (tmp_path / "tiffs").glob("*.tiff"):
+        assert tifffile.TiffFile(path).pages[0].compression == COMPRESSIONS[compression][1]
+    assert _cli(str(tmp_path / "tiffs" / "index.csv"), str(tmp_path / "plates"), "--pixel-size", "0.598",
+                "--validate") == 0
+    plate = open_plate(tmp_path / "plates" / "BR00123947.zarr")
+    assert plate.channel_names == ["AGP", "DNA", "ER", "Mito", "RNA"]
+    np.testing.assert_array_equal(plate.read_field("G01", "1"), stack)
+
+
+def test_without_imagecodecs_the_error_says_what_to_install(tmp_path):
+    """A broken install (imagecodecs absent) gets one clear line, not a traceback from tifffile."""
+    import subprocess
+    import sys
+
+    _phenix_files(tmp_path / "tiffs", "lzw")
+    code = ("import sys; sys.modules['imagecodecs'] = None\n"
+            "from subcell_scale.cli import main\n"
+            f"sys.exit(main(['convert', {str(tmp_path / 'tiffs' / 'index.csv')!r}, {str(tmp_path / 'out')!r}, "
+            "'--pixel-size', '0.6']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    line = done.stderr.splitlines()[-1]  # a log line about the unfinished plate may precede it
+    assert line.startswith("subcell-scale convert: error: "), done.stderr
+    assert "r07c01f02p01-ch1sk1fk1fl1.tiff (plate BR00123947, well G01, field 1)" in line
+    assert "pip install imagecodecs" in line

@@ -335,6 +335,72 @@ def test_unreadable_chunk(small_plate, tmp_path):
         plate.read_field("B03", "1")
 
 
+def _chunk_files(array_dir):
+    return sorted(p for p in array_dir.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs"))
+
+
+def test_a_missing_image_chunk_fails_the_field_in_every_variant(plate_path, tmp_path):
+    path, _ = plate_path
+    copy = tmp_path / "holes.zarr"
+    shutil.copytree(path, copy)
+    level0 = copy / open_plate(copy).level_path("C11", "1")
+    chunk = _chunk_files(level0)[-1]
+    chunk.unlink()
+    key = chunk.relative_to(copy).as_posix()
+    plate = open_plate(copy)
+    with pytest.raises(PlateFormatError, match=rf"holes.zarr C11/1 level 0: 1 chunk\(s\) .* missing from the store: {key};"):
+        plate.read_field("C11", "1")
+    with pytest.raises(PlateFormatError, match="missing_chunks='fill'"):
+        plate.image("C11", "1").values
+    np.testing.assert_array_equal(plate.read_field("C11", "0"), DATA[("C11", "0")][0])  # other fields read
+    filled = open_plate(copy, missing_chunks="fill").read_field("C11", "1")
+    image = DATA[("C11", "1")][0]
+    holes = filled != image
+    assert 0 < holes.sum() <= 32 * 32  # one chunk's worth of pixels, at most
+    assert (filled[holes] < image[holes]).all()  # zeros (or the other z plane, where a stack is projected)
+
+
+def test_only_the_chunks_a_read_touches_must_exist(tmp_path):
+    path = tmp_path / "z.zarr"
+    _by_metadata_writers(path, "0.5")  # czyx, one chunk per channel and plane, 2 planes
+    level0 = path / open_plate(path).level_path("B03", "0")
+    (level0 / "c/1/0/0/0").unlink()  # channel 1, plane 0, first tile
+    image = DATA[("B03", "0")][0]
+    np.testing.assert_array_equal(open_plate(path, z=1).read_field("B03", "0"), image)
+    with pytest.raises(PlateFormatError, match="B/3/0/0/c/1/0/0/0"):
+        open_plate(path, z=0).read_field("B03", "0")
+    with pytest.raises(PlateFormatError, match="B/3/0/0/c/1/0/0/0"):
+        open_plate(path).read_field("B03", "0")  # max over z reads both planes
+    # a crop that stays in the other tiles reads
+    np.testing.assert_array_equal(open_plate(path).image("B03", "0")[:, 40:, 40:].values, image[:, 40:, 40:])
+
+
+def test_missing_shards_chunks_behind_urls_and_label_images(small_plate, tmp_path):
+    copy = tmp_path / "sharded.zarr"
+    shutil.copytree(small_plate, copy)
+    image = DATA[("B03", "0")][0]
+    field = zarr.open_group(str(copy / "B/3/0"), mode="r+")
+    sharded = field.create_array("s0", shape=image.shape, dtype=image.dtype, chunks=(1, 16, 16), shards=(1, 32, 32),
+                                 dimension_names=["c", "y", "x"], overwrite=True)
+    sharded[...] = image
+    np.testing.assert_array_equal(open_plate(copy).read_field("B03", "0"), image)
+    (copy / "B/3/0/s0/c/2/1/0").unlink()  # one shard: channel 2, rows 32-63, columns 0-31
+    with pytest.raises(PlateFormatError, match="B03/0 level 0: 1 chunk.*: B/3/0/s0/c/2/1/0;"):
+        open_plate(copy).read_field("B03", "0")
+    # the same through an fsspec URL
+    fsspec = pytest.importorskip("fsspec")
+    fsspec.filesystem("memory").put(str(copy), "/holes-plate.zarr", recursive=True)
+    with pytest.raises(PlateFormatError, match="B/3/0/s0/c/2/1/0"):
+        open_plate("memory://holes-plate.zarr").read_field("B03", "0")
+    # label images leave out chunks without cells, so a missing label chunk reads as background
+    labels = copy / "B/3/1/labels/cells/s0"
+    for chunk in _chunk_files(labels):
+        chunk.unlink()
+    assert (open_plate(copy).read_labels("B03", "1", "cells") == 0).all()
+    with pytest.raises(PlateFormatError, match="missing_chunks must be 'raise' or 'fill'"):
+        open_plate(copy, missing_chunks="zero")
+
+
 def test_validate_reports_every_problem(small_plate, tmp_path):
     copy = tmp_path / "invalid.zarr"
     shutil.copytree(small_plate, copy)

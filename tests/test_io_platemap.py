@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +136,48 @@ def test_join_checks_against_the_plates_wells(tmp_path):
         join_platemap(wells.iloc[:3], layout, plates={"P1": ["A1", "A2", "B1"]})
     with pytest.raises(PlatemapError, match="P1 B01"):
         join_platemap(wells.iloc[:1], layout, plates={"P1": ["A1", "A2"]})
+
+
+def test_a_platemap_of_other_plates_warns_naming_both_and_writes_no_nan_text(tmp_path):
+    cells = _cells()
+    other = PLATEMAP.assign(Metadata_Plate=PLATEMAP["Metadata_Plate"].map({"P1": "BR001", "P2": "BR002"}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        joined = join_platemap(cells, other)
+    messages = [str(w.message) for w in caught if issubclass(w.category, PlatemapWarning)]
+    assert messages == ["the platemap's plate names ['BR001', 'BR002'] match none of the plates ['P1', 'P2']: "
+                        "its columns are left empty; fix the names, or drop the platemap's plate column to "
+                        "apply one layout to every plate"]
+    assert joined["compound"].isna().all() and joined["dose"].isna().all()
+    # written and read back as scanpy users do: missing stays missing, in zarr and h5ad alike
+    adata = ad.AnnData(np.zeros((len(cells), 2), np.float32), obs=joined.astype({"well": str}))
+    adata.write_zarr(tmp_path / "cells.zarr")
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    for back in (ad.read_zarr(tmp_path / "cells.zarr"), ad.read_h5ad(tmp_path / "cells.h5ad")):
+        for column in ("compound", "control_type"):
+            assert back.obs[column].isna().all(), (column, back.obs[column].tolist())
+        assert "nan" not in set(back.obs["compound"].astype(object).dropna())
+
+
+def test_partly_described_text_columns_keep_their_values_and_missing(tmp_path):
+    cells = _cells()
+    with pytest.warns(PlatemapWarning):  # wells without a row (tested above)
+        joined = join_platemap(cells, PLATEMAP.iloc[:2])
+    assert isinstance(joined["compound"].dtype, pd.CategoricalDtype)
+    assert joined["compound"].isna().tolist() == [False, True, False, True, False]
+    adata = ad.AnnData(np.zeros((len(cells), 2), np.float32), obs=joined.astype({"well": str}))
+    adata.write_zarr(tmp_path / "cells.zarr")
+    back = ad.read_zarr(tmp_path / "cells.zarr").obs["compound"]
+    assert back.isna().tolist() == [False, True, False, True, False]
+    assert back.dropna().tolist() == joined["compound"].dropna().tolist()
+
+
+def test_platemap_rows_without_a_plate_name_are_named(tmp_path):
+    frame = PLATEMAP.copy()
+    frame.loc[1, "Metadata_Plate"] = None
+    with pytest.raises(PlatemapError, match=r"row\(s\) 2 have no plate name"):
+        read_platemap(frame)
+    path = tmp_path / "pm.csv"
+    PLATEMAP.assign(Metadata_Plate=["P1", "", "P1", "P2"]).to_csv(path, index=False)
+    with pytest.raises(PlatemapError, match=r"pm.csv: row\(s\) 2 have no plate name"):
+        read_platemap(path)

@@ -268,16 +268,30 @@ def test_damaged_and_empty_fields_are_recorded_and_a_rerun_after_repair_complete
     assert _manifest(out)["run"]["status"] == "done"
 
 
-@pytest.mark.xfail(strict=True, reason="io.Plate reads a chunk path that is a directory as a missing chunk "
-                   "(fill value 0): the field is embedded on black pixels instead of failing")
-def test_a_chunk_that_cannot_be_read_fails_the_field(demo, tmp_path):
+@pytest.mark.parametrize("damage", ["directory", "deleted"])
+def test_a_chunk_that_cannot_be_read_fails_the_field(demo, spec, reference, tmp_path, damage):
     plate = str(shutil.copytree(demo["plate"], tmp_path / Path(demo["plate"]).name))
     chunk = next(p for p in sorted((_field_dir(plate, "A02", "1") / "s0").rglob("*")) if p.is_file()
                  and p.name != "zarr.json")
     chunk.unlink()
-    chunk.mkdir()  # read() on it fails with IsADirectoryError
-    with pytest.raises(PlateFormatError, match="A02"):
+    if damage == "directory":
+        chunk.mkdir()  # read() on it fails with IsADirectoryError, which zarr takes for a missing chunk
+    key = chunk.relative_to(plate).as_posix()
+    with pytest.raises(PlateFormatError, match=f"A02/1 level 0: 1 chunk.* missing from the store: {key}"):
         open_plate(plate).read_field("A02", "1")
+    # opting in to fill values reads the hole as zeros, and the other fields as they are
+    filled = open_plate(plate, missing_chunks="fill")
+    assert (filled.read_field("A02", "1") == 0).any()
+    np.testing.assert_array_equal(filled.read_field("A02", "0"), open_plate(demo["plate"]).read_field("A02", "0"))
+    # the run fails that field only, naming the chunk, and embeds every other field as before
+    out = tmp_path / "run"
+    adata = embed_plate(plate, spec, out=out, platemap=demo["platemap"], progress=False, retries=0, **SMALL)
+    name = open_plate(plate).name
+    assert list(adata.uns[Keys.PROVENANCE]["failed_fields"]) == [f"{name}/A02/1"]
+    error = _manifest(out)["fields"][f"{name}/A02/1"]["error"]
+    assert "A02/1" in error and key in error
+    _same_cells(_subset(reference, {f"{name}/{w}/{f}" for w in ("A01", "A02", "A03", "A04", "A05", "A06")
+                                    for f in ("0", "1")} - {f"{name}/A02/1"}), adata)
 
 
 def test_a_platemap_well_missing_from_the_plate_stops_the_run_before_any_work(demo, checkpoint, client, tmp_path):

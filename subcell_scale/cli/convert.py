@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 NAME = "convert"
-HELP = "convert TIFF/PNG files listed in an index CSV (plate, well, field, channel, path) into OME-Zarr HCS plates"
+HELP = ("convert TIFF/PNG files listed in an index CSV (plate, well, field, channel, path) into OME-Zarr HCS plates; "
+        "compressed microscope TIFFs (LZW, ZSTD, Deflate) included")
 
 
 def _pixel_size(text: str) -> tuple[float, float]:

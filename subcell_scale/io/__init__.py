@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from .fingerprint import field_fingerprint
 from .labels import write_labels
 from .plate import Plate, open_plate
 from .platemap import PlatemapWarning, join_platemap, read_platemap
@@ -19,6 +20,7 @@ __all__ = [
     "Plate",
     "PlateWriter",
     "PlatemapWarning",
+    "field_fingerprint",
     "join_platemap",
     "make_demo_plate",
     "open_plate",

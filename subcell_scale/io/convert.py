@@ -61,7 +61,11 @@ def _text(value: object) -> str:
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """Pixels of one image file: TIFF through tifffile, anything else through imageio."""
+    """Pixels of one image file: TIFF through tifffile, anything else through imageio.
+
+    Microscopes compress their TIFFs: LZW (Opera Phenix), ZSTD (the JUMP images), Deflate, JPEG-XR.
+    tifffile decodes them with imagecodecs, a dependency of subcell-scale for that reason.
+    """
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -221,8 +225,12 @@ def _read_field(plate: str, well: str, field: str, items: list[dict], order: lis
         where = f"{r['path']} (plate {plate}, well {well}, field {field})"
         try:
             array = read_image_file(r["path"])
-        except (OSError, ValueError) as exc:
-            msg = f"{where}: cannot read the image ({type(exc).__name__}: {exc})"
+        except (OSError, ValueError, ImportError) as exc:
+            hint = ""
+            if isinstance(exc, ImportError) or "imagecodecs" in str(exc):
+                hint = " (pip install imagecodecs)" if "imagecodecs" in str(exc) else (
+                    "; its compression needs the imagecodecs package (pip install imagecodecs)")
+            msg = f"{where}: cannot read the image ({type(exc).__name__}: {exc}){hint}"
             raise PlateFormatError(msg) from exc
         if r["kind"] == "channel":
             planes[r["names"][0]] = (_single_plane(array, where), r["path"])

@@ -5,6 +5,8 @@ exactly the image's level shapes), the image's axes (non-spatial axes of length 
 transformations, ``image-label`` metadata (a colour per label, optional per-label properties, the
 source image), and a ``labels`` group listing it with its version (ome-zarr-py leaves the version
 out for NGFF 0.5, which makes the whole plate invalid). Writing the same name again replaces it.
+Groups are opened from their own metadata, never through a consolidated listing, so label images
+written by other tools since a plate was consolidated are seen and kept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import zarr
 
 from ..errors import PlateFormatError
 from ._ngff import axis_names, ome_attrs, set_ome_attrs, write_level
+from .consolidated import open_on_disk, repair_consolidated
 from .wells import normalize_well_name
 
 if TYPE_CHECKING:
@@ -140,16 +143,20 @@ def write_label_image(
     # what costs on network and overlay file systems), and a field's labels are read whole anyway
     chunks = tuple(LABEL_CHUNK if i in (iy, ix) else 1 for i in range(len(names)))
     fmt = FormatV05() if field.metadata.zarr_format == 3 else FormatV04()
-    labels_group = field.require_group("labels")
+    field.require_group("labels")
+    # reopened from its own metadata: a consolidated listing would hide label images written since
+    labels_group = open_on_disk(field.store, f"{field.path}/labels", mode="r+")
     if name in labels_group:
         logger.info("%s: replacing labels %r", where, name)
         del labels_group[name]
     group = labels_group.create_group(name)
     datasets = []
+    # dimension names spelled as the image's axes ("T", "C", ... in iohub plates), as NGFF 0.5 requires
+    dimension_names = [str(a["name"] if isinstance(a, dict) else a) for a in axes]
     for dataset, shape in zip(multiscale["datasets"], level_shapes):
         level = nearest_downsample(labels, (shape[iy], shape[ix]))
         level = level.reshape([s if i in (iy, ix) else 1 for i, s in enumerate(shape)])
-        write_level(group, dataset["path"], level, chunks, names)
+        write_level(group, dataset["path"], level, chunks, dimension_names)
         datasets.append({"path": dataset["path"], "coordinateTransformations": dataset["coordinateTransformations"]})
     write_multiscales_metadata(group, datasets=datasets, fmt=fmt, axes=axes, name=name)
 
@@ -157,11 +164,17 @@ def write_label_image(
     colors = [{"label-value": int(v), "rgba": label_color(int(v))} for v in values if v != 0]
     write_label_metadata(labels_group, name, colors=colors, properties=_properties_list(properties, where),
                          fmt=fmt, source={"image": "../../"})
-    # ome-zarr-py appends the name even when it is listed already, and leaves out the 0.5 version
+    # ome-zarr-py appends the name even when it is listed already, and leaves out the 0.5 version;
+    # iohub lists its label images in the image group only ({"labels": {"labels": [...]}}), so
+    # the NGFF listing takes those in too, and iohub's listing learns the new name
+    image_listing = image_meta.get("labels")
+    iohub_names = image_listing.get("labels") if isinstance(image_listing, dict) else None
     attrs = ome_attrs(labels_group)
-    listed = list(dict.fromkeys(attrs.get("labels", [])))
+    listed = list(dict.fromkeys([*(iohub_names or []), *attrs.get("labels", [])]))
     if listed != attrs.get("labels") or (fmt.version != "0.4" and attrs.get("version") != fmt.version):
         set_ome_attrs(labels_group, {"labels": listed}, version=fmt.version)
+    if isinstance(iohub_names, list) and name not in iohub_names:
+        set_ome_attrs(field, {"labels": {**image_listing, "labels": [*iohub_names, name]}}, version=fmt.version)
 
 
 def write_labels(
@@ -179,8 +192,12 @@ def write_labels(
     optional per-label ``properties`` (records with "label-value", a ``{label: {...}}`` mapping or a
     DataFrame with a ``label`` column), so napari shows it and later runs read it instead of
     segmenting again. Writing the same name again replaces the previous labels.
+
+    Plates with consolidated metadata stay consistent: listings inside the field are rebuilt, a
+    listing of the whole plate (or a row or well) is removed with a warning, since rebuilding it would
+    read the whole plate for every field (see :func:`~subcell_scale.io.consolidated.repair_consolidated`).
     """
-    from .plate import Plate, open_plate
+    from .plate import Plate, local_path, open_plate
 
     if not isinstance(plate, Plate):
         plate = open_plate(plate)
@@ -189,9 +206,10 @@ def write_labels(
     plate.n_levels(well_id, field)  # raises a named error for an unknown well or field
     group_path = f"{plate.well_path(well_id)}/{field}"
     if "://" in plate.path and not plate.path.startswith("file://"):
-        group = zarr.open_group(plate.path, path=group_path, mode="r+", storage_options=plate.storage_options)
+        group = open_on_disk(plate.path, group_path, mode="r+", storage_options=plate.storage_options)
     else:
-        local = plate.path[len("file://"):] if plate.path.startswith("file://") else plate.path
-        group = zarr.open_group(local, path=group_path, mode="r+")
-    write_label_image(group, name, labels, properties=properties, where=f"{plate.path} {well_id}/{field}")
+        group = open_on_disk(local_path(plate.path), group_path, mode="r+")
+    where = f"{plate.path} {well_id}/{field}"
+    write_label_image(group, name, labels, properties=properties, where=where)
+    repair_consolidated(group.store, f"{group_path}/labels/{name}", where=where)
     plate.forget_labels(well_id, field, name)

@@ -7,6 +7,9 @@ which then read their fields themselves.
 
 NGFF 0.4 (Zarr v2) and 0.5 (Zarr v3) plates open identically, from local paths or fsspec URLs.
 Level array paths always come from the ``multiscales`` metadata ("0" and "s0" styles both occur).
+What is in the store counts: consolidated metadata (which ngff-zarr writes into every image, and
+users add before uploading a plate) is never read, so label images added after a plate was written
+are found (see :mod:`subcell_scale.io.consolidated`).
 
 z and t: analysis is 2-D. By default time point 0 is used and z stacks are max-projected (the usual
 choice for widefield HCS); ``open_plate(path, z=INDEX)`` selects one plane instead and
@@ -16,6 +19,7 @@ unless a plane is selected.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -30,27 +34,41 @@ import zarr.errors
 
 from ..errors import PlateFormatError, PlateNotFoundError, SubcellScaleError, WellNameError
 from ._ngff import SUPPORTED_AXES, axis_names, dataset_scale, ngff_version, ome_attrs, um_per_unit
+from .consolidated import open_on_disk
 from .wells import normalize_well_name, row_index, well_name
 
 logger = logging.getLogger(__name__)
+
+
+MissingChunks = Literal["raise", "fill"]
+"""What reading a field does where an image chunk is not in the store: fail, or read the fill value."""
+
+_SHOWN_KEYS = 8
 
 
 class _NamedArray:
     """A zarr array whose read errors name the plate, well, field and level they came from.
 
     Dask reads chunks through ``__getitem__``, so a corrupt chunk surfaces as a
-    :class:`PlateFormatError` saying where it is, not as a codec traceback.
+    :class:`PlateFormatError` saying where it is, not as a codec traceback. Zarr reads a chunk that
+    is not in the store as the array's fill value; with ``missing_chunks="raise"`` every chunk a
+    read touches must be stored (one listing of the array's keys, on its first read), so a lost or
+    unreadable chunk fails the read, naming its keys, instead of giving black pixels.
     """
 
-    def __init__(self, array: zarr.Array, where: str) -> None:
+    def __init__(self, array: zarr.Array, where: str, *, missing_chunks: MissingChunks = "raise") -> None:
         self.array = array
         self.where = where
+        self.missing_chunks = missing_chunks
         self.shape = array.shape
         self.dtype = array.dtype
         self.ndim = array.ndim
         self.chunks = array.chunks
+        self._stored: frozenset[str] | None = None
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if self.missing_chunks == "raise":
+            self._check_stored(key)
         try:
             return self.array[key]
         except SubcellScaleError:
@@ -58,6 +76,64 @@ class _NamedArray:
         except Exception as exc:
             msg = f"{self.where}: cannot read a chunk ({type(exc).__name__}: {exc}); the store is damaged"
             raise PlateFormatError(msg) from exc
+
+    def _stored_keys(self) -> frozenset[str]:
+        """Keys of the objects stored under the array (chunk or shard files, relative to the array)."""
+        if self._stored is None:
+            from zarr.core.sync import collect_aiterator
+
+            prefix = f"{self.array.path}/" if self.array.path else ""
+            try:
+                keys = collect_aiterator(self.array.store.list_prefix(prefix))
+            except Exception as exc:
+                msg = f"{self.where}: cannot list the array's chunks ({type(exc).__name__}: {exc})"
+                raise PlateFormatError(msg) from exc
+            self._stored = frozenset(k[len(prefix):] if k.startswith(prefix) else k for k in keys)
+        return self._stored
+
+    def _check_stored(self, key: Any) -> None:
+        grid = self.array.shards or self.array.chunks  # what the store holds: shards, or chunks
+        ranges = _grid_ranges(key, self.shape, grid)
+        if ranges is None:  # not a plain block selection: every stored object of the array counts
+            ranges = [range(-(-n // size)) for n, size in zip(self.shape, grid)]
+        if any(len(r) == 0 for r in ranges):
+            return
+        stored = self._stored_keys()
+        encode = self.array.metadata.encode_chunk_key
+        missing = [encode(coords) for coords in itertools.product(*ranges) if encode(coords) not in stored]
+        if missing:
+            path = self.array.path
+            shown = ", ".join(f"{path}/{k}" for k in missing[:_SHOWN_KEYS])
+            more = f" and {len(missing) - _SHOWN_KEYS} more" if len(missing) > _SHOWN_KEYS else ""
+            msg = (f"{self.where}: {len(missing)} chunk(s) inside the array's extent {self.shape} are missing from "
+                   f"the store: {shown}{more}; zarr would read them as the fill value "
+                   f"{self.array.fill_value} (black pixels). Restore them, or open the plate with "
+                   "missing_chunks='fill' if it was written sparsely on purpose")
+            raise PlateFormatError(msg)
+
+
+def _grid_ranges(key: Any, shape: tuple[int, ...], grid: tuple[int, ...]) -> list[range] | None:
+    """Per dimension, the grid cells (chunks or shards) a basic selection touches; None if not basic."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+    if ellipsis:
+        i = ellipsis[0]
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    key = key + (slice(None),) * (len(shape) - len(key))
+    ranges = []
+    for k, n, size in zip(key, shape, grid):
+        if isinstance(k, (int, np.integer)):
+            i = int(k) + n if k < 0 else int(k)
+            ranges.append(range(i // size, i // size + 1))
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                return None
+            ranges.append(range(start // size, (stop - 1) // size + 1) if stop > start else range(0))
+        else:
+            return None
+    return ranges
 
 
 class Plate:
@@ -73,6 +149,9 @@ class Plate:
         NGFF version of the plate, "0.4" or "0.5".
     wells
         Normalised well names ("B03"), in the order the plate lists them.
+    missing_chunks
+        "raise" or "fill": what reading an image chunk that is not in the store does (see
+        :func:`open_plate`).
     """
 
     def __init__(
@@ -83,11 +162,13 @@ class Plate:
         storage_options: dict[str, Any] | None = None,
         z: int | Literal["max"] = "max",
         t: int = 0,
+        missing_chunks: MissingChunks = "raise",
     ) -> None:
         self.path = path
         self.storage_options = storage_options
         self.z = z
         self.t = int(t)
+        self.missing_chunks = missing_chunks
         self._root: zarr.Group | None = root
         attrs = ome_attrs(root)
         plate = attrs.get("plate")
@@ -233,8 +314,8 @@ class Plate:
                 msg = f"{self.path}: well {name} has no field {field!r} (fields: {self.fields(name)})"
                 raise PlateNotFoundError(msg)
             where = f"{self.path} {name}/{field}"
-            group = self._group(f"{self._well_paths[name]}/{field}", f"field {name}/{field}")
-            self._field_meta[key] = _image_meta(group, where)
+            path = f"{self._well_paths[name]}/{field}"
+            self._field_meta[key] = _image_meta(self.root, path, self._group(path, f"field {name}/{field}"), where)
         return name, self._field_meta[key]
 
     def n_levels(self, well: str, field: str | int) -> int:
@@ -278,7 +359,8 @@ class Plate:
 
     # -- pixels ----------------------------------------------------------------------------------
 
-    def _level_array(self, group_path: str, dataset_path: str, where: str) -> _NamedArray:
+    def _level_array(self, group_path: str, dataset_path: str, where: str, *,
+                     missing_chunks: MissingChunks = "fill") -> _NamedArray:
         full = f"{group_path}/{dataset_path}"
         try:
             node = self.root[full]
@@ -288,7 +370,7 @@ class Plate:
         if not isinstance(node, zarr.Array):
             msg = f"{where}: level {dataset_path!r} is a group, expected an array"
             raise PlateFormatError(msg)
-        return _NamedArray(node, where)
+        return _NamedArray(node, where, missing_chunks=missing_chunks)
 
     def image(self, well: str, field: str | int, level: int = 0) -> xr.DataArray:
         """A field's image as a dask-backed DataArray with dims ("c", "y", "x").
@@ -301,7 +383,8 @@ class Plate:
         self._check_level(name, field, meta, level)
         dataset = meta["datasets"][level]
         where = f"{self.path} {name}/{field} level {level}"
-        source = self._level_array(f"{self._well_paths[name]}/{field}", dataset, where)
+        source = self._level_array(f"{self._well_paths[name]}/{field}", dataset, where,
+                                   missing_chunks=self.missing_chunks)
         axes = meta["axes"]
         if source.ndim != len(axes):
             msg = f"{where}: array has {source.ndim} dimensions but the axes are {axes}"
@@ -365,12 +448,30 @@ class Plate:
     # -- labels ----------------------------------------------------------------------------------
 
     def label_names(self, well: str, field: str | int) -> list[str]:
-        """Names of the label images of a field (empty when it has none)."""
+        """Names of the label images of a field, as the store holds them now (empty when it has none).
+
+        The names listed by the field's ``labels`` group come first, then those listed by the image
+        group itself (where iohub keeps them), then label images present in the ``labels`` group but
+        listed nowhere (written by a tool that did not update the listing). Consolidated metadata is
+        never consulted, so labels added after the plate was written are found.
+        """
         name, _ = self._field(well, field)
-        group = self.root[f"{self._well_paths[name]}/{field}"]
-        if "labels" not in group:
+        field = str(field)
+        field_path = f"{self._well_paths[name]}/{field}"
+        try:
+            group = open_on_disk(self.root.store, f"{field_path}/labels")
+        except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError):
             return []
-        return [str(n) for n in ome_attrs(group["labels"]).get("labels", [])]
+        names = [str(n) for n in ome_attrs(group).get("labels", []) or []]
+        image_listing = ome_attrs(self.root[field_path]).get("labels")
+        if isinstance(image_listing, dict):
+            image_listing = image_listing.get("labels")
+        if isinstance(image_listing, list):
+            names += [str(n) for n in image_listing]
+        for key in sorted(group.group_keys()):
+            if key not in names and "multiscales" in ome_attrs(group[key]):
+                names.append(key)
+        return list(dict.fromkeys(names))
 
     def labels(self, well: str, field: str | int, name: str, level: int = 0) -> xr.DataArray:
         """A label image of a field as a dask-backed DataArray with dims ("y", "x")."""
@@ -384,7 +485,8 @@ class Plate:
         key = (well_name_, field, name)
         where = f"{self.path} {well_name_}/{field} labels {name!r}"
         if key not in self._label_meta:
-            self._label_meta[key] = _image_meta(self._group(group_path, f"labels {name!r}"), where)
+            group = self._group(group_path, f"labels {name!r}")
+            self._label_meta[key] = _image_meta(self.root, group_path, group, where)
         meta = self._label_meta[key]
         self._check_level(well_name_, field, meta, level)
         source = self._level_array(group_path, meta["datasets"][level], f"{where} level {level}")
@@ -403,6 +505,22 @@ class Plate:
         return xr.DataArray(data, dims=("y", "x"), name=name,
                             attrs={"plate": self.name, "well": well_name_, "field": field, "level": int(level)})
 
+    def level_path(self, well: str, field: str | int, level: int = 0, *, label: str | None = None) -> str:
+        """Store path of the array a field's image (or its label image ``label``) has at ``level``.
+
+        Relative to the plate root, e.g. "B/3/0/s0" or "B/3/0/labels/cells/0": the array whose chunk
+        files are read when that image is computed.
+        """
+        name, meta = self._field(well, field)
+        field = str(field)
+        group_path = f"{self._well_paths[name]}/{field}"
+        if label is not None:
+            self.labels(name, field, label, level)  # checks the label image and caches its metadata
+            meta = self._label_meta[(name, field, label)]
+            group_path = f"{group_path}/labels/{label}"
+        self._check_level(name, field, meta, level)
+        return f"{group_path}/{meta['datasets'][level]}"
+
     def forget_labels(self, well: str, field: str | int, name: str) -> None:
         """Drop cached metadata of a label image (after it was rewritten)."""
         self._label_meta.pop((normalize_well_name(well), str(field), name), None)
@@ -412,8 +530,12 @@ class Plate:
         return np.asarray(self.labels(well, field, name, level).data.compute(scheduler="synchronous"))
 
 
-def _image_meta(group: zarr.Group, where: str) -> dict[str, Any]:
-    """What the reader needs from an image (or label image) group's multiscales and omero."""
+def _image_meta(root: zarr.Group, path: str, group: zarr.Group, where: str) -> dict[str, Any]:
+    """What the reader needs from the multiscales and omero of the image (or label image) ``group``.
+
+    ``group`` is the node at ``path`` of the plate ``root``; its arrays are looked up through the
+    root, which reads the store rather than a consolidated listing.
+    """
     attrs = ome_attrs(group)
     multiscales = attrs.get("multiscales")
     if not isinstance(multiscales, list) or not multiscales:
@@ -452,7 +574,10 @@ def _image_meta(group: zarr.Group, where: str) -> dict[str, Any]:
     if not channels or any(not c for c in channels):
         n_channels = None
         if "c" in axes:
-            first = group.get(str(datasets[0]["path"]))
+            try:
+                first = root[f"{path}/{datasets[0]['path']}"]
+            except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+                first = None
             n_channels = first.shape[axes.index("c")] if isinstance(first, zarr.Array) else None
         channels = [f"c{i}" for i in range(n_channels or 1)]
     return {
@@ -478,12 +603,16 @@ def _is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def local_path(path: str) -> str:
+    """A local plate path without its ``file://`` prefix."""
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
 def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     try:
         if _is_url(path):
-            return zarr.open_group(path, mode="r", storage_options=storage_options)
-        local = path[len("file://"):] if path.startswith("file://") else path
-        return zarr.open_group(local, mode="r")
+            return open_on_disk(path, storage_options=storage_options)
+        return open_on_disk(local_path(path))
     except zarr.errors.ContainsArrayError:
         msg = f"{path}: a bare zarr array, not an HCS plate (a plate is a group with 'plate' metadata)"
         raise PlateFormatError(msg) from None
@@ -498,6 +627,7 @@ def open_plate(
     storage_options: dict[str, Any] | None = None,
     z: int | Literal["max"] = "max",
     t: int = 0,
+    missing_chunks: MissingChunks = "raise",
 ) -> Plate:
     """Open an NGFF HCS plate (0.4 or 0.5) lazily, reading only its plate metadata.
 
@@ -512,6 +642,14 @@ def open_plate(
         "max" (default) max-projects z stacks; an int selects that plane.
     t
         The time point to read (default 0).
+    missing_chunks
+        "raise" (default): reading an image whose chunks are not all in the store fails with a
+        :class:`PlateFormatError` naming the plate, well, field and the missing chunk keys, because
+        zarr would otherwise read them as the fill value (black pixels) and cells would be embedded
+        on them. "fill": read missing chunks as the fill value, for plates written sparsely on
+        purpose (zarr leaves out chunks that hold only the fill value unless told otherwise). Label
+        images are always read with fill values: an empty region of a label image is legitimately
+        not stored.
 
     Raises
     ------
@@ -523,6 +661,9 @@ def open_plate(
     """
     if z != "max" and not isinstance(z, (int, np.integer)):
         msg = f"z must be 'max' or a plane index, got {z!r}"
+        raise PlateFormatError(msg)
+    if missing_chunks not in ("raise", "fill"):
+        msg = f"missing_chunks must be 'raise' or 'fill', got {missing_chunks!r}"
         raise PlateFormatError(msg)
     text = os.fspath(path)
     if not _is_url(text):
@@ -536,5 +677,5 @@ def open_plate(
             raise PlateFormatError(msg)
         text = text if text.startswith("file://") else str(local.resolve())
     root = _open_root(text, storage_options)
-    return Plate(text, root, storage_options=storage_options, z=z, t=t)
+    return Plate(text, root, storage_options=storage_options, z=z, t=t, missing_chunks=missing_chunks)
 

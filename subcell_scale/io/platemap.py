@@ -6,7 +6,9 @@ well names are normalised ("a1" -> "A01"), so a platemap written by any tool joi
 A platemap row for a well the plate does not have, or two rows for one well, is an error naming
 them: either means the platemap belongs to another layout, and joining anyway would silently
 mislabel cells. Plate wells without a platemap row only warn (:class:`PlatemapWarning`); their
-platemap columns stay empty.
+platemap columns stay empty, as does every column when the platemap's plate names match none of
+the plates (a warning naming both). Text columns join as categoricals, so an empty value stays
+missing in the files written (an object column of missing values is written as the text "nan").
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ PLATE_ALIASES = ("plate", "metadata_plate", "plate_name", "metadata_plate_name",
 
 
 class PlatemapWarning(UserWarning):
-    """Plate wells that have no platemap row (their platemap columns are left empty)."""
+    """Plate wells without a platemap row, or a platemap naming none of the plates (columns left empty)."""
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -53,6 +55,11 @@ def _read_file(path: Path) -> pd.DataFrame:
         raise PlatemapError(msg) from exc
     msg = f"{path}: unknown platemap format; use .csv, .tsv/.txt or .parquet"
     raise PlatemapError(msg)
+
+
+def _text(value: object) -> str:
+    """A cell as stripped text; missing (None, NaN, NA) is "" rather than "nan"."""
+    return "" if value is None or value is pd.NA or (isinstance(value, float) and value != value) else str(value).strip()
 
 
 def _infer_types(frame: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +112,14 @@ def read_platemap(path_or_frame: str | os.PathLike[str] | pd.DataFrame) -> pd.Da
             raise PlatemapError(msg) from None
     frame["well"] = wells
     if "plate" in frame.columns:
-        frame["plate"] = frame["plate"].astype(str).str.strip()
+        plates = [_text(v) for v in frame["plate"].tolist()]
+        unnamed = [i + 1 for i, p in enumerate(plates) if not p]
+        if unnamed:
+            rows = ", ".join(map(str, unnamed[:10])) + (" ..." if len(unnamed) > 10 else "")
+            msg = (f"{where}: row(s) {rows} have no plate name; fill the plate column, or drop it to apply "
+                   "one layout to every plate")
+            raise PlatemapError(msg)
+        frame["plate"] = plates
     keys = ["plate", "well"] if "plate" in frame.columns else ["well"]
     duplicated = frame.duplicated(keys, keep=False)
     if duplicated.any():
@@ -171,10 +185,16 @@ def join_platemap(
         raise PlatemapError(msg)
     available = _plate_wells(plates, frame)
 
+    unmatched = False
     if "plate" in platemap.columns:
         known = platemap[platemap["plate"].isin(available)]
         ignored = sorted(set(platemap["plate"]) - set(available))
-        if ignored:
+        if known.empty:
+            unmatched = True
+            warnings.warn(f"the platemap's plate names {ignored} match none of the plates {sorted(available)}: "
+                          "its columns are left empty; fix the names, or drop the platemap's plate column to "
+                          "apply one layout to every plate", PlatemapWarning, stacklevel=2)
+        elif ignored:
             logger.info("platemap rows of other plates ignored: %s", ignored)
         unknown = [f"{p} {w}" for p, w in zip(known["plate"], known["well"]) if w not in available[p]]
         described = {p: set(known.loc[known["plate"] == p, "well"]) for p in available}
@@ -187,7 +207,7 @@ def join_platemap(
                + (" ..." if len(unknown) > 10 else ""))
         raise PlatemapError(msg)
     without = [f"{p} {w}".strip() for p, wells in sorted(available.items()) for w in sorted(wells - described[p])]
-    if without:
+    if without and not unmatched:
         warnings.warn(f"{len(without)} plate well(s) have no platemap row: {', '.join(without[:10])}"
                       + (" ..." if len(without) > 10 else ""), PlatemapWarning, stacklevel=2)
 
@@ -200,6 +220,11 @@ def join_platemap(
     index = pd.MultiIndex.from_frame(table[keys]) if len(keys) > 1 else pd.Index(table["well"])
     joined = lookup.reindex(index)[columns]
     joined.index = frame.index
+    for column in columns:
+        values = platemap[column].dropna()
+        if platemap[column].dtype == object and values.map(lambda v: isinstance(v, str)).all():
+            # text as categories: a well without a row is missing, never the text "nan" once written
+            joined[column] = pd.Categorical(joined[column], categories=pd.unique(values))
     return pd.concat([frame, joined], axis=1)
 
 

@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 
 import zarr
+import zarr.errors
 
 from ..errors import PlateFormatError, SubcellScaleError
 from ._ngff import axis_names, ome_attrs
@@ -126,22 +127,23 @@ def _field_problems(plate: Plate) -> list[str]:
             continue
         for field in fields:
             where = f"{well}/{field}"
+            field_path = f"{plate.well_path(well)}/{field}"
             try:
-                group = plate.root[f"{plate.well_path(well)}/{field}"]
+                group = plate.root[field_path]
                 attrs = ome_attrs(group)
                 n_levels = plate.n_levels(well, field)
                 channels = plate.field_channel_names(well, field)
             except (SubcellScaleError, KeyError, FileNotFoundError) as exc:
                 problems.append(f"{where}: {_short(exc, plate)}")
                 continue
-            level_shapes = _level_shapes(group, attrs, where, problems)
+            level_shapes = _level_shapes(plate.root, field_path, attrs, where, problems)
             problems += _omero_problems(attrs, where, level_shapes)
             if reference is None:
                 reference = channels
             elif channels != reference:
                 problems.append(f"{where}: channels {channels} differ from the plate's {reference}")
-            if "labels" in group:
-                problems += _label_problems(plate, group, where, n_levels, level_shapes, attrs)
+            if isinstance(_node(plate.root, f"{field_path}/labels"), zarr.Group):
+                problems += _label_problems(plate, field_path, where, n_levels, level_shapes, attrs)
     return problems
 
 
@@ -149,12 +151,21 @@ def _short(exc: BaseException, plate: Plate) -> str:
     return str(exc).replace(f"{plate.path} ", "").replace(f"{plate.path}: ", "")
 
 
-def _level_shapes(group: zarr.Group, attrs: dict[str, Any], where: str, problems: list[str]) -> list[tuple[int, ...]]:
+def _node(root: zarr.Group, path: str) -> zarr.Group | zarr.Array | None:
+    """The node at ``path`` below the plate root, read from the store (no consolidated listing), or None."""
+    try:
+        return root[path]
+    except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return None
+
+
+def _level_shapes(root: zarr.Group, field_path: str, attrs: dict[str, Any], where: str,
+                  problems: list[str]) -> list[tuple[int, ...]]:
     multiscale = attrs["multiscales"][0]
     names = axis_names(multiscale["axes"])
     shapes = []
     for dataset in multiscale["datasets"]:
-        node = group.get(str(dataset["path"]))
+        node = _node(root, f"{field_path}/{dataset['path']}")
         if not isinstance(node, zarr.Array):
             problems.append(f"{where}: level array {dataset['path']!r} is missing")
             continue
@@ -185,11 +196,10 @@ def _omero_problems(attrs: dict[str, Any], where: str, level_shapes: list[tuple[
     return problems
 
 
-def _label_problems(plate: Plate, group: zarr.Group, where: str, n_levels: int,
+def _label_problems(plate: Plate, field_path: str, where: str, n_levels: int,
                     level_shapes: list[tuple[int, ...]], attrs: dict[str, Any]) -> list[str]:
     problems = []
-    labels_group = group["labels"]
-    labels_attrs = ome_attrs(labels_group)
+    labels_attrs = ome_attrs(plate.root[f"{field_path}/labels"])
     if plate.version == "0.5" and "version" not in labels_attrs:
         problems.append(f"{where}: labels group has no 'version' (ome-zarr-py leaves it out for 0.5)")
     names = labels_attrs.get("labels", [])
@@ -197,7 +207,7 @@ def _label_problems(plate: Plate, group: zarr.Group, where: str, n_levels: int,
         problems.append(f"{where}: labels group lists a name twice: {names}")
     image_axes = axis_names(attrs["multiscales"][0]["axes"])
     for name in names:
-        node = labels_group.get(str(name))
+        node = _node(plate.root, f"{field_path}/labels/{name}")
         if not isinstance(node, zarr.Group):
             problems.append(f"{where}: label image {name!r} is listed but missing")
             continue
@@ -213,7 +223,7 @@ def _label_problems(plate: Plate, group: zarr.Group, where: str, n_levels: int,
             problems.append(f"{where}: label image {name!r} has no 'image-label' metadata")
         label_axes = axis_names(multiscales[0].get("axes", []))
         for level, dataset in enumerate(datasets):
-            array = node.get(str(dataset.get("path")))
+            array = _node(plate.root, f"{field_path}/labels/{name}/{dataset.get('path')}")
             if not isinstance(array, zarr.Array):
                 problems.append(f"{where}: label image {name!r} level {dataset.get('path')!r} is missing")
                 continue
