@@ -281,11 +281,13 @@ def _write_zarr(adata: AnnData, path: Path, threads: int) -> None:
     import dask.array as da
     import zarr
 
+    from .io.consolidated import quiet_consolidation
+
     lazy = {"X": adata.X} if isinstance(adata.X, da.Array) else {}
     lazy.update({f"obsm/{k}": v for k, v in adata.obsm.items() if isinstance(v, da.Array)})
     skeleton = ad.AnnData(X=None if "X" in lazy else adata.X, obs=adata.obs, var=adata.var, uns=adata.uns,
                           obsm={k: v for k, v in adata.obsm.items() if f"obsm/{k}" not in lazy})
-    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
         skeleton.write_zarr(path)
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     targets = []
@@ -297,7 +299,8 @@ def _write_zarr(adata: AnnData, path: Path, threads: int) -> None:
         targets.append(target)
     with dask.config.set(scheduler="threads", num_workers=threads):
         da.store(list(lazy.values()), targets, lock=False)
-    zarr.consolidate_metadata(str(path))  # the listing anndata wrote no longer names X
+    with quiet_consolidation():
+        zarr.consolidate_metadata(str(path))  # the listing anndata wrote no longer names X
 
 
 def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
@@ -311,7 +314,9 @@ def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
         Read everything into memory. By default ``X`` and ``obsm["localization"]`` stay in the store
         (dask arrays for ``cells.zarr``, anndata's backed mode for ``cells.h5ad``): the object opens
         at once whatever the number of cells, scanpy and :func:`subcell_scale.profiles.aggregate`
-        read it in chunks, and ``adata.to_memory()`` loads it when it fits.
+        read it in chunks, and ``adata.to_memory()`` loads it when it fits. The object reads the
+        store as it is on disk: a later run into the same directory replaces the store, so load a
+        copy first to keep the cells of an earlier run.
 
     Raises
     ------

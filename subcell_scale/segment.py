@@ -465,14 +465,14 @@ def segment_plate_field(
     label_name: str = "cells",
     overwrite: bool = False,
     params: dict[str, Any] | None = None,
-    storage_options: dict[str, Any] | None = None,
+    plate_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment one field of a plate and write its labels back; the unit of work of :func:`segment_plate`.
 
     Takes a path so a Dask worker opens the plate and reads the pixels itself (the graph carries names,
-    never pixels). A field that already has ``label_name`` is skipped unless ``overwrite``; a field that
-    cannot be read or segmented is reported as failed with the error, so one bad field does not stop a
-    plate.
+    never pixels), with ``plate_options`` (:func:`~subcell_scale.io.open_plate` keyword arguments). A
+    field that already has ``label_name`` is skipped unless ``overwrite``; a field that cannot be read
+    or segmented is reported as failed with the error, so one bad field does not stop a plate.
 
     Returns
     -------
@@ -485,7 +485,7 @@ def segment_plate_field(
                               "error": None}
     try:
         if not hasattr(plate, "read_field"):
-            plate = open_plate(os.fspath(plate), storage_options=storage_options)  # type: ignore[arg-type]
+            plate = open_plate(os.fspath(plate), **(plate_options or {}))  # type: ignore[arg-type]
         if not overwrite and label_name in plate.label_names(well, field):
             record["status"] = Status.SKIPPED
             record["n_cells"] = int(label_areas(plate.read_labels(well, field, label_name))[0].size)
@@ -566,7 +566,7 @@ def segment_plate(
     SegmentParams.from_kwargs(params)
     resolve_segmentation_channels(opened.channel_names, nucleus_channel, cell_channel)
     options = {"nucleus_channel": nucleus_channel, "cell_channel": cell_channel, "label_name": label_name,
-               "overwrite": overwrite, "params": params, "storage_options": storage_options}
+               "overwrite": overwrite, "params": params, "plate_options": opened.open_options}
     jobs = [_SegmentJob(str(opened.path), w, str(f), options) for w in opened.wells for f in opened.fields(w)]
     by_site: dict[tuple[str, str], dict[str, Any]] = {}
     for outcome in map_tasks([Stage(_segment_job, name="segment")], jobs, client=client, retries=0,

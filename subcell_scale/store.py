@@ -294,17 +294,30 @@ class ResultsStore:
 
     # -- manifest -----------------------------------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
+        """The manifest; a damaged one is kept aside (``manifest.json.damaged-<time>``) and rebuilt.
+
+        The shards are the truth: a run that finds the manifest damaged starts a new one, and every
+        shard it can verify (its digest and fingerprint) is recorded in it again, so nothing finished
+        is recomputed and nothing is lost.
+        """
         if not self.manifest_path.exists():
             return {}
         try:
             manifest = json.loads(self.manifest_path.read_text())
+            problem = None if isinstance(manifest, dict) else f"expected a JSON object, found {type(manifest).__name__}"
         except (OSError, ValueError) as exc:
-            msg = f"{self.manifest_path} is not readable JSON ({exc}); move it away to start a fresh run there"
+            problem = f"not readable JSON ({exc})"
+        if problem is None:
+            return manifest
+        aside = self.manifest_path.with_name(f"{Files.MANIFEST}.damaged-{_dt.datetime.now():%Y%m%dT%H%M%S}")
+        try:
+            os.replace(self.manifest_path, aside)
+        except OSError as exc:
+            msg = f"{self.manifest_path} is damaged ({problem}) and cannot be moved aside ({exc})"
             raise RunDirectoryError(msg) from exc
-        if not isinstance(manifest, dict):
-            msg = f"{self.manifest_path}: expected a JSON object, found {type(manifest).__name__}"
-            raise RunDirectoryError(msg)
-        return manifest
+        log.warning("%s is damaged (%s); kept as %s and rebuilt from the shards", self.manifest_path, problem,
+                    aside.name)
+        return {}
 
     def begin(self, *, inputs: Mapping[str, Any], parameters: Mapping[str, Any], model: Mapping[str, Any],
               versions: Mapping[str, Any], digest: str) -> None:

@@ -302,3 +302,25 @@ def test_bad_model_arguments_are_named(demo, model_arg, error, match, tmp_path):
     with pytest.raises(error, match=match):
         embed_plate(demo["plates"][0], model_arg, out=tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_finished_field_whose_labels_changed_is_recomputed(demo, model, tmp_path):
+    from subcell_scale.io import write_labels
+
+    plate_path = str(shutil.copytree(demo["plates"][0], tmp_path / "p.zarr"))
+    out = tmp_path / "run"
+    first = embed_plate(plate_path, model, out=out, progress=False, **SMALL).to_memory()  # the store is replaced
+    assert isinstance(first.X, np.ndarray)
+    shards = {p: p.stat().st_mtime_ns for p in (out / Files.SHARDS).rglob("*.npz")}
+    plate = open_plate(plate_path)
+    labels = plate.read_labels("A02", "0", "cells")
+    largest = np.bincount(labels.ravel())[1:].argmax() + 1
+    write_labels(plate, "A02", "0", "cells", np.where(labels == largest, 0, labels))  # one cell erased
+    time.sleep(0.01)  # a new modification stamp even on coarse file systems
+    again = embed_plate(plate_path, model, out=out, progress=False, **SMALL)
+    changed = [p.name for p, t in shards.items() if p.stat().st_mtime_ns != t]
+    assert changed == ["A02_0.npz"]
+    lost = f"{plate.name}_A02_0_{largest}"
+    assert lost in first.obs_names and lost not in again.obs_names and again.n_obs == first.n_obs - 1
+    kept = first.obs_names[first.obs_names != lost]
+    assert np.array_equal(np.asarray(again[kept].X), np.asarray(first[kept].X))

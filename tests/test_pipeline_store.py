@@ -100,10 +100,11 @@ def test_digest_depends_on_values_not_order():
     assert parameters_digest({"a": 1}) != parameters_digest({"a": 2})
 
 
-def test_unreadable_manifest_is_refused(tmp_path):
+def test_an_unreadable_manifest_is_kept_aside_and_started_again(tmp_path):
     (tmp_path / Files.MANIFEST).write_text("{not json")
-    with pytest.raises(RunDirectoryError, match="manifest.json is not readable JSON"):
-        ResultsStore(tmp_path)
+    assert ResultsStore(tmp_path).manifest == {}
+    (aside,) = tmp_path.glob("manifest.json.damaged-*")
+    assert aside.read_text() == "{not json" and not (tmp_path / Files.MANIFEST).exists()
 
 
 def test_bad_names_cannot_escape_the_store(tmp_path):

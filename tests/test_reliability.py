@@ -363,7 +363,7 @@ def test_a_full_disk_on_the_workers_loses_nothing_and_a_rerun_completes(demo, sp
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())  # what was computed was kept
 
 
-def test_leftovers_of_a_crash_are_detected_and_recomputed(demo, spec, reference, tmp_path):
+def test_leftovers_of_a_crash_are_detected_and_recomputed(demo, spec, reference, tmp_path, caplog):
     out = tmp_path / "run"
     embed_plate(demo["plate"], spec, out=out, platemap=demo["platemap"], progress=False, **SMALL)
     shards = _shards(out)
@@ -379,17 +379,18 @@ def test_leftovers_of_a_crash_are_detected_and_recomputed(demo, spec, reference,
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # only the damaged field was recomputed
     assert _manifest(out)["embed"]["summary"]["done"] == N_FIELDS
 
-    # a half-written manifest is named, never silently replaced; moved away, the shards are reused
+    # a half-written manifest is kept aside, named, and rebuilt from the shards, which are reused
     manifest = out / Files.MANIFEST
-    manifest.write_text(manifest.read_text()[:200])
-    with pytest.raises(RunDirectoryError, match="manifest.json is not readable JSON"):
-        embed_plate(demo["plate"], spec, out=out, platemap=demo["platemap"], progress=False, **SMALL)
-    manifest.rename(out / "manifest.damaged.json")
+    damaged = manifest.read_text()[:200]
+    manifest.write_text(damaged)
     stamps = {p: p.stat().st_mtime_ns for p in _shards(out)}
-    adata = embed_plate(demo["plate"], spec, out=out, platemap=demo["platemap"], progress=False, **SMALL)
+    with caplog.at_level(logging.WARNING, logger="subcell_scale"):
+        adata = embed_plate(demo["plate"], spec, out=out, platemap=demo["platemap"], progress=False, **SMALL)
     _same_cells(reference, adata)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert _manifest(out)["embed"]["summary"]["done"] == N_FIELDS
+    (aside,) = out.glob(f"{Files.MANIFEST}.damaged-*")
+    assert aside.read_text() == damaged and any("is damaged" in r.getMessage() for r in caplog.records)
 
 
 # -- model -------------------------------------------------------------------------------------------

@@ -211,6 +211,12 @@ class Plate:
         self._label_meta: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._unit_warned = False
 
+    @property
+    def open_options(self) -> dict[str, Any]:
+        """The :func:`open_plate` keyword arguments this plate was opened with (workers reopen it so)."""
+        return {"storage_options": self.storage_options, "z": self.z, "t": self.t,
+                "missing_chunks": self.missing_chunks}
+
     # -- pickling: workers reopen the store themselves -------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def embed_plate(
     format: str = "zarr",
     crop_on: str = "auto",
     storage_options: dict[str, Any] | None = None,
+    missing_chunks: str = "raise",
     **overrides: Any,
 ) -> AnnData:
     """Embed every cell of one or more plates with SubCell and return the cells AnnData.
@@ -122,6 +123,10 @@ def embed_plate(
         ``"cpu"``, ``"device"`` or ``"auto"``: where crops are cut (:mod:`subcell_scale.distributed.tasks`).
     storage_options
         fsspec options used to open plate paths.
+    missing_chunks
+        ``"raise"`` (default): a field whose image chunks are not all in the store fails, naming
+        them (zarr would read them as black pixels); ``"fill"``: accept fill values, for plates
+        written sparsely on purpose (see :func:`subcell_scale.open_plate`).
     **overrides
         Any preset parameter (``out_size=64``, ``mask_mode="none"``, ``min_area_um2=30``, ...).
 
@@ -158,7 +163,7 @@ def embed_plate(
         msg = f"crop_on must be 'auto', 'cpu' or 'device', got {crop_on!r}"
         raise ConfigError(msg)
     # 1. validate and plan: every input problem surfaces here, before any field is read
-    plates = open_plates(plate, storage_options)
+    plates = open_plates(plate, storage_options, missing_chunks=missing_chunks)
     params = RunParams.resolve(preset, crop=crop, channel_map=channel_map, label_name=label_name, **overrides)
     resolved = resolve_model(model, classifiers, default_variant=params.variant).with_channels(device)
     plans = [params.plan(p, resolved.variant or resolved.channels) for p in plates]
@@ -171,8 +176,7 @@ def embed_plate(
     store = ResultsStore(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="subcell-scale-") as scratch:
         plan = {"store": store, "scratch": Path(scratch), "digest": digest, "batch_size": batch_size,
-                "crop_on": crop_on, "segment_if_missing": bool(segment_if_missing),
-                "storage_options": storage_options}
+                "crop_on": crop_on, "segment_if_missing": bool(segment_if_missing)}
         if store is None:
             jobs = plan_jobs(plates, plans, params, **plan)
             # 3. map, 4. assemble (in memory)
@@ -189,7 +193,7 @@ def embed_plate(
             write_parameters(store.root, params, plans)
             # 3. map
             results = run_fields(jobs, resolved, client, store, scratch=Path(scratch), device=device,
-                                 retries=int(retries), progress=progress)
+                                 retries=int(retries), progress=progress, plates=plates)
             # 4. assemble: the shards streamed into the cells store, which the returned AnnData reads
             fields = [(j.fid, j.shard_path) for j in jobs if j.fid not in results.failed]
             adata = stream_cells(fields, context, [f.key for f in results.failed], store.root, format)
@@ -221,7 +225,7 @@ def field_crops(plate: str | os.PathLike | Plate, well: str, field: str, *, pres
         raise PlateNotFoundError(msg)
     with tempfile.TemporaryDirectory(prefix="subcell-scale-") as scratch:
         jobs = plan_jobs([opened], [plan], params, store=None, scratch=Path(scratch), digest="", batch_size=1,
-                         crop_on="cpu", segment_if_missing=False, storage_options=storage_options)
+                         crop_on="cpu", segment_if_missing=False)
         prepared = prepare_field(next(j for j in jobs if j.fid == fid))
     return prepared.crops, prepared.cells
 

@@ -1,7 +1,9 @@
 """Run the fields of a plan: skip the finished ones, map the rest, record each as it ends.
 
-A field is finished when its shard exists with the run's parameter digest (the shards are the
-truth; the manifest is rebuilt from them). The others go through
+A field is finished when its shard exists with the run's parameter digest and the fingerprint of
+the field's image and label files it was made from still matches what is on disk (so a field whose
+pixels or labels changed since is recomputed); the shards are the truth, the manifest is rebuilt
+from them. The others go through
 :func:`subcell_scale.distributed.scheduler.map_tasks`, in this process or on a cluster, and each
 ends in the manifest as done (with its cell count) or failed (with the error a user needs).
 """
@@ -10,18 +12,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._constants import Files, Status
 from ..distributed.scheduler import Stage, map_tasks
+from ..io import field_fingerprint
 from ..store import FieldId, ResultsStore, Shard, shard_meta
 from .field import FieldJob, embed_field, prepare_field
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
+    from ..io import Plate
     from ..models import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -36,7 +41,8 @@ class FieldResults:
 
 
 def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | None, store: ResultsStore | None, *,
-               scratch: Path, device: str | None, retries: int, progress: bool | None) -> FieldResults:
+               scratch: Path, device: str | None, retries: int, progress: bool | None,
+               plates: Sequence[Plate] = ()) -> FieldResults:
     """Compute every field of ``jobs`` that has no finished shard; record each in ``store``.
 
     Parameters
@@ -45,9 +51,12 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
         Where a model instance is saved for the workers when there is no run directory.
     device
         In-process device of the model (``"cuda"``, ``"cpu"``; default CUDA when present).
+    plates
+        The run's plates, to fingerprint the fields whose shard is there (resume).
     """
     results = FieldResults()
-    todo = [job for job in jobs if not _finished(job, store)]
+    finished = _finished(jobs, store, {p.name: p for p in plates})
+    todo = [job for job in jobs if job.fid not in finished]
     if store is not None:
         store.set_pending([j.fid for j in todo])
         store.flush(force=True)
@@ -89,14 +98,40 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
     return results
 
 
-def _finished(job: FieldJob, store: ResultsStore | None) -> bool:
-    """Whether the field's shard exists with this run's digest (then the manifest says so too)."""
+def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None, plates: dict[str, Plate]) -> set[FieldId]:
+    """The fields whose shard exists with this run's digest and an unchanged fingerprint.
+
+    Fingerprints are listings of each field's files (milliseconds locally, one request on object
+    storage), taken in threads; a finished field the manifest does not know yet is recorded.
+    """
     if store is None:
-        return False
-    meta = shard_meta(job.shard_path)
-    if meta is None or meta.get("digest") != job.digest:
-        return False
-    if store.field(job.fid).get("status") != Status.DONE:
-        store.record_done(job.fid, n_cells=meta["n_cells"], seconds=meta.get("seconds"),
-                          dropped={k: len(v) for k, v in meta.get("dropped", {}).items()})
-    return True
+        return set()
+    candidates = []
+    for job in jobs:
+        meta = shard_meta(job.shard_path)
+        if meta is not None and meta.get("digest") == job.digest:
+            candidates.append((job, meta))
+
+    def unchanged(item: tuple[FieldJob, dict[str, Any]]) -> bool:
+        job, meta = item
+        plate = plates.get(job.fid.plate)
+        if plate is None or "fingerprint" not in meta:
+            return True
+        now = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.label_name)
+        if now != meta["fingerprint"]:
+            log.warning("field %s: its pixels or labels changed on disk since its shard was written; "
+                        "recomputing it", job.fid)
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        keep = list(pool.map(unchanged, candidates))
+    done = set()
+    for (job, meta), ok in zip(candidates, keep, strict=True):
+        if not ok:
+            continue
+        done.add(job.fid)
+        if store.field(job.fid).get("status") != Status.DONE:
+            store.record_done(job.fid, n_cells=meta["n_cells"], seconds=meta.get("seconds"),
+                              dropped={k: len(v) for k, v in meta.get("dropped", {}).items()})
+    return done

@@ -46,8 +46,9 @@ class FieldJob:
     ----------
     fid
         Which field (plate name, well, field path).
-    plate_path
-        Where the plate is (a path or URL every worker can open).
+    plate_path, plate_options
+        Where the plate is (a path or URL every worker can open) and the :func:`~subcell_scale.io.open_plate`
+        options it was opened with (``storage_options``, ``z``, ``t``, ``missing_chunks``).
     label_name, segment_if_missing, segmentation
         Which label image holds the cells; whether to segment (and write the labels back into the
         plate) when it is missing, with :func:`subcell_scale.segment.segment_field` keyword arguments.
@@ -65,8 +66,6 @@ class FieldJob:
         Parameter digest stored in the shard (resume compares it).
     crop_on
         ``"cpu"``, ``"device"`` or ``"auto"`` (see the module docstring).
-    storage_options
-        fsspec options for remote plates.
     model_plugin
         Name of the worker plugin holding the model (set when the job runs on a cluster).
     flatfield_path
@@ -75,6 +74,7 @@ class FieldJob:
 
     fid: FieldId
     plate_path: str
+    plate_options: dict[str, Any]
     label_name: str
     segment_if_missing: bool
     segmentation: dict[str, Any]
@@ -85,7 +85,6 @@ class FieldJob:
     shard_path: str | None
     digest: str
     crop_on: str = "auto"
-    storage_options: dict[str, Any] | None = None
     model_plugin: str | None = None
     flatfield_path: str | None = None
 
@@ -111,22 +110,20 @@ class PreparedField:
 
 
 @functools.lru_cache(maxsize=32)
-def _open_plate_cached(path: str, storage_key: str):
+def _open_plate_cached(path: str, options: str):
     """One metadata read per plate per worker process (the ``Plate`` object is lazy)."""
     import json
 
     from ..io import open_plate
 
-    options = json.loads(storage_key) if storage_key else None
-    return open_plate(path, storage_options=options)
+    return open_plate(path, **json.loads(options))
 
 
 def open_job_plate(job: FieldJob):
     """The :class:`~subcell_scale.io.Plate` of ``job``, opened once per process."""
     import json
 
-    key = json.dumps(job.storage_options, sort_keys=True) if job.storage_options else ""
-    return _open_plate_cached(job.plate_path, key)
+    return _open_plate_cached(job.plate_path, json.dumps(job.plate_options, sort_keys=True))
 
 
 def _resolve_crop_on(crop_on: str) -> str:
@@ -148,6 +145,7 @@ def prepare_field(job: FieldJob) -> PreparedField:
         No ``label_name`` labels with ``segment_if_missing=False`` (not retried: it would fail again).
     """
     from ..cells import extract_cells
+    from ..io import field_fingerprint
     from ..segment import filter_cells
 
     start = time.perf_counter()
@@ -158,10 +156,11 @@ def prepare_field(job: FieldJob) -> PreparedField:
 
         image = apply_flatfield(image, _flatfield(job.flatfield_path))
     labels, segmented = _field_labels(plate, job, image)
+    fingerprint = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.label_name)
     kept, dropped = filter_cells(labels, plate.pixel_size, **job.cells.kwargs())
     pixel_size = tuple(float(v) for v in plate.pixel_size)
     prepared = PreparedField(cells=None, dropped={k: list(v) for k, v in dropped.items()}, seconds=0.0,
-                             pixel_size=pixel_size, segmented=segmented)
+                             pixel_size=pixel_size, segmented=segmented, meta={"fingerprint": fingerprint})
     if _resolve_crop_on(job.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
@@ -230,7 +229,7 @@ def embed_field(prepared: PreparedField, job: FieldJob, model: SubCell | None = 
     seconds = prepared.seconds + time.perf_counter() - start
     shard = Shard(embedding, probabilities, cells, prepared.dropped,
                   {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.digest,
-                   "seconds": round(seconds, 3), "segmented": prepared.segmented})
+                   "seconds": round(seconds, 3), "segmented": prepared.segmented, **prepared.meta})
     summary: dict[str, Any] = {"n_cells": shard.n_cells,
                                "dropped": {k: len(v) for k, v in prepared.dropped.items()},
                                "seconds": seconds, "shard": job.shard_path}

@@ -26,16 +26,21 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def open_plates(plate: Any, storage_options: dict[str, Any] | None = None) -> list[Plate]:
-    """The plates of a run, opened (metadata only); plate names must differ within a run."""
+def open_plates(plate: Any, storage_options: dict[str, Any] | None = None, *, missing_chunks: str = "raise"
+                ) -> list[Plate]:
+    """The plates of a run, opened (metadata only); plate names must differ within a run.
+
+    Paths are opened with ``storage_options`` and ``missing_chunks`` (see
+    :func:`~subcell_scale.io.open_plate`); plates opened already keep their own options.
+    """
     from ..io import open_plate
 
     items = list(plate) if isinstance(plate, list | tuple) else [plate]
     if not items:
         msg = "no plate given"
         raise ConfigError(msg)
-    plates = [open_plate(p, storage_options=storage_options) if isinstance(p, str | os.PathLike) else p
-              for p in items]
+    plates = [open_plate(p, storage_options=storage_options, missing_chunks=missing_chunks)
+              if isinstance(p, str | os.PathLike) else p for p in items]
     names = [p.name for p in plates]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -46,7 +51,7 @@ def open_plates(plate: Any, storage_options: dict[str, Any] | None = None) -> li
 
 def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunParams, *,
               store: ResultsStore | None, scratch: Path, digest: str, batch_size: int, crop_on: str,
-              segment_if_missing: bool, storage_options: dict[str, Any] | None) -> list[FieldJob]:
+              segment_if_missing: bool) -> list[FieldJob]:
     """One job per field of every plate, in plate, well, field order (the order of the cells AnnData).
 
     Files the workers read (flat fields) go into the run directory, or into ``scratch`` without one.
@@ -59,11 +64,11 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunPa
             for fld in plate.fields(well):
                 fid = FieldId(plate.name, well, str(fld))
                 jobs.append(FieldJob(
-                    fid=fid, plate_path=str(plate.path), label_name=params.label_name,
+                    fid=fid, plate_path=str(plate.path), plate_options=plate.open_options, label_name=params.label_name,
                     segment_if_missing=segment_if_missing, segmentation=dict(params.segmentation),
                     cells=params.cells, crop=params.crop, passes=plan.passes, batch_size=batch_size,
                     shard_path=str(store.shard_path(fid)) if store is not None else None, digest=digest,
-                    crop_on=crop_on, storage_options=storage_options, flatfield_path=flatfield))
+                    crop_on=crop_on, flatfield_path=flatfield))
     return jobs
 
 
