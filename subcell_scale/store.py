@@ -272,7 +272,7 @@ class ResultsStore:
     """
 
     def __init__(self, root: str | os.PathLike, *, flush_interval: float = 2.0) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser().absolute()  # workers elsewhere resolve nothing against their cwd
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -69,7 +69,8 @@ def get_client(
         :func:`subcell_scale.distributed.deploy.cluster_from_file`.
     scheduler
         Address of a running scheduler (``tcp://host:8786``); when given, ``cluster`` is ignored and
-        nothing is started. Its workers should be started with ``--resources GPU=1``.
+        nothing is started. Workers started with ``--resources GPU=1`` get the embedding tasks; a
+        cluster without that resource embeds on any worker (said once when a run starts).
     n_workers, threads_per_worker
         Local clusters only. Two threads per worker (the default) let one thread embed while the
         other reads and crops the next field; more threads help when segmentation is the bottleneck.
@@ -89,7 +90,6 @@ def get_client(
 
     if scheduler is not None:
         client = Client(scheduler)
-        _check_gpu_resources(client)
     else:
         client = _start(cluster, n_workers, threads_per_worker, memory_limit, cluster_kwargs)
     if dashboard:
@@ -152,9 +152,7 @@ def _from_file(path: Path) -> Client:
     except ImportError as exc:
         msg = f"cluster config file {path}: cluster deployment support is not installed ({exc})"
         raise ConfigError(msg) from exc
-    client = _owning_client(cluster_from_file(path))
-    _check_gpu_resources(client)
-    return client
+    return _owning_client(cluster_from_file(path))
 
 
 def _owning_client(cluster: Any) -> Client:
@@ -168,12 +166,3 @@ def _owning_client(cluster: Any) -> Client:
             return result
 
     return _ClusterClient(cluster)
-
-
-def _check_gpu_resources(client: Client) -> None:
-    """Warn when connected workers offer no ``GPU`` resource: embedding tasks would wait forever."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    lacking = [addr for addr, info in workers.items() if GPU_RESOURCE not in (info.get("resources") or {})]
-    if workers and len(lacking) == len(workers):
-        log.warning("no worker of %s offers the %r resource; start workers with `--resources %s=1` "
-                    "or embedding tasks will never run", client.scheduler.address, GPU_RESOURCE, GPU_RESOURCE)
