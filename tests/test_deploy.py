@@ -285,7 +285,8 @@ def test_embed_plate_on_sbatch_started_workers_equals_the_in_process_run(slurm, 
     import numpy as np
 
     from _slurm import PARTITION, queue
-    from subcell_scale.distributed import ModelSpec, get_client
+    from subcell_scale.distributed import get_client
+    from subcell_scale.models import ModelSpec
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.models.config import ModelConfig
     from subcell_scale.pipeline import embed_plate
