@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import Files, Status
 from ..distributed.scheduler import Stage, map_tasks
-from ..io import field_fingerprint
 from ..store import FieldId, ResultsStore, Shard, shard_meta
 from .field import FieldJob, embed_field, prepare_field
 
@@ -106,6 +105,8 @@ def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None, plates: dict
     """
     if store is None:
         return set()
+    from ..io import field_fingerprint
+
     candidates = []
     for job in jobs:
         meta = shard_meta(job.shard_path)

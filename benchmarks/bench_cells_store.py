@@ -1,0 +1,132 @@
+"""Client memory while the cells store of a run is assembled: flat in the number of cells.
+
+Synthetic shards of 4608-value cells (the ``jump-cellpainting`` width) are written for a real plate
+(one field per well and field of a 384-well plate); then, in a fresh process each, the cells store
+is assembled from them:
+
+- ``streamed``: :func:`subcell_scale.cellstore.stream_cells` (what ``embed_plate(out=...)`` does);
+- ``in memory``: every shard read and concatenated, then written (what the pipeline did before),
+  the baseline, run for the smaller size only (the larger one would need tens of GB).
+
+Printed: cells, peak RSS growth of the assembling process over its RSS before assembly, bytes per
+cell, and the ratio streamed / in-memory at the common size.
+
+Usage::
+
+    python benchmarks/bench_cells_store.py                  # 20k and 200k cells, ~5 minutes on 2 cores
+    python benchmarks/bench_cells_store.py --cells 20000    # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+WIDTH = 4608
+PER_FIELD = 200
+
+
+def make_run(root: Path, n_cells: int) -> dict:
+    """A plate with enough fields and one synthetic shard per field; returns what the child needs."""
+    import pandas as pd
+
+    from subcell_scale.io import PlateWriter
+    from subcell_scale.store import FieldId, Shard, write_shard
+
+    n_fields = -(-n_cells // PER_FIELD)
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
+    per_well = -(-n_fields // len(wells))
+    plate_path = root / "plate.zarr"
+    rng = np.random.default_rng(0)
+    sites = [(w, str(f)) for w in wells for f in range(per_well)][:n_fields]
+    with PlateWriter(plate_path, name="bench", channel_names=["DNA", "ER", "RNA", "AGP", "Mito"],
+                     pixel_size=0.598) as writer:
+        for well, fld in sites:
+            writer.write_field(well, fld, np.zeros((5, 16, 16), np.uint16))
+    shards = []
+    for well, fld in sites:
+        fid = FieldId("bench", well, fld)
+        labels = np.arange(1, PER_FIELD + 1)
+        cells = pd.DataFrame({"label": labels, "area": np.full(PER_FIELD, 300), "centroid_y": rng.random(PER_FIELD),
+                              "centroid_x": rng.random(PER_FIELD)})
+        shard = Shard(rng.random((PER_FIELD, WIDTH), dtype=np.float32), rng.random((PER_FIELD, 93), dtype=np.float32),
+                      cells, {}, {"digest": "bench"})
+        path = root / fid.shard
+        write_shard(path, shard)
+        shards.append([fid.plate, fid.well, fid.field, str(path)])
+    return {"plate": str(plate_path), "shards": shards, "out": str(root / "out")}
+
+
+CHILD = r"""
+import json, resource, sys
+spec = json.loads(sys.argv[1])
+mode = sys.argv[2]
+import numpy as np
+import anndata, dask, zarr, pandas  # imports before the baseline RSS
+from subcell_scale import cellstore
+from subcell_scale.cellstore import RunContext
+from subcell_scale.io import open_plate
+from subcell_scale.models import resolve_model, ModelSpec
+from subcell_scale.params import RunParams
+from subcell_scale.store import FieldId, read_shard
+import psutil
+
+plate = open_plate(spec["plate"])
+params = RunParams.resolve("jump-cellpainting")
+model = resolve_model(ModelSpec("random", config={"hidden_size": 768}, options={"channels": ["er", "nucleus", "protein"]}))
+plan = params.plan(plate, ["er", "nucleus", "protein"])
+context = RunContext([plate], [plan], params, model)
+fields = [(FieldId(p, w, f), path) for p, w, f, path in spec["shards"]]
+before = psutil.Process().memory_info().rss
+if mode == "streamed":
+    adata = cellstore.stream_cells(fields, context, [], spec["out"])
+    n = adata.n_obs
+else:
+    adata = cellstore.assemble([(fid, read_shard(path)) for fid, path in fields], context, [])
+    cellstore.write_cells(adata, spec["out"])
+    n = adata.n_obs
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"cells": n, "growth": peak - before}))
+"""
+
+
+def measure(spec: dict, mode: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec), mode], capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 200_000])
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sorted(args.cells):
+            root = Path(tmp) / str(n)
+            root.mkdir()
+            spec = make_run(root, n)
+            streamed = measure(spec, "streamed")
+            rows.append(("streamed", streamed))
+            if n == min(args.cells):
+                rows.append(("in memory", measure(spec, "in-memory")))
+    print(f"{'assembly':<10} {'cells':>8} {'peak growth (MB)':>17} {'bytes/cell':>11}")
+    for mode, r in rows:
+        print(f"{mode:<10} {r['cells']:>8} {r['growth'] / 1e6:>17.1f} {r['growth'] / r['cells']:>11.0f}")
+    small = [r for m, r in rows if r["cells"] == rows[0][1]["cells"]]
+    if len(small) == 2:
+        print(f"streamed / in memory at {small[0]['cells']} cells: {small[0]['growth'] / small[1]['growth']:.3f}")
+    big = [r for m, r in rows if m == "streamed"]
+    if len(big) > 1:
+        per_cell = (big[-1]["growth"] - big[0]["growth"]) / (big[-1]["cells"] - big[0]["cells"])
+        print(f"streamed growth per added cell between {big[0]['cells']} and {big[-1]['cells']}: {per_cell:.0f} bytes")
+
+
+if __name__ == "__main__":
+    main()
