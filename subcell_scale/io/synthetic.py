@@ -343,13 +343,18 @@ class _Painter:
     plates' pixel size. ``tuned_pixel_size`` names that size when painting at another one: ``fine``
     (tuned size over this one) then scales densities and steps, so structures keep their size and
     number per square micrometre. It is exactly 1.0 without it, leaving the demo plates unchanged.
+
+    ``contact_um`` thins the cytoplasm over that distance from every outline, the borders shared with
+    neighbours included: in a confluent monolayer cells are flat where they meet, so each contact shows
+    as a dim line, as it does in real fields (the demo's mostly separate cells do without).
     """
 
     def __init__(self, layout: CellLayout, pixel_size: float, rng: np.random.Generator, *,
-                 tuned_pixel_size: float | None = None) -> None:
+                 tuned_pixel_size: float | None = None, contact_um: float | None = None) -> None:
         self.layout = layout
         self.um = 1.0 / pixel_size  # pixels per micrometre
         self.fine = 1.0 if tuned_pixel_size is None else tuned_pixel_size / pixel_size
+        self.contact_um = contact_um
         self.rng = rng
         self.shape = layout.labels.shape
         self._textures: dict[float, np.ndarray] = {}
@@ -371,7 +376,11 @@ class _Painter:
     def thickness(self) -> np.ndarray:
         """Cytoplasm height profile: thick around the nucleus, thin at the cell edge."""
         rho = self.layout.cell_rho
-        return (self.cell * np.sqrt(np.clip(1.0 - rho * rho, 0.04, 1.0))).astype(np.float32)
+        height = self.cell * np.sqrt(np.clip(1.0 - rho * rho, 0.04, 1.0))
+        if self.contact_um:
+            inside = ndi.distance_transform_edt(~self.boundary & (self.layout.labels > 0)).astype(np.float32)
+            height *= 1.0 - 0.75 * np.exp(-inside / np.float32(self.contact_um * self.um))
+        return height.astype(np.float32)
 
     @cached_property
     def perinuclear(self) -> np.ndarray:
@@ -675,7 +684,7 @@ def hpa_confocal_field(layout: CellLayout, phenotype: Phenotype, pixel_size: flo
     fine tubular ER, granular chromatin, and the protein patterns of :func:`hpa_field` drawn at the
     same physical density, with a sharp (diffraction-limited, 0.1 um) point-spread function.
     """
-    p = _Painter(layout, pixel_size, rng, tuned_pixel_size=_HPA_TUNED_PIXEL_SIZE)
+    p = _Painter(layout, pixel_size, rng, tuned_pixel_size=_HPA_TUNED_PIXEL_SIZE, contact_um=1.5)
     channels = [_confocal_microtubules(p), _confocal_er(p), _confocal_dna(p), _hpa_protein(p, phenotype)]
     return _optics(np.stack(channels).astype(np.float32), sigma_px=0.1 * p.um, haze=0.0)
 
@@ -795,7 +804,7 @@ def jump_field(layout: CellLayout, phenotype: Phenotype, pixel_size: float,
     crosstalk of :data:`JUMP_CROSSTALK`, and a softer point-spread function with more haze.
     """
     _check_cellpainting_pattern(phenotype)
-    p = _Painter(layout, pixel_size, rng)
+    p = _Painter(layout, pixel_size, rng, contact_um=1.5)
     near = np.exp(-p.perinuclear / 0.9) * p.cytoplasm * p.thickness
     grain = np.clip(1.0 + 0.35 * p.texture(0.7), 0.0, None)
     er_fill = 0.45 * p.thickness * (0.6 + 0.4 * p.reticulum(1.0)) * (1.0 - 0.7 * p.nucleus)
