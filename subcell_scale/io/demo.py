@@ -171,13 +171,13 @@ JUMP = DemoLayout(
     pixel_size=0.598,
     cell_diameter_um=(24.0, 40.0),
     cells_per_field=250,
-    photons=(9000.0, 5000.0, 5000.0, 3000.0, 4000.0),
+    photons=(6000.0, 5000.0, 5000.0, 3000.0, 4000.0),
     plate_prefix="jump-plate",
     moas=CELLPAINTING.moas,
     render=synthetic.jump_field,
-    # nuclei of 12-20 um in cells spread to about 37 um that cover two thirds of the field, as in
-    # JUMP's U2OS fields
-    cell_shape=CellShape(nucleus_fraction=(0.4, 0.55), enlarged_nucleus_fraction=(0.48, 0.62),
+    # nuclei of 13-21 um in cells spread to about 37 um that cover two thirds of the field, as in
+    # JUMP's U2OS fields (benchmarks/synthetic_vs_real.py compares them)
+    cell_shape=CellShape(nucleus_fraction=(0.44, 0.58), enlarged_nucleus_fraction=(0.52, 0.66),
                          elongation=(0.1, 0.7), roughness=0.12, touching=0.6, spread=1.35),
     field_size=1080,
     fields_per_well=9,
@@ -196,7 +196,7 @@ HPA_CONFOCAL = DemoLayout(
     render=synthetic.hpa_confocal_field,
     # cells of about 35 um (380-440 px) with 12-16 um nuclei, as in the HPA's 2048-px fields
     cell_shape=CellShape(nucleus_fraction=(0.4, 0.55), enlarged_nucleus_fraction=(0.48, 0.62),
-                         elongation=(0.1, 0.6), roughness=0.12, touching=0.6, spread=1.3),
+                         elongation=(0.1, 0.75), roughness=0.15, touching=0.6, spread=1.3),
     field_size=2048,
     fields_per_well=4,
     max_chunk=4096,
