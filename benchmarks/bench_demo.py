@@ -72,7 +72,7 @@ def main() -> None:
                             field_size=args.size, cellpainting=args.cellpainting, geometry=args.geometry,
                             labels=args.labels, processes=processes)
             rates.append((processes, time.perf_counter() - start, cpu_with_children() - cpu))
-        plate_wall, plate_cpu = rates[0][1], rates[0][2]
+        plate_wall = rates[0][1]
 
         design = design_platemap(layout, n_plates=1, n_wells=args.wells, seed=0)
         effects = PlateEffects.draw(layout, args.size, seed=0, plate_index=0)

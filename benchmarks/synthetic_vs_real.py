@@ -36,7 +36,7 @@ def cellpainting_stats(image: np.ndarray, pixel_size: float) -> dict[str, float]
     from skimage.filters import threshold_otsu
 
     dna = ndi.gaussian_filter(image[0].astype(np.float32), 1.0 / pixel_size)
-    nuclei, n = ndi.label(dna > threshold_otsu(dna))
+    nuclei, _ = ndi.label(dna > threshold_otsu(dna))
     areas = np.bincount(nuclei.ravel())[1:] * pixel_size**2
     areas = areas[areas > 20.0]
     er = ndi.gaussian_filter(image[1].astype(np.float32), 1.0 / pixel_size)
