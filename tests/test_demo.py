@@ -21,8 +21,11 @@ from subcell_scale.io import synthetic
 from subcell_scale.io.demo import (
     CELLPAINTING,
     HPA,
+    HPA_CONFOCAL,
+    JUMP,
     PlateEffects,
     design_platemap,
+    layout_for,
     make_demo_plate,
     phenotypes,
     plate_wells,
@@ -295,6 +298,114 @@ def test_cellpainting_layout_and_phenotypes():
 
 
 # ---------------------------------------------------------------------------------------------------
+# screen geometries: JUMP Cell Painting and HPA confocal fields
+
+
+def test_geometries_name_the_screen_layouts():
+    assert layout_for() is HPA and layout_for(cellpainting=True) is CELLPAINTING
+    assert layout_for("jump") is JUMP and layout_for("jump", cellpainting=True) is JUMP
+    assert layout_for("hpa") is HPA_CONFOCAL
+    assert (JUMP.field_size, JUMP.pixel_size, JUMP.fields_per_well, JUMP.cells_per_field) == (1080, 0.598, 9, 250)
+    assert JUMP.channels == ("DNA", "ER", "RNA", "AGP", "Mito")
+    assert (HPA_CONFOCAL.field_size, HPA_CONFOCAL.pixel_size, HPA_CONFOCAL.fields_per_well,
+            HPA_CONFOCAL.cells_per_field) == (2048, 0.08, 4, 20)
+    assert HPA_CONFOCAL.channels == HPA.channels
+    with pytest.raises(ConfigError, match="geometry must be one of 'demo', 'jump', 'hpa'"):
+        layout_for("cpg0016")
+    with pytest.raises(ConfigError, match="use geometry 'jump' for Cell Painting"):
+        layout_for("hpa", cellpainting=True)
+
+
+def _equivalent_diameters_um(labels: np.ndarray, pixel_size: float) -> np.ndarray:
+    areas = np.bincount(labels.ravel())[1:]
+    return 2.0 * np.sqrt(areas[areas > 0] * pixel_size**2 / np.pi)
+
+
+@pytest.fixture(scope="module")
+def jump_field():
+    """One full-size JUMP-geometry DMSO field: (image, cells, nuclei)."""
+    effects = PlateEffects.draw(JUMP, JUMP.field_size, seed=0, plate_index=0)
+    return synthesize_field(JUMP, phenotypes(JUMP)["DMSO"], effects, np.random.default_rng([0, 2, 0, 0, 0]),
+                            field_size=JUMP.field_size, cells_per_field=JUMP.cells_per_field)
+
+
+def test_jump_fields_have_jump_cells(jump_field):
+    image, cells, nuclei = jump_field
+    assert image.shape == (5, 1080, 1080) and image.dtype == np.uint16
+    assert 240 <= cells.max() <= 250
+    # U2OS-like: nuclei 12-20 um and cells of about 37 um covering most of the field (0.598 um/px)
+    assert 12.0 < np.median(_equivalent_diameters_um(nuclei, 0.598)) < 20.0
+    assert 28.0 < np.median(_equivalent_diameters_um(cells, 0.598)) < 45.0
+    assert 0.5 < (cells > 0).mean() < 0.85
+    # confluent: most cells share a border with a neighbour
+    pairs = set()
+    for a, b in ((cells[:, :-1], cells[:, 1:]), (cells[:-1], cells[1:])):
+        shared = (a > 0) & (b > 0) & (a != b)
+        pairs |= {(int(x), int(y)) for x, y in zip(a[shared], b[shared])}
+    touching = {v for pair in pairs for v in pair}
+    assert len(touching) > 0.6 * cells.max()
+
+
+def test_jump_er_and_rna_images_share_signal_like_jumps(jump_field):
+    image, cells, _ = jump_field
+    inside = cells > 0
+    channels = {name: image[i][inside].astype(float) for i, name in enumerate(JUMP.channels)}
+    r = np.corrcoef([channels["ER"], channels["RNA"], channels["AGP"], channels["DNA"]])
+    assert r[0, 1] > 0.85  # concanavalin A and SYTO 14 bleed into each other's channel
+    assert r[0, 1] > r[0, 2] + 0.1 and r[0, 1] > r[0, 3] + 0.3
+    background = np.median(image[:, ~inside], axis=1)
+    signal = np.percentile(image[:, inside], 99, axis=1)
+    assert np.all(signal > 8 * background)  # a bright, well-exposed widefield screen
+
+
+def _pattern_cover(render, pixel_size: float, pattern: str) -> float:
+    """Fraction of the cytoplasm where the protein channel passes half its 99.5th percentile."""
+    scale = 0.32 / pixel_size
+    geometry = synthetic.layout_cells((int(320 * scale),) * 2, 3, np.random.default_rng(5),
+                                      radius_px=(45 * scale, 60 * scale))
+    signal = render(geometry, synthetic.Phenotype(pattern), pixel_size, np.random.default_rng(6))[3]
+    cytoplasm = (geometry.labels > 0) & (geometry.nuclei == 0)
+    return float((signal[cytoplasm] > 0.5 * np.percentile(signal[cytoplasm], 99.5)).mean())
+
+
+@pytest.mark.parametrize("pattern", ["mitochondria", "vesicles"])
+def test_confocal_patterns_keep_their_density_per_square_micrometre(pattern):
+    demo = _pattern_cover(synthetic.hpa_field, 0.32, pattern)
+    confocal = _pattern_cover(synthetic.hpa_confocal_field, 0.08, pattern)
+    assert 0.0 < demo < 0.5
+    assert 0.5 < confocal / demo < 2.0
+
+
+def test_hpa_confocal_fields_have_hpa_cells():
+    effects = PlateEffects.draw(HPA_CONFOCAL, 1024, seed=0, plate_index=0)
+    image, cells, nuclei = synthesize_field(HPA_CONFOCAL, phenotypes(HPA_CONFOCAL)["MIT-1"], effects,
+                                            np.random.default_rng(2), field_size=1024, cells_per_field=5)
+    assert image.shape == (4, 1024, 1024) and cells.max() == 5
+    inner = np.setdiff1d(np.unique(cells), np.concatenate([[0], cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+    diameters = _equivalent_diameters_um(np.where(np.isin(cells, inner), cells, 0), 0.08)
+    assert np.all((diameters > 20.0) & (diameters < 50.0)), diameters  # about 380 px at 0.08 um/px
+    assert 10.0 < np.median(_equivalent_diameters_um(nuclei, 0.08)) < 20.0
+
+
+def test_plates_without_labels_and_from_several_processes_are_the_same(tmp_path):
+    kwargs = {"n_plates": 1, "n_wells": 4, "n_fields": 2, "field_size": 128, "cells_per_field": 6,
+              "geometry": "jump", "labels": False, "seed": 1}
+    one = make_demo_plate(tmp_path / "one", **kwargs)[0]
+    two = make_demo_plate(tmp_path / "two", processes=2, **kwargs)[0]
+    validate_plate(two)
+    plate = open_plate(two)
+    assert plate.name == "jump-plate-1" and plate.pixel_size == pytest.approx((0.598, 0.598))
+    assert plate.fields("A01") == ["0", "1"] and plate.label_names("A01", "1") == []
+    a, b = _arrays(one), _arrays(two)
+    assert len(a) == 4 * 2 * 2  # wells x fields x image levels, no label images
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    labelled = make_demo_plate(tmp_path / "labelled", **(kwargs | {"labels": True}))[0]
+    np.testing.assert_array_equal(open_plate(labelled).read_field("A02", "1"), plate.read_field("A02", "1"))
+
+
+# ---------------------------------------------------------------------------------------------------
 # platemap design
 
 
@@ -355,6 +466,8 @@ def test_plate_effects_differ_between_plates():
         ({"version": "0.6"}, "version must be '0.4' or '0.5'"),
         ({"field_size": 32}, "field_size must be at least 64"),
         ({"cells_per_field": 0}, "cells_per_field must be at least 1"),
+        ({"processes": 0}, "processes must be a whole number of at least 1"),
+        ({"geometry": "jump-cp"}, "geometry must be one of"),
     ],
 )
 def test_bad_arguments_raise_config_errors(tmp_path, kwargs, match):
@@ -378,6 +491,18 @@ def test_cli_writes_plates_and_platemap(tmp_path, capsys):
     assert plate.channel_names == ["DNA", "ER", "RNA", "AGP", "Mito"]
     assert plate.pixel_size == pytest.approx((0.598, 0.598))
     assert "demo-cp-plate-1.zarr" in capsys.readouterr().out
+
+
+def test_cli_writes_a_jump_geometry_plate_without_labels(tmp_path, capsys):
+    out = tmp_path / "jump"
+    code = main(["make-demo-plate", str(out), "--geometry", "jump", "--no-labels", "--plates", "1", "--wells", "4",
+                 "--fields", "1", "--size", "96", "--cells", "4"])
+    assert code == 0
+    plate = open_plate(out / "jump-plate-1.zarr")
+    assert plate.channel_names == ["DNA", "ER", "RNA", "AGP", "Mito"]
+    assert plate.image("A01", "0").shape == (5, 96, 96)
+    assert plate.label_names("A01", "0") == []
+    assert "1 plate(s) x 4 wells x 1 fields" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_arguments_on_one_line(tmp_path, capsys):

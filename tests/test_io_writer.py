@@ -204,3 +204,33 @@ def test_label_properties_and_replacement(tmp_path):
         write_labels(plate, "A01", 0, "cells", labels[:16, :16])
     with pytest.raises(PlateFormatError, match="negative values"):
         write_labels(plate, "A01", 0, "cells", -labels)
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_fields_written_by_other_writers_are_listed_once_reserved(tmp_path, version):
+    from subcell_scale.io import open_plate, validate_plate
+
+    path = tmp_path / "plate.zarr"
+    rng = np.random.default_rng(4)
+    fields = {("B03", "0"): _field(rng), ("B03", "1"): _field(rng), ("C05", "0"): _field(rng)}
+    options = {"channel_names": CHANNELS, "pixel_size": 0.5, "version": version, "chunks": (1, 32, 32)}
+    with PlateWriter(path, name="P2", **options) as owner:
+        for well, field in fields:
+            owner.reserve_field(well, field)
+        # what a worker process does: its own writer on the same store, never closed
+        helper = PlateWriter(path, name="P2", **options)
+        helper.open(replace=False)
+        for (well, field), (image, labels) in fields.items():
+            helper.write_field(well, field, image, labels={"cells": labels})
+        owner.reserve_field("B3", 1)  # reserving again lists the field once
+    validate_plate(path)
+    plate = open_plate(path)
+    assert plate.wells == ["B03", "C05"]
+    assert plate.fields("B03") == ["0", "1"]
+    for (well, field), (image, labels) in fields.items():
+        np.testing.assert_array_equal(plate.read_field(well, field), image)
+        np.testing.assert_array_equal(plate.read_labels(well, field, "cells"), labels)
+    with pytest.raises(RunDirectoryError, match="no zarr store to add fields to"):
+        PlateWriter(tmp_path / "missing.zarr", name="x", **options).open(replace=False)
+    with pytest.raises(RunDirectoryError, match="not open"):
+        PlateWriter(tmp_path / "closed.zarr", name="x", **options).reserve_field("A01", 0)

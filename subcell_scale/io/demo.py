@@ -7,27 +7,40 @@ screen adds on top is there too, so that normalisation and metrics have somethin
 measure: replicate wells within and across plates at shuffled positions, per-plate intensity gain and
 dark level, per-plate uneven illumination, cell-to-cell variation, touching cells, shot and read noise.
 
-Two layouts:
+Two small layouts make the demo (``geometry="demo"``), quick to write and to embed:
 
 - ``"hpa"`` (default): HPA-like confocal immunofluorescence at 0.32 um/px, channels ``microtubules``,
   ``er``, ``dna``, ``protein``; a compound moves the protein to a subcellular compartment.
 - ``"cellpainting"``: widefield Cell Painting at 0.598 um/px, channels ``DNA``, ``ER``, ``RNA``,
   ``AGP``, ``Mito``; a compound changes the stains its MoA is known to change.
 
-The same arguments give byte-identical plates: every field draws from its own random stream keyed by
-(seed, plate, well, field), so nothing depends on the order of work.
+Two more have the geometry of real screens, for plate-scale benchmarks (reading, segmentation,
+cropping and embedding cost what they cost on real plates):
+
+- ``geometry="jump"``: JUMP Cell Painting, 1080 x 1080 fields at 0.598 um/px, about 250 cells per
+  field, 9 fields per well, the same five stains and phenotypes drawn to look like JUMP's widefield
+  images (confluent cells, ER/RNA crosstalk, perinuclear mitochondria);
+- ``geometry="hpa"``: HPA Cell Atlas confocal, 2048 x 2048 fields at 0.08 um/px, about 20 cells per
+  field, the four HPA channels and protein patterns at full confocal resolution.
+
+Large plates are written by several processes at once (``processes=``), each synthesizing and
+writing whole fields. The same arguments give byte-identical plates whatever the number of processes:
+every field draws from its own random stream keyed by (seed, plate, well, field), so nothing depends
+on the order of work.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,6 +57,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _WORKERS = 2  # threads computing fields ahead of the writer
+_LEVELS = 2  # resolution levels of every field
+
+Geometry = Literal["demo", "jump", "hpa"]
+GEOMETRIES = ("demo", "jump", "hpa")
 
 DMSO = "DMSO"
 NEGCON = "negcon"
@@ -68,8 +85,28 @@ class Moa:
 
 
 @dataclass(frozen=True)
+class CellShape:
+    """How :func:`synthetic.layout_cells` draws a layout's cells (see its parameters).
+
+    ``enlarged_nucleus_fraction`` replaces ``nucleus_fraction`` for compounds that enlarge nuclei.
+    The defaults are the demo plates' cells; confluent screens spread cells into their neighbours.
+    """
+
+    nucleus_fraction: tuple[float, float] = (0.33, 0.45)
+    enlarged_nucleus_fraction: tuple[float, float] = (0.4, 0.52)
+    elongation: tuple[float, float] = (0.0, 0.45)
+    roughness: float = 0.1
+    touching: float = 0.5
+    spread: float = 1.0
+
+
+@dataclass(frozen=True)
 class DemoLayout:
-    """Everything that differs between the HPA-like and the Cell Painting demo plates."""
+    """Everything that differs between the kinds of synthetic plates: stains, scale, look and size.
+
+    ``field_size`` and ``fields_per_well`` are the defaults of :func:`make_demo_plate`; fields are
+    stored in chunks of up to ``max_chunk`` pixels a side.
+    """
 
     name: str
     channels: tuple[str, ...]
@@ -80,6 +117,10 @@ class DemoLayout:
     plate_prefix: str
     moas: tuple[Moa, ...]
     render: Callable[[synthetic.CellLayout, Phenotype, float, np.random.Generator], np.ndarray]
+    cell_shape: CellShape = CellShape()
+    field_size: int = 512
+    fields_per_well: int = 2
+    max_chunk: int = 1024
 
 
 HPA = DemoLayout(
@@ -124,7 +165,60 @@ CELLPAINTING = DemoLayout(
     render=synthetic.cellpainting_field,
 )
 
-LAYOUTS = {layout.name: layout for layout in (HPA, CELLPAINTING)}
+JUMP = DemoLayout(
+    name="jump",
+    channels=synthetic.CELLPAINTING_CHANNELS,
+    pixel_size=0.598,
+    cell_diameter_um=(24.0, 40.0),
+    cells_per_field=250,
+    photons=(6000.0, 5000.0, 5000.0, 3000.0, 4000.0),
+    plate_prefix="jump-plate",
+    moas=CELLPAINTING.moas,
+    render=synthetic.jump_field,
+    # nuclei of 13-21 um in cells spread to about 37 um that cover two thirds of the field, as in
+    # JUMP's U2OS fields (benchmarks/synthetic_vs_real.py compares them)
+    cell_shape=CellShape(nucleus_fraction=(0.44, 0.58), enlarged_nucleus_fraction=(0.52, 0.66),
+                         elongation=(0.1, 0.7), roughness=0.12, touching=0.6, spread=1.35),
+    field_size=1080,
+    fields_per_well=9,
+    max_chunk=4096,
+)
+
+HPA_CONFOCAL = DemoLayout(
+    name="hpa-confocal",
+    channels=synthetic.HPA_CHANNELS,
+    pixel_size=0.08,
+    cell_diameter_um=(24.0, 40.0),
+    cells_per_field=20,
+    photons=HPA.photons,
+    plate_prefix="hpa-plate",
+    moas=HPA.moas,
+    render=synthetic.hpa_confocal_field,
+    # cells of about 35 um (380-440 px) with 12-16 um nuclei, as in the HPA's 2048-px fields; the
+    # classical segmenter scores on them as on the real ones (F1 about 0.75 with Otsu, 0.8 with Li)
+    cell_shape=CellShape(nucleus_fraction=(0.4, 0.55), enlarged_nucleus_fraction=(0.48, 0.62),
+                         elongation=(0.1, 0.6), roughness=0.12, touching=0.6, spread=1.3),
+    field_size=2048,
+    fields_per_well=4,
+    max_chunk=4096,
+)
+
+LAYOUTS = {layout.name: layout for layout in (HPA, CELLPAINTING, JUMP, HPA_CONFOCAL)}
+
+
+def layout_for(geometry: Geometry = "demo", *, cellpainting: bool = False) -> DemoLayout:
+    """The layout :func:`make_demo_plate` writes for a geometry (``"jump"`` is always Cell Painting)."""
+    if geometry not in GEOMETRIES:
+        msg = f"demo plate: geometry must be one of {', '.join(map(repr, GEOMETRIES))}, got {geometry!r}"
+        raise ConfigError(msg)
+    if geometry == "jump":
+        return JUMP
+    if geometry == "hpa":
+        if cellpainting:
+            msg = "demo plate: geometry 'hpa' is the 4-channel HPA layout; use geometry 'jump' for Cell Painting"
+            raise ConfigError(msg)
+        return HPA_CONFOCAL
+    return CELLPAINTING if cellpainting else HPA
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,14 +338,16 @@ class PlateEffects:
 def synthesize_field(layout: DemoLayout, phenotype: Phenotype, effects: PlateEffects, rng: np.random.Generator,
                      *, field_size: int, cells_per_field: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One field: (image uint16 (c, y, x), cells int32 (y, x), nuclei int32 (y, x))."""
+    shape = layout.cell_shape
     radius_px = tuple(d / 2.0 / layout.pixel_size for d in layout.cell_diameter_um)
+    nucleus_fraction = shape.nucleus_fraction
     if phenotype.pattern == "nuclear_enlargement":
         grow = 1.0 + 0.25 * phenotype.strength * phenotype.size
         radius_px = (radius_px[0] * grow, radius_px[1] * grow)
-        geometry = synthetic.layout_cells((field_size, field_size), cells_per_field, rng, radius_px=radius_px,
-                                          nucleus_fraction=(0.4, 0.52))
-    else:
-        geometry = synthetic.layout_cells((field_size, field_size), cells_per_field, rng, radius_px=radius_px)
+        nucleus_fraction = shape.enlarged_nucleus_fraction
+    geometry = synthetic.layout_cells((field_size, field_size), cells_per_field, rng, radius_px=radius_px,
+                                      nucleus_fraction=nucleus_fraction, elongation=shape.elongation,
+                                      roughness=shape.roughness, touching=shape.touching, spread=shape.spread)
     signal = layout.render(geometry, phenotype, layout.pixel_size, rng)
     image = np.empty(signal.shape, dtype=np.uint16)
     for c in range(signal.shape[0]):
@@ -264,16 +360,43 @@ def synthesize_field(layout: DemoLayout, phenotype: Phenotype, effects: PlateEff
 # the plate writer
 
 
+@dataclass(frozen=True)
+class _FieldJob:
+    """What a worker process needs to synthesize one field and write it into its plate."""
+
+    layout: str
+    path: str
+    version: str
+    chunk: int
+    field_size: int
+    cells_per_field: int
+    seed: int
+    plate_index: int
+    well_index: int
+    well: str
+    field: int
+    compound: str
+    labels: bool
+
+    @property
+    def stream(self) -> list[int]:
+        """The field's own random stream key, the same in every process."""
+        return [self.seed, 2, self.plate_index, self.well_index, self.field]
+
+
 def make_demo_plate(
     out_dir: str | Path,
     *,
     n_plates: int = 2,
     n_wells: int = 24,
-    n_fields: int = 2,
-    field_size: int = 512,
+    n_fields: int | None = None,
+    field_size: int | None = None,
     cells_per_field: int | None = None,
     seed: int = 0,
     cellpainting: bool = False,
+    geometry: Geometry = "demo",
+    labels: bool = True,
+    processes: int = 1,
     version: str = "0.5",
 ) -> list[Path]:
     """Write synthetic plates ``<out_dir>/<plate>.zarr`` and their ``<out_dir>/platemap.csv``.
@@ -284,20 +407,34 @@ def make_demo_plate(
         Folder for the plates and the platemap (created; existing demo plates there are replaced).
     n_plates
         Plates to write, named ``demo-plate-1``, ``demo-plate-2``, ... (``demo-cp-plate-N`` with
-        ``cellpainting``); replicates of each compound are spread over them.
+        ``cellpainting``, ``jump-plate-N`` and ``hpa-plate-N`` for those geometries); replicates of each
+        compound are spread over them.
     n_wells
         Wells per plate, filling rows A.. and columns 1.. of a 96-well plate (384-well above 96).
     n_fields
-        Fields per well.
+        Fields per well; default 2 for the demo, 9 for ``"jump"``, 4 for ``"hpa"``.
     field_size
-        Field width and height in pixels.
+        Field width and height in pixels; default 512 for the demo, 1080 for ``"jump"``, 2048 for
+        ``"hpa"``.
     cells_per_field
-        Cells asked for per field (fewer when they do not fit); default 10 for the HPA-like layout
-        (0.32 um/px, cells 25-45 um across) and 40 for Cell Painting (0.598 um/px, 15-30 um).
+        Cells asked for per field (fewer when they do not fit); default 10 for the HPA-like demo
+        (0.32 um/px, cells 25-45 um across), 40 for the Cell Painting demo (0.598 um/px, 15-30 um),
+        250 for ``"jump"`` and 20 for ``"hpa"``.
     seed
         Fixes every pixel, label and platemap entry: the same arguments give byte-identical plates.
     cellpainting
-        Write the 5-channel Cell Painting layout instead of the HPA-like 4-channel one.
+        Write the 5-channel Cell Painting layout instead of the HPA-like 4-channel one (implied by
+        ``geometry="jump"``).
+    geometry
+        ``"demo"`` (small, quick fields), ``"jump"`` (JUMP Cell Painting fields) or ``"hpa"`` (HPA Cell
+        Atlas confocal fields); see the module docstring.
+    labels
+        Store the ground-truth ``cells`` and ``nuclei`` label images. Without them a plate is like a
+        JUMP plate as published: whatever runs on it must segment it.
+    processes
+        Worker processes synthesizing and writing fields side by side; 1 computes in this process (two
+        threads ahead of the writer). Spawning costs about a second per process, so more than one pays
+        from tens of fields on; the plates are the same whatever the number.
     version
         NGFF version of the plates, "0.5" (Zarr v3) or "0.4" (Zarr v2).
 
@@ -305,59 +442,117 @@ def make_demo_plate(
     -------
     list of pathlib.Path
         The plate paths, in plate order. Each field holds the image (channels named as the layout
-        says, uint16, two resolution levels) and label images ``cells`` (ground-truth whole-cell
-        instances) and ``nuclei`` (each nucleus carrying its cell's label value).
+        says, uint16, two resolution levels) and, with ``labels``, label images ``cells`` (ground-truth
+        whole-cell instances) and ``nuclei`` (each nucleus carrying its cell's label value).
     """
     from .writer import PlateWriter
 
-    layout = CELLPAINTING if cellpainting else HPA
+    layout = layout_for(geometry, cellpainting=cellpainting)
+    n_fields = layout.fields_per_well if n_fields is None else n_fields
+    field_size = layout.field_size if field_size is None else field_size
     cells = layout.cells_per_field if cells_per_field is None else cells_per_field
     _check_counts(n_plates=n_plates, n_wells=n_wells, n_fields=n_fields, field_size=field_size,
-                  cells_per_field=cells, version=version)
+                  cells_per_field=cells, version=version, processes=processes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     platemap = design_platemap(layout, n_plates=n_plates, n_wells=n_wells, seed=seed)
-    table = phenotypes(layout)
     n_rows, n_cols = _plate_format(n_wells)
-    chunk = min(field_size, 1024)
+    chunk = min(field_size, layout.max_chunk)
     paths = []
     start = time.perf_counter()
-    # fields are computed a few ahead in threads (numpy and scipy release the GIL) while the main
-    # thread writes them in order; each field has its own random stream, so the result is the same
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+    pool = _pool(processes)
+    try:
         for p, (plate, wells) in enumerate(platemap.groupby("plate", sort=False)):
-            effects = PlateEffects.draw(layout, field_size, seed, p)
-            jobs = [(well, f, table[compound], np.random.default_rng([seed, 2, p, w, f]))
+            path = out / f"{plate}.zarr"
+            jobs = [_FieldJob(layout.name, str(path), version, chunk, field_size, cells, seed, p, w, well, f,
+                              compound, labels)
                     for w, (well, compound) in enumerate(zip(wells["well"], wells["compound"]))
                     for f in range(n_fields)]
-            path = out / f"{plate}.zarr"
             with PlateWriter(path, name=str(plate), channel_names=layout.channels, pixel_size=layout.pixel_size,
-                             version=version, rows=n_rows, columns=n_cols, field_count=n_fields, levels=2,
+                             version=version, rows=n_rows, columns=n_cols, field_count=n_fields, levels=_LEVELS,
                              chunks=(1, chunk, chunk)) as writer:
-                pending: deque = deque()
-                for well, f, phenotype, rng in jobs:
-                    pending.append((well, f, pool.submit(synthesize_field, layout, phenotype, effects, rng,
-                                                         field_size=field_size, cells_per_field=cells)))
-                    if len(pending) > 2 * _WORKERS:
-                        _write_next(writer, pending)
-                while pending:
-                    _write_next(writer, pending)
+                if isinstance(pool, ProcessPoolExecutor):
+                    _write_in_processes(pool, writer, jobs)
+                else:
+                    _write_in_threads(pool, writer, jobs)
             paths.append(path)
             logger.info("%s: %d wells x %d fields written", path, len(wells), n_fields)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        _plate_effects.cache_clear()  # a plate's illumination maps are tens of MB
+    pool.shutdown(wait=True)
     platemap.to_csv(out / Files.PLATEMAP, index=False)
     logger.info("%d demo plate(s) in %.1f s; platemap %s", len(paths), time.perf_counter() - start,
                 out / Files.PLATEMAP)
     return paths
 
 
-def _write_next(writer: PlateWriter, pending: deque) -> None:
-    well, field, future = pending.popleft()
-    image, labels, nuclei = future.result()
-    writer.write_field(well, str(field), image, labels={"cells": labels, "nuclei": nuclei})
+def _pool(processes: int) -> ThreadPoolExecutor | ProcessPoolExecutor:
+    if processes == 1:
+        return ThreadPoolExecutor(max_workers=_WORKERS)
+    # spawned, not forked: the caller may run threads (a Dask client, a thread pool) a fork would copy
+    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _synthesize(job: _FieldJob) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    layout = LAYOUTS[job.layout]
+    phenotype = phenotypes(layout)[job.compound]
+    effects = _plate_effects(job.layout, job.field_size, job.seed, job.plate_index)
+    return synthesize_field(layout, phenotype, effects, np.random.default_rng(job.stream),
+                            field_size=job.field_size, cells_per_field=job.cells_per_field)
+
+
+@functools.lru_cache(maxsize=2)
+def _plate_effects(layout: str, field_size: int, seed: int, plate_index: int) -> PlateEffects:
+    """A plate's acquisition effects, drawn once per plate in each process."""
+    return PlateEffects.draw(LAYOUTS[layout], field_size, seed, plate_index)
+
+
+def _write_in_threads(pool: ThreadPoolExecutor, writer: PlateWriter, jobs: list[_FieldJob]) -> None:
+    """Fields computed a few ahead in threads (numpy and scipy release the GIL), written here in order."""
+    pending: deque[tuple[_FieldJob, Future]] = deque()
+    for job in jobs:
+        pending.append((job, pool.submit(_synthesize, job)))
+        if len(pending) > 2 * _WORKERS:
+            _write_next(writer, pending)
+    while pending:
+        _write_next(writer, pending)
+
+
+def _write_next(writer: PlateWriter, pending: deque[tuple[_FieldJob, Future]]) -> None:
+    job, future = pending.popleft()
+    image, cells, nuclei = future.result()
+    writer.write_field(job.well, str(job.field), image,
+                       labels={"cells": cells, "nuclei": nuclei} if job.labels else None)
+
+
+def _write_in_processes(pool: ProcessPoolExecutor, writer: PlateWriter, jobs: list[_FieldJob]) -> None:
+    """Each worker process synthesizes and writes whole fields; this writer reserves them and finalises."""
+    for job in jobs:
+        writer.reserve_field(job.well, str(job.field))
+    futures = [pool.submit(_write_field, job) for job in jobs]
+    for future in futures:
+        future.result()
+
+
+def _write_field(job: _FieldJob) -> None:
+    """Synthesize one field and write it into its (already open) plate; runs in a worker process."""
+    from .writer import PlateWriter
+
+    layout = LAYOUTS[job.layout]
+    image, cells, nuclei = _synthesize(job)
+    writer = PlateWriter(job.path, name=Path(job.path).stem, channel_names=layout.channels,
+                         pixel_size=layout.pixel_size, version=job.version, levels=_LEVELS,
+                         chunks=(1, job.chunk, job.chunk))
+    writer.open(replace=False)
+    writer.write_field(job.well, str(job.field), image,
+                       labels={"cells": cells, "nuclei": nuclei} if job.labels else None)
 
 
 def _check_counts(*, n_plates: int, n_wells: int, n_fields: int = 1, field_size: int = 512,
-                  cells_per_field: int = 1, version: str = "0.5") -> None:
+                  cells_per_field: int = 1, version: str = "0.5", processes: int = 1) -> None:
     problems = []
     if int(n_plates) < 1:
         problems.append(f"n_plates must be at least 1, got {n_plates}")
@@ -369,6 +564,8 @@ def _check_counts(*, n_plates: int, n_wells: int, n_fields: int = 1, field_size:
         problems.append(f"field_size must be at least 64 pixels, got {field_size}")
     if int(cells_per_field) < 1:
         problems.append(f"cells_per_field must be at least 1, got {cells_per_field}")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        problems.append(f"processes must be a whole number of at least 1, got {processes!r}")
     if version not in ("0.4", "0.5"):
         problems.append(f"version must be '0.4' or '0.5', got {version!r}")
     if problems:

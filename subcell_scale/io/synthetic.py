@@ -10,6 +10,11 @@ normalised radius, which gives touching cells with shared straight-ish borders, 
 inside. Channels are then painted from per-field maps (nucleus, cytoplasm thickness, membrane, reticular
 and chromatin textures, random-walk filaments, Gaussian puncta), and :func:`acquire` turns the noise-free
 signal into camera counts with vignetting, shot and read noise.
+
+Two painters draw the small demo fields (:func:`hpa_field`, :func:`cellpainting_field`); two more draw
+fields that look like real screens at their real scale, for plate-scale benchmarks:
+:func:`jump_field` (JUMP's widefield Cell Painting at about 0.6 um/px) and :func:`hpa_confocal_field`
+(the HPA Cell Atlas' confocal fields at 0.08 um/px).
 """
 
 from __future__ import annotations
@@ -207,7 +212,7 @@ def _place_centres(rng: np.random.Generator, shape: tuple[int, int], radii: np.n
 def layout_cells(shape: tuple[int, int], n_cells: int, rng: np.random.Generator, *,
                  radius_px: tuple[float, float], nucleus_fraction: tuple[float, float] = (0.33, 0.45),
                  elongation: tuple[float, float] = (0.0, 0.45), roughness: float = 0.1,
-                 touching: float = 0.5) -> CellLayout:
+                 touching: float = 0.5, spread: float = 1.0) -> CellLayout:
     """Lay out up to ``n_cells`` cells with one nucleus each in a field of ``shape``.
 
     Parameters
@@ -228,6 +233,10 @@ def layout_cells(shape: tuple[int, int], n_cells: int, rng: np.random.Generator,
         Scale of the higher harmonics that make outlines irregular.
     touching
         Fraction of cells placed right next to an earlier one, so segmenters meet touching cells.
+    spread
+        Outline radius over the radius used to place the cell: above 1, cells reach into their
+        neighbours' space and share borders with most of them, as in a confluent monolayer (the
+        nuclei keep their size).
 
     Returns
     -------
@@ -247,7 +256,7 @@ def layout_cells(shape: tuple[int, int], n_cells: int, rng: np.random.Generator,
     for i in range(n):
         elong = rng.uniform(*elongation)
         orient = rng.uniform(0.0, np.pi)
-        cell = _random_outline(rng, centres[i], radii[i], elong, orient, roughness)
+        cell = _random_outline(rng, centres[i], radii[i] * spread, elong, orient, roughness)
         n_radius = radii[i] * rng.uniform(*nucleus_fraction)
         off_angle = rng.uniform(0.0, 2.0 * np.pi)
         direction = np.array([np.sin(off_angle), np.cos(off_angle)])
@@ -328,11 +337,24 @@ def _component_at(mask: np.ndarray, point: tuple[int, int]) -> np.ndarray:
 
 
 class _Painter:
-    """Per-field maps shared by the channel painters, each computed once and only when asked for."""
+    """Per-field maps shared by the channel painters, each computed once and only when asked for.
 
-    def __init__(self, layout: CellLayout, pixel_size: float, rng: np.random.Generator) -> None:
+    Some structures are drawn per pixel (point densities, random-walk steps), tuned at the demo
+    plates' pixel size. ``tuned_pixel_size`` names that size when painting at another one: ``fine``
+    (tuned size over this one) then scales densities and steps, so structures keep their size and
+    number per square micrometre. It is exactly 1.0 without it, leaving the demo plates unchanged.
+
+    ``contact_um`` thins the cytoplasm over that distance from every outline, the borders shared with
+    neighbours included: in a confluent monolayer cells are flat where they meet, so each contact shows
+    as a dim line, as it does in real fields (the demo's mostly separate cells do without).
+    """
+
+    def __init__(self, layout: CellLayout, pixel_size: float, rng: np.random.Generator, *,
+                 tuned_pixel_size: float | None = None, contact_um: float | None = None) -> None:
         self.layout = layout
         self.um = 1.0 / pixel_size  # pixels per micrometre
+        self.fine = 1.0 if tuned_pixel_size is None else tuned_pixel_size / pixel_size
+        self.contact_um = contact_um
         self.rng = rng
         self.shape = layout.labels.shape
         self._textures: dict[float, np.ndarray] = {}
@@ -354,7 +376,11 @@ class _Painter:
     def thickness(self) -> np.ndarray:
         """Cytoplasm height profile: thick around the nucleus, thin at the cell edge."""
         rho = self.layout.cell_rho
-        return (self.cell * np.sqrt(np.clip(1.0 - rho * rho, 0.04, 1.0))).astype(np.float32)
+        height = self.cell * np.sqrt(np.clip(1.0 - rho * rho, 0.04, 1.0))
+        if self.contact_um:
+            inside = ndi.distance_transform_edt(~self.boundary & (self.layout.labels > 0)).astype(np.float32)
+            height *= 1.0 - 0.75 * np.exp(-inside / np.float32(self.contact_um * self.um))
+        return height.astype(np.float32)
 
     @cached_property
     def perinuclear(self) -> np.ndarray:
@@ -588,13 +614,13 @@ def _hpa_protein(p: _Painter, ph: Phenotype) -> np.ndarray:
         img = p.membrane(0.9 * s) + 0.08 * cytosol
     elif pattern == "mitochondria":
         # a perinuclear network of branched tubules
-        density = 0.02 * np.exp(-p.perinuclear / 1.5) * (1.0 - p.nucleus) * p.cell
+        density = 0.02 / p.fine**2 * np.exp(-p.perinuclear / 1.5) * (1.0 - p.nucleus) * p.cell
         starts = p.sample(density)
-        pts = p.walks(starts, steps=max(int(3.5 * s * p.um), 2), step_px=1.0, wiggle=0.3,
+        pts = p.walks(starts, steps=max(int(3.5 * s * p.um / p.fine), 2), step_px=p.fine, wiggle=0.3,
                       stay_in=p.cytoplasm > 0)
         img = np.minimum(p.splat(pts, 0.3 * p.um, np.full(len(pts), 0.45)), 1.5) + 0.04 * cytosol
     elif pattern == "vesicles":
-        density = 0.0035 * p.thickness * (1.0 - p.nucleus)
+        density = 0.0035 / p.fine**2 * p.thickness * (1.0 - p.nucleus)
         pts = p.sample(density)
         img = np.minimum(p.splat(pts, 0.35 * s * p.um), 1.5) + 0.05 * cytosol
     else:
@@ -615,6 +641,52 @@ def hpa_field(layout: CellLayout, phenotype: Phenotype, pixel_size: float,
     p = _Painter(layout, pixel_size, rng)
     channels = [_hpa_microtubules(p), _hpa_er(p), _hpa_dna(p), _hpa_protein(p, phenotype)]
     return _optics(np.stack(channels).astype(np.float32), sigma_px=0.2 * p.um, haze=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# HPA Cell Atlas confocal fields (0.08 um/px): the same channels and protein patterns at full resolution
+
+_HPA_TUNED_PIXEL_SIZE = 0.32
+"""Pixel size at which the HPA-like painters' per-pixel densities and steps were tuned."""
+
+
+def _confocal_microtubules(p: _Painter) -> np.ndarray:
+    """A dense mesh of long, gently curving filaments over the cytoplasm, thinning over the nucleus."""
+    density = 0.03 / p.fine**2 * p.thickness * (1.0 - 0.9 * p.nucleus)
+    pts = p.walks(p.sample(density), steps=int(15.0 * p.um / p.fine), step_px=p.fine, wiggle=0.12)
+    fibres = _unit(p.splat(pts, 0.1 * p.um, np.full(len(pts), 0.3)))
+    diffuse = 0.15 * p.thickness * (1.0 - 0.5 * p.nucleus)
+    return (np.minimum(fibres, 1.6) * (1.0 - 0.7 * p.nucleus) + diffuse) * p.expression(0.25)
+
+
+def _confocal_er(p: _Painter) -> np.ndarray:
+    """Tubular reticulum densest around the nucleus, a faint cytoplasmic floor and a thin envelope."""
+    envelope = np.exp(-p.perinuclear / 1.4) * p.thickness * (1.0 - p.nucleus)
+    rim = np.exp(-0.5 * ((p.layout.nucleus_rho - 1.0) / 0.03) ** 2) * p.cell
+    floor = 0.12 * p.thickness * (1.0 - 0.8 * p.nucleus)
+    return ((0.8 * p.reticulum(0.9) + 0.2) * envelope + floor + 0.3 * rim) * p.expression(0.25)
+
+
+def _confocal_dna(p: _Painter) -> np.ndarray:
+    """Finely granular chromatin over a coarser modulation, a brighter periphery, nucleolar holes."""
+    chromatin = 0.12 * p.texture(0.6) + 0.1 * p.texture(2.0)
+    content = p.per_cell(np.exp(p.rng.normal(0.0, 0.2, p.layout.n_cells)))
+    edge = np.clip((1.0 - p.layout.nucleus_rho) * 8.0, 0.0, 1.0)
+    dna = p.nucleus * content * (0.7 + chromatin) * (0.75 + 0.25 * edge) * (1.0 - 0.7 * p.nucleoli)
+    return np.clip(dna, 0.0, None)
+
+
+def hpa_confocal_field(layout: CellLayout, phenotype: Phenotype, pixel_size: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Noise-free HPA Cell Atlas-like confocal signal (4, y, x) float32, channel order :data:`HPA_CHANNELS`.
+
+    Made to look like the HPA's 63x confocal fields at about 0.08 um/px: a dense microtubule mesh, a
+    fine tubular ER, granular chromatin, and the protein patterns of :func:`hpa_field` drawn at the
+    same physical density, with a sharp (diffraction-limited, 0.1 um) point-spread function.
+    """
+    p = _Painter(layout, pixel_size, rng, tuned_pixel_size=_HPA_TUNED_PIXEL_SIZE, contact_um=1.5)
+    channels = [_confocal_microtubules(p), _confocal_er(p), _confocal_dna(p), _hpa_protein(p, phenotype)]
+    return _optics(np.stack(channels).astype(np.float32), sigma_px=0.1 * p.um, haze=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -691,6 +763,13 @@ def _cp_mito(p: _Painter, ph: Phenotype) -> np.ndarray:
     return (amplitude * mito + 0.05 * p.thickness) * p.expression(0.3)
 
 
+def _check_cellpainting_pattern(phenotype: Phenotype) -> None:
+    if phenotype.pattern not in CELLPAINTING_PATTERNS:
+        msg = (f"unknown Cell Painting phenotype {phenotype.pattern!r}; expected one of "
+               f"{', '.join(CELLPAINTING_PATTERNS)}")
+        raise ConfigError(msg)
+
+
 def cellpainting_field(layout: CellLayout, phenotype: Phenotype, pixel_size: float,
                        rng: np.random.Generator) -> np.ndarray:
     """Noise-free Cell Painting signal (5, y, x) float32 in order :data:`CELLPAINTING_CHANNELS`.
@@ -699,14 +778,45 @@ def cellpainting_field(layout: CellLayout, phenotype: Phenotype, pixel_size: flo
     AGP (phalloidin + WGA) cortex, Golgi and stress fibres, Mito (MitoTracker) perinuclear tubules; the
     phenotype alters the stains a compound class is known to change.
     """
-    if phenotype.pattern not in CELLPAINTING_PATTERNS:
-        msg = (f"unknown Cell Painting phenotype {phenotype.pattern!r}; expected one of "
-               f"{', '.join(CELLPAINTING_PATTERNS)}")
-        raise ConfigError(msg)
+    _check_cellpainting_pattern(phenotype)
     p = _Painter(layout, pixel_size, rng)
     channels = [_cp_dna(p, phenotype), _cp_er(p, phenotype), _cp_rna(p, phenotype), _cp_agp(p, phenotype),
                 _cp_mito(p, phenotype)]
     return _optics(np.stack(channels).astype(np.float32), sigma_px=0.45 * p.um, haze=0.08)
+
+
+# ----------------------------------------------------------------------------------------------------
+# JUMP Cell Painting fields (widefield, 20x, about 0.6 um/px)
+
+JUMP_CROSSTALK = ((1, 2, 0.8), (2, 1, 0.6))
+"""(to, from, fraction) of signal bleeding between channels: concanavalin A and SYTO 14 are excited and
+seen in each other's channel, so JUMP's ER and RNA images look alike, nucleoli in the ER image
+included (their pixel correlation inside cells is 0.84-0.95 on real JUMP and Phenix fields)."""
+
+
+def jump_field(layout: CellLayout, phenotype: Phenotype, pixel_size: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """Noise-free JUMP-like Cell Painting signal (5, y, x) float32, order :data:`CELLPAINTING_CHANNELS`.
+
+    The stains of :func:`cellpainting_field` (and its phenotypes), with what JUMP's widefield fields
+    add: ConA and SYTO 14 filling the whole cytoplasm with a granular texture and a perinuclear
+    enrichment, nucleoplasmic RNA, a perinuclear mitochondrial cloud, diffuse AGP, the ER/RNA
+    crosstalk of :data:`JUMP_CROSSTALK`, and a softer point-spread function with more haze.
+    """
+    _check_cellpainting_pattern(phenotype)
+    p = _Painter(layout, pixel_size, rng, contact_um=1.5)
+    near = np.exp(-p.perinuclear / 0.9) * p.cytoplasm * p.thickness
+    grain = np.clip(1.0 + 0.35 * p.texture(0.7), 0.0, None)
+    er_fill = 0.45 * p.thickness * (0.6 + 0.4 * p.reticulum(1.0)) * (1.0 - 0.7 * p.nucleus)
+    er = (er_fill + 0.35 * _cp_er(p, phenotype) + 0.35 * near) * p.expression(0.25)
+    rna = _cp_rna(p, phenotype) + (0.45 * p.nucleus + 0.2 * p.thickness * (1.0 - p.nucleus)) * grain
+    agp = _cp_agp(p, phenotype) + 0.15 * p.thickness * grain * p.expression(0.3)
+    mito = _cp_mito(p, phenotype) + 0.45 * near * grain * p.expression(0.3)
+    signal = np.stack([_cp_dna(p, phenotype), er, rna, agp, mito]).astype(np.float32)
+    mixed = signal.copy()
+    for to, source, fraction in JUMP_CROSSTALK:
+        mixed[to] += np.float32(fraction) * signal[source]
+    return _optics(mixed, sigma_px=0.6 * p.um, haze=0.12)
 
 
 def _optics(signal: np.ndarray, *, sigma_px: float, haze: float) -> np.ndarray:

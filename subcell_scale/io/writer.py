@@ -135,7 +135,9 @@ class PlateWriter:
     Notes
     -----
     Write from one thread: the writer keeps the list of written wells and fields in memory (the
-    demo generator computes fields in threads and writes them from the main thread).
+    demo generator computes fields in threads and writes them from the main thread). To write fields
+    from several processes, the plate's writer reserves each field (:meth:`reserve_field`) and every
+    process writes its fields through its own writer opened with ``open(replace=False)``.
     """
 
     def __init__(
@@ -205,8 +207,19 @@ class PlateWriter:
             logger.warning("%s: writing failed, plate metadata not written (%s)", self.path, exc_type.__name__)
             self._root = None
 
-    def open(self) -> None:
-        """Create the store (replacing an existing zarr store at the path)."""
+    def open(self, *, replace: bool = True) -> None:
+        """Create the store (replacing an existing zarr store at the path).
+
+        With ``replace=False`` an existing plate store is opened to add fields to it instead: how
+        worker processes write the fields that the plate's own writer, in another process, reserved
+        with :meth:`reserve_field` (such a writer is never closed; the reserving one finalises the plate).
+        """
+        if not replace:
+            if not any((self.path / f).exists() for f in ("zarr.json", ".zgroup")):
+                msg = f"{self.path}: no zarr store to add fields to; open the plate's own writer first"
+                raise RunDirectoryError(msg)
+            self._root = zarr.open_group(str(self.path), mode="r+", zarr_format=3 if self.version == "0.5" else 2)
+            return
         if self.path.exists():
             is_store = any((self.path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
             if self.path.is_dir() and (is_store or not any(self.path.iterdir())):
@@ -283,6 +296,25 @@ class PlateWriter:
         )
         for label_name, label_image in (labels or {}).items():
             write_label_image(group, label_name, label_image, where=where)
+
+    def reserve_field(self, well: str, field: str | int) -> None:
+        """Announce a field that another writer will write into this store (e.g. a worker process).
+
+        The well's groups are created now, so writers working in parallel never race to create them,
+        and :meth:`close` lists the field in the well and plate metadata like one written here.
+        """
+        if self._root is None:
+            msg = f"{self.path}: PlateWriter is not open; use it as a context manager"
+            raise RunDirectoryError(msg)
+        row, column = parse_well_name(well)
+        field = str(field)
+        if not field.isalnum():
+            msg = f"{self.path} {well_name(row, column)}/{field}: field path {field!r} must be letters and digits only"
+            raise PlateFormatError(msg)
+        self._root.require_group(row).require_group(str(column))
+        fields = self._wells.setdefault((row, str(column)), [])
+        if field not in fields:
+            fields.append(field)
 
     def _omero(self, image: np.ndarray, field: str) -> dict[str, Any]:
         if image.dtype.kind in "ui":
