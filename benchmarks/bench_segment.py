@@ -72,15 +72,16 @@ def plate_for(root: Path, geometry: str, n_fields: int, processes: int) -> Path:
 def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
     from subcell_scale.cells import extract_cells
     from subcell_scale.io import open_plate
-    from subcell_scale.presets import crop_spec, resolve_preset
+    from subcell_scale.params import RunParams
     from subcell_scale.segment import filter_cells, match_scores, segment_field
 
     plate = open_plate(path)
-    params = resolve_preset(preset, plate)
-    segmentation = {**params["segmentation"], **overrides}
-    spec = crop_spec(params)
-    passes = params["plate"]["passes"]
-    channels = passes if params["plate"]["multi_pass"] else passes[0]
+    params = RunParams.resolve(preset)
+    plan = params.plan(plate)
+    segmentation = {**params.segmentation, **overrides}
+    spec = params.crop
+    passes = plan.passes
+    channels = passes if plan.multi_pass else passes[0]
     sites = [(w, f) for w in plate.wells for f in plate.fields(w)][:n_fields]
     seconds: dict[str, list[float]] = {s: [] for s in STAGES}
     cells, kept, f1, iou, agree_f1, agree_iou = [], [], [], [], [], []
@@ -90,8 +91,7 @@ def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
         t_read = time.process_time()
         labels = segment_field(image, plate.channel_names, plate.pixel_size, **segmentation)
         t_segment = time.process_time()
-        filtered, _ = filter_cells(labels, plate.pixel_size, min_area_um2=params["min_area_um2"],
-                                   max_area_um2=params["max_area_um2"], drop_border=params["drop_border"])
+        filtered, _ = filter_cells(labels, plate.pixel_size, **params.cells.kwargs())
         t_filter = time.process_time()
         crops, table = extract_cells(image, filtered, plate.pixel_size, spec, channels=channels)
         t_crop = time.process_time()
@@ -105,7 +105,7 @@ def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
         f1.append(scores["f1"])
         iou.append(scores["mean_iou"])
         if overrides:
-            reference = segment_field(image, plate.channel_names, plate.pixel_size, **params["segmentation"])
+            reference = segment_field(image, plate.channel_names, plate.pixel_size, **params.segmentation)
             agreement = match_scores(labels, reference)
             agree_f1.append(agreement["f1"])
             agree_iou.append(agreement["mean_iou"])
