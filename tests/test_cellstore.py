@@ -1,0 +1,83 @@
+"""The cells store: streamed from the shards, opened backed, equal to the in-memory AnnData."""
+
+from __future__ import annotations
+
+import anndata as ad
+import dask.array as da
+import numpy as np
+import pytest
+
+from subcell_scale import cellstore
+from subcell_scale._constants import Files, Keys
+from subcell_scale.cellstore import read_cells
+from subcell_scale.pipeline import embed_plate
+from subcell_scale.profiles import aggregate
+
+SMALL = {"out_size": 32}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread."""
+
+
+@pytest.fixture(scope="module")
+def demo(demo_plates) -> dict:
+    return demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def in_memory(demo, tiny_model):
+    return embed_plate(demo["plates"], tiny_model, platemap=demo["platemap"], progress=False, **SMALL)
+
+
+def _same(expected: ad.AnnData, got: ad.AnnData) -> None:
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert np.array_equal(np.asarray(got.X), expected.X)
+    assert np.array_equal(np.asarray(got.obsm[Keys.LOCALIZATION]), expected.obsm[Keys.LOCALIZATION])
+    np.testing.assert_array_equal(got.obsm[Keys.SPATIAL], expected.obsm[Keys.SPATIAL])
+    assert got.obs.drop(columns=[]).equals(expected.obs)
+
+
+@pytest.mark.parametrize("rows", [7, 10_000])  # chunks spanning several shards; one chunk for everything
+def test_the_streamed_store_equals_the_in_memory_anndata(demo, tiny_model, in_memory, tmp_path, monkeypatch, rows):
+    monkeypatch.setattr(cellstore, "CHUNK_BYTES", rows * 4 * in_memory.n_vars)
+    cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False, **SMALL)
+    assert isinstance(cells.X, da.Array) and isinstance(cells.obsm[Keys.LOCALIZATION], da.Array)
+    assert cells.X.chunks[0][0] == min(rows, cells.n_obs)
+    _same(in_memory, cells)
+    _same(in_memory, read_cells(tmp_path))
+    loaded = read_cells(tmp_path, load=True)
+    assert isinstance(loaded.X, np.ndarray)
+    _same(in_memory, loaded)
+    _same(in_memory, ad.read_zarr(tmp_path / Files.CELLS_ZARR))  # any anndata reader opens it
+
+
+def test_the_h5ad_store_opens_backed(demo, tiny_model, in_memory, tmp_path):
+    cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False,
+                        format="h5ad", **SMALL)
+    assert cells.isbacked
+    _same(in_memory, cells.to_memory())
+    _same(in_memory, ad.read_h5ad(tmp_path / Files.CELLS_H5AD))
+
+
+def test_the_backed_anndata_goes_through_the_readme_quickstart(demo, tiny_model, in_memory, tmp_path):
+    import scanpy as sc
+
+    cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False, **SMALL)
+    sc.pp.neighbors(cells, n_neighbors=5, n_pcs=20, method="gauss")  # PCA of the dask matrix, chunk by chunk
+    sc.tl.umap(cells)
+    sc.tl.leiden(cells, flavor="igraph", n_iterations=2)
+    assert cells.obsm["X_umap"].shape == (cells.n_obs, 2) and cells.obs["leiden"].nunique() >= 1
+    by_store = aggregate(cells, by=["plate", "well"])
+    by_path = aggregate(tmp_path / Files.CELLS_ZARR, by=["plate", "well"])
+    expected = aggregate(in_memory, by=["plate", "well"])
+    np.testing.assert_array_equal(by_store.X, expected.X)
+    np.testing.assert_array_equal(by_path.X, expected.X)
+
+
+def test_a_directory_without_cells_is_named(tmp_path):
+    from subcell_scale.errors import RunDirectoryError
+
+    with pytest.raises(RunDirectoryError, match="no cells.zarr or cells.h5ad"):
+        read_cells(tmp_path)
