@@ -68,47 +68,103 @@ def var_names(width: int, pass_names: Sequence[str]) -> list[str]:
     return [f"{VAR_PREFIX}{name}_{i:04d}" for name in pass_names for i in range(per)]
 
 
-def field_obs(fid: FieldId, cells: pd.DataFrame, plate: Plate, plan: PlatePlan) -> tuple[pd.DataFrame, np.ndarray]:
-    """The obs rows of one field's cells (in label order) and the order that sorts the shard's rows so."""
-    cells = cells.sort_values(Obs.LABEL, kind="stable")
-    order = cells.index.to_numpy()
-    row, column = plate.row_column(fid.well)
-    py, px = plan.pixel_size
-    labels = cells[Obs.LABEL].to_numpy().astype(np.int64)
-    obs = pd.DataFrame({
-        Obs.PLATE: fid.plate, Obs.WELL: fid.well, Obs.ROW: row, Obs.COLUMN: int(column), Obs.FIELD: fid.field,
-        Obs.LABEL: labels, Obs.AREA: cells[Obs.AREA].to_numpy(),
-        Obs.CENTROID_Y: cells[Obs.CENTROID_Y].to_numpy(dtype=np.float64),
-        Obs.CENTROID_X: cells[Obs.CENTROID_X].to_numpy(dtype=np.float64),
-        "_x_um": cells[Obs.CENTROID_X].to_numpy(dtype=np.float64) * px,
-        "_y_um": cells[Obs.CENTROID_Y].to_numpy(dtype=np.float64) * py,
-    }, index=[f"{fid.obs_prefix}_{lab}" for lab in labels])
-    return obs, order
+class ObsBuilder:
+    """The obs rows of a run, gathered field by field as plain arrays and made a DataFrame once.
+
+    A run may hold a million cells: per-field DataFrames concatenated at the end would need the obs
+    twice over; arrays per column, joined once, keep the client at about the size of ``obs`` itself.
+    """
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self._plates = {p.name: p for p in context.plates}
+        self._fields: list[FieldId] = []
+        self._counts: list[int] = []
+        self._columns: dict[str, list[np.ndarray]] = {Obs.LABEL: [], Obs.AREA: [], Obs.CENTROID_Y: [],
+                                                      Obs.CENTROID_X: []}
+
+    def add(self, fid: FieldId, cells: pd.DataFrame) -> np.ndarray:
+        """Add one field's cells (in label order); returns the order that sorts the shard's rows so."""
+        order = np.argsort(cells[Obs.LABEL].to_numpy(), kind="stable")
+        self._fields.append(fid)
+        self._counts.append(len(order))
+        self._columns[Obs.LABEL].append(cells[Obs.LABEL].to_numpy()[order].astype(np.int64))
+        self._columns[Obs.AREA].append(cells[Obs.AREA].to_numpy()[order])
+        for col in (Obs.CENTROID_Y, Obs.CENTROID_X):
+            self._columns[col].append(cells[col].to_numpy(dtype=np.float64)[order])
+        return order
+
+    def build(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """``obs`` (categoricals for plate, well, row, column and field; platemap joined) and ``spatial``.
+
+        Names and micrometre positions are written field by field into arrays of the final size,
+        and each column's per-field pieces are released once joined, so building needs little more
+        than the result (and can be done once).
+        """
+        counts = np.asarray(self._counts, dtype=np.int64)
+        total = int(counts.sum())
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        names = np.empty(total, dtype=object)
+        spatial = np.empty((total, 2), dtype=np.float64)
+        for fid, pieces_y, pieces_x, labels, lo, hi in zip(
+                self._fields, self._columns[Obs.CENTROID_Y], self._columns[Obs.CENTROID_X],
+                self._columns[Obs.LABEL], starts[:-1], starts[1:], strict=True):
+            names[lo:hi] = [f"{fid.obs_prefix}_{label}" for label in labels]
+            py, px = self.context.plan_of(fid.plate).pixel_size
+            spatial[lo:hi, 0] = pieces_x * px
+            spatial[lo:hi, 1] = pieces_y * py
+        columns = {}
+        for column, pieces in self._columns.items():
+            dtype = np.float64 if column in (Obs.CENTROID_Y, Obs.CENTROID_X) else np.int64
+            columns[column] = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+            pieces.clear()
+        rows_columns = [self._plates[f.plate].row_column(f.well) for f in self._fields]
+        obs = pd.DataFrame({
+            Obs.PLATE: self._categorical([f.plate for f in self._fields], counts),
+            Obs.WELL: self._categorical([f.well for f in self._fields], counts),
+            Obs.ROW: self._categorical([row for row, _ in rows_columns], counts),
+            Obs.COLUMN: self._categorical([int(column) for _, column in rows_columns], counts),
+            Obs.FIELD: self._categorical([f.field for f in self._fields], counts),
+            **columns,
+        }, index=pd.Index(names, copy=False))
+        del names, columns
+        if self.context.platemap is not None:
+            from .io.platemap import join_platemap, read_platemap
+
+            joined = join_platemap(obs, read_platemap(self.context.platemap), plates=list(self.context.plates))
+            joined.index = obs.index
+            obs = joined
+        return obs, spatial
+
+    @staticmethod
+    def _categorical(per_field: list[Any], counts: np.ndarray) -> pd.Categorical:
+        categories = _ordered_unique(per_field)
+        codes = pd.Index(categories).get_indexer(per_field) if per_field else np.zeros(0, np.int64)
+        return pd.Categorical.from_codes(np.repeat(codes, counts), categories=categories)
 
 
 def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, failed: Sequence[str]) -> AnnData:
     """Concatenate the fields' shards, in the order given, into the cells AnnData (held in memory)."""
-    by_plate = {p.name: p for p in context.plates}
-    blocks, emb, probs = [], [], []
+    builder = ObsBuilder(context)
+    emb, probs = [], []
     for fid, shard in fields:
-        obs, order = field_obs(fid, shard.cells, by_plate[fid.plate], context.plan_of(fid.plate))
-        blocks.append(obs)
+        order = builder.add(fid, shard.cells)
         emb.append(shard.embedding[order])
         if shard.probabilities is not None:
             probs.append(shard.probabilities[order])
     width = int(emb[0].shape[1]) if emb else _default_width(context)
     X = np.concatenate(emb).astype(np.float32, copy=False) if emb else np.zeros((0, width), np.float32)
     localization = np.concatenate(probs).astype(np.float32, copy=False) if probs and len(probs) == len(emb) else None
-    return _anndata(blocks, X, localization, width, context, failed, classes=localization is not None)
+    return _anndata(builder, X, localization, width, context, failed, classes=localization is not None)
 
 
 def _default_width(context: RunContext) -> int:
     return context.model.embedding_dim * len(context.plans[0].passes)
 
 
-def _anndata(blocks: list[pd.DataFrame], X: np.ndarray | None, localization: np.ndarray | None, width: int,
+def _anndata(builder: ObsBuilder, X: np.ndarray | None, localization: np.ndarray | None, width: int,
              context: RunContext, failed: Sequence[str], *, classes: bool) -> AnnData:
-    """The cells AnnData around ``X`` and ``localization``, with obs built from ``blocks``.
+    """The cells AnnData around ``X`` and ``localization``, with the obs the builder gathered.
 
     ``X`` None leaves the matrix out (the streamed store writes it itself); ``classes`` records the
     localization class names.
@@ -117,9 +173,7 @@ def _anndata(blocks: list[pd.DataFrame], X: np.ndarray | None, localization: np.
 
     from .models.registry import CLASS_NAMES
 
-    obs = pd.concat(blocks) if blocks else _empty_obs()
-    spatial = obs[["_x_um", "_y_um"]].to_numpy(dtype=np.float64)
-    obs = _finish_obs(obs.drop(columns=["_x_um", "_y_um"]), context)
+    obs, spatial = builder.build()
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=var_names(width, context.plans[0].pass_names)))
     adata.strings_to_categoricals()  # as writing would: the returned object equals the one read back
     adata.obsm[Keys.SPATIAL] = spatial
@@ -131,28 +185,7 @@ def _anndata(blocks: list[pd.DataFrame], X: np.ndarray | None, localization: np.
     return adata
 
 
-def _finish_obs(obs: pd.DataFrame, context: RunContext) -> pd.DataFrame:
-    for col in Obs.CATEGORICAL:
-        values = obs[col]
-        obs[col] = pd.Categorical(values, categories=_ordered_unique(values))
-    if context.platemap is not None:
-        from .io.platemap import join_platemap, read_platemap
-
-        joined = join_platemap(obs, read_platemap(context.platemap), plates=list(context.plates))
-        joined.index = obs.index
-        obs = joined
-    return obs
-
-
-def _empty_obs() -> pd.DataFrame:
-    return pd.DataFrame({Obs.PLATE: [], Obs.WELL: [], Obs.ROW: [], Obs.COLUMN: pd.Series([], dtype=np.int64),
-                         Obs.FIELD: [], Obs.LABEL: pd.Series([], dtype=np.int64),
-                         Obs.AREA: pd.Series([], dtype=np.int64), Obs.CENTROID_Y: pd.Series([], dtype=float),
-                         Obs.CENTROID_X: pd.Series([], dtype=float), "_x_um": pd.Series([], dtype=float),
-                         "_y_um": pd.Series([], dtype=float)})
-
-
-def _ordered_unique(values: pd.Series) -> list[Any]:
+def _ordered_unique(values: Sequence[Any]) -> list[Any]:
     seen: dict[Any, None] = {}
     for v in values:
         seen.setdefault(v, None)
@@ -224,29 +257,29 @@ def stream_cells(fields: Sequence[tuple[FieldId, str]], context: RunContext, fai
     from ._settings import settings
     from .store import read_shard_cells
 
-    by_plate = {p.name: p for p in context.plates}
-    blocks, pieces = [], []
+    builder = ObsBuilder(context)
+    pieces = []
     width = n_prob = None
     for fid, path in fields:
         cells, shapes = read_shard_cells(path)
-        obs, order = field_obs(fid, cells, by_plate[fid.plate], context.plan_of(fid.plate))
-        blocks.append(obs)
+        order = builder.add(fid, cells)
         width = shapes["embedding"][1]
         n_prob = shapes["probabilities"][1] if "probabilities" in shapes else None
-        if len(obs):
+        if len(order):
             pieces.append((path, order))
     width = width if width is not None else _default_width(context)
     rows = max(1, CHUNK_BYTES // (4 * width))
     matrices = {"X": ShardRows(tuple(pieces), "embedding", width, rows)}
     if n_prob is not None:
         matrices[f"obsm/{Keys.LOCALIZATION}"] = ShardRows(tuple(pieces), "probabilities", n_prob, rows)
-    adata = _anndata(blocks, None, None, width, context, failed, classes=n_prob is not None)
-    del blocks
+    adata = _anndata(builder, None, None, width, context, failed, classes=n_prob is not None)
+    del builder
     threads = int(max(1, min(4, settings.memory_budget // (3 * CHUNK_BYTES))))
     _return_large_blocks()
     path = write_cells(adata, root, fmt, matrices=matrices, threads=threads)
-    del adata  # the store is read back lazily: obs is held once, not twice
-    return read_cells(path)
+    if fmt == "h5ad":
+        return read_cells(path)
+    return _open_zarr(path, obs=adata.obs)  # obs as built, not read again: the client holds it once
 
 
 def _return_large_blocks() -> None:
@@ -415,8 +448,9 @@ def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
     return _open_zarr(path)
 
 
-def _open_zarr(path: Path) -> AnnData:
-    """A zarr cells store with its matrices as dask arrays over the store's row chunks."""
+def _open_zarr(path: Path, obs: pd.DataFrame | None = None) -> AnnData:
+    """A zarr cells store with its matrices as dask arrays over the store's row chunks (and ``obs``
+    as given, when the caller holds it already)."""
     import anndata as ad
     import dask.array as da
     import zarr
@@ -433,7 +467,7 @@ def _open_zarr(path: Path) -> AnnData:
         if key in obsm and isinstance(obsm[key], da.Array):
             obsm[key] = obsm[key].compute()
     X = lazy(group["X"]) if "X" in group else None
-    return ad.AnnData(X=X, obs=read_elem(group["obs"]), var=read_elem(group["var"]),
+    return ad.AnnData(X=X, obs=read_elem(group["obs"]) if obs is None else obs, var=read_elem(group["var"]),
                       uns=read_elem(group["uns"]) if "uns" in group else {}, obsm=obsm)
 
 
