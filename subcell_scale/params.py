@@ -38,7 +38,9 @@ __all__ = [
     "CROP_KEYS", "CellFilter", "PlatePlan", "Profiling", "RunParams", "check_same_layout", "write_parameters"
 ]
 
-CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center")
+CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center",
+             "dilation_pixel_size", "mask_resize", "center_rounding", "plate_upper_percentile",
+             "field_lower_percentile", "field_upper_percentile", "quantization", "edge_padding", "edge_window_um")
 """Preset keys that are :class:`~subcell_scale.cells.CropSpec` fields."""
 _FILTER_KEYS = ("min_area_um2", "max_area_um2", "drop_border")
 _NOT_OVERRIDABLE = ("description", "alternatives")
@@ -161,7 +163,9 @@ class RunParams:
     segmentation
         Keyword arguments of :func:`subcell_scale.segment.segment_field` for plates without labels.
     illumination
-        None, ``"estimate"`` or the path of a flat field (see :mod:`subcell_scale.illumination`).
+        None, ``"estimate"``, the path of a flat field, a path template with ``{plate}`` and
+        ``{channel}`` (the Broad's ``{plate}_Illum{channel}.npy``), a list of per-channel paths in plate
+        channel order or a mapping channel -> path (see :func:`subcell_scale.pipeline.jobs.flatfield_file`).
     profiling
         Aggregation, post-processing and feature selection of well profiles.
     evaluation
@@ -178,7 +182,7 @@ class RunParams:
     cells: CellFilter
     label_name: str
     segmentation: Mapping[str, Any]
-    illumination: str | None
+    illumination: str | tuple[str, ...] | Mapping[str, str] | None
     profiling: Profiling
     evaluation: Mapping[str, Any]
     overridden: tuple[str, ...] = ()
@@ -229,12 +233,12 @@ class RunParams:
         SegmentParams.from_kwargs({k: v for k, v in segmentation.items()
                                    if k not in ("nucleus_channel", "cell_channel")})
         crop = CropSpec(**{k: values[k] for k in CROP_KEYS if k in values})
-        illumination = values.get("illumination")
+        illumination = _illumination(values.get("illumination"))
         return cls(
             preset=name, description=str(values.get("description", "")), variant=str(values["variant"]),
             channel_map=copy.deepcopy(values.get("channel_map")), crop=crop,
             cells=CellFilter(**{k: values[k] for k in _FILTER_KEYS}), label_name=str(values["label_name"]),
-            segmentation=segmentation, illumination=None if illumination is None else os.fspath(illumination),
+            segmentation=segmentation, illumination=illumination,
             profiling=Profiling(aggregation=dict(values["aggregation"]),
                                 postprocessing=tuple(dict(s) for s in values.get("postprocessing") or ()),
                                 feature_select=values.get("feature_select")),
@@ -320,6 +324,7 @@ class RunParams:
                  f"crop: {crop.side_um:.2f} um -> {crop.size} px at {crop.out_pixel_size:.4f} um/px "
                  f"(model scale {crop.model_pixel_size} um/px), centre {crop.center}, mask {crop.mask_mode}, "
                  f"normalisation {crop.normalization}",
+                 _intensity_line(crop, self.illumination),
                  f"cells kept: area {cells.min_area_um2}-{cells.max_area_um2} um2, "
                  f"border cells {'dropped' if cells.drop_border else 'kept'}; label image {self.label_name!r}"]
         if plan is not None:
@@ -372,6 +377,31 @@ def _crop_overrides(crop: CropSpec | Mapping[str, Any] | None) -> dict[str, Any]
         msg = f"crop: unknown key(s) {unknown}; crop keys are {list(CROP_KEYS)}"
         raise ConfigError(msg)
     return values
+
+
+def _intensity_line(crop: CropSpec, illumination: Any) -> str:
+    """Illumination, intensity scaling and edge rule of a run, in one line of the report."""
+    scaling = (f"clipped at plate {crop.plate_upper_percentile} % / field {crop.field_lower_percentile}-"
+               f"{crop.field_upper_percentile} %, quantised {crop.quantization}" if crop.scales_intensity
+               else "as stored")
+    edge = ("none" if crop.edge_padding is None else
+            f"{crop.edge_padding} padding of a {crop.edge_window_um or crop.side_um:.2f} um window")
+    mask = (f"dilated {crop.dilation_um:.2f} um, resized {crop.mask_resize}" if crop.mask_mode == "own_cell"
+            else "no mask")
+    return (f"intensities: illumination {illumination or 'none'}, {scaling}; edge rule {edge}; "
+            f"centres rounded {crop.center_rounding}; {mask}")
+
+
+def _illumination(value: Any) -> str | tuple[str, ...] | dict[str, str] | None:
+    """The ``illumination`` key in a plain, picklable form: None, a path string, paths or a mapping."""
+    if value is None or isinstance(value, str | os.PathLike):
+        return None if value is None else os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): os.fspath(v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return tuple(os.fspath(v) for v in value)
+    msg = f"illumination must be None, 'estimate', a path, a list of paths or a mapping, got {value!r}"
+    raise ConfigError(msg)
 
 
 def _missing_channels(channel_map: Mapping[str, Any] | None, names: Sequence[str]) -> list[str]:
