@@ -89,6 +89,11 @@ CELL_COLUMNS = (Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X,
 """Columns of the cells table; bbox max is exclusive, crop centre is the pixel a crop is centred on."""
 
 
+_SWITCHES = ("dilation_pixel_size", "plate_upper_percentile", "field_lower_percentile", "field_upper_percentile",
+             "edge_padding", "edge_window_um")
+"""CropSpec fields whose None means "off"; False is accepted for them and stored as None."""
+
+
 def _odd(side: float) -> int:
     """The odd integer nearest ``side`` (at least 1): the side of a centred square."""
     return 2 * max(0, int(round((side - 1) / 2))) + 1
@@ -145,6 +150,8 @@ class CropSpec:
     edge_window_um
         Side of the window the edge rule is computed for, in micrometres; None: the crop's. The JUMP
         generator cut 192-px crops (114.8 um at 0.598 um/px), later centre-cropped to the 128 px used.
+
+    The fields whose None means "off" also take False (stored as None), which run overrides can pass.
     """
 
     crop_um: float | None = None
@@ -167,6 +174,9 @@ class CropSpec:
     edge_window_um: float | None = None
 
     def __post_init__(self) -> None:
+        for name in _SWITCHES:  # False is "off" too, so that run overrides (which drop None) can say it
+            if getattr(self, name) is False:
+                object.__setattr__(self, name, None)
         if self.crop_um is not None and self.crop_px is not None:
             msg = f"give crop_um ({self.crop_um}) or crop_px ({self.crop_px}), not both"
             raise ConfigError(msg)

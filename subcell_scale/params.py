@@ -199,7 +199,8 @@ class RunParams:
         **overrides
             Any preset key (``out_size=224``, ``mask_mode="none"``, ``min_area_um2=30``, ...), or ``crop=``
             a :class:`~subcell_scale.cells.CropSpec` or mapping of its fields. ``None`` values are ignored,
-            so callers pass optional arguments through unchanged.
+            so callers pass optional arguments through unchanged; ``False`` switches off a key whose "off"
+            is None (``illumination=False``, ``plate_upper_percentile=False``, ``edge_padding=False``).
 
         Raises
         ------
@@ -251,7 +252,8 @@ class RunParams:
     def _overrides(self) -> dict[str, Any]:
         flat = self.values()
         defaults = get_preset(self.preset)
-        return {k: flat[k] for k in self.overridden if k in flat and k in defaults}
+        # a key switched off with False reads back as None, which an override would ignore: keep it False
+        return {k: False if flat[k] is None else flat[k] for k in self.overridden if k in flat and k in defaults}
 
     # -- plain forms --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
@@ -394,8 +396,8 @@ def _intensity_line(crop: CropSpec, illumination: Any) -> str:
 
 def _illumination(value: Any) -> str | tuple[str, ...] | dict[str, str] | None:
     """The ``illumination`` key in a plain, picklable form: None, a path string, paths or a mapping."""
-    if value is None or isinstance(value, str | os.PathLike):
-        return None if value is None else os.fspath(value)
+    if value is None or value is False or isinstance(value, str | os.PathLike):
+        return None if value is None or value is False else os.fspath(value)
     if isinstance(value, Mapping):
         return {str(k): os.fspath(v) for k, v in value.items()}
     if isinstance(value, Sequence):
