@@ -595,8 +595,8 @@ def _cell_sums_torch(labels: np.ndarray, device: torch.device
         msg = "label images must not hold negative values"
         raise PlateFormatError(msg)
     top = int(labels.max()) if labels.size else 0
-    host = labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int64)
-    lab = _tensor(host, device).to(torch.int64)
+    host = labels if labels.dtype in (np.int32, np.int64) else labels.astype(np.int32 if top < 2**31 else np.int64)
+    lab = _tensor(host, device)
     height, width = labels.shape
     if top < 2**16:
         ids, sparse_values = lab, None
@@ -608,7 +608,7 @@ def _cell_sums_torch(labels: np.ndarray, device: torch.device
         top = sparse_values.size
     flat = ids.reshape(-1)
     where = torch.nonzero(flat, as_tuple=True)[0]
-    cid = flat[where]
+    cid = flat[where].to(torch.int64)
     ys, xs = where // width, where % width
     m = top + 1
     zeros = torch.zeros(m, dtype=torch.int64, device=device)
@@ -711,11 +711,10 @@ def extract_cells_torch(
         if spec.mask_mode == "own_cell":
             mask = _own_masks_torch(id_windows, oy, ox, cells, spec, rows, cols, size, pixel_size)
             pixels.mul_(mask)  # pixels is a fresh gather or resize, never a view of the field
-        dest = out[lo:hi]
-        slot_view = dest.view(k, n_passes * width, size, size)
-        for slot, channel in enumerate(slots):  # a few strided copies, whatever the number of cells
-            slot_view[:, slot].copy_(pixels[:, channel])
+        slot_view = out[lo:hi].view(k, n_passes * width, size, size)
         if spec.normalization == "none":
+            for slot, channel in enumerate(slots):  # a few strided copies, whatever the number of cells
+                slot_view[:, slot].copy_(pixels[:, channel])
             continue
         low = pixels.amin(dim=(-2, -1))[:, select]  # (k, P, C): per channel, then per pass if global
         high = pixels.amax(dim=(-2, -1))[:, select]
@@ -723,7 +722,10 @@ def extract_cells_torch(
             low, high = low.amin(dim=-1, keepdim=True), high.amax(dim=-1, keepdim=True)
         span = high - low
         span = span + spec.eps if spec.eps else torch.where(span == 0, torch.ones_like(span), span)
-        dest.sub_(low[..., None, None]).div_(span[..., None, None])
+        low = low.expand(k, n_passes, width).reshape(k, -1, 1, 1)
+        for slot, channel in enumerate(slots):  # (x - min) written straight into the output slot
+            torch.sub(pixels[:, channel], low[:, slot], out=slot_view[:, slot])
+        slot_view.div_(span.expand(k, n_passes, width).reshape(k, -1, 1, 1))
     return (out if multi else out[:, 0]), table
 
 
@@ -736,8 +738,13 @@ def _own_masks_torch(id_windows: torch.Tensor, oy: torch.Tensor, ox: torch.Tenso
 
     k = int(cells.shape[0])
     if spec.mask_resize == "nearest":  # only the label pixels the output grid samples
-        picked = id_windows[oy[:, None, None], ox[:, None, None], rows[:, None], cols[None, :]]
-        own = _dilate_torch(picked == cells[:, None, None], (spec.dilation_px, spec.dilation_px))
+        wy, wx = id_windows.shape[-2:]
+        if size * size < wy * wx:
+            own = id_windows[oy[:, None, None], ox[:, None, None], rows[:, None], cols[None, :]] == cells[:, None, None]
+        else:  # upscaling: compare the (smaller) label windows, then repeat their rows and columns
+            inside = (id_windows[oy, ox] == cells[:, None, None]).view(k, wy * wx)
+            own = inside.index_select(1, (rows[:, None] * wx + cols).view(-1)).view(k, size, size)
+        own = _dilate_torch(own, (spec.dilation_px, spec.dilation_px))
         return own.view(k, 1, size, size).to(torch.float32)
     own = _dilate_torch(id_windows[oy, ox] == cells[:, None, None], spec.dilation_window(pixel_size))
     grown = own.unsqueeze(1).to(torch.float32)
