@@ -128,7 +128,7 @@ def main() -> None:
                     n_cells = 0
                     for w, f in sites:
                         image, labels = prepare(w, f)
-                        crops, table = fn(image, labels, pixel_size, fn_spec, **fn_kwargs)
+                        _, table = fn(image, labels, pixel_size, fn_spec, **fn_kwargs)
                         n_cells += len(table)
                     best = min(best, (time.process_time() - cpu) * 1e3 / n_cells)
                     best_wall = min(best_wall, (time.perf_counter() - wall) * 1e3 / n_cells)

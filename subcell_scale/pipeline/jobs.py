@@ -22,8 +22,8 @@ from ..store import FieldId, ResultsStore
 from .field import FieldJob
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..io import Plate
     from ..cells import CropSpec
+    from ..io import Plate
     from ..params import PlatePlan, RunParams
 
 log = logging.getLogger(__name__)
