@@ -197,11 +197,17 @@ def test_torch_path_matches_numpy(spec):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_torch_path_on_cuda_matches_numpy():
     image, labels = cells_field(seed=6, shape=(600, 700), n=40)
-    spec = CropSpec(crop_um=60, model_pixel_size=0.5)
-    ref, _ = extract_cells(image, labels, 0.4, spec, channels=[[0, 1], [2, 1]])
-    out, _ = extract_cells_torch(image, labels, 0.4, spec, channels=[[0, 1], [2, 1]], device="cuda")
-    assert out.device.type == "cuda"
-    np.testing.assert_allclose(out.cpu().numpy(), ref, atol=1e-5)
+    specs = [(CropSpec(crop_um=60, model_pixel_size=0.5), 0.4),
+             (CropSpec(crop_um=40, model_pixel_size=0.5, mask_resize="bilinear", dilation_pixel_size=0.25), 0.25),
+             (CropSpec(crop_um=60, model_pixel_size=0.25, mask_mode="none", normalization="per_channel",
+                       edge_window_um=90, **JUMP_LIKE), 0.5)]
+    for spec, pixel_size in specs:
+        kwargs = {"channels": [[0, 1], [2, 1]], "plate_upper": [3000, 3500, 3990]}
+        dropped, dropped_t = {}, {}
+        ref, table = extract_cells(image, labels, pixel_size, spec, dropped=dropped, **kwargs)
+        out, table_t = extract_cells_torch(image, labels, pixel_size, spec, device="cuda", dropped=dropped_t, **kwargs)
+        assert out.device.type == "cuda" and table_t.equals(table) and dropped_t == dropped
+        np.testing.assert_allclose(out.cpu().numpy(), ref, atol=1e-5)
 
 
 def test_empty_field_and_bad_input():
