@@ -719,8 +719,8 @@ def extract_cells_torch(
             for slot, channel in enumerate(slots):  # a few strided copies, whatever the number of cells
                 slot_view[:, slot].copy_(pixels[:, channel])
             continue
-        low = pixels.amin(dim=(-2, -1))[:, select]  # (k, P, C): per channel, then per pass if global
-        high = pixels.amax(dim=(-2, -1))[:, select]
+        low, high = torch.aminmax(pixels.reshape(k, len(union), -1), dim=-1)  # one pass over the pixels
+        low, high = low[:, select], high[:, select]  # (k, P, C): per channel, then per pass if global
         if not per_channel:
             low, high = low.amin(dim=-1, keepdim=True), high.amax(dim=-1, keepdim=True)
         span = high - low
