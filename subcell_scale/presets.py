@@ -11,9 +11,9 @@ Two presets ship:
     448 px (0.16 um/px, HPA's 896-px crops at 0.08 um/px halved), other cells masked out with the
     cell's own mask dilated as training did (a 7 x 7 square at the source 0.08 um/px, then resized
     bilinearly with the image and rounded: subcell-analysis ``preprocess/convert2mds.py``), one global
-    min-max over (C, H, W) per crop. Any variant can be chosen by name (``variant=...``). The documented alternative is the reference analysis
-    geometry: masked 640-px crops at the native 0.08 um/px, i.e. ``crop_um=51.2,
-    model_pixel_size=0.08`` (``out_size=640``).
+    min-max over (C, H, W) per crop. Any variant can be chosen by name (``variant=...``). The
+    documented alternative is the reference analysis geometry: masked 640-px crops at the native
+    0.08 um/px, i.e. ``crop_um=51.2, model_pixel_size=0.08`` (``out_size=640``).
 
 ``"jump-cellpainting"``
     SubCell on JUMP Cell Painting as its authors ran it: the ER-DNA-Protein MAE variant, three passes
@@ -49,10 +49,11 @@ crop_um, model_pixel_size, out_size
 mask_mode, dilation, dilation_pixel_size, mask_resize, normalization, center, center_rounding
     Mask, normalisation and centre, as in :class:`subcell_scale.cells.CropSpec`.
 plate_upper_percentile, field_lower_percentile, field_upper_percentile, quantization
-    Intensity scaling before cropping (:mod:`subcell_scale.intensity`); None / ``"none"`` switch each
-    off (all None: intensities as stored).
+    Intensity scaling before cropping (:mod:`subcell_scale.intensity`); None (``False`` in an
+    override) / ``"none"`` switch each off (all off: intensities as stored).
 edge_padding, edge_window_um
-    The edge rule (cells whose window would reach past the padded field are dropped); None: off.
+    The edge rule (cells whose window would reach past the padded field are dropped, recorded as
+    ``"edge"``); None (``False`` in an override): off.
 illumination
     Flat-field correction applied to every field before segmentation and cropping: None (off),
     ``"estimate"`` (one flat field per plate and channel computed from the plate itself, the 10th
