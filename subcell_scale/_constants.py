@@ -47,6 +47,7 @@ class Files:
     PRESET = "preset.json"
     PROFILES_PARQUET = "profiles.parquet"
     FLATFIELD = "flatfield"  # folder: one flat field per plate, <plate>.npy
+    INTENSITY = "intensity"  # folder: one raw-pixel histogram per plate, <plate>.npy (plate percentiles)
     MODEL = "model"  # folder: a model instance saved for the workers
 
 

@@ -192,13 +192,19 @@ def estimate_flatfield(
     return out
 
 
-def load_flatfield(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> np.ndarray:
+def load_flatfield(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                   dtype: np.dtype | type | None = np.float32) -> np.ndarray:
     """Read a flat field from one (c, y, x) ``.npy`` file, or one 2-D ``.npy`` per channel (Broad style).
 
-    The result is checked (finite, positive) and returned as float32 (c, y, x); it is not renormalised,
-    so files made elsewhere keep their scale.
+    The result is checked (finite, positive) and returned as (c, y, x); it is not renormalised, so
+    files made elsewhere keep their scale (the Broad's illumination functions are divided by as they
+    are). ``dtype`` float32 by default; None keeps float64 files in float64 (others become float32),
+    so the correction can be computed with the file's own precision.
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths:
+        msg = "no flat field file given"
+        raise ConfigError(msg)
     planes = []
     for p in paths:
         try:
@@ -211,19 +217,26 @@ def load_flatfield(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     if any(a.ndim != 3 for a in planes) or len(shapes) != 1:
         msg = f"{[os.fspath(p) for p in paths]}: flat fields must be (c, y, x) or 2-D planes of one shape"
         raise ConfigError(msg)
-    flat = np.concatenate(planes).astype(np.float32)
+    stacked = np.concatenate(planes)
+    if dtype is None:
+        dtype = np.float64 if stacked.dtype == np.float64 else np.float32
+    flat = stacked.astype(dtype)
     if not np.all(np.isfinite(flat)) or np.any(flat <= 0):
         msg = f"{[os.fspath(p) for p in paths]}: a flat field must be finite and positive everywhere"
         raise ConfigError(msg)
     return flat
 
 
-def apply_flatfield(image: np.ndarray, flatfield: np.ndarray, *, dark: float = 0.0) -> np.ndarray:
-    """Divide a field (c, y, x) by the flat field, keeping the input's dtype.
+def apply_flatfield(image: np.ndarray, flatfield: np.ndarray, *, dark: float = 0.0,
+                    rounded: bool = True) -> np.ndarray:
+    """Divide a field (c, y, x) by the flat field.
 
     ``(image - dark) / flatfield + dark``: the dark level is put back so corrected pixels stay in the
-    camera's range. Integer input is rounded and clipped to its dtype (uint16 stays uint16); float
-    input comes back as float32.
+    camera's range. With ``rounded`` (default), integer input is rounded and clipped to its dtype
+    (uint16 stays uint16) and the division is done in float32. ``rounded=False`` returns float32
+    computed with the flat field's own precision and not rounded: the JUMP crop generator's
+    ``float32 image / illumination function``, whose exact values its percentile scaling sees.
+    Float input always comes back as float32.
     """
     image = np.asarray(image)
     flatfield = np.asarray(flatfield)
@@ -233,6 +246,9 @@ def apply_flatfield(image: np.ndarray, flatfield: np.ndarray, *, dark: float = 0
     if flatfield.ndim == 3 and flatfield.shape[0] != image.shape[0]:
         msg = f"flat field has {flatfield.shape[0]} channels, image has {image.shape[0]}"
         raise ChannelMismatchError(msg)
+    if not rounded:
+        divisor = flatfield if flatfield.dtype == np.float64 else flatfield.astype(np.float32)
+        return ((image.astype(np.float32) - np.float32(dark)) / divisor + np.float32(dark)).astype(np.float32)
     corrected = (image.astype(np.float32) - np.float32(dark)) / flatfield.astype(np.float32) + np.float32(dark)
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)

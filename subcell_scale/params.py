@@ -38,7 +38,9 @@ __all__ = [
     "CROP_KEYS", "CellFilter", "PlatePlan", "Profiling", "RunParams", "check_same_layout", "write_parameters"
 ]
 
-CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center")
+CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center",
+             "dilation_pixel_size", "mask_resize", "center_rounding", "plate_upper_percentile",
+             "field_lower_percentile", "field_upper_percentile", "quantization", "edge_padding", "edge_window_um")
 """Preset keys that are :class:`~subcell_scale.cells.CropSpec` fields."""
 _FILTER_KEYS = ("min_area_um2", "max_area_um2", "drop_border")
 _NOT_OVERRIDABLE = ("description", "alternatives")
@@ -158,7 +160,9 @@ class RunParams:
     segmentation
         Keyword arguments of :func:`subcell_scale.segment.segment_field` for plates without labels.
     illumination
-        None, ``"estimate"`` or the path of a flat field (see :mod:`subcell_scale.illumination`).
+        None, ``"estimate"``, the path of a flat field, a path template with ``{plate}`` and
+        ``{channel}`` (the Broad's ``{plate}_Illum{channel}.npy``), a list of per-channel paths in plate
+        channel order or a mapping channel -> path (see :func:`subcell_scale.pipeline.jobs.flatfield_file`).
     profiling
         Aggregation and post-processing of well profiles.
     design
@@ -175,7 +179,7 @@ class RunParams:
     cells: CellFilter
     label_name: str
     segmentation: Mapping[str, Any]
-    illumination: str | None
+    illumination: str | tuple[str, ...] | Mapping[str, str] | None
     profiling: Profiling
     design: Mapping[str, Any]
     overridden: tuple[str, ...] = ()
@@ -192,7 +196,8 @@ class RunParams:
         **overrides
             Any preset key (``out_size=224``, ``mask_mode="none"``, ``min_area_um2=30``, ...), or ``crop=``
             a :class:`~subcell_scale.cells.CropSpec` or mapping of its fields. ``None`` values are ignored,
-            so callers pass optional arguments through unchanged.
+            so callers pass optional arguments through unchanged; ``False`` switches off a key whose "off"
+            is None (``illumination=False``, ``plate_upper_percentile=False``, ``edge_padding=False``).
 
         Raises
         ------
@@ -226,7 +231,7 @@ class RunParams:
         SegmentParams.from_kwargs({k: v for k, v in segmentation.items()
                                    if k not in ("nucleus_channel", "cell_channel")})
         crop = CropSpec(**{k: values[k] for k in CROP_KEYS if k in values})
-        illumination = values.get("illumination")
+        illumination = _illumination(values.get("illumination"))
         chain = values.get("postprocess") or ()
         if isinstance(chain, str):
             from .presets import get_chain
@@ -236,7 +241,7 @@ class RunParams:
             preset=name, description=str(values.get("description", "")), variant=str(values["variant"]),
             channel_map=copy.deepcopy(values.get("channel_map")), crop=crop,
             cells=CellFilter(**{k: values[k] for k in _FILTER_KEYS}), label_name=str(values["label_name"]),
-            segmentation=segmentation, illumination=None if illumination is None else os.fspath(illumination),
+            segmentation=segmentation, illumination=illumination,
             profiling=Profiling(aggregation=dict(values["aggregation"]), postprocess=tuple(dict(s) for s in chain)),
             design=copy.deepcopy(dict(values.get("design") or {})), overridden=overridden)
 
@@ -247,7 +252,8 @@ class RunParams:
     def _overrides(self) -> dict[str, Any]:
         flat = self.values()
         defaults = get_preset(self.preset)
-        return {k: flat[k] for k in self.overridden if k in flat and k in defaults}
+        # a key switched off with False reads back as None, which an override would ignore: keep it False
+        return {k: False if flat[k] is None else flat[k] for k in self.overridden if k in flat and k in defaults}
 
     # -- plain forms --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
@@ -319,6 +325,7 @@ class RunParams:
                  f"crop: {crop.side_um:.2f} um -> {crop.size} px at {crop.out_pixel_size:.4f} um/px "
                  f"(model scale {crop.model_pixel_size} um/px), centre {crop.center}, mask {crop.mask_mode}, "
                  f"normalisation {crop.normalization}",
+                 _intensity_line(crop, self.illumination),
                  f"cells kept: area {cells.min_area_um2}-{cells.max_area_um2} um2, "
                  f"border cells {'dropped' if cells.drop_border else 'kept'}; label image {self.label_name!r}"]
         if plan is not None:
@@ -388,6 +395,31 @@ def _crop_overrides(crop: CropSpec | Mapping[str, Any] | None) -> dict[str, Any]
         msg = f"crop: unknown key(s) {unknown}; crop keys are {list(CROP_KEYS)}"
         raise ConfigError(msg)
     return values
+
+
+def _intensity_line(crop: CropSpec, illumination: Any) -> str:
+    """Illumination, intensity scaling and edge rule of a run, in one line of the report."""
+    scaling = (f"clipped at plate {crop.plate_upper_percentile} % / field {crop.field_lower_percentile}-"
+               f"{crop.field_upper_percentile} %, quantised {crop.quantization}" if crop.scales_intensity
+               else "as stored")
+    edge = ("none" if crop.edge_padding is None else
+            f"{crop.edge_padding} padding of a {crop.edge_window_um or crop.side_um:.2f} um window")
+    mask = (f"dilated {crop.dilation_um:.2f} um, resized {crop.mask_resize}" if crop.mask_mode == "own_cell"
+            else "no mask")
+    return (f"intensities: illumination {illumination or 'none'}, {scaling}; edge rule {edge}; "
+            f"centres rounded {crop.center_rounding}; {mask}")
+
+
+def _illumination(value: Any) -> str | tuple[str, ...] | dict[str, str] | None:
+    """The ``illumination`` key in a plain, picklable form: None, a path string, paths or a mapping."""
+    if value is None or value is False or isinstance(value, str | os.PathLike):
+        return None if value is None or value is False else os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): os.fspath(v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return tuple(os.fspath(v) for v in value)
+    msg = f"illumination must be None, 'estimate', a path, a list of paths or a mapping, got {value!r}"
+    raise ConfigError(msg)
 
 
 def _missing_channels(channel_map: Mapping[str, Any] | None, names: Sequence[str]) -> list[str]:

@@ -9,10 +9,11 @@ Two presets ship:
     SubCell as it was trained on the Human Protein Atlas: the ``all_channels`` (microtubules, ER,
     nucleus, protein) MAE variant, a 71.68 um window centred on the cell's bounding box, resized to
     448 px (0.16 um/px, HPA's 896-px crops at 0.08 um/px halved), other cells masked out with the
-    cell's own mask dilated by 7 model pixels, one global min-max over (C, H, W) per crop. Any variant
-    can be chosen by name (``variant=...``). The documented alternative is the reference analysis
-    geometry: masked 640-px crops at the native 0.08 um/px, i.e. ``crop_um=51.2,
-    model_pixel_size=0.08`` (``out_size=640``).
+    cell's own mask dilated as training did (a 7 x 7 square at the source 0.08 um/px, then resized
+    bilinearly with the image and rounded: subcell-analysis ``preprocess/convert2mds.py``), one global
+    min-max over (C, H, W) per crop. Any variant can be chosen by name (``variant=...``). The
+    documented alternative is the reference analysis geometry: masked 640-px crops at the native
+    0.08 um/px, i.e. ``crop_um=51.2, model_pixel_size=0.08`` (``out_size=640``).
 
 ``"jump-cellpainting"``
     SubCell on JUMP Cell Painting as its authors ran it: the ER-DNA-Protein MAE variant, three passes
@@ -20,7 +21,14 @@ Two presets ship:
     (3 x 1536 = 4608, var names ``subcell_Mito_0000`` ...); a 76.544 um window (128 px at
     0.598 um/px) centred on the rounded centroid, rescaled bilinearly to 478 px (x3.74, about the
     0.16 um/px training scale), per-channel min-max over the whole crop, neighbours not masked; the
-    model reads the first 464 px of each side (29 x 29 patches of 16), as the reference ViT does. Wells
+    model reads the first 464 px of each side (29 x 29 patches of 16), as the reference ViT does.
+    Intensities as the lab's public JUMP crop generator made its uint8 crops (subcell-analysis
+    ``preprocess/JUMP_preprocess``, see ``docs/protocols.md``): each field clipped per channel at its
+    0.05 % and the smaller of the plate's 99.99 % (raw 16-bit histogram) and its own 99.95 %
+    percentile, divided by that upper bound, truncated to uint8 levels before the crop's min-max;
+    centres rounded half to even; cells whose 192-px (114.8 um) crop would reach past the field padded
+    by 48 px are dropped (``"edge"``). Its illumination correction (the Broad's functions) is the
+    ``illumination`` key: ``illumination="path/{plate}_Illum{channel}.npy"``. Wells
     are profiled as the median of cells per field, then the mean of fields per well. Post-processing
     and evaluation are those of the SubCell JUMP benchmark (zwefers/subcell_jump_analysis), each cell
     type on its own (``scripts/postprocess.py`` L7-10, L179): PCA-cor sphering fitted on the DMSO
@@ -56,13 +64,21 @@ channel_map
 crop_um, model_pixel_size, out_size
     Crop side in micrometres, the pixel size the model sees, and the output side in pixels (default
     ``round(crop_um / model_pixel_size)``; a smaller ``out_size`` keeps the physical crop).
-mask_mode, dilation, normalization, center
-    As in :class:`subcell_scale.cells.CropSpec`.
+mask_mode, dilation, dilation_pixel_size, mask_resize, normalization, center, center_rounding
+    Mask, normalisation and centre, as in :class:`subcell_scale.cells.CropSpec`.
+plate_upper_percentile, field_lower_percentile, field_upper_percentile, quantization
+    Intensity scaling before cropping (:mod:`subcell_scale.intensity`); None (``False`` in an
+    override) / ``"none"`` switch each off (all off: intensities as stored).
+edge_padding, edge_window_um
+    The edge rule (cells whose window would reach past the padded field are dropped, recorded as
+    ``"edge"``); None (``False`` in an override): off.
 illumination
     Flat-field correction applied to every field before segmentation and cropping: None (off),
     ``"estimate"`` (one flat field per plate and channel computed from the plate itself, the 10th
-    percentile over fields, smoothed; see :func:`subcell_scale.illumination.estimate_flatfield`) or the
-    path of a ``.npy`` flat field (c, y, x) such as the Broad's illumination functions.
+    percentile over fields, smoothed; see :func:`subcell_scale.illumination.estimate_flatfield`), the
+    path of a ``.npy`` flat field (c, y, x), a path template with ``{plate}`` and ``{channel}`` (the
+    Broad's illumination functions: ``"{plate}_Illum{channel}.npy"``), a list of 2-D ``.npy`` paths in
+    plate channel order or a mapping channel name -> path.
 label_name
     Label image of the plate holding the cells (``"cells"``).
 min_area_um2, max_area_um2, drop_border
@@ -114,8 +130,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "out_size": None,
         "mask_mode": "own_cell",
         "dilation": 7,
+        "dilation_pixel_size": 0.08,
+        "mask_resize": "bilinear",
         "normalization": "global",
         "center": "bbox",
+        "center_rounding": "half_up",
+        "plate_upper_percentile": None,
+        "field_lower_percentile": None,
+        "field_upper_percentile": None,
+        "quantization": "none",
+        "edge_padding": None,
+        "edge_window_um": None,
         **_COMMON,
         "aggregation": {"by": ["plate", "well"], "operation": "median", "per_field": False},
         # not a published evaluation: DMSO-standardised wells, replicates and MoAs retrieved across the run
@@ -145,8 +170,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "out_size": 478,
         "mask_mode": "none",
         "dilation": 7,
+        "dilation_pixel_size": None,
+        "mask_resize": "nearest",
         "normalization": "per_channel",
         "center": "centroid",
+        "center_rounding": "half_even",
+        "plate_upper_percentile": 99.99,
+        "field_lower_percentile": 0.05,
+        "field_upper_percentile": 99.95,
+        "quantization": "uint8",
+        "edge_padding": 0.25,
+        "edge_window_um": 192 * 0.598,
         **_COMMON,
         # JUMP nuclei (~17-22 um) are cut in two at the default 5 um split distance: F1 0.69 -> 0.96 against
         # the ground truth of JUMP-geometry demo plates (benchmarks/bench_segment.py --geometry jump)

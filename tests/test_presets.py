@@ -55,11 +55,36 @@ def _direct_crop(image: np.ndarray, cy: int, cx: int, window: int, size: int) ->
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
 
 
+def _generator_field(raw: np.ndarray, plate_upper: np.ndarray, illum: np.ndarray | None = None) -> np.ndarray:
+    """The JUMP crop generator's field, by its formula: float32 / illumination, field percentiles 0.05 and
+    99.95, ((x - lower) / min(plate upper, field upper)).clip(0, 1), uint8 truncation, read back / 255."""
+    img = raw.astype(np.float32)
+    if illum is not None:
+        img[:] = img / illum
+    low, high = np.percentile(img, [0.05, 99.95], axis=(1, 2))
+    upper = np.minimum(plate_upper, high)
+    img[:] = ((img - low[:, None, None]) / upper[:, None, None]).clip(0, 1)
+    return (img * 255).astype(np.uint8).astype(np.float32) / 255
+
+
+def _plate_upper(plate) -> np.ndarray:
+    """The plate's 99.99 % bound per channel from its sorted raw pixels: the smallest value v with more
+    than 99.99 % of the pixels at or below it."""
+    pixels = np.concatenate([plate.read_field(w, f).reshape(len(plate.channel_names), -1)
+                             for w in plate.wells for f in plate.fields(w)], axis=1)
+    k = int(np.floor(0.9999 * pixels.shape[1]))
+    return np.sort(pixels, axis=1)[:, k].astype(np.float64)
+
+
 def test_hpa_preset_is_the_training_geometry():
     p = RunParams.resolve("hpa")
     assert p.crop.size == 448 and p.crop.side_um == pytest.approx(71.68)
     assert p.crop.out_pixel_size == pytest.approx(0.16)
     assert (p.crop.mask_mode, p.crop.normalization, p.crop.center, p.crop.dilation) == ("own_cell", "global", "bbox", 7)
+    # training's mask: 7 x 7 at the source 0.08 um/px (0.56 um), resized bilinearly with the image
+    assert p.crop.mask_resize == "bilinear" and p.crop.dilation_um == pytest.approx(0.56)
+    assert p.crop.window(0.08) == (896, 896) and p.crop.dilation_window(0.08) == (7, 7)
+    assert p.crop.dilation_window(0.0800885) == (7, 7) and not p.crop.scales_intensity
     assert p.variant == "all_channels_MAE-CellS-ProtS-Pool" and p.overridden == ()
     alt = get_preset("hpa")["alternatives"]["reference-640"]
     masked640 = RunParams.resolve("hpa", crop_um=alt["crop_um"], model_pixel_size=alt["model_pixel_size"])
@@ -103,6 +128,10 @@ def test_jump_preset_on_a_cell_painting_plate(cp_plate):
     assert plan.window_px == (128, 128)  # 76.5 um at 0.598 um/px
     assert params.crop.size == 478 and plan.rescale == pytest.approx(478 / 128)
     assert (params.crop.mask_mode, params.crop.normalization) == ("none", "per_channel")
+    crop = params.crop  # the JUMP crop generator's intensity handling and edge rule
+    assert (crop.plate_upper_percentile, crop.field_lower_percentile, crop.field_upper_percentile) == (99.99, 0.05, 99.95)
+    assert (crop.quantization, crop.center_rounding, crop.edge_padding) == ("uint8", "half_even", 0.25)
+    assert crop.edge_geometry(plate.pixel_size) == ((192, 192), (48, 48))  # its 192-px crops, padded by 48
     assert params.profiling.aggregation == {"by": ["plate", "well"], "operation": "median", "per_field": True}
     chain = params.profiling.postprocess
     assert [s["method"] for s in chain] == ["spherize", "standardize"]
@@ -154,12 +183,14 @@ def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
     report = json.loads((tmp_path / "run" / Files.PRESET).read_text())
     assert report["parameters"][0]["preset"] == JUMP and report["parameters"][0]["overridden"] == ["out_size"]
 
-    # one cell, computed directly: 128-px window at the rounded centroid, bilinear to 48, per-channel min-max
+    # one cell, computed directly: the field scaled and quantised as the JUMP generator did, a 128-px
+    # window at the centroid rounded half to even, bilinear to 48, per-channel min-max
     plate = open_plate(cp_plate)
     well = str(adata.obs[Obs.WELL].iloc[0])
-    image = plate.read_field(well, "0").astype(np.float64)
+    image = _generator_field(plate.read_field(well, "0"), _plate_upper(plate)).astype(np.float64)
     row = adata.obs.iloc[0]
-    cy, cx = int(np.floor(row[Obs.CENTROID_Y] + 0.5)), int(np.floor(row[Obs.CENTROID_X] + 0.5))
+    cy, cx = int(np.round(row[Obs.CENTROID_Y])), int(np.round(row[Obs.CENTROID_X]))
+    assert 48 <= min(cy, cx) and max(cy, cx) <= 192 - 48  # the edge rule: a 192-px crop fits the padded field
     idx = {n: i for i, n in enumerate(plate.channel_names)}
     passes = []
     for protein in ("Mito", "AGP", "RNA"):
@@ -170,6 +201,13 @@ def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
     crops, cells = field_crops(plate, well, "0", preset=JUMP, model_channels=YBG, out_size=48)
     assert int(cells[Obs.LABEL].iloc[0]) == int(row[Obs.LABEL])
     np.testing.assert_allclose(crops[0], direct, atol=1e-5)  # float32 resize vs float64 here
+    manifest = json.loads((tmp_path / "run" / Files.MANIFEST).read_text())
+    edge = sum(f["dropped"].get("edge", 0) for f in manifest["fields"].values())
+    assert edge > 0 and (tmp_path / "run" / Files.INTENSITY / f"{plate.name}.npy").is_file()
+    # crops cut on the model's device (torch) give the same cells, drops and embeddings
+    on_device = embed_plate(cp_plate, model, preset=JUMP, out_size=48, progress=False, crop_on="device")
+    assert list(on_device.obs_names) == list(adata.obs_names)
+    np.testing.assert_allclose(on_device.X, np.asarray(adata.X), atol=1e-4)
     per_channel = crops[0].reshape(9, -1)
     np.testing.assert_allclose(per_channel.min(axis=1), 0, atol=1e-6)
     np.testing.assert_allclose(per_channel.max(axis=1), 1, atol=1e-5)
@@ -195,10 +233,12 @@ def test_hpa_crop_is_masked_and_globally_normalised(hpa_plate):
     own = np.zeros((224, 224), bool)
     inside = (ys - (cy - 112), xs - (cx - 112))
     own[inside] = True
-    nearest = np.minimum(((2 * np.arange(64) + 1) * 224) // 128, 223)  # pixel-centre nearest resize
-    mask = own[np.ix_(nearest, nearest)]
-    dilation = RunParams.resolve("hpa", out_size=64).crop.dilation_px
-    mask = ndi.maximum_filter(mask.astype(np.uint8), size=dilation) > 0
+    # training's mask: dilated at the window's scale (0.56 um is under 2 px at 0.32 um/px: no growth), resized
+    # bilinearly with the image, kept above 0.5
+    dilation = RunParams.resolve("hpa", out_size=64).crop.dilation_window(plate.pixel_size)
+    assert dilation == (1, 1)
+    grown = ndi.maximum_filter(own.astype(np.float64), size=dilation)
+    mask = _direct_crop(grown[None], 112, 112, 224, 64)[0] > 0.5
     masked = crop * mask
     direct = (masked - masked.min()) / (masked.max() - masked.min() + 1e-6)
     np.testing.assert_allclose(crops[0, 0], direct, atol=1e-5)
@@ -221,9 +261,10 @@ def test_illumination_correction_divides_fields_before_cropping(cp_plate, tmp_pa
     assert corrected.shape == plain.shape and not np.allclose(corrected, plain)
     # the same crops computed by hand from the flat-field-corrected field
     p = RunParams.resolve(JUMP, **small)
-    image = apply_flatfield(plate.read_field(well, fld), estimate_flatfield(plate))
+    image = apply_flatfield(plate.read_field(well, fld), estimate_flatfield(plate), rounded=False)
     kept, _ = filter_cells(plate.read_labels(well, fld, "cells"), plate.pixel_size, **p.cells.kwargs())
-    expected, table = extract_cells(image, kept, plate.pixel_size, p.crop, channels=p.plan(plate, YBG).passes)
+    expected, table = extract_cells(image, kept, plate.pixel_size, p.crop, channels=p.plan(plate, YBG).passes,
+                                    plate_upper=_plate_upper(plate))
     assert list(table["label"]) == list(cells["label"])
     np.testing.assert_allclose(corrected, expected, atol=1e-6)
     # a flat field of the wrong size is refused before any work, naming the file
@@ -233,3 +274,68 @@ def test_illumination_correction_divides_fields_before_cropping(cp_plate, tmp_pa
                                                          intermediate_size=64, num_channels=3, pool_int_dim=16),
                                    channels=YBG),
                     preset=JUMP, illumination=str(tmp_path / "flat.npy"), progress=False, **small)
+
+
+def test_broad_illumination_functions_per_channel_through_the_preset(cp_plate, tmp_path):
+    """The Broad's ``{plate}_Illum{channel}.npy`` files (float64), given as a template, a list or a mapping,
+    divide the field before the generator's scaling; checked against the generator's formula by hand."""
+    plate = open_plate(cp_plate)
+    well, fld = plate.wells[1], "0"
+    rng = np.random.default_rng(5)
+    names = plate.channel_names
+    shape = plate.read_field(well, fld).shape[1:]
+    illum = {n: rng.uniform(0.6, 1.6, size=shape) for n in names}
+    for n in names:
+        np.save(tmp_path / f"{plate.name}_Illum{n}.npy", illum[n])
+    template = str(tmp_path / "{plate}_Illum{channel}.npy")
+    small = {"out_size": 40, "model_channels": YBG}
+    by_template, cells = field_crops(cp_plate, well, fld, preset=JUMP, illumination=template, **small)
+    by_list, _ = field_crops(cp_plate, well, fld, preset=JUMP, illumination=[template.format(plate=plate.name,
+                                                                                              channel=n) for n in names],
+                             **small)
+    np.testing.assert_array_equal(by_list, by_template)
+    # by hand: the generator's field, the preset's window at np.round(centroid), per-channel min-max
+    field = _generator_field(plate.read_field(well, fld), _plate_upper(plate), np.stack([illum[n] for n in names]))
+    idx = {n: i for i, n in enumerate(names)}
+    row = cells.iloc[0]
+    cy, cx = int(np.round(row[Obs.CENTROID_Y])), int(np.round(row[Obs.CENTROID_X]))
+    direct = []
+    for protein in ("Mito", "AGP", "RNA"):
+        crop = _direct_crop(field[[idx["ER"], idx["DNA"], idx[protein]]].astype(np.float64), cy, cx, 128, 40)
+        low, high = crop.min(axis=(1, 2), keepdims=True), crop.max(axis=(1, 2), keepdims=True)
+        direct.append((crop - low) / (high - low + 1e-6))
+    np.testing.assert_allclose(by_template[0], np.stack(direct), atol=1e-5)
+    # a mapping corrects only the channels it names; switching the scaling off changes the crops
+    only_dna, _ = field_crops(cp_plate, well, fld, preset=JUMP, illumination={"DNA": template.format(
+        plate=plate.name, channel="DNA")}, **small)
+    assert not np.allclose(only_dna, by_template)
+    np.testing.assert_allclose(only_dna[:, :, 2], field_crops(cp_plate, well, fld, preset=JUMP, **small)[0][:, :, 2])
+    with pytest.raises(ChannelMismatchError, match="lists 2 flat field files"):
+        field_crops(cp_plate, well, fld, preset=JUMP, illumination=[template] * 2, **small)
+    with pytest.raises(ChannelMismatchError, match=r"\['GFP'\]"):
+        field_crops(cp_plate, well, fld, preset=JUMP, illumination={"GFP": template}, **small)
+
+
+def test_plate_histogram_is_kept_and_reused(cp_plate, tmp_path):
+    from subcell_scale.intensity import HISTOGRAM_BINS
+    from subcell_scale.pipeline.jobs import plate_upper_bounds
+
+    plate = open_plate(cp_plate)
+    spec = RunParams.resolve(JUMP).crop
+    bounds = plate_upper_bounds(plate, spec, tmp_path)
+    np.testing.assert_array_equal(bounds, _plate_upper(plate))
+    stored = np.load(tmp_path / f"{plate.name}.npy")
+    assert stored.shape == (5, HISTOGRAM_BINS) and stored.sum() == 5 * 4 * 192 * 192
+    # a resumed run reads the kept histogram instead of passing over the plate again
+    fake = np.zeros_like(stored)
+    fake[:, 1234] = 1
+    np.save(tmp_path / f"{plate.name}.npy", fake)
+    assert plate_upper_bounds(plate, spec, tmp_path) == (1234.0,) * 5
+    # each step of the generator's handling is a key switched off by False (None is "not given" in overrides)
+    off = RunParams.resolve(JUMP, plate_upper_percentile=False, edge_padding=False, illumination=False)
+    assert (off.crop.plate_upper_percentile, off.crop.edge_padding, off.illumination) == (None, None, None)
+    assert off.replace(out_size=64).crop.plate_upper_percentile is None
+    assert plate_upper_bounds(plate, off.crop, tmp_path) is None
+    none = RunParams.resolve(JUMP, plate_upper_percentile=False, field_lower_percentile=False,
+                             field_upper_percentile=False, quantization="none")
+    assert not none.crop.scales_intensity

@@ -70,6 +70,9 @@ class FieldJob:
         Name of the worker plugin holding the model (set when the job runs on a cluster).
     flatfield_path
         ``.npy`` flat field (c, y, x) every field is divided by before labels and crops; None: none.
+    plate_upper
+        The plate's upper intensity bound per channel (``crop.plate_upper_percentile`` of its raw
+        pixels, computed when the run was planned); None when the crop spec uses none.
     """
 
     fid: FieldId
@@ -87,6 +90,7 @@ class FieldJob:
     crop_on: str = "auto"
     model_plugin: str | None = None
     flatfield_path: str | None = None
+    plate_upper: tuple[float, ...] | None = None
 
     @property
     def where(self) -> str:
@@ -135,7 +139,12 @@ def _resolve_crop_on(crop_on: str) -> str:
 
 
 def prepare_field(job: FieldJob) -> PreparedField:
-    """CPU part of a field: read pixels, read (or make) labels, drop poor cells, crop (CPU mode).
+    """CPU part of a field: read pixels, correct illumination, read (or make) labels, drop poor cells,
+    crop (CPU mode).
+
+    When the crop spec scales intensities, the illumination correction is left unrounded (float32), as
+    the JUMP crop generator's percentiles saw it; cells the crop spec's edge rule removes are recorded
+    under ``"edge"`` (CPU mode here, device mode in :func:`embed_field`).
 
     Raises
     ------
@@ -154,7 +163,7 @@ def prepare_field(job: FieldJob) -> PreparedField:
     if job.flatfield_path is not None:
         from ..illumination import apply_flatfield
 
-        image = apply_flatfield(image, _flatfield(job.flatfield_path))
+        image = apply_flatfield(image, _flatfield(job.flatfield_path), rounded=not job.crop.scales_intensity)
     labels, segmented = _field_labels(plate, job, image)
     fingerprint = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.label_name)
     kept, dropped = filter_cells(labels, plate.pixel_size, **job.cells.kwargs())
@@ -164,7 +173,8 @@ def prepare_field(job: FieldJob) -> PreparedField:
     if _resolve_crop_on(job.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
-        crops, table = extract_cells(image, kept, pixel_size, job.crop, channels=job.passes)
+        crops, table = extract_cells(image, kept, pixel_size, job.crop, channels=job.passes,
+                                     plate_upper=job.plate_upper, dropped=prepared.dropped)
         prepared.crops, prepared.cells = crops, table[_CELL_COLUMNS].reset_index(drop=True)
     prepared.seconds = time.perf_counter() - start
     return prepared
@@ -172,10 +182,10 @@ def prepare_field(job: FieldJob) -> PreparedField:
 
 @functools.lru_cache(maxsize=4)
 def _flatfield(path: str) -> np.ndarray:
-    """A plate's flat field, read once per worker process."""
+    """A plate's flat field, read once per worker process (in its stored precision)."""
     from ..illumination import load_flatfield
 
-    return load_flatfield(path)
+    return load_flatfield(path, dtype=None)
 
 
 def _field_labels(plate: Any, job: FieldJob, image: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -219,19 +229,21 @@ def embed_field(prepared: PreparedField, job: FieldJob, model: SubCell | None = 
 
         model = worker_model(job.model_plugin)
     crops, cells = prepared.crops, prepared.cells
+    dropped = {k: list(v) for k, v in prepared.dropped.items()}
     if crops is None:
         from ..cells import extract_cells_torch
 
         tensor, table = extract_cells_torch(prepared.image, prepared.labels, prepared.pixel_size, job.crop,
-                                            channels=job.passes, device=model.device)
+                                            channels=job.passes, device=model.device,
+                                            plate_upper=job.plate_upper, dropped=dropped)
         crops, cells = tensor, table[_CELL_COLUMNS].reset_index(drop=True)
     embedding, probabilities = embed_crops(model, crops, job.batch_size)
     seconds = prepared.seconds + time.perf_counter() - start
-    shard = Shard(embedding, probabilities, cells, prepared.dropped,
+    shard = Shard(embedding, probabilities, cells, dropped,
                   {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.digest,
                    "seconds": round(seconds, 3), "segmented": prepared.segmented, **prepared.meta})
     summary: dict[str, Any] = {"n_cells": shard.n_cells,
-                               "dropped": {k: len(v) for k, v in prepared.dropped.items()},
+                               "dropped": {k: len(v) for k, v in dropped.items()},
                                "seconds": seconds, "shard": job.shard_path}
     if job.shard_path is not None:
         write_shard(job.shard_path, shard)

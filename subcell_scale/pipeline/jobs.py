@@ -1,14 +1,16 @@
 """Plan a run: open the plates, and turn each field into a :class:`~subcell_scale.pipeline.field.FieldJob`.
 
-Planning reads metadata only (and, with illumination correction, estimates one flat field per plate),
-so every input problem surfaces here, before a cluster does any work.
+Planning reads metadata only (and, with illumination correction, estimates one flat field per plate;
+with a plate percentile, makes one pass over the plate's pixels), so every input problem surfaces here,
+before a cluster does any work.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from ..store import FieldId, ResultsStore
 from .field import FieldJob
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..cells import CropSpec
     from ..io import Plate
     from ..params import PlatePlan, RunParams
 
@@ -54,12 +57,14 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunPa
               segment_if_missing: bool) -> list[FieldJob]:
     """One job per field of every plate, in plate, well, field order (the order of the cells AnnData).
 
-    Files the workers read (flat fields) go into the run directory, or into ``scratch`` without one.
+    Files the workers read (flat fields) and the plate statistics a resumed run reuses go into the run
+    directory, or into ``scratch`` without one.
     """
     jobs = []
+    root = store.root if store is not None else scratch
     for plate, plan in zip(plates, plans, strict=True):
-        folder = store.root / Files.FLATFIELD if store is not None else scratch / Files.FLATFIELD
-        flatfield = flatfield_file(plate, params.illumination, folder)
+        flatfield = flatfield_file(plate, params.illumination, root / Files.FLATFIELD)
+        plate_upper = plate_upper_bounds(plate, params.crop, root / Files.INTENSITY)
         for well in plate.wells:
             for fld in plate.fields(well):
                 fid = FieldId(plate.name, well, str(fld))
@@ -68,31 +73,36 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunPa
                     segment_if_missing=segment_if_missing, segmentation=dict(params.segmentation),
                     cells=params.cells, crop=params.crop, passes=plan.passes, batch_size=batch_size,
                     shard_path=str(store.shard_path(fid)) if store is not None else None, digest=digest,
-                    crop_on=crop_on, flatfield_path=flatfield))
+                    crop_on=crop_on, flatfield_path=flatfield, plate_upper=plate_upper))
     return jobs
 
 
-def flatfield_file(plate: Plate, illumination: str | None, folder: Path) -> str | None:
+def flatfield_file(plate: Plate, illumination: str | Sequence[str] | Mapping[str, str] | None,
+                   folder: Path) -> str | None:
     """The flat field of a plate as a file in ``folder`` that workers read: estimated from the plate
-    once, or the given file checked against the plate.
+    once, or the given file(s) checked against the plate.
 
-    An estimate kept in ``out/flatfield/`` is reused when a run resumes, so resumed fields are
-    corrected exactly as the first ones were.
+    ``illumination`` is None, ``"estimate"``, one ``.npy`` (c, y, x) or 2-D path, a list of 2-D
+    ``.npy`` paths in plate channel order, a mapping of plate channel name to path (other channels
+    uncorrected), or a path template with ``{plate}`` and ``{channel}`` fields, one file per channel:
+    the Broad's illumination functions are ``"{plate}_Illum{channel}.npy"``. Given files keep their
+    precision (float64 stays float64). An estimate kept in ``out/flatfield/`` is reused when a run
+    resumes, so resumed fields are corrected exactly as the first ones were.
     """
     if illumination is None:
         return None
-    from ..illumination import estimate_flatfield, load_flatfield
+    from ..illumination import estimate_flatfield
 
     target = folder / f"{plate.name}.npy"
-    if illumination == "estimate":
+    if isinstance(illumination, str) and illumination == "estimate":
         if target.exists():
             return str(target)
         log.info("estimating the flat field of plate %s from its fields", plate.name)
         flat = estimate_flatfield(plate)
     else:
-        flat = load_flatfield(illumination)
         well = plate.wells[0]
         c, y, x = plate.image(well, plate.fields(well)[0]).shape
+        flat = _given_flatfield(plate, illumination, c)
         if flat.shape[-2:] != (y, x):
             msg = f"flat field {illumination}: {flat.shape[-2:]} px, but plate {plate.name} fields are {(y, x)} px"
             raise ConfigError(msg)
@@ -100,5 +110,59 @@ def flatfield_file(plate: Plate, illumination: str | None, folder: Path) -> str 
             msg = f"flat field {illumination}: {flat.shape[0]} channels, but plate {plate.name} has {c}"
             raise ChannelMismatchError(msg)
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(target, np.asarray(flat, dtype=np.float32))
+    np.save(target, np.asarray(flat, dtype=np.float64 if flat.dtype == np.float64 else np.float32))
     return str(target)
+
+
+def _given_flatfield(plate: Plate, illumination: str | Sequence[str] | Mapping[str, str],
+                     n_channels: int) -> np.ndarray:
+    """Read the flat field ``illumination`` names for ``plate`` (see :func:`flatfield_file`)."""
+    from ..illumination import load_flatfield
+
+    names = [str(n) for n in plate.channel_names]
+    if isinstance(illumination, Mapping):
+        unknown = sorted(set(illumination) - set(names))
+        if unknown:
+            msg = f"illumination names channel(s) {unknown} that plate {plate.name} lacks (channels {names})"
+            raise ChannelMismatchError(msg)
+        planes = {name: load_flatfield(path, dtype=None) for name, path in illumination.items()}
+        shape = next(iter(planes.values())).shape[-2:]
+        dtype = np.result_type(*(p.dtype for p in planes.values()))
+        return np.concatenate([planes[n] if n in planes else np.ones((1, *shape), dtype) for n in names])
+    if isinstance(illumination, str | os.PathLike):
+        text = os.fspath(illumination)
+        if "{channel}" in text:
+            return load_flatfield([text.format(plate=plate.name, channel=n) for n in names], dtype=None)
+        return load_flatfield(text.format(plate=plate.name) if "{plate}" in text else text, dtype=None)
+    paths = list(illumination)
+    if len(paths) != n_channels:
+        msg = (f"illumination lists {len(paths)} flat field files, but plate {plate.name} has {n_channels} "
+               f"channels {names}; give one per channel in that order, or a mapping channel -> file")
+        raise ChannelMismatchError(msg)
+    return load_flatfield(paths, dtype=None)
+
+
+def plate_upper_bounds(plate: Plate, spec: CropSpec, folder: Path) -> tuple[float, ...] | None:
+    """The plate's upper intensity bound per channel when ``spec`` clips at a plate percentile.
+
+    The histogram of the plate's raw pixels (one pass over every field, before illumination
+    correction, as the JUMP crop generator computed it) is kept in ``folder/<plate>.npy`` and reused
+    when a run resumes; the percentile is read from it, so changing the percentile needs no new pass.
+    """
+    if spec.plate_upper_percentile is None:
+        return None
+    from ..intensity import HISTOGRAM_BINS, histogram_percentile, plate_histogram
+    from ..store import atomic_write_bytes
+
+    target = folder / f"{plate.name}.npy"
+    shape = (len(plate.channel_names), HISTOGRAM_BINS)
+    histogram = np.load(target) if target.exists() else None
+    if histogram is None or histogram.shape != shape:
+        histogram = plate_histogram(plate)
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, histogram)
+        atomic_write_bytes(target, buffer.getvalue())
+    bounds = histogram_percentile(histogram, spec.plate_upper_percentile)
+    log.info("plate %s: %s %% intensity bounds %s", plate.name, spec.plate_upper_percentile, bounds.tolist())
+    return tuple(float(v) for v in bounds)
