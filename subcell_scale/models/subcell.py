@@ -302,14 +302,19 @@ class SubCell(nn.Module):
     def from_pretrained(cls, variant: str = DEFAULT_VARIANT, *, n_classifiers: int = 1,
                         cache_dir: str | Path | None = None, device: str | torch.device | None = None,
                         **options: Any) -> SubCell:
-        """Load a published variant from the model cache (``subcell-scale download VARIANT`` fills it).
+        """Load a published variant from the model cache, downloading it first when it is not there.
 
-        The sha256 of every file is checked against the cache manifest first; a mismatch is a
-        :class:`CheckpointError` naming the file. ``n_classifiers`` picks seeds 0..n-1.
+        The first use of a variant downloads its encoder and classifier seeds 0..n-1 from
+        :attr:`subcell_scale.settings.base_url` into the cache (with a progress bar, resumable,
+        checked and recorded with its sha256 as ``subcell-scale download`` does; processes starting
+        together download it once). With :attr:`subcell_scale.settings.offline` (or
+        ``SUBCELL_SCALE_OFFLINE=1``) a variant not in the cache is a :class:`CheckpointError` naming
+        the download command. The sha256 of every cached file is checked against the cache manifest;
+        a mismatch is a :class:`CheckpointError` naming the file.
         """
-        from .download import cached_files
+        from .download import fetch_variant
 
-        encoder_path, classifier_paths = cached_files(variant, n_classifiers=n_classifiers, cache_dir=cache_dir)
+        encoder_path, classifier_paths = fetch_variant(variant, n_classifiers=n_classifiers, cache_dir=cache_dir)
         return cls.from_checkpoint(encoder_path, classifier_paths, device, variant=get_variant(variant).name,
                                    **options)
 
