@@ -102,7 +102,7 @@ def serve() -> Iterator[tuple[str, Bucket]]:
     handler = type("BoundHandler", (_Handler,), {"bucket": bucket})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/models", bucket

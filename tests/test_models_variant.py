@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,137 @@ def test_non_standard_width_needs_num_heads_and_uses_it():
     assert not np.allclose(two(x).embedding.numpy(), np.load(TINY / "out64_pool_op.npy"), atol=1e-3)
     with pytest.raises(CheckpointError, match=r"encoder\.pth: ModelConfig: hidden_size 48 is not divisible by num_heads 5"):
         SubCell.from_checkpoint(TINY / "encoder.pth", device="cpu", num_heads=5)
+
+
+# -- through resolve_model, embed_plate and the command line ---------------------------------------
+def test_resolve_model_carries_the_variant_and_heads(three_channel, tmp_path):
+    path = named_copy(three_channel["encoder"], tmp_path, "weights.pth")
+    resolved = resolve_model(path, variant=ER.name.lower(), num_heads=4)
+    assert resolved.spec.options == {"variant": ER.name, "num_heads": 4}
+    assert resolved.identity["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = resolved.with_channels("cpu")
+    assert loaded.channels == ("er", "nucleus", "protein") and loaded.variant == ER.name
+    # the preset's default variant says nothing about a checkpoint
+    with pytest.raises(CheckpointError, match=BOTH_THREE):
+        resolve_model(path, num_heads=4, default_variant=ER.name).with_channels("cpu")
+    # a link keeps the name it was given: the name is what is read, not the target's
+    link = tmp_path / ER.encoder_filename
+    os.symlink(path, link)
+    assert resolve_model(link, num_heads=4).with_channels("cpu").variant == ER.name
+    with pytest.raises(CheckpointError, match=rf"its name says {ER.name} but variant={MT.name} was given"):
+        resolve_model(link, variant=MT.name)
+    with pytest.raises(ConfigError, match=rf"variant={MT.name} was given, but model '{ER.name}' is {ER.name}"):
+        resolve_model(ER.name, variant=MT.name)
+
+
+@pytest.fixture(scope="module")
+def cell_painting(demo_plates) -> str:
+    """A Cell Painting plate (DNA, ER, RNA, AGP, Mito): no microtubule channel."""
+    return demo_plates(n_plates=1, n_wells=4, n_fields=1, field_size=192, seed=1, cellpainting=True)["plate"]
+
+
+@pytest.fixture(scope="module")
+def er_model(tmp_path_factory) -> dict:
+    """A small 3-channel model with standard width (64 = one head), saved under a neutral name."""
+    from subcell_scale.models.config import ModelConfig
+
+    config = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64, num_channels=3,
+                         pool_int_dim=16)
+    model = SubCell.random(config, seed=5, n_classifiers=0, channels=ER.channels, device="cpu")
+    folder = tmp_path_factory.mktemp("er")
+    torch.save(model.encoder_state_dict(), folder / "model.pth")
+    return {"model": model, "path": folder / "model.pth"}
+
+
+JUMP = {"preset": "jump-cellpainting", "out_size": 32, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def reference_cells(cell_painting, er_model):
+    """The plate embedded with the instance, which knows its channels (the oracle of the runs below)."""
+    from subcell_scale.pipeline import embed_plate
+
+    return embed_plate(cell_painting, er_model["model"], **JUMP)
+
+
+def test_an_er_checkpoint_named_so_runs_on_a_cell_painting_plate(cell_painting, er_model, reference_cells,
+                                                                   tmp_path):
+    from subcell_scale.pipeline import embed_plate
+
+    named = named_copy(er_model["path"], tmp_path, ER.encoder_filename)
+    cells = embed_plate(cell_painting, named, out=tmp_path / "run", **JUMP)
+    assert cells.n_obs == reference_cells.n_obs > 0
+    np.testing.assert_array_equal(np.asarray(cells.X), reference_cells.X)
+    prov = cells.uns["subcell_scale"]
+    assert prov["variant"] == ER.name and list(prov["model_channels"]) == ["er", "nucleus", "protein"]
+    assert prov["checkpoint_sha256"] == hashlib.sha256(named.read_bytes()).hexdigest()
+
+
+def test_an_unnamed_three_channel_checkpoint_stops_before_any_work(cell_painting, er_model, tmp_path):
+    from subcell_scale.pipeline import embed_plate
+
+    with pytest.raises(CheckpointError, match=rf"model\.pth: a 3-channel SubCell checkpoint .*{BOTH_THREE}"):
+        embed_plate(cell_painting, er_model["path"], out=tmp_path / "run", **JUMP)
+    assert not (tmp_path / "run").exists()
+
+
+def _cli(*args: str, sets: tuple[str, ...] = ()) -> list[str]:
+    return ["embed", *args, "--preset", "jump-cellpainting", "--no-progress", "--set", "out_size=32", *sets]
+
+
+@pytest.mark.parametrize("say", [{"args": ("--variant", ER.name)}, {"sets": (f"variant={ER.name}",)}],
+                         ids=["variant", "set"])
+def test_the_command_line_says_which_variant_a_renamed_file_is(cell_painting, er_model, reference_cells, tmp_path,
+                                                                say, capsys):
+    import anndata as ad
+
+    from subcell_scale.cli import main
+
+    out = tmp_path / "run"
+    args = _cli(cell_painting, "--out", str(out), "--model", str(er_model["path"]), *say.get("args", ()),
+                sets=say.get("sets", ()))
+    assert main(args) == 0, capsys.readouterr().err
+    cells = ad.read_zarr(out / "cells.zarr")
+    np.testing.assert_array_equal(cells.X, reference_cells.X)
+    assert cells.uns["subcell_scale"]["variant"] == ER.name
+
+
+def test_the_command_line_refuses_what_it_cannot_tell_or_that_disagrees(cell_painting, er_model, tmp_path, capsys):
+    from subcell_scale.cli import main
+
+    base = _cli(cell_painting, "--out", str(tmp_path / "run"))
+    assert main(base + ["--model", str(er_model["path"])]) == 1
+    assert re.search(rf"a 3-channel SubCell checkpoint .*{BOTH_THREE}; say which with variant= \(--variant",
+                     capsys.readouterr().err)
+    named = named_copy(er_model["path"], tmp_path, ER.encoder_filename)
+    assert main(base + ["--model", str(named), "--variant", MT.name]) == 1
+    assert f"its name says {ER.name} but variant={MT.name} was given" in capsys.readouterr().err
+    assert main(_cli(cell_painting, "--out", str(tmp_path / "run"), "--model", str(named), "--variant", ER.name,
+                     sets=(f"variant={MT.name}",))) == 1
+    assert f"--variant {ER.name} and --set variant={MT.name} disagree" in capsys.readouterr().err
+    assert main(base + ["--model", MT.name, "--variant", ER.name]) == 1
+    assert "name different published variants" in capsys.readouterr().err
+    assert main(base + ["--model", ER.name, "--num-heads", "4"]) == 1
+    assert "--num-heads applies to a checkpoint --model" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_num_heads_on_the_command_line_for_a_non_standard_width(demo_plates, tmp_path, capsys):
+    """The tiny fixture is 48 wide with 4 heads: --num-heads 4 gives the embeddings of that model."""
+    import anndata as ad
+
+    from subcell_scale.cli import main
+    from subcell_scale.pipeline import embed_plate
+
+    plate = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)["plate"]
+    args = ["embed", plate, "--model", str(TINY / "encoder.pth"), "--set", "out_size=32", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "no")]) == 1
+    assert "pass num_heads= (--num-heads on the command line)" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "run"), "--num-heads", "4"]) == 0, capsys.readouterr().err
+    cells = ad.read_zarr(tmp_path / "run" / "cells.zarr")
+    model = SubCell.from_checkpoint(TINY / "encoder.pth", device="cpu", num_heads=4)
+    expected = embed_plate(plate, model, out_size=32, progress=False)
+    assert cells.n_obs == expected.n_obs > 0
+    np.testing.assert_array_equal(cells.X, expected.X)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["embed"]["model"]["options"] == {"num_heads": 4}
