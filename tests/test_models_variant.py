@@ -206,16 +206,20 @@ def reference_cells(cell_painting, er_model):
 
 
 def test_an_er_checkpoint_named_so_runs_on_a_cell_painting_plate(cell_painting, er_model, reference_cells,
-                                                                   tmp_path):
+                                                                   tmp_path, caplog):
     from subcell_scale.pipeline import embed_plate
 
     named = named_copy(er_model["path"], tmp_path, ER.encoder_filename)
-    cells = embed_plate(cell_painting, named, out=tmp_path / "run", **JUMP)
+    with caplog.at_level(logging.INFO, logger="subcell_scale"):
+        cells = embed_plate(cell_painting, named, out=tmp_path / "run", **JUMP)
+    digest = hashlib.sha256(named.read_bytes()).hexdigest()
+    assert (f"model: checkpoint {ER.encoder_filename}, sha256 {digest[:12]}..., variant {ER.name}, "
+            "channels er, nucleus, protein") in caplog.messages
     assert cells.n_obs == reference_cells.n_obs > 0
     np.testing.assert_array_equal(np.asarray(cells.X), reference_cells.X)
     prov = cells.uns["subcell_scale"]
     assert prov["variant"] == ER.name and list(prov["model_channels"]) == ["er", "nucleus", "protein"]
-    assert prov["checkpoint_sha256"] == hashlib.sha256(named.read_bytes()).hexdigest()
+    assert prov["checkpoint_sha256"] == digest
 
 
 def test_an_unnamed_three_channel_checkpoint_stops_before_any_work(cell_painting, er_model, tmp_path):

@@ -157,13 +157,37 @@ class ResolvedModel:
         config = self.spec.config if self.spec is not None and self.spec.config is not None else {}
         return ModelConfig(**config).embedding_dim
 
-    def with_channels(self, device: str | None = None) -> ResolvedModel:
-        """This model with its channels known: a checkpoint is loaded here once to read them (and kept)."""
+    @property
+    def summary(self) -> str:
+        """One line saying which model this is: its source, file, sha256 prefix, variant and channels."""
+        spec = self.spec
+        if spec is None:
+            source = "SubCell instance"
+        elif spec.source == "checkpoint":
+            source = f"checkpoint {Path(spec.encoder_path).name}"
+        elif spec.source == "variant":
+            source = f"published {spec.variant} from the model cache"
+        else:
+            source = f"random weights (seed {spec.seed})"
+        sha = self.checkpoint_sha256
+        parts = [source] + ([f"sha256 {sha[:12]}..."] if sha else []) + [f"variant {self.variant or 'not named'}"]
         if self.channels is not None:
+            parts.append(f"channels {', '.join(self.channels)}")
+        return ", ".join(parts)
+
+    def with_channels(self, device: str | None = None) -> ResolvedModel:
+        """This model with its channels known: a checkpoint is loaded here once to read them (and kept).
+
+        Logs :attr:`summary`, so a run's log names the model it uses (not a preset's default).
+        """
+        if self.channels is not None:
+            log.info("model: %s", self.summary)
             return self
         instance = self.spec.load(device=device)
         identity = {**self.identity, "variant": instance.variant, "channels": list(instance.channels)}
-        return replace(self, instance=instance, channels=tuple(instance.channels), identity=identity)
+        resolved = replace(self, instance=instance, channels=tuple(instance.channels), identity=identity)
+        log.info("model: %s", resolved.summary)
+        return resolved
 
     def local(self, device: str | None = None) -> SubCell:
         """The model in this process (built from the spec when there is no instance yet)."""
