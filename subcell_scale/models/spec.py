@@ -277,7 +277,7 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
 
 
 def is_checkpoint_path(model: str | os.PathLike[str]) -> bool:
-    """Whether ``model`` means a file (it exists, has a folder part or a ``.pth``/``.pt`` suffix), not a variant name."""
+    """Whether ``model`` means a file, not a variant name: it exists, has a folder part or a .pth/.pt suffix."""
     name = os.fspath(model)
     return Path(name).is_file() or any(sep in name for sep in ("/", "\\")) or name.endswith((".pth", ".pt"))
 

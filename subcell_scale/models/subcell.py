@@ -294,7 +294,8 @@ class SubCell(nn.Module):
         model.classifier_sha256 = [sha256_file(p) for p, _ in classifier_sds]
         logger.info("loaded %s (sha256 %s..., variant %s, channels %s; %d layers, %d heads, %d classifiers)",
                     encoder_path.name, model.checkpoint_sha256[:12],
-                    f"{named.name} from {told_by}" if named else "not named", ", ".join(model.channels), config.num_layers, config.num_heads, len(classifier_sds))
+                    f"{named.name} from {told_by}" if named else "not named", ", ".join(model.channels),
+                    config.num_layers, config.num_heads, len(classifier_sds))
         model.to(_resolve_device(device))._match_precision()
         return model
 
