@@ -116,7 +116,7 @@ def cached_files(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: s
 
 
 def fetch_variant(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: str | Path | None = None,
-                  progress: bool | None = None) -> tuple[Path, list[Path]]:
+                  progress: bool | None = None, verify: bool = True) -> tuple[Path, list[Path]]:
     """Like :func:`cached_files`, but files missing from the cache are downloaded first (once, locked).
 
     What ``SubCell.from_pretrained`` and ``embed_plate`` use, so a published variant works on first use
@@ -128,6 +128,8 @@ def fetch_variant(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: 
     ----------
     progress
         Progress bars while downloading (default :attr:`subcell_scale.settings.progress`).
+    verify
+        Check the sha256 of files that were already cached (downloaded files are always checked).
 
     Raises
     ------
@@ -140,7 +142,7 @@ def fetch_variant(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: 
     v = get_variant(variant)
     missing = _missing(v, n_classifiers, cache_dir)
     if not missing:
-        return cached_files(v, n_classifiers=n_classifiers, cache_dir=cache_dir)
+        return cached_files(v, n_classifiers=n_classifiers, cache_dir=cache_dir, verify=verify)
     if settings.offline:
         raise _not_cached(v, missing[0], n_classifiers, cache_dir, offline=True)
     logger.warning("%s is not in the model cache (%s): downloading %d file(s) from %s (set %s=1 to forbid)",
