@@ -168,6 +168,8 @@ def test_processes_starting_together_download_once(online, tmp_path):
     assert [p.returncode for p in procs] == [0] * n, [err for _, err in results]
     assert {out.strip() for out, _ in results} == {sha(TINY / "encoder.pth")}
     assert bucket.count(ENCODER) == 1 and bucket.count(CLASSIFIER_0) == 1
+    # the downloading process showed a progress bar (settings.progress is on by default)
+    assert any(f"{VARIANT.encoder_filename}: " in err and "%|" in err for _, err in results)
     waited = [err for _, err in results if "another process is downloading" in err]
     assert len(waited) >= 1, "the processes did not overlap, so the lock was not exercised"
     assert (online["cache"] / VARIANT.name / LOCK).exists()
