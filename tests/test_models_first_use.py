@@ -150,7 +150,7 @@ def _env() -> dict[str, str]:
 def test_processes_starting_together_download_once(online, tmp_path):
     """Three processes ask for the variant at the same moment while the server sends slowly: one request per file."""
     bucket = online["bucket"]
-    bucket.slow[ENCODER] = 1.5
+    bucket.slow[ENCODER] = 2.5  # long enough that every process arrives while the first downloads
     n = 3
     procs = [subprocess.Popen(_loader(tmp_path, k, VARIANT.name), env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for k in range(n)]
