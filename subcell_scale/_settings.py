@@ -2,8 +2,9 @@
 
 Functions take ``None`` for "use the setting" (``batch_size=None`` means ``settings.batch_size``), so a
 notebook can set a default once, and the command line shows the same defaults as the Python API.
-Settings read from the environment (``SUBCELL_SCALE_HOME``, ``SUBCELL_SCALE_OFFLINE``) are read when
-used, so a Dask worker started with its own environment follows it.
+Settings read from the environment (``SUBCELL_SCALE_HOME``, ``SUBCELL_SCALE_OFFLINE``,
+``SUBCELL_SCALE_BASE_URL``) are read when used, so a Dask worker started with its own environment
+follows it; a value set on the object applies to this process only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ ENV_HOME = "SUBCELL_SCALE_HOME"
 """Environment variable naming the model cache folder."""
 ENV_OFFLINE = "SUBCELL_SCALE_OFFLINE"
 """Environment variable that, set to 1/true/yes, forbids downloading weights."""
+ENV_BASE_URL = "SUBCELL_SCALE_BASE_URL"
+"""Environment variable naming where published weights are downloaded from (a mirror, a test server)."""
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -36,7 +39,12 @@ class Settings:
         be on a shared filesystem (or set per node through the environment).
     offline
         Never download weights: a published variant missing from the cache is an error naming the
-        download command. Set here or with ``SUBCELL_SCALE_OFFLINE=1``.
+        download command. Set here or with ``SUBCELL_SCALE_OFFLINE=1``. Otherwise a published
+        variant missing from the cache is downloaded on first use.
+    base_url
+        Where published weights are downloaded from: set here, else ``$SUBCELL_SCALE_BASE_URL``, else
+        the public SubCell bucket over HTTPS. A mirror must hold the bucket's layout (``<variant>.pth``
+        and ``<prefix>_<family>_MLP_classifier/..._seed_<k>.pth``).
     cluster
         What :func:`subcell_scale.get_client` starts when not told: ``"auto"``, ``"local"``, ``"cuda"`` or
         a cluster config file.
@@ -57,6 +65,7 @@ class Settings:
     def __init__(self) -> None:
         self._model_cache: Path | None = None
         self._offline: bool | None = None
+        self._base_url: str | None = None
         self._cluster = "auto"
         self._progress = True
         self._batch_size = 64
@@ -84,6 +93,21 @@ class Settings:
     @offline.setter
     def offline(self, value: bool | None) -> None:
         self._offline = None if value is None else _bool("offline", value)
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is not None:
+            return self._base_url
+        env = os.environ.get(ENV_BASE_URL, "").strip()
+        if env:
+            return _url(f"${ENV_BASE_URL}", env)
+        from .models.registry import BASE_URL
+
+        return BASE_URL
+
+    @base_url.setter
+    def base_url(self, value: str | None) -> None:
+        self._base_url = None if value is None else _url("settings.base_url", value)
 
     # -- running --------------------------------------------------------------------------------------
     @property
@@ -153,8 +177,8 @@ class Settings:
     @contextmanager
     def override(self, **values: Any) -> Iterator[Settings]:
         """Change settings inside a ``with`` block only (tests, one-off runs)."""
-        names = ("model_cache", "offline", "cluster", "progress", "batch_size", "worker_timeout", "memory_budget",
-                 "verbosity")
+        names = ("model_cache", "offline", "base_url", "cluster", "progress", "batch_size", "worker_timeout",
+                 "memory_budget", "verbosity")
         unknown = sorted(set(values) - set(names))
         if unknown:
             msg = f"unknown setting(s) {unknown}; settings are {list(names)}"
@@ -171,10 +195,10 @@ class Settings:
             logging.getLogger("subcell_scale").setLevel(level)
 
     def __repr__(self) -> str:
-        return (f"Settings(model_cache={str(self.model_cache)!r}, offline={self.offline}, cluster={self.cluster!r}, "
-                f"progress={self.progress}, batch_size={self.batch_size}, worker_timeout={self.worker_timeout}, "
-                f"memory_budget={self.memory_budget}, "
-                f"verbosity={logging.getLevelName(self.verbosity)})")
+        return (f"Settings(model_cache={str(self.model_cache)!r}, offline={self.offline}, "
+                f"base_url={self.base_url!r}, cluster={self.cluster!r}, progress={self.progress}, "
+                f"batch_size={self.batch_size}, worker_timeout={self.worker_timeout}, "
+                f"memory_budget={self.memory_budget}, verbosity={logging.getLevelName(self.verbosity)})")
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -182,6 +206,13 @@ def _bool(name: str, value: Any) -> bool:
         msg = f"settings.{name} must be True or False, got {value!r}"
         raise ConfigError(msg)
     return value
+
+
+def _url(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        msg = f"{name} must be an http:// or https:// URL, got {value!r}"
+        raise ConfigError(msg)
+    return value.rstrip("/")
 
 
 def _positive_int(name: str, value: Any) -> int:

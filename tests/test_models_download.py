@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _http_bucket import publish, serve
 
+import subcell_scale as ss
 from subcell_scale.cli import main
 from subcell_scale.errors import CheckpointError, DownloadError
 from subcell_scale.models import SubCell, get_variant
@@ -21,73 +21,11 @@ TINY = Path(__file__).parent / "data" / "subcell" / "tiny_rybg"
 VARIANT = get_variant("all_channels_MAE-CellS-ProtS-Pool")  # 4 channels, like the tiny fixture
 
 
-class Bucket:
-    """What the server serves and how it misbehaves; every request's Range header is logged."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.drop_once: set[str] = set()  # send half of the body, then close the connection
-        self.corrupt: set[str] = set()  # flip bytes but announce the original's MD5 ETag
-        self.requests: list[tuple[str, str | None]] = []
-
-
-class Handler(BaseHTTPRequestHandler):
-    bucket: Bucket
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-    def do_GET(self) -> None:
-        bucket = self.bucket
-        bucket.requests.append((self.path, self.headers.get("Range")))
-        data = bucket.files.get(self.path)
-        if data is None:
-            self.send_error(404, "Not Found")
-            return
-        etag = '"' + hashlib.md5(data).hexdigest() + '"'
-        if self.path in bucket.corrupt:
-            data = data[:100] + bytes(b ^ 0xFF for b in data[100:110]) + data[110:]
-        start = 0
-        if self.headers.get("Range"):
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", etag)
-        self.end_headers()
-        if self.path in bucket.drop_once:
-            bucket.drop_once.discard(self.path)
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
 @pytest.fixture()
 def server():
-    bucket = Bucket()
-    handler = type("BoundHandler", (Handler,), {"bucket": bucket})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}/models"
-    prefix = "/models/"
-    bucket.files[prefix + VARIANT.encoder_filename] = (TINY / "encoder.pth").read_bytes()
-    for k in (0, 1):
-        url = VARIANT.classifier_url(k, base)
-        bucket.files[url[url.index("/models/"):]] = (TINY / f"classifier_seed_{k}.pth").read_bytes()
-    yield base, bucket
-    httpd.shutdown()
-    httpd.server_close()
+    with serve() as (base, bucket):
+        publish(bucket, base, VARIANT, TINY / "encoder.pth", [TINY / f"classifier_seed_{k}.pth" for k in (0, 1)])
+        yield base, bucket
 
 
 def sha(path: Path) -> str:
@@ -192,7 +130,8 @@ def test_cache_is_verified_on_load(server, tmp_path, monkeypatch):
     base, _ = server
     monkeypatch.setenv("SUBCELL_SCALE_HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home"
-    with pytest.raises(CheckpointError, match=rf"not in the model cache; run `subcell-scale download {VARIANT.name} --classifiers 1`"):
+    with ss.settings.override(offline=True), pytest.raises(
+            CheckpointError, match=rf"not in the model cache; run `subcell-scale download {VARIANT.name} --classifiers 1`"):
         SubCell.from_pretrained(VARIANT.name, num_heads=4)
     download_variant(VARIANT, n_classifiers=1, base_url=base, progress=False)
     encoder, classifiers = cached_files(VARIANT, n_classifiers=1)

@@ -38,11 +38,19 @@ def _shown(func: Callable[..., Any], name: str, setting: str | None = None) -> s
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--classifiers``."""
+    """``--model``, ``--classifiers``, ``--variant`` and ``--num-heads``."""
     parser.add_argument("--model", default=None, metavar="VARIANT|CHECKPOINT",
-                        help="published variant (model cache) or encoder checkpoint file; default: the preset's")
+                        help="published variant (downloaded into the model cache on first use) or encoder "
+                             "checkpoint file; default: the preset's variant")
     parser.add_argument("--classifiers", nargs="*", default=None, metavar="PATH",
                         help="classifier checkpoint files for a checkpoint --model")
+    parser.add_argument("--variant", default=None, metavar="VARIANT",
+                        help="which published variant a checkpoint --model is, when its file name does not say "
+                             "(needed for 3-channel checkpoints: MT-DNA-Protein or ER-DNA-Protein); without "
+                             "--model, the published variant to use (as --set variant=...)")
+    parser.add_argument("--num-heads", type=int, default=None, metavar="N",
+                        help="attention heads of a checkpoint whose width is not a multiple of 64 "
+                             "(default: width / 64)")
 
 
 def add_embedding_options(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +98,41 @@ def embedding_options(args: argparse.Namespace) -> dict[str, Any]:
         options["segment_if_missing"] = False
     if args.no_progress:
         options["progress"] = False
-    return {**options, **parse_overrides(args.overrides or ())}
+    overrides = parse_overrides(args.overrides or ())
+    return {**options, **overrides, **model_options(args, overrides)}
+
+
+def model_options(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``--model``, ``--classifiers``, ``--variant`` and ``--num-heads`` (with ``--set variant=``) ask for.
+
+    A checkpoint told its variant or heads becomes a :class:`~subcell_scale.models.ModelSpec` that
+    carries them (checked now: the files exist, the name agrees); ``--variant`` is also the preset's
+    ``variant`` key, the published variant used when no ``--model`` is given.
+    """
+    from ..models.registry import get_variant
+    from ..models.spec import checkpoint_spec, is_checkpoint_path
+
+    overrides = overrides or {}
+    variant = args.variant
+    if variant is not None and overrides.get("variant") not in (None, variant) \
+            and get_variant(overrides["variant"]) != get_variant(variant):
+        msg = f"--variant {variant} and --set variant={overrides['variant']} disagree; give one"
+        raise ConfigError(msg)
+    variant = variant if variant is not None else overrides.get("variant")
+    out: dict[str, Any] = {} if args.variant is None else {"variant": args.variant}
+    if args.model is not None and is_checkpoint_path(args.model):
+        if variant is not None or args.num_heads is not None:
+            out["model"] = checkpoint_spec(args.model, args.classifiers or (), variant=variant,
+                                           num_heads=args.num_heads)
+            out["classifiers"] = None  # they travel in the spec
+        return out
+    if args.num_heads is not None:
+        msg = "--num-heads applies to a checkpoint --model (the published variants have 12 heads)"
+        raise ConfigError(msg)
+    if args.model is not None and variant is not None and get_variant(args.model) != get_variant(variant):
+        msg = f"--model {args.model} and variant {variant} name different published variants; give one"
+        raise ConfigError(msg)
+    return out
 
 
 @contextmanager

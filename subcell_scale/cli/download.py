@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dest", metavar="DIR",
                         help="model cache folder (default $SUBCELL_SCALE_HOME or ~/.cache/subcell-scale)")
     parser.add_argument("--base-url", metavar="URL", default=None,
-                        help="where the files are (default the public CZI bucket over HTTPS)")
+                        help="where the files are (default $SUBCELL_SCALE_BASE_URL, else the public CZI bucket "
+                             "over HTTPS)")
     parser.add_argument("--force", action="store_true", help="download again even when cached and intact")
     parser.add_argument("--retries", type=int, default=3, help="resume attempts after a dropped connection")
     parser.add_argument("--list", action="store_true", help="list the variants and what is cached, then exit")
@@ -26,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..models.download import cache_root, cache_status, download_variant
-    from ..models.registry import BASE_URL
 
     if args.list:
         root = cache_root(args.dest)
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         msg = "name a VARIANT to download (or use --list)"
         raise ConfigError(msg)
     folder = download_variant(args.variant, n_classifiers=args.classifiers, dest=args.dest,
-                              base_url=args.base_url or BASE_URL, force=args.force, retries=args.retries,
+                              base_url=args.base_url, force=args.force, retries=args.retries,
                               progress=not args.no_progress)
     print(folder)
     return 0

@@ -24,6 +24,7 @@ _LAZY = {
     "DEFAULT_VARIANT": "subcell_scale.models.registry",
     "download_variant": "subcell_scale.models.download",
     "cached_files": "subcell_scale.models.download",
+    "fetch_variant": "subcell_scale.models.download",
     "cache_root": "subcell_scale.models.download",
 }
 
@@ -31,7 +32,7 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelConfig
-    from .download import cache_root, cached_files, download_variant
+    from .download import cache_root, cached_files, download_variant, fetch_variant
     from .spec import ModelSpec, ResolvedModel, resolve_model
     from .registry import CLASS_COLORS, CLASS_NAMES, DEFAULT_VARIANT, VARIANTS, Variant, get_variant
     from .subcell import SubCell, SubCellOutput

@@ -108,7 +108,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], path: str | Path, *, num_heads:
     if num_heads is None:
         if hidden % 64:
             msg = (f"{path}: hidden size {hidden} is not a multiple of 64, so the number of attention heads "
-                   "cannot be inferred; pass num_heads=")
+                   "cannot be inferred; pass num_heads= (--num-heads on the command line)")
             raise CheckpointError(msg)
         num_heads = hidden // 64
     try:

@@ -3,6 +3,13 @@
 Layout: ``<cache>/<variant>/<published file name>`` plus ``<cache>/<variant>/manifest.json`` recording
 each file's URL, size and sha256. The cache root is ``$SUBCELL_SCALE_HOME`` or ``~/.cache/subcell-scale``.
 
+A published variant missing from the cache is downloaded on first use (:func:`fetch_variant`, called
+by ``SubCell.from_pretrained`` and by ``resolve_model`` for ``embed_plate`` and ``run``) unless
+:attr:`subcell_scale.settings.offline` forbids it; files come from
+:attr:`subcell_scale.settings.base_url`. A download holds ``<cache>/<variant>/.download.lock`` (an OS
+file lock, released by the kernel even when its process dies), so processes starting together (the
+workers of a cluster) download each file once: the others wait for the lock, then find the files.
+
 A download writes ``<file>.part`` and resumes it with an HTTP ``Range`` request after a dropped
 connection (also in a later run). The file is renamed into place only after its size matches the
 server's, its MD5 matches a plain S3 ETag (when the server sends one), its sha256 matches the manifest
@@ -20,20 +27,24 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from .._settings import ENV_HOME, settings
+from .._settings import ENV_HOME, ENV_OFFLINE, settings
 from .._version import __version__
 from ..errors import CheckpointError, DownloadError
-from .registry import BASE_URL, N_CLASSIFIER_SEEDS, VARIANTS, Variant, get_variant
+from .registry import N_CLASSIFIER_SEEDS, VARIANTS, Variant, get_variant
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = ".download.lock"
+"""Lock file held in a variant's cache folder while its files are downloaded."""
+_LOCK_REPORT_S = 60.0  # a process waiting for another's download says so again this often
 _CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _PLAIN_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
@@ -78,6 +89,8 @@ def cached_files(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: s
                  verify: bool = True) -> tuple[Path, list[Path]]:
     """Paths of a cached variant's encoder and its first ``n_classifiers`` classifiers, sha256-checked.
 
+    Only looks in the cache (see :func:`fetch_variant` to download what is missing).
+
     Raises
     ------
     CheckpointError
@@ -85,28 +98,112 @@ def cached_files(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: s
         manifest (the file was changed or damaged after download).
     """
     v = get_variant(variant)
+    missing = _missing(v, n_classifiers, cache_dir)
+    if missing:
+        raise _not_cached(v, missing[0], n_classifiers, cache_dir)
+    folder = variant_dir(v, cache_dir)
+    manifest = read_manifest(folder)
+    paths = [folder / name for name in _file_names(v, n_classifiers)]
+    if verify:
+        for path in paths:
+            actual = _sha256(path)
+            recorded = manifest["files"][path.name]["sha256"]
+            if actual != recorded:
+                msg = (f"{path}: sha256 {actual[:16]}... does not match {recorded[:16]}... recorded in "
+                       f"{folder / MANIFEST}; the file changed after download; download it again with --force")
+                raise CheckpointError(msg)
+    return paths[0], paths[1:]
+
+
+def fetch_variant(variant: str | Variant, *, n_classifiers: int = 1, cache_dir: str | Path | None = None,
+                  progress: bool | None = None, verify: bool = True) -> tuple[Path, list[Path]]:
+    """Like :func:`cached_files`, but files missing from the cache are downloaded first (once, locked).
+
+    What ``SubCell.from_pretrained`` and ``embed_plate`` use, so a published variant works on first use
+    as Hugging Face models do. The download is :func:`download_variant`'s: from
+    :attr:`~subcell_scale.settings.base_url`, resumable, checked (size, ETag, loadable state_dict) and
+    recorded with its sha256 in the cache manifest.
+
+    Parameters
+    ----------
+    progress
+        Progress bars while downloading (default :attr:`subcell_scale.settings.progress`).
+    verify
+        Check the sha256 of files that were already cached (downloaded files are always checked).
+
+    Raises
+    ------
+    CheckpointError
+        A file is missing and :attr:`~subcell_scale.settings.offline` is set (the message gives the
+        download command), or a cached file no longer matches its recorded sha256.
+    DownloadError
+        The download failed or was refused (the message names the URL).
+    """
+    v = get_variant(variant)
+    missing = _missing(v, n_classifiers, cache_dir)
+    if not missing:
+        return cached_files(v, n_classifiers=n_classifiers, cache_dir=cache_dir, verify=verify)
+    if settings.offline:
+        raise _not_cached(v, missing[0], n_classifiers, cache_dir, offline=True)
+    logger.warning("%s is not in the model cache (%s): downloading %d file(s) from %s (set %s=1 to forbid)",
+                   v.name, cache_root(cache_dir), len(missing), settings.base_url, ENV_OFFLINE)
+    download_variant(v, n_classifiers=n_classifiers, dest=cache_dir,
+                     progress=settings.progress if progress is None else progress)
+    # download_variant checked every file it kept against the manifest (or just hashed it)
+    return cached_files(v, n_classifiers=n_classifiers, cache_dir=cache_dir, verify=False)
+
+
+def _file_names(v: Variant, n_classifiers: int) -> list[str]:
     if not 0 <= n_classifiers <= N_CLASSIFIER_SEEDS:
         msg = f"n_classifiers must be 0..{N_CLASSIFIER_SEEDS}, got {n_classifiers}"
         raise CheckpointError(msg)
+    return [v.encoder_filename] + [v.classifier_filename(k) for k in range(n_classifiers)]
+
+
+def _missing(v: Variant, n_classifiers: int, cache_dir: str | Path | None) -> list[Path]:
+    """The variant's files that are not in the cache (absent, or not recorded in the manifest)."""
     folder = variant_dir(v, cache_dir)
-    manifest = read_manifest(folder)
-    names = [v.encoder_filename] + [v.classifier_filename(k) for k in range(n_classifiers)]
-    paths = []
-    for name in names:
-        path = folder / name
-        entry = manifest["files"].get(name)
-        if entry is None or not path.is_file():
-            msg = (f"{path}: not in the model cache; run `subcell-scale download {v.name} --classifiers "
-                   f"{n_classifiers}` (cache: {cache_root(cache_dir)}, or set ${ENV_HOME})")
-            raise CheckpointError(msg)
-        if verify:
-            actual = _sha256(path)
-            if actual != entry["sha256"]:
-                msg = (f"{path}: sha256 {actual[:16]}... does not match {entry['sha256'][:16]}... recorded in "
-                       f"{folder / MANIFEST}; the file changed after download; download it again with --force")
-                raise CheckpointError(msg)
-        paths.append(path)
-    return paths[0], paths[1:]
+    files = read_manifest(folder)["files"]
+    return [folder / name for name in _file_names(v, n_classifiers)
+            if name not in files or not (folder / name).is_file()]
+
+
+def _not_cached(v: Variant, path: Path, n_classifiers: int, cache_dir: str | Path | None, *,
+                offline: bool | None = None) -> CheckpointError:
+    offline = settings.offline if offline is None else offline
+    why = (f"; downloading on first use is off (settings.offline or ${ENV_OFFLINE})" if offline else "")
+    msg = (f"{path}: not in the model cache; run `subcell-scale download {v.name} --classifiers "
+           f"{n_classifiers}` (cache: {cache_root(cache_dir)}, or set ${ENV_HOME}){why}")
+    return CheckpointError(msg)
+
+
+@contextmanager
+def cache_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder/.download.lock`` while downloading ``what``; wait (saying so) while another process does.
+
+    An OS file lock (``fcntl.flock`` through ``filelock``): it is released when its process ends,
+    however it ends, so a killed download never blocks the next one, which resumes its ``.part`` file.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(folder / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("%s: another process is downloading %s; waiting for it to finish", folder / LOCK, what)
+        waited = 0.0
+        while True:
+            try:
+                lock.acquire(timeout=_LOCK_REPORT_S)
+                break
+            except Timeout:
+                waited += _LOCK_REPORT_S
+                logger.warning("%s: still waiting (%.0f s) for the download of %s by another process",
+                               folder / LOCK, waited, what)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cache_status(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -249,43 +346,48 @@ def _response_size(resp: Any, offset: int, part: Path) -> tuple[int | None, str 
 
 
 def download_variant(variant: str | Variant, *, n_classifiers: int = 1, dest: str | Path | None = None,
-                     base_url: str = BASE_URL, force: bool = False, retries: int = 3, timeout: float = 60.0,
+                     base_url: str | None = None, force: bool = False, retries: int = 3, timeout: float = 60.0,
                      progress: bool = True) -> Path:
     """Download a variant's encoder and classifier seeds 0..n-1 into the cache; returns its folder.
 
     Files already recorded in the manifest with a matching sha256 are skipped (unless ``force``); each
-    finished file is added to the manifest at once, so an interrupted run keeps what it finished.
+    finished file is added to the manifest at once, so an interrupted run keeps what it finished. The
+    variant's cache lock is held throughout (see :func:`cache_lock`): a second process downloading
+    the same variant waits, then finds the files cached. ``base_url`` defaults to
+    :attr:`subcell_scale.settings.base_url`.
     """
     v = get_variant(variant)
     if not 0 <= n_classifiers <= N_CLASSIFIER_SEEDS:
         msg = f"--classifiers must be 0..{N_CLASSIFIER_SEEDS}, got {n_classifiers}"
         raise DownloadError(msg)
+    base_url = settings.base_url if base_url is None else base_url.rstrip("/")
     folder = variant_dir(v, dest)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         msg = f"{folder}: cannot create the model cache folder ({exc})"
         raise DownloadError(msg) from exc
-    manifest = read_manifest(folder)
-    manifest.update(variant=v.name, channels=list(v.channels), base_url=base_url)
-    jobs = [(v.encoder_filename, v.encoder_url(base_url), "encoder", None, _validate_encoder(v))]
-    jobs += [(v.classifier_filename(k), v.classifier_url(k, base_url), "classifier", k, _validate_classifier)
-             for k in range(n_classifiers)]
-    for name, url, kind, seed, validate in jobs:
-        path = folder / name
-        entry = manifest["files"].get(name)
-        if entry and path.is_file() and not force:
-            if _sha256(path) == entry["sha256"]:
-                logger.info("%s: already cached", name)
-                continue
-            logger.warning("%s: cached file does not match its recorded sha256; downloading again", name)
-        logger.info("downloading %s", url)
-        digest, size = download_file(url, path, retries=retries, timeout=timeout, progress=progress,
-                                     validate=validate)
-        manifest["files"][name] = {
-            "kind": kind, "seed": seed, "url": url, "sha256": digest, "size": size,
-            "downloaded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+    with cache_lock(folder, v.name):
+        manifest = read_manifest(folder)  # read under the lock: another process may just have finished
+        manifest.update(variant=v.name, channels=list(v.channels), base_url=base_url)
+        jobs = [(v.encoder_filename, v.encoder_url(base_url), "encoder", None, _validate_encoder(v))]
+        jobs += [(v.classifier_filename(k), v.classifier_url(k, base_url), "classifier", k, _validate_classifier)
+                 for k in range(n_classifiers)]
+        for name, url, kind, seed, validate in jobs:
+            path = folder / name
+            entry = manifest["files"].get(name)
+            if entry and path.is_file() and not force:
+                if _sha256(path) == entry["sha256"]:
+                    logger.info("%s: already cached", name)
+                    continue
+                logger.warning("%s: cached file does not match its recorded sha256; downloading again", name)
+            logger.info("downloading %s", url)
+            digest, size = download_file(url, path, retries=retries, timeout=timeout, progress=progress,
+                                         validate=validate)
+            manifest["files"][name] = {
+                "kind": kind, "seed": seed, "url": url, "sha256": digest, "size": size,
+                "downloaded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            _write_manifest(folder, manifest)
         _write_manifest(folder, manifest)
-    _write_manifest(folder, manifest)
     return folder

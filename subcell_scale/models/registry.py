@@ -7,9 +7,12 @@ with; it is the order of dimension 1 of the input tensor.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 # Model slots, in the order the reference stacks them (HPA colours r, y, b, g).
 MICROTUBULES = "microtubules"
@@ -123,16 +126,107 @@ def get_variant(name: str | Variant) -> Variant:
 
 
 def default_channels(num_channels: int) -> tuple[str, ...]:
-    """Slots assumed for a model with ``num_channels`` inputs when no variant says otherwise.
+    """Slots of a model with ``num_channels`` inputs when no variant says otherwise.
 
-    Three channels are ambiguous (microtubules or ER with DNA and protein); the microtubule variant is
-    assumed, as the reference tool does when only r, b and g images are given.
+    Three channels are ambiguous: the microtubule and the ER variants both take three, and guessing
+    one would make a run fail later on a plate that lacks that channel (or embed the wrong channel),
+    so the caller must name the variant or the channels.
+
+    Raises
+    ------
+    ConfigError
+        Three channels (the message names both variants), or a count no SubCell model has.
     """
-    table = {4: SLOTS, 3: (MICROTUBULES, NUCLEUS, PROTEIN), 2: (NUCLEUS, PROTEIN), 1: (PROTEIN,)}
+    if num_channels == 3:
+        raise ConfigError(f"a 3-channel SubCell model is {three_channel_choice()}; name the variant or the channels")
+    table = {4: SLOTS, 2: (NUCLEUS, PROTEIN), 1: (PROTEIN,)}
     if num_channels not in table:
         msg = f"a SubCell model takes 1 to 4 channels, not {num_channels}"
         raise ConfigError(msg)
     return table[num_channels]
+
+
+def three_channel_choice() -> str:
+    """``"MT-DNA-Protein (microtubules, nucleus, protein) or ER-DNA-Protein (er, nucleus, protein)"``."""
+    return " or ".join(f"{prefix} ({', '.join(slots)})" for prefix, slots in _PREFIXES.items() if len(slots) == 3)
+
+
+def _fold(text: str) -> str:
+    """Lower case with every separator (``-``, ``_``, ``.``, space) made ``_``: how names are compared."""
+    return re.sub(r"[-_.\s]+", "_", text.lower())
+
+
+# Every name that identifies a variant: its own name (the encoder file's stem) and its classifiers' stem.
+_NAMES: tuple[tuple[str, Variant], ...] = tuple(
+    (_fold(name), v) for v in VARIANTS.values() for name in (v.name, v._classifier_stem))
+# The reference tool's folders: models/<channel letters>/<model_type>/encoder.pth
+_PORTABLE: dict[tuple[str, str], Variant] = {(v.channel_letters, v.model_type): v for v in VARIANTS.values()}
+
+
+def variants_named_in(text: str) -> list[Variant]:
+    """The published variants whose name or file name occurs in ``text`` (case and separators ignored).
+
+    A name found only inside a longer one is not counted: ``MT-DNA-Protein_ViT-ProtS-Pool`` holds
+    ``DNA-Protein_ViT-ProtS-Pool`` but names the microtubule variant only.
+    """
+    folded = _fold(text)
+    spans = []
+    for name, variant in _NAMES:
+        start = folded.find(name)
+        while start >= 0:
+            spans.append((start, start + len(name), variant))
+            start = folded.find(name, start + 1)
+    kept = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and (o[1] - o[0]) > (s[1] - s[0])
+                                        for o in spans)]
+    found: list[Variant] = []
+    for _, _, variant in sorted(kept, key=lambda s: s[0]):
+        if variant not in found:
+            found.append(variant)
+    return found
+
+
+def variant_from_path(path: str | os.PathLike[str]) -> Variant | None:
+    """The published variant a weights file's name says it is, or None when it says nothing.
+
+    The file name is read first, then its folder's name (the model cache keeps
+    ``<variant>/<variant>.pth``), then the reference tool's layout ``<rybg|rbg|ybg|bg>/<model_type>/``.
+
+    Raises
+    ------
+    CheckpointError
+        The file name (or folder name) names more than one variant.
+    """
+    path = Path(path)
+    for part in (path.name, path.parent.name):
+        found = variants_named_in(part)
+        if len(found) > 1:
+            msg = (f"{path}: the name {part!r} names several SubCell variants ({', '.join(v.name for v in found)}); "
+                   "say which with variant= (--variant on the command line)")
+            raise CheckpointError(msg)
+        if found:
+            return found[0]
+    return _PORTABLE.get((path.parent.parent.name.lower(), path.parent.name.lower()))
+
+
+def checkpoint_variant(path: str | os.PathLike[str], variant: str | Variant | None = None) -> Variant | None:
+    """Which published variant the checkpoint ``path`` is: ``variant`` when given, else what its name says.
+
+    Raises
+    ------
+    CheckpointError
+        ``variant`` and the file's name name different variants: one of them is wrong, and using
+        either silently could embed the wrong channels.
+    ConfigError
+        ``variant`` is not a published variant.
+    """
+    given = get_variant(variant) if variant is not None else None
+    named = variant_from_path(path)
+    if given is not None and named is not None and given != named:
+        msg = (f"{path}: its name says {named.name} but variant={given.name} was given; rename the file "
+               f"(or copy it under a neutral name) if it is {given.name}, or drop variant= (--variant) if it is "
+               f"{named.name}")
+        raise CheckpointError(msg)
+    return given or named
 
 
 CLASS_NAMES: tuple[str, ...] = (

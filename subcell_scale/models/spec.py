@@ -157,13 +157,37 @@ class ResolvedModel:
         config = self.spec.config if self.spec is not None and self.spec.config is not None else {}
         return ModelConfig(**config).embedding_dim
 
-    def with_channels(self, device: str | None = None) -> ResolvedModel:
-        """This model with its channels known: a checkpoint is loaded here once to read them (and kept)."""
+    @property
+    def summary(self) -> str:
+        """One line saying which model this is: its source, file, sha256 prefix, variant and channels."""
+        spec = self.spec
+        if spec is None:
+            source = "SubCell instance"
+        elif spec.source == "checkpoint":
+            source = f"checkpoint {Path(spec.encoder_path).name}"
+        elif spec.source == "variant":
+            source = f"published {spec.variant} from the model cache"
+        else:
+            source = f"random weights (seed {spec.seed})"
+        sha = self.checkpoint_sha256
+        parts = [source] + ([f"sha256 {sha[:12]}..."] if sha else []) + [f"variant {self.variant or 'not named'}"]
         if self.channels is not None:
+            parts.append(f"channels {', '.join(self.channels)}")
+        return ", ".join(parts)
+
+    def with_channels(self, device: str | None = None) -> ResolvedModel:
+        """This model with its channels known: a checkpoint is loaded here once to read them (and kept).
+
+        Logs :attr:`summary`, so a run's log names the model it uses (not a preset's default).
+        """
+        if self.channels is not None:
+            log.info("model: %s", self.summary)
             return self
         instance = self.spec.load(device=device)
         identity = {**self.identity, "variant": instance.variant, "channels": list(instance.channels)}
-        return replace(self, instance=instance, channels=tuple(instance.channels), identity=identity)
+        resolved = replace(self, instance=instance, channels=tuple(instance.channels), identity=identity)
+        log.info("model: %s", resolved.summary)
+        return resolved
 
     def local(self, device: str | None = None) -> SubCell:
         """The model in this process (built from the spec when there is no instance yet)."""
@@ -181,48 +205,69 @@ class ResolvedModel:
 
 
 def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | ResolvedModel | None,
-                  classifiers: Any = None, *, default_variant: str | None = None) -> ResolvedModel:
-    """Turn the ``model`` argument of ``embed_plate`` into a :class:`ResolvedModel` (no weights are read,
-    except to hash checkpoint files).
+                  classifiers: Any = None, *, default_variant: str | None = None, variant: str | None = None,
+                  num_heads: int | None = None) -> ResolvedModel:
+    """Turn the ``model`` argument of ``embed_plate`` into a :class:`ResolvedModel`.
+
+    No weights are read, except to hash checkpoint files; a published variant missing from the model
+    cache is downloaded here (unless :attr:`~subcell_scale.settings.offline`), so the run's identity
+    holds the sha256 of the files the workers will load.
 
     Parameters
     ----------
     model
-        A published variant name (from the model cache), an encoder checkpoint path, a
-        :class:`~subcell_scale.models.SubCell`, a :class:`ModelSpec`, or None for ``default_variant``.
+        A published variant name (from the model cache, downloaded on first use), an encoder
+        checkpoint path, a :class:`~subcell_scale.models.SubCell`, a :class:`ModelSpec`, or None for
+        ``variant`` or else ``default_variant``.
     classifiers
         Classifier checkpoint paths that go with an encoder path.
     default_variant
-        The preset's variant, used when ``model`` is None.
+        The preset's variant, used when neither ``model`` nor ``variant`` is given. It says nothing
+        about a checkpoint: a preset's default is no statement about a file.
+    variant
+        Which published variant a checkpoint is (see :meth:`SubCell.from_checkpoint
+        <subcell_scale.models.SubCell.from_checkpoint>`): needed for a 3-channel checkpoint whose
+        name does not say it, refused when the name says another. With a variant name or an instance
+        it must agree with it; with no model it is the variant used.
+    num_heads
+        Attention heads of a checkpoint whose width is not a multiple of 64.
 
     Raises
     ------
     CheckpointError
-        A path that does not exist, or a variant that is not in the model cache.
+        A path that does not exist, a checkpoint name against ``variant``, or (offline) a variant that
+        is not in the model cache.
     ConfigError
-        An unknown variant name (the message lists them) or an object that is no model.
+        An unknown variant name (the message lists them), ``variant`` against the model's, or an
+        object that is no model.
+    DownloadError
+        Downloading a variant failed.
     """
     from .registry import get_variant
 
-    if isinstance(model, ResolvedModel):
-        return model
     if model is None:
-        model = default_variant
+        model = variant if variant is not None else default_variant
+    if isinstance(model, ResolvedModel):
+        _agree(model.variant, variant, "the model given")
+        if num_heads is not None:
+            msg = "num_heads= applies to a checkpoint path or ModelSpec, not to a resolved model"
+            raise ConfigError(msg)
+        return model
     if isinstance(model, ModelSpec):
-        return ResolvedModel(model, None, _tuple(model.channels), model.describe())
-    if isinstance(model, str | os.PathLike) and Path(model).is_file():
-        spec = ModelSpec("checkpoint", encoder_path=str(Path(model).resolve()),
-                         classifier_paths=tuple(str(Path(c).resolve()) for c in classifiers or ()))
-        return ResolvedModel(spec, None, None, _checkpoint_identity(spec))
+        spec = _with_options(model, variant, num_heads)
+        # a checkpoint is loaded once here (with_channels): its shapes are checked before any work
+        channels = None if spec.source == "checkpoint" else _tuple(spec.channels)
+        return ResolvedModel(spec, None, channels, _spec_identity(spec))
+    if isinstance(model, str | os.PathLike) and is_checkpoint_path(model):
+        spec = checkpoint_spec(model, classifiers or (), variant=variant, num_heads=num_heads)
+        return ResolvedModel(spec, None, None, _spec_identity(spec))
     if isinstance(model, str | os.PathLike):
-        name = os.fspath(model)
-        if any(sep in name for sep in ("/", "\\")) or name.endswith((".pth", ".pt")):
-            msg = f"model checkpoint {name} does not exist (give an encoder .pth file or a variant name)"
-            raise CheckpointError(msg)
-        variant = get_variant(name)  # raises with the known names
-        spec = ModelSpec("variant", variant=variant.name)
-        return ResolvedModel(spec, None, tuple(variant.channels), {**spec.describe(), **_cached_sha256(spec)})
+        chosen = get_variant(os.fspath(model))  # raises with the known names
+        _agree(chosen.name, variant, f"model {chosen.name!r}")
+        spec = _with_options(ModelSpec("variant", variant=chosen.name), None, num_heads)
+        return ResolvedModel(spec, None, tuple(chosen.channels), _spec_identity(spec))
     if hasattr(model, "embed") and hasattr(model, "channels"):
+        _agree(model.variant, variant, "the SubCell instance")
         identity = {"source": "instance", "variant": model.variant, "checkpoint_sha256": model.checkpoint_sha256,
                     "config": model.config.to_dict(), "n_classifiers": model.n_classifiers,
                     "channels": list(model.channels)}
@@ -231,16 +276,111 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
     raise ConfigError(msg)
 
 
+def is_checkpoint_path(model: str | os.PathLike[str]) -> bool:
+    """Whether ``model`` means a file, not a variant name: it exists, has a folder part or a .pth/.pt suffix."""
+    name = os.fspath(model)
+    return Path(name).is_file() or any(sep in name for sep in ("/", "\\")) or name.endswith((".pth", ".pt"))
+
+
+def checkpoint_spec(encoder: str | os.PathLike[str], classifiers: Any = (), *, variant: str | None = None,
+                    num_heads: int | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of checkpoint files, checked now: the files exist, ``variant`` agrees with the name.
+
+    ``variant`` is kept in the spec's options only when given: a variant read off the file name is
+    read again wherever the file is loaded (the path keeps its name, symbolic links included).
+
+    Raises
+    ------
+    CheckpointError
+        A file does not exist, or the encoder's name names another variant than ``variant``.
+    """
+    from .registry import checkpoint_variant
+
+    name = os.fspath(encoder)
+    if not Path(name).is_file():
+        msg = f"model checkpoint {name} does not exist (give an encoder .pth file or a variant name)"
+        raise CheckpointError(msg)
+    if isinstance(classifiers, str | os.PathLike):
+        classifiers = [classifiers]
+    for path in classifiers:
+        if not Path(path).is_file():
+            msg = f"classifier checkpoint {os.fspath(path)} does not exist"
+            raise CheckpointError(msg)
+    given = checkpoint_variant(name, variant) if variant is not None else None
+    options: dict[str, Any] = {}
+    if given is not None:
+        options["variant"] = given.name
+    if num_heads is not None:
+        options["num_heads"] = _heads(num_heads)
+    return ModelSpec("checkpoint", encoder_path=os.path.abspath(name),
+                     classifier_paths=tuple(os.path.abspath(c) for c in classifiers), options=options)
+
+
+def _heads(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"num_heads must be a positive integer, got {value!r}"
+        raise ConfigError(msg)
+    return value
+
+
+def _agree(have: str | None, variant: str | None, what: str) -> None:
+    """``variant`` (when given) must not contradict the variant ``what`` is (when it is one)."""
+    from .registry import get_variant
+
+    if variant is None:
+        return
+    wanted = get_variant(variant)
+    if have is not None and get_variant(have) != wanted:
+        msg = f"variant={wanted.name} was given, but {what} is {have}"
+        raise ConfigError(msg)
+
+
+def _with_options(spec: ModelSpec, variant: str | None, num_heads: int | None) -> ModelSpec:
+    """``spec`` told its variant and heads: in the options of a checkpoint, checked against the others."""
+    if variant is None and num_heads is None:
+        return spec
+    options = dict(spec.options)
+    if variant is not None:
+        if spec.source == "checkpoint":
+            from .registry import checkpoint_variant
+
+            if "variant" in options:
+                _agree(options["variant"], variant, "the spec")
+            options["variant"] = checkpoint_variant(spec.encoder_path, variant).name
+        else:
+            _agree(options.get("variant", spec.variant), variant, f"the {spec.source} spec")
+    if num_heads is not None:
+        options["num_heads"] = _heads(num_heads)
+    return replace(spec, options=options)
+
+
+def _spec_identity(spec: ModelSpec) -> dict[str, Any]:
+    """What makes the spec's outputs what they are: the sha256 of its files (a variant is fetched first).
+
+    A checkpoint is known by its content, not its path (a moved file is the same model), plus the
+    options that change its outputs (``variant``, ``num_heads``, ``precision``, ...).
+    """
+    if spec.source == "checkpoint":
+        identity = _checkpoint_identity(spec)
+        if spec.options:
+            identity["options"] = dict(spec.options)
+        return identity
+    if spec.source == "variant":
+        return {**spec.describe(), **_cached_sha256(spec)}
+    return spec.describe()
+
+
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(values)
 
 
 def _cached_sha256(spec: ModelSpec) -> dict[str, Any]:
-    """sha256 of a cached variant's files, from the cache manifest; fails early when it is not cached."""
-    from .download import cached_files, read_manifest, variant_dir
+    """sha256 of a published variant's files, from the cache manifest, after downloading what is missing."""
+    from .download import fetch_variant, read_manifest, variant_dir
 
-    encoder, classifiers = cached_files(spec.variant, n_classifiers=spec.n_classifiers, cache_dir=spec.cache_dir,
-                                        verify=False)
+    # the manifest's digests are the identity; every load checks the files against them
+    encoder, classifiers = fetch_variant(spec.variant, n_classifiers=spec.n_classifiers, cache_dir=spec.cache_dir,
+                                         verify=False)
     files = read_manifest(variant_dir(spec.variant, spec.cache_dir))["files"]
     return {"checkpoint_sha256": files[encoder.name]["sha256"],
             "classifier_sha256": [files[c.name]["sha256"] for c in classifiers]}

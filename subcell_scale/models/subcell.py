@@ -25,7 +25,8 @@ from .classifier import MLPClassifier, ProbabilityMode, ensemble_probabilities
 from .config import ModelConfig
 from .pooling import GatedAttentionPooler
 from .preprocessing import REFERENCE_EPS, min_max_normalize
-from .registry import DEFAULT_VARIANT, Variant, default_channels, get_variant
+from .registry import (DEFAULT_VARIANT, VARIANTS, Variant, checkpoint_variant, default_channels, get_variant,
+                       three_channel_choice, variants_named_in)
 from .vit import ViT, AttentionImpl, PosInterpolation
 
 logger = logging.getLogger(__name__)
@@ -230,31 +231,50 @@ class SubCell(nn.Module):
         classifier_paths
             MLP classifier files (keys ``0/3/6``); their sigmoids are averaged.
         variant
-            Variant these weights belong to; its channel count is checked against the file.
+            Published variant these weights are (a name, case-insensitive). Without it the variant is
+            read from the file's name (or its folder's, see
+            :func:`~subcell_scale.models.registry.variant_from_path`); it sets the channel slots, and its
+            channel count is checked against the file. A 3-channel checkpoint needs one or the other
+            (or ``channels=``): the microtubule and ER variants both take three channels.
         num_heads
-            Attention heads, needed only when the width is not a multiple of 64.
+            Attention heads, needed only when the width is not a multiple of 64 (the published models
+            have 768 / 64 = 12); the shapes in the file do not tell it.
         options
             Passed to the constructor (``precision``, ``probability_mode``, ``channels``, ...).
 
         Raises
         ------
         CheckpointError
-            Unreadable/unsafe file, wrong keys or shapes, channel count of another variant, or a
-            classifier that does not fit the encoder; the message names the file.
+            Unreadable/unsafe file, wrong keys or shapes, channel count of another variant, a
+            3-channel file whose variant is not said, ``variant`` against the file's name, or a
+            classifier that does not fit the encoder (by shape or by its published name); the message
+            names the file.
         """
         encoder_path = Path(encoder_path)
         if isinstance(classifier_paths, (str, Path)):  # one file given without a list
             classifier_paths = [classifier_paths]
+        named = checkpoint_variant(encoder_path, variant)
+        told_by = "variant=" if variant is not None else "its name"
         sd = load_state_dict_file(encoder_path)
         config = infer_config(sd, encoder_path, num_heads=num_heads)
-        if variant is not None:
-            v = get_variant(variant)
-            if v.num_channels != config.num_channels:
-                msg = (f"{encoder_path}: has {config.num_channels} input channels but variant {v.name} needs "
-                       f"{v.num_channels} ({', '.join(v.channels)}); is this another variant's file?")
-                raise CheckpointError(msg)
+        if named is not None and named.num_channels != config.num_channels:
+            msg = (f"{encoder_path}: has {config.num_channels} input channels but {named.name} needs "
+                   f"{named.num_channels} ({', '.join(named.channels)}), and {told_by} says it is {named.name}; "
+                   "is this another variant's file?")
+            raise CheckpointError(msg)
+        if named is None and options.get("channels") is None and config.num_channels == 3:
+            example = next(v.name for v in VARIANTS.values() if v.prefix == "ER-DNA-Protein")
+            msg = (f"{encoder_path}: a 3-channel SubCell checkpoint whose name does not say which variant it is, "
+                   f"{three_channel_choice()}; say which with variant= (--variant on the command line), e.g. "
+                   f"variant={example!r}, or name the file after its variant ({example}.pth)")
+            raise CheckpointError(msg)
         classifier_sds = []
         for cpath in classifier_paths:
+            by_name = variants_named_in(Path(cpath).name)
+            if named is not None and len(by_name) == 1 and by_name[0] != named:
+                msg = (f"{cpath}: by its name a classifier of {by_name[0].name}, but the encoder {encoder_path.name} "
+                       f"is {named.name}; a classifier only reads the embeddings of the variant it was trained on")
+                raise CheckpointError(msg)
             csd = load_state_dict_file(cpath)
             in_dim, hidden, n_classes = classifier_shapes(csd, cpath)
             if in_dim != config.embedding_dim:
@@ -263,7 +283,8 @@ class SubCell(nn.Module):
                 raise CheckpointError(msg)
             config = replace(config, classifier_hidden=hidden, num_classes=n_classes)
             classifier_sds.append((Path(cpath), csd))
-        model = cls._empty(config, n_classifiers=len(classifier_sds), variant=variant, **options)
+        model = cls._empty(config, n_classifiers=len(classifier_sds), variant=named.name if named else None,
+                           **options)
         check_state_dict(sd, model.encoder_state_dict(), encoder_path, f"SubCell encoder ({config.num_channels} channels)")
         model.load_encoder_state_dict(sd)
         for k, (cpath, csd) in enumerate(classifier_sds):
@@ -271,8 +292,10 @@ class SubCell(nn.Module):
             model.classifiers[k].load_state_dict(csd, strict=True)
         model.checkpoint_sha256 = sha256_file(encoder_path)
         model.classifier_sha256 = [sha256_file(p) for p, _ in classifier_sds]
-        logger.info("loaded %s (%d channels, %d layers, %d classifiers)", encoder_path.name,
-                    config.num_channels, config.num_layers, len(classifier_sds))
+        logger.info("loaded %s (sha256 %s..., variant %s, channels %s; %d layers, %d heads, %d classifiers)",
+                    encoder_path.name, model.checkpoint_sha256[:12],
+                    f"{named.name} from {told_by}" if named else "not named", ", ".join(model.channels),
+                    config.num_layers, config.num_heads, len(classifier_sds))
         model.to(_resolve_device(device))._match_precision()
         return model
 
@@ -280,14 +303,19 @@ class SubCell(nn.Module):
     def from_pretrained(cls, variant: str = DEFAULT_VARIANT, *, n_classifiers: int = 1,
                         cache_dir: str | Path | None = None, device: str | torch.device | None = None,
                         **options: Any) -> SubCell:
-        """Load a published variant from the model cache (``subcell-scale download VARIANT`` fills it).
+        """Load a published variant from the model cache, downloading it first when it is not there.
 
-        The sha256 of every file is checked against the cache manifest first; a mismatch is a
-        :class:`CheckpointError` naming the file. ``n_classifiers`` picks seeds 0..n-1.
+        The first use of a variant downloads its encoder and classifier seeds 0..n-1 from
+        :attr:`subcell_scale.settings.base_url` into the cache (with a progress bar, resumable,
+        checked and recorded with its sha256 as ``subcell-scale download`` does; processes starting
+        together download it once). With :attr:`subcell_scale.settings.offline` (or
+        ``SUBCELL_SCALE_OFFLINE=1``) a variant not in the cache is a :class:`CheckpointError` naming
+        the download command. The sha256 of every cached file is checked against the cache manifest;
+        a mismatch is a :class:`CheckpointError` naming the file.
         """
-        from .download import cached_files
+        from .download import fetch_variant
 
-        encoder_path, classifier_paths = cached_files(variant, n_classifiers=n_classifiers, cache_dir=cache_dir)
+        encoder_path, classifier_paths = fetch_variant(variant, n_classifiers=n_classifiers, cache_dir=cache_dir)
         return cls.from_checkpoint(encoder_path, classifier_paths, device, variant=get_variant(variant).name,
                                    **options)
 
