@@ -321,7 +321,7 @@ class RunParams:
         crop = self.crop
         cells = self.cells
         lines = [f"preset {self.preset}: {self.description}",
-                 f"model variant: {self.variant}",
+                 f"preset variant (used when no model is given): {self.variant}",
                  f"crop: {crop.side_um:.2f} um -> {crop.size} px at {crop.out_pixel_size:.4f} um/px "
                  f"(model scale {crop.model_pixel_size} um/px), centre {crop.center}, mask {crop.mask_mode}, "
                  f"normalisation {crop.normalization}",

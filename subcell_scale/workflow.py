@@ -185,7 +185,8 @@ def run(
     params = RunParams.resolve(preset, channel_map=channel_map, **overrides)
     opened = open_plates(plate_list)
     pm = _check_platemap(opened, platemap)
-    resolved = resolve_model(model, classifiers, default_variant=params.variant)
+    told = params.variant if "variant" in params.overridden else None  # a checkpoint told which variant it is
+    resolved = resolve_model(model, classifiers, default_variant=params.variant, variant=told)
     store = ResultsStore(out)
     timings: dict[str, float] = {}
     skipped: dict[str, str] = {}

@@ -17,6 +17,21 @@ import pytest
 from _shared import COMPOUNDS, MOA, TINY
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _offline():
+    """No test reaches the real network for weights: downloads only from the loopback test server,
+    in tests that switch this off themselves (worker processes inherit the environment)."""
+    import os
+
+    previous = os.environ.get("SUBCELL_SCALE_OFFLINE")
+    os.environ["SUBCELL_SCALE_OFFLINE"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("SUBCELL_SCALE_OFFLINE", None)
+    else:
+        os.environ["SUBCELL_SCALE_OFFLINE"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread in the test process while a module runs: two cores are shared with Dask workers."""

@@ -209,3 +209,30 @@ def test_jump_cellpainting_run_end_to_end(client, tmp_path):
     assert steps[2]["spherize_variant"] == "legacy"
     assert (tmp_path / "out" / "flatfield" / "demo-cp-plate-1.npy").exists()
     assert (tmp_path / "out" / Files.METRICS / "summary.csv").exists()
+
+
+def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, capsys):
+    """One well: the jump chain cannot be fitted and nothing can be evaluated; cells, profiles and the
+    report are still written, the summary and the manifest name the skipped steps, exit status 4."""
+    from subcell_scale.cli import ExitCode
+    from subcell_scale.cli.run import report
+
+    (plate,) = make_demo_plate(tmp_path / "plates", n_plates=1, n_wells=1, n_fields=1, field_size=192, seed=6,
+                               cellpainting=True)
+    config = ModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, num_channels=3,
+                         pool_int_dim=16)
+    spec = ModelSpec("random", config=config.to_dict(), seed=0, options={"channels": ["er", "nucleus", "protein"]})
+    out = tmp_path / "out"
+    result = run(plate, out=out, platemap=tmp_path / "plates" / Files.PLATEMAP, model=spec, client=None,
+                 preset="jump-cellpainting", progress=False, **FAST)
+    assert result.fields_failed == 0 and result.n_cells > 0
+    assert set(result.skipped) == {"postprocess", "metrics"}
+    for name in (Files.CELLS_ZARR, Files.PROFILES, Files.PROFILES_PARQUET, Files.REPORT, Files.MANIFEST):
+        assert (out / name).exists(), name
+    assert [s["step"] for s in profiling_steps(ad.read_h5ad(out / Files.PROFILES))] == ["aggregate"]
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    assert manifest["run"]["status"] == "incomplete" and set(manifest["run"]["skipped"]) == {"postprocess", "metrics"}
+    assert "skipped" in (out / Files.REPORT).read_text()
+    assert report(result) == ExitCode.STEPS_SKIPPED
+    err = capsys.readouterr().err
+    assert "step(s) skipped: postprocess:" in err and "metrics:" in err and "retry" not in err

@@ -165,7 +165,8 @@ def embed_plate(
     # 1. validate and plan: every input problem surfaces here, before any field is read
     plates = open_plates(plate, storage_options, missing_chunks=missing_chunks)
     params = RunParams.resolve(preset, crop=crop, channel_map=channel_map, label_name=label_name, **overrides)
-    resolved = resolve_model(model, classifiers, default_variant=params.variant).with_channels(device)
+    told = params.variant if "variant" in params.overridden else None  # a checkpoint told which variant it is
+    resolved = resolve_model(model, classifiers, default_variant=params.variant, variant=told).with_channels(device)
     plans = [params.plan(p, resolved.variant or resolved.channels) for p in plates]
     check_same_layout(plans)
     digest = parameters_digest({**params.embedding_parameters(), "model": resolved.identity,
