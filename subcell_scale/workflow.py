@@ -246,7 +246,7 @@ def run(
             timings["figures"] = time.perf_counter() - t0
             from .report import build_report
 
-            store.update("run", {**store.manifest["run"], "timings": _rounded(timings)})
+            store.update("run", {**store.manifest["run"], "timings": _rounded(timings), "skipped": skipped})
             report = build_report(out)
         result = RunResult(out=out, report=report, n_cells=int(cells.n_obs), fields_done=done,
                            fields_failed=len(failed), failed=failed, summary=tables.get("summary"),

@@ -217,13 +217,22 @@ def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, 
     from subcell_scale.cli import ExitCode
     from subcell_scale.cli.run import report
 
-    (plate,) = make_demo_plate(tmp_path / "plates", n_plates=1, n_wells=1, n_fields=1, field_size=192, seed=6,
-                               cellpainting=True)
+    from subcell_scale.io import PlateWriter, open_plate, write_labels
+
+    (demo,) = make_demo_plate(tmp_path / "demo", n_plates=1, n_wells=4, n_fields=1, field_size=192, seed=6,
+                              cellpainting=True)
+    source = open_plate(demo)
+    plate = tmp_path / "one-well.zarr"
+    with PlateWriter(plate, name="one-well", channel_names=source.channel_names, pixel_size=source.pixel_size) as w:
+        w.write_field("B02", "0", source.read_field("A01", "0"))
+    write_labels(open_plate(plate), "B02", "0", "cells", source.read_labels("A01", "0", "cells"))
+    pd.DataFrame({"plate": ["one-well"], "well": ["B02"], "compound": ["DMSO"], "moa": [""],
+                  "control_type": ["negcon"]}).to_csv(tmp_path / Files.PLATEMAP, index=False)
     config = ModelConfig(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64, num_channels=3,
                          pool_int_dim=16)
     spec = ModelSpec("random", config=config.to_dict(), seed=0, options={"channels": ["er", "nucleus", "protein"]})
     out = tmp_path / "out"
-    result = run(plate, out=out, platemap=tmp_path / "plates" / Files.PLATEMAP, model=spec, client=None,
+    result = run(plate, out=out, platemap=tmp_path / Files.PLATEMAP, model=spec, client=None,
                  preset="jump-cellpainting", progress=False, **FAST)
     assert result.fields_failed == 0 and result.n_cells > 0
     assert set(result.skipped) == {"postprocess", "metrics"}
@@ -232,7 +241,7 @@ def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, 
     assert [s["step"] for s in profiling_steps(ad.read_h5ad(out / Files.PROFILES))] == ["aggregate"]
     manifest = json.loads((out / Files.MANIFEST).read_text())
     assert manifest["run"]["status"] == "incomplete" and set(manifest["run"]["skipped"]) == {"postprocess", "metrics"}
-    assert "skipped" in (out / Files.REPORT).read_text()
+    assert "Skipped steps" in (out / Files.REPORT).read_text()
     assert report(result) == ExitCode.STEPS_SKIPPED
     err = capsys.readouterr().err
     assert "step(s) skipped: postprocess:" in err and "metrics:" in err and "retry" not in err
