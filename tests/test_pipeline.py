@@ -324,3 +324,37 @@ def test_a_finished_field_whose_labels_changed_is_recomputed(demo, model, tmp_pa
     assert lost in first.obs_names and lost not in again.obs_names and again.n_obs == first.n_obs - 1
     kept = first.obs_names[first.obs_names != lost]
     assert np.array_equal(np.asarray(again[kept].X), np.asarray(first[kept].X))
+
+
+@pytest.mark.parametrize("per_task", [3, 8])
+def test_fields_embedded_together_give_the_same_cells(demo, reference, spec, client, per_task, tmp_path):
+    """Small fields share a GPU task to fill its batches; the cells and their embeddings do not change,
+    and shards are written by their own tasks, after the GPU is released."""
+    from distributed import get_task_stream
+
+    _, ref = reference
+    with get_task_stream(client) as stream:
+        grouped = embed_plate(demo["plates"], spec, client=client, out=tmp_path, platemap=demo["platemap"],
+                              progress=False, fields_per_task=per_task, **SMALL)
+    _same(ref, grouped)
+    keys = [str(t["key"]) for t in stream.data]
+    n_fields = sum(len(open_plate(p).wells) for p in demo["plates"])
+    assert sum(k.startswith("embed-") for k in keys) == -(-n_fields // per_task)
+    assert sum(k.startswith("write-") for k in keys) == -(-n_fields // per_task)
+    in_process = embed_plate(demo["plates"], spec, platemap=demo["platemap"], progress=False,
+                             fields_per_task=per_task, **SMALL)
+    _same(ref, in_process)
+
+
+def test_a_bad_field_fails_alone_within_its_group(demo, reference, model, tmp_path):
+    _, ref = reference
+    plates = [str(shutil.copytree(p, tmp_path / Path(p).name)) for p in demo["plates"]]
+    field = Path(plates[0]) / open_plate(plates[0]).well_path("A02") / "0"
+    chunk = sorted(p for p in field.glob("s0/c/**/*") if p.is_file())[0]
+    chunk.write_bytes(b"not a zarr chunk")
+    adata = embed_plate(plates, model, platemap=demo["platemap"], progress=False, retries=0, fields_per_task=4,
+                        **SMALL)
+    assert list(adata.uns[Keys.PROVENANCE]["failed_fields"]) == ["demo-plate-1/A02/0"]
+    kept = [n for n in ref.obs_names if not n.startswith("demo-plate-1_A02_0_")]
+    assert list(adata.obs_names) == kept
+    assert np.array_equal(adata.X, ref[kept].X)

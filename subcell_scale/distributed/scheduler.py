@@ -5,8 +5,8 @@ crops, then a GPU stage that embeds and writes; segmentation: one stage) and yie
 :class:`Outcome` per item as it finishes, so the caller records results while the plate streams
 through:
 
-- a bounded window of items is in flight at a time (about two per worker thread), so neither the
-  scheduler nor the client grows with the plate;
+- a bounded window of items is in flight at a time (about two fields per worker thread), so neither
+  the scheduler nor the client grows with the plate, and enough are prepared ahead to keep a GPU busy;
 - a failed item is retried ``retries`` times unless its error says the same input would fail again
   (``retriable = False`` on :mod:`subcell_scale.errors` classes: a missing channel, missing labels);
 - a stage that asks for a worker resource (``GPU``) gets it where workers offer it; on a cluster
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -70,7 +71,8 @@ def retriable(exc: BaseException) -> bool:
 
 
 def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client | None = None,
-              key: Callable[[Any], str] = str, retries: int = 1, total: int | None = None, done: int = 0,
+              key: Callable[[Any], str] = str, retries: int = 1, size: Callable[[Any], int] | None = None,
+              total: int | None = None, done: int = 0,
               progress: bool | None = None, desc: str = "fields") -> Iterator[Outcome]:
     """Run the chain ``stages`` on every item and yield each item's :class:`Outcome` as it finishes.
 
@@ -87,6 +89,9 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
         dashboard shows which field a task is.
     retries
         Extra attempts of an item whose error is retriable.
+    size
+        How many units an item counts for (the fields of a group), on the progress bar and in the
+        window: about two units per worker thread are in flight at once.
     total, done
         Size of the progress bar and how much of it was done before (a resumed run).
     progress
@@ -103,20 +108,25 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
         msg = f"retries must be >= 0, got {retries}"
         raise ConfigError(msg)
     items = list(items)
+    weight = size or (lambda item: 1)
     show = settings.progress if progress is None else progress
-    bar = tqdm(total=done + len(items) if total is None else total, initial=done, unit="field", desc=desc,
-               disable=not show)
-    runner = _in_process if client is None else _on_cluster
+    bar = tqdm(total=done + sum(weight(i) for i in items) if total is None else total, initial=done, unit="field",
+               desc=desc, disable=not show)
     try:
-        for outcome in runner(stages, items, client, key, int(retries)):
-            bar.update(1)
+        if client is None:
+            outcomes = _in_process(stages, items, key, int(retries))
+        else:
+            units = sum(weight(i) for i in items) / max(1, len(items))
+            outcomes = _on_cluster(stages, items, client, key, int(retries), units)
+        for outcome in outcomes:
+            bar.update(weight(outcome.item))
             yield outcome
     finally:
         bar.close()
 
 
-def _in_process(stages: Sequence[Stage], items: list[Any], client: None, key: Callable[[Any], str],
-                retries: int) -> Iterator[Outcome]:
+def _in_process(stages: Sequence[Stage], items: list[Any], key: Callable[[Any], str], retries: int
+                ) -> Iterator[Outcome]:
     for item in items:
         for attempt in itertools.count(1):
             try:
@@ -134,13 +144,13 @@ def _in_process(stages: Sequence[Stage], items: list[Any], client: None, key: Ca
 
 
 def _on_cluster(stages: Sequence[Stage], items: list[Any], client: Client, key: Callable[[Any], str],
-                retries: int) -> Iterator[Outcome]:
+                retries: int, units_per_item: float) -> Iterator[Outcome]:
     from distributed import as_completed
 
     resources = [_usable_resources(client, stage.resources) for stage in stages]
     token = uuid.uuid4().hex[:8]  # keys of this call never meet a finished task of an earlier one
     threads = sum(client.nthreads().values()) or 1
-    window = max(4, 2 * threads)
+    window = max(2, math.ceil(max(4, 2 * threads) / max(1.0, units_per_item)))
     pending = iter(items)
     running: dict[Any, tuple[Any, list[Any], int]] = {}
 

@@ -36,6 +36,7 @@ from ..params import RunParams, check_same_layout, write_parameters
 from ..store import FieldId, ResultsStore, parameters_digest
 from .execute import run_fields
 from .field import prepare_field
+from .jobs import fields_per_task as _fields_per_task
 from .jobs import open_plates, plan_jobs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +73,7 @@ def embed_plate(
     crop_on: str = "auto",
     storage_options: dict[str, Any] | None = None,
     missing_chunks: str = "raise",
+    fields_per_task: int | None = None,
     **overrides: Any,
 ) -> AnnData:
     """Embed every cell of one or more plates with SubCell and return the cells AnnData.
@@ -123,6 +125,10 @@ def embed_plate(
         ``"cpu"``, ``"device"`` or ``"auto"``: where crops are cut (:mod:`subcell_scale.distributed.tasks`).
     storage_options
         fsspec options used to open plate paths.
+    fields_per_task
+        Fields embedded together in one GPU task, so that small fields (HPA: 10-30 cells) fill the
+        model's batches; default: enough to fill about one batch, from the first field's labels. The
+        embeddings do not depend on it.
     missing_chunks
         ``"raise"`` (default): a field whose image chunks are not all in the store fails, naming
         them (zarr would read them as black pixels); ``"fill"``: accept fill values, for plates
@@ -174,6 +180,7 @@ def embed_plate(
     for line in params.report_lines(plans[0]):
         log.info("%s", line)
     context = RunContext(plates, plans, params, resolved, platemap)
+    per_task = fields_per_task or _fields_per_task(plates, plans, params, batch_size)
     store = ResultsStore(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="subcell-scale-") as scratch:
         plan = {"store": store, "scratch": Path(scratch), "digest": digest, "batch_size": batch_size,
@@ -182,7 +189,7 @@ def embed_plate(
             jobs = plan_jobs(plates, plans, params, **plan)
             # 3. map, 4. assemble (in memory)
             results = run_fields(jobs, resolved, client, None, scratch=Path(scratch), device=device,
-                                 retries=int(retries), progress=progress)
+                                 retries=int(retries), progress=progress, fields_per_task=per_task)
             fields = [(j.fid, results.shards[j.fid]) for j in jobs if j.fid in results.shards]
             return assemble(fields, context, [f.key for f in results.failed])
         with store.lock():
@@ -194,7 +201,7 @@ def embed_plate(
             write_parameters(store.root, params, plans)
             # 3. map
             results = run_fields(jobs, resolved, client, store, scratch=Path(scratch), device=device,
-                                 retries=int(retries), progress=progress, plates=plates)
+                                 retries=int(retries), progress=progress, plates=plates, fields_per_task=per_task)
             # 4. assemble: the shards streamed into the cells store, which the returned AnnData reads
             fields = [(j.fid, j.shard_path) for j in jobs if j.fid not in results.failed]
             adata = stream_cells(fields, context, [f.key for f in results.failed], store.root, format)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._constants import Files, Status
-from ..distributed.scheduler import Stage, map_tasks
+from ..distributed.scheduler import Stage, map_tasks, retriable
 from ..store import FieldId, ResultsStore, Shard, shard_meta
-from .field import FieldJob, embed_field, prepare_field
+from .field import FieldFailure, FieldJob, embed_group, prepare_group, write_group
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
@@ -41,7 +41,7 @@ class FieldResults:
 
 def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | None, store: ResultsStore | None, *,
                scratch: Path, device: str | None, retries: int, progress: bool | None,
-               plates: Sequence[Plate] = ()) -> FieldResults:
+               plates: Sequence[Plate] = (), fields_per_task: int = 1) -> FieldResults:
     """Compute every field of ``jobs`` that has no finished shard; record each in ``store``.
 
     Parameters
@@ -50,8 +50,12 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
         Where a model instance is saved for the workers when there is no run directory.
     device
         In-process device of the model (``"cuda"``, ``"cpu"``; default CUDA when present).
+    retries
+        Extra attempts of a field whose error could go away (a field is retried on its own).
     plates
         The run's plates, to fingerprint the fields whose shard is there (resume).
+    fields_per_task
+        Fields embedded together, so that small fields fill the model's batches.
     """
     results = FieldResults()
     finished = _finished(jobs, store, {p.name: p for p in plates})
@@ -65,7 +69,8 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
         return results
     if client is None:
         instance = model.local(device)
-        stages = [Stage(prepare_field), Stage(lambda prep, job: embed_field(prep, job, instance))]
+        stages = [Stage(prepare_group), Stage(lambda prep, group: embed_group(prep, group, instance)),
+                  Stage(write_group)]
     else:
         from ..distributed.cluster import GPU_RESOURCE
         from ..distributed.plugin import register_model
@@ -73,28 +78,55 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
         folder = (store.root if store is not None else scratch) / Files.MODEL
         plugin = register_model(client, model.for_workers(folder))
         todo = [replace(job, model_plugin=plugin) for job in todo]
-        stages = [Stage(prepare_field, name="prepare"), Stage(embed_field, resources={GPU_RESOURCE: 1}, name="embed")]
+        stages = [Stage(prepare_group, name="prepare"), Stage(embed_group, resources={GPU_RESOURCE: 1}, name="embed"),
+                  Stage(write_group, name="write")]
+    attempts = dict.fromkeys((job.fid for job in todo), 0)
     try:
-        for outcome in map_tasks(stages, todo, client=client, key=lambda job: job.fid.key, retries=retries,
-                                 total=len(jobs), done=len(jobs) - len(todo), progress=progress, desc="embedding"):
-            job = outcome.item
-            if outcome.ok:
-                summary = outcome.result
-                if store is not None:
-                    store.record_done(job.fid, n_cells=summary["n_cells"], dropped=summary["dropped"],
-                                      seconds=summary["seconds"])
-                else:
-                    results.shards[job.fid] = summary["result"]
-            else:
-                message = f"{type(outcome.error).__name__}: {' '.join(str(outcome.error).split())}"
-                log.error("field %s failed after %d attempt(s): %s", job.fid, outcome.attempts, message)
-                results.failed[job.fid] = message
-                if store is not None:
-                    store.record_failed(job.fid, error=message, attempts=outcome.attempts)
+        pending, size, bar = todo, max(1, int(fields_per_task)), {"total": len(jobs), "done": len(jobs) - len(todo)}
+        while pending:
+            retry = []
+            groups = [tuple(pending[i:i + size]) for i in range(0, len(pending), size)]
+            for outcome in map_tasks(stages, groups, client=client, key=_group_key, retries=0, size=len,
+                                     progress=progress, desc="embedding", **bar):
+                summaries = outcome.result if outcome.ok else [FieldFailure(outcome.error)] * len(outcome.item)
+                for job, summary in zip(outcome.item, summaries, strict=True):
+                    attempts[job.fid] += 1
+                    if not isinstance(summary, FieldFailure):
+                        _record_done(job, summary, store, results)
+                    elif attempts[job.fid] <= retries and retriable(summary.error):
+                        log.warning("field %s failed (%s), retrying", job.fid, _message(summary.error))
+                        retry.append(job)
+                    else:
+                        _record_failed(job, summary.error, attempts[job.fid], store, results)
+            pending, size, bar = retry, 1, {"total": len(retry), "done": 0}
     finally:
         if store is not None:
             store.flush(force=True)
     return results
+
+
+def _group_key(group: tuple[FieldJob, ...]) -> str:
+    return group[0].fid.key if len(group) == 1 else f"{group[0].fid.key}+{len(group) - 1}"
+
+
+def _record_done(job: FieldJob, summary: dict[str, Any], store: ResultsStore | None, results: FieldResults) -> None:
+    if store is not None:
+        store.record_done(job.fid, n_cells=summary["n_cells"], dropped=summary["dropped"], seconds=summary["seconds"])
+    else:
+        results.shards[job.fid] = summary["result"]
+
+
+def _record_failed(job: FieldJob, error: BaseException, attempts: int, store: ResultsStore | None,
+                   results: FieldResults) -> None:
+    message = _message(error)
+    log.error("field %s failed after %d attempt(s): %s", job.fid, attempts, message)
+    results.failed[job.fid] = message
+    if store is not None:
+        store.record_failed(job.fid, error=message, attempts=attempts)
+
+
+def _message(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None, plates: dict[str, Plate]) -> set[FieldId]:

@@ -1,10 +1,13 @@
-"""The unit of work of a run, one field: prepare (CPU: read, labels, filter, crop) and embed (GPU: model, shard).
+"""The work of a run on its fields: prepare (CPU: read, labels, filter, crop), embed (GPU), write (shards).
 
 A :class:`FieldJob` carries paths and frozen parameters only, so a task graph grows with fields, never
-with pixels or weights. :func:`prepare_field` runs on any worker thread; :func:`embed_field` holds the
-worker's ``GPU`` resource, takes the model from the worker plugin and writes the field's shard itself.
-Without Dask, the same two functions are called in turn with a model passed explicitly
-(:mod:`subcell_scale.distributed.scheduler` does either).
+with pixels or weights. Fields travel in small groups (:data:`FieldGroup`) through three stages:
+:func:`prepare_group` runs on any worker thread; :func:`embed_group` holds the worker's ``GPU``
+resource, takes the model from the worker plugin and embeds the group's crops together, so small
+fields still fill whole batches; :func:`write_group` writes the shards after the GPU is released. A
+field that fails travels on as a :class:`FieldFailure` and fails alone. Without Dask, the same
+functions are called in turn with a model passed explicitly (:mod:`subcell_scale.distributed.scheduler`
+does either).
 
 Crops are cut either in the prepare task on the CPU (``crop_on="cpu"``, numpy; what runs on machines
 without a GPU) or in the embed task on the model's device (``crop_on="device"``, torch): then the
@@ -205,51 +208,122 @@ def _field_labels(plate: Any, job: FieldJob, image: np.ndarray) -> tuple[np.ndar
     return labels, True
 
 
-def embed_field(prepared: PreparedField, job: FieldJob, model: SubCell | None = None) -> dict[str, Any]:
-    """GPU part of a field: crop on the device if asked, embed, write the shard.
+@dataclass
+class FieldFailure:
+    """A field of a group that failed: its error travels on, so the group's other fields carry on."""
+
+    error: BaseException
+
+
+FieldGroup = tuple[FieldJob, ...]
+"""Fields embedded together: their crops fill the same forward batches (HPA fields hold 10-30 cells)."""
+
+
+def prepare_group(group: FieldGroup) -> list[PreparedField | FieldFailure]:
+    """CPU stage of a group: :func:`prepare_field` for each field, a failure kept as a :class:`FieldFailure`."""
+    out: list[PreparedField | FieldFailure] = []
+    for job in group:
+        try:
+            out.append(prepare_field(job))
+        except Exception as exc:  # noqa: BLE001 - one field's failure must not stop its group
+            out.append(FieldFailure(exc))
+    return out
+
+
+def embed_group(prepared: list[PreparedField | FieldFailure], group: FieldGroup,
+                model: SubCell | None = None) -> list[Shard | FieldFailure]:
+    """GPU stage of a group: crops cut on the device when asked, then every field's crops embedded
+    together in full batches, and split back into one :class:`Shard` per field.
+
+    The GPU is held only for this: reading and cropping happen before, shard writing after. A cell's
+    embedding does not depend on the batch it shares (see :meth:`SubCell.embed`).
 
     Parameters
     ----------
-    prepared
-        Output of :func:`prepare_field` for ``job``.
-    job
-        The field.
     model
         The model to use; None takes the worker plugin's (inside a Dask task).
-
-    Returns
-    -------
-    dict
-        ``n_cells``, ``dropped`` (counts per reason), ``seconds`` (both tasks), ``shard`` (path or None)
-        and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`.
     """
     start = time.perf_counter()
     if model is None:
         from ..distributed.plugin import worker_model
 
-        model = worker_model(job.model_plugin)
-    crops, cells = prepared.crops, prepared.cells
-    dropped = {k: list(v) for k, v in prepared.dropped.items()}
-    if crops is None:
-        from ..cells import extract_cells_torch
+        model = worker_model(group[0].model_plugin)
+    out: list[Shard | FieldFailure | None] = [None] * len(group)
+    parts, owners = [], []
+    for i, (job, prep) in enumerate(zip(group, prepared, strict=True)):
+        if isinstance(prep, FieldFailure):
+            out[i] = prep
+            continue
+        try:
+            crops, cells, dropped = _field_crops(prep, job, model)
+        except Exception as exc:  # noqa: BLE001 - a field that cannot be cropped fails alone
+            out[i] = FieldFailure(exc)
+            continue
+        parts.append((crops, cells, dropped))
+        owners.append(i)
+    if parts:
+        embedding, probabilities = embed_crops(model, _stack([c for c, _, _ in parts]), group[0].batch_size)
+        seconds = time.perf_counter() - start
+        total = max(1, embedding.shape[0])
+        row = 0
+        for i, (crops, cells, dropped) in zip(owners, parts, strict=True):
+            job, prep, n = group[i], prepared[i], int(crops.shape[0])
+            share = seconds * n / total
+            out[i] = Shard(embedding[row:row + n], None if probabilities is None else probabilities[row:row + n],
+                           cells, dropped,
+                           {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.digest,
+                            "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta})
+            row += n
+    return out  # type: ignore[return-value]
 
-        tensor, table = extract_cells_torch(prepared.image, prepared.labels, prepared.pixel_size, job.crop,
-                                            channels=job.passes, device=model.device,
-                                            plate_upper=job.plate_upper, dropped=dropped)
-        crops, cells = tensor, table[_CELL_COLUMNS].reset_index(drop=True)
-    embedding, probabilities = embed_crops(model, crops, job.batch_size)
-    seconds = prepared.seconds + time.perf_counter() - start
-    shard = Shard(embedding, probabilities, cells, dropped,
-                  {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.digest,
-                   "seconds": round(seconds, 3), "segmented": prepared.segmented, **prepared.meta})
-    summary: dict[str, Any] = {"n_cells": shard.n_cells,
-                               "dropped": {k: len(v) for k, v in dropped.items()},
-                               "seconds": seconds, "shard": job.shard_path}
-    if job.shard_path is not None:
-        write_shard(job.shard_path, shard)
-    else:
-        summary["result"] = shard
-    return summary
+
+def write_group(shards: list[Shard | FieldFailure], group: FieldGroup) -> list[dict[str, Any] | FieldFailure]:
+    """Last stage of a group, off the GPU: each field's shard written (or returned without a run directory).
+
+    Returns one summary per field: ``n_cells``, ``dropped`` (counts per reason), ``seconds``, ``shard``
+    (path or None) and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`; or the field's
+    :class:`FieldFailure`.
+    """
+    out: list[dict[str, Any] | FieldFailure] = []
+    for job, shard in zip(group, shards, strict=True):
+        if isinstance(shard, FieldFailure):
+            out.append(shard)
+            continue
+        summary: dict[str, Any] = {"n_cells": shard.n_cells, "dropped": {k: len(v) for k, v in shard.dropped.items()},
+                                   "seconds": shard.meta["seconds"], "shard": job.shard_path}
+        try:
+            if job.shard_path is not None:
+                write_shard(job.shard_path, shard)
+            else:
+                summary["result"] = shard
+        except Exception as exc:  # noqa: BLE001 - a shard that cannot be written fails its field alone
+            out.append(FieldFailure(exc))
+            continue
+        out.append(summary)
+    return out
+
+
+def _field_crops(prep: PreparedField, job: FieldJob, model: SubCell) -> tuple[Any, pd.DataFrame, dict]:
+    """A field's crops (numpy from the CPU stage, or cut here on the model's device), table and drops."""
+    dropped = {k: list(v) for k, v in prep.dropped.items()}
+    if prep.crops is not None:
+        return prep.crops, prep.cells, dropped
+    from ..cells import extract_cells_torch
+
+    tensor, table = extract_cells_torch(prep.image, prep.labels, prep.pixel_size, job.crop, channels=job.passes,
+                                        device=model.device, plate_upper=job.plate_upper, dropped=dropped)
+    return tensor, table[_CELL_COLUMNS].reset_index(drop=True), dropped
+
+
+def _stack(parts: list[Any]) -> Any:
+    """Concatenate the fields' crops along cells (numpy arrays, or tensors on one device)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
 
 
 def embed_crops(model: SubCell, crops: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -166,3 +166,21 @@ def plate_upper_bounds(plate: Plate, spec: CropSpec, folder: Path) -> tuple[floa
     bounds = histogram_percentile(histogram, spec.plate_upper_percentile)
     log.info("plate %s: %s %% intensity bounds %s", plate.name, spec.plate_upper_percentile, bounds.tolist())
     return tuple(float(v) for v in bounds)
+
+
+def fields_per_task(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunParams, batch_size: int,
+                    *, most: int = 16) -> int:
+    """How many fields to embed together so a task's crops fill about one batch.
+
+    Read from the first field's label image (cells x passes crops per field); a JUMP field
+    (hundreds of cells, 3 passes) is a task of its own, an HPA field (10-30 cells) shares one with a
+    few others. A plate without labels yet gives 1.
+    """
+    plate, plan = plates[0], plans[0]
+    well = plate.wells[0]
+    field = plate.fields(well)[0]
+    if params.label_name not in plate.label_names(well, field):
+        return 1
+    labels = np.asarray(plate.read_labels(well, field, params.label_name))
+    crops = max(1, (len(np.unique(labels)) - 1) * len(plan.passes))
+    return int(min(most, max(1, -(-batch_size // crops))))
