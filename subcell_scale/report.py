@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,6 +377,29 @@ def _preset_section(report: Mapping[str, Any]) -> str:
     return "".join(parts) or "<p>The preset report is empty.</p>"
 
 
+def protocol_sections(preset: str) -> str:
+    """The part of the protocols page (``subcell_scale/protocols.md``, also ``docs/protocols.md``) about
+    a preset, with the notes that hold for every preset, as markdown: what the run reproduces, from
+    which reference code, and what still differs."""
+    from importlib.resources import files
+
+    page = files("subcell_scale").joinpath("protocols.md").read_text(encoding="utf-8")
+    sections = ["\n## " + part for part in page.split("\n## ")[1:]]
+    wanted = [s for s in sections if s.startswith(f"\n## `{preset}`") or "(all presets)" in s.splitlines()[1]]
+    return "".join(wanted).strip()
+
+
+def _protocol_section(preset: str) -> str:
+    from markdown_it import MarkdownIt
+
+    text = protocol_sections(preset)
+    if not text:
+        return f"<p>The protocols page has no section on the preset {_e(preset)!r}.</p>"
+    demoted = re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.MULTILINE)  # the report's sections are h2
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(demoted)
+    return f'<div class="protocol">{body}</div>'
+
+
 def _fields_section(fields: pd.DataFrame) -> str:
     from . import pl
 
@@ -526,6 +550,9 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
     sections = [("Summary", _summary(run, fields))]
     if run.preset is not None:
         sections.append(("Preset", _preset_section(run.preset)))
+        names = {p.get("preset") for p in run.preset.get("parameters") or [] if isinstance(p, Mapping)}
+        for name in sorted(n for n in names if n):
+            sections.append((f"Protocol: {name}", _protocol_section(str(name))))
     manifest = run.manifest or {}
     if manifest.get("run") or (manifest.get("embed") or {}).get("summary"):
         sections.append(("Run", _run_section(manifest.get("run") or {}, (manifest.get("embed") or {}).get("summary")
@@ -546,7 +573,7 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
         sections.append(("Missing parts", f'<ul class="missing">{items}</ul>'))
 
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = "".join(f'<section id="{_e(t.lower().replace(" ", "-"))}"><h2>{_e(t)}</h2>{c}</section>'
+    body = "".join(f'<section id="{re.sub(r"[^a-z0-9]+", "-", t.lower()).strip("-")}"><h2>{_e(t)}</h2>{c}</section>'
                    for t, c in sections)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>subcell-scale report: '
             f"{_e(root.name)}</title><style>{_CSS}</style></head><body><main>"

@@ -147,8 +147,8 @@ def test_full_report(run_dir):
     assert page.unbalanced == 0 and not page.stack
     assert page.links == []  # self-contained: no external CSS, scripts or links
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
-    assert page.sections == ["summary", "preset", "run", "parameters", "fields", "cells", "profiles", "metrics",
-                             "figures"]
+    assert page.sections == ["summary", "preset", "protocol-hpa", "run", "parameters", "fields", "cells",
+                             "profiles", "metrics", "figures"]
     # the saved figure is embedded byte for byte
     figure_bytes = (run_dir / Files.FIGURES / "umap_cells.png").read_bytes()
     assert any(base64.b64decode(src.split(",", 1)[1]) == figure_bytes for src in page.images)
@@ -227,3 +227,19 @@ def test_h5ad_cells_damaged_manifest_and_custom_output(tmp_path):
 def test_not_a_directory(tmp_path):
     with pytest.raises(RunDirectoryError, match="does not exist"):
         report.build_report(tmp_path / "nope")
+
+
+def test_the_report_shows_the_protocol_the_run_reproduced(tmp_path):
+    import json
+
+    from subcell_scale._constants import Files
+    from subcell_scale.params import RunParams, write_parameters
+    from subcell_scale.report import build_report, protocol_sections
+
+    write_parameters(tmp_path, RunParams.resolve("jump-cellpainting"), [])
+    html = build_report(tmp_path).read_text()
+    assert "Protocol: jump-cellpainting" in html
+    assert "BEST_POSTPROC_CONFIGS.yaml" in html and "<table>" in html  # the page's reference table, rendered
+    assert "Degenerate features" in html  # the notes that hold for every preset
+    assert "jump-recipe" not in protocol_sections("hpa").split("\n")[0]
+    assert json.loads((tmp_path / Files.PRESET).read_text())["parameters"][0]["preset"] == "jump-cellpainting"
