@@ -91,20 +91,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     from subcell_scale.io import open_plate
-    from subcell_scale.io.demo import layout_for, make_demo_plate
+    from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.params import RunParams
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for geometry in args.geometry:
-            layout = layout_for(geometry)
             n_fields = args.fields or {"jump": 8, "hpa": 16}[geometry]
-            n_wells = max(1, -(-n_fields // layout.fields_per_well))
+            n_wells = 4  # the demo platemap's smallest plate
             preset = PRESET[geometry]
             for labels in ((True, False) if geometry == "jump" else (True,)):
                 root = Path(tmp) / f"{geometry}-{labels}"
                 (path,) = make_demo_plate(root / "plates", n_plates=1, n_wells=n_wells, geometry=geometry,
-                                          labels=labels)
+                                          n_fields=-(-n_fields // n_wells), labels=labels)
                 channels = RunParams.resolve(preset).plan(open_plate(path)).model_channels
                 model = instant_model(channels)
                 seconds, n_cells, fields = pipeline(path, preset, model, root / "run", labels=labels)

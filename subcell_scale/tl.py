@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._anndata import representation
 from ._constants import Keys
 from .errors import ConfigError
 from .models.registry import CLASS_NAMES
@@ -88,14 +89,7 @@ def umap(adata: AnnData, *, use_rep: str = "X", n_neighbors: int = 15, random_st
     import scanpy as sc
 
     adata = adata.copy() if copy else adata
-    if use_rep == "X":
-        rep = adata.X
-    elif use_rep in adata.obsm:
-        rep = adata.obsm[use_rep]
-    else:
-        msg = f"umap: use_rep {use_rep!r} is neither 'X' nor an obsm key ({', '.join(adata.obsm)})"
-        raise ConfigError(msg)
-    rep = np.asarray(rep.toarray() if hasattr(rep, "toarray") else rep, dtype=np.float32)
+    rep = representation(adata, use_rep, dtype=np.float32, what="umap")
     if rep.shape[0] < 3:
         msg = f"umap: need at least 3 rows for a UMAP, found {rep.shape[0]}"
         raise ConfigError(msg)

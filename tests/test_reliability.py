@@ -35,7 +35,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from subcell_scale._constants import Files, Keys, Obs
-from subcell_scale.errors import PlateFormatError, RunDirectoryError, WellNameError
+from subcell_scale.errors import PlateFormatError, WellNameError
 from subcell_scale.io import open_plate
 from subcell_scale.io.wells import (
     normalize_well_name,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .._anndata import rows_matching
 from ..errors import ProfilingError
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,7 @@ def apply_queries(meta: pd.DataFrame, queries: list[str]) -> np.ndarray:
     if not queries:
         return np.arange(len(meta))
     combined = " & ".join(f"({q})" for q in queries)
-    try:
-        keep = meta.reset_index(drop=True).eval(combined)
-    except Exception as exc:  # pandas raises many types for a bad expression
-        msg = f"cannot evaluate the query {combined!r} on the metadata: {exc}"
-        raise ProfilingError(msg) from exc
-    rows = np.flatnonzero(np.asarray(keep, dtype=bool))
+    rows = np.flatnonzero(rows_matching(meta, combined, what="query"))
     if rows.size == 0:
         msg = f"no profile matches the query {combined!r}"
         raise ProfilingError(msg)

@@ -18,7 +18,7 @@ from scipy.spatial.distance import cdist
 from ..errors import ProfilingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from anndata import AnnData
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +141,3 @@ class Similarity:
             return np.abs(sims) if self._metric == "abs_cosine" else sims
         dist = cdist(xq, self._x, metric=self._metric)
         return 1.0 - dist if self._metric in _BOUNDED_01 else 1.0 / (1.0 + dist)
-
-
-def feature_matrix(adata: AnnData, use_rep: str | None) -> np.ndarray:
-    """The features of an AnnData as float64: ``X``, or ``obsm[use_rep]``; sparse input made dense."""
-    if use_rep is None:
-        x = adata.X
-    elif use_rep in adata.obsm:
-        x = adata.obsm[use_rep]
-    else:
-        msg = f"adata.obsm has no {use_rep!r} (keys: {list(adata.obsm.keys())})"
-        raise ProfilingError(msg)
-    if x is None:
-        msg = "adata.X is empty; pass use_rep= to evaluate an obsm representation"
-        raise ProfilingError(msg)
-    if hasattr(x, "toarray"):
-        x = x.toarray()
-    return np.asarray(x, dtype=np.float64)

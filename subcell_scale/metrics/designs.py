@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from .._anndata import representation, rows_matching
 from ..errors import ProfilingError
 from ._pairs import parse_labels
-from ._similarity import Distance, feature_matrix
+from ._similarity import Distance
 from .map import (
     AP_COLUMNS,
     MAP_COLUMNS,
@@ -54,11 +55,7 @@ def _obs(adata: AnnData, columns: Sequence[str]) -> pd.DataFrame:
 def _select(obs: pd.DataFrame, x: np.ndarray, exclude: str | None) -> tuple[pd.DataFrame, np.ndarray]:
     if exclude is None:
         return obs, x
-    try:
-        drop = np.asarray(obs.eval(exclude), dtype=bool)
-    except Exception as exc:  # pandas raises many types for a bad expression
-        msg = f"cannot evaluate exclude={exclude!r} on adata.obs: {exc}"
-        raise ProfilingError(msg) from exc
+    drop = rows_matching(obs, exclude, what="exclude")
     logger.info("leaving out %d profiles matching %r", int(drop.sum()), exclude)
     return obs[~drop].reset_index(drop=True), x[~drop]
 
@@ -100,7 +97,7 @@ def phenotypic_activity(
         ``return_ap=True`` the per-profile AP table first, then this one.
     """
     obs = _obs(adata, [pert_col] + ([plate_col] if plate_col else []))
-    x = feature_matrix(adata, use_rep)
+    x = representation(adata, use_rep)
     obs = assign_reference_index(obs, control_query, reference_col=_REFERENCE_COL)
     if not (obs[_REFERENCE_COL] >= 0).any():
         msg = f"no profile matches control_query={control_query!r}; phenotypic activity needs negative controls"
@@ -136,7 +133,7 @@ def replicate_retrieval(
     out first, as the SubCell benchmark drops DMSO.
     """
     obs = _obs(adata, [pert_col] + ([plate_col] if plate_col else []))
-    obs, x = _select(obs, feature_matrix(adata, use_rep), exclude)
+    obs, x = _select(obs, representation(adata, use_rep), exclude)
     if _n_plates(obs, plate_col) > 1:
         rules = ([pert_col], [plate_col], [plate_col], [pert_col])
     else:
@@ -167,7 +164,7 @@ def moa_retrieval(
     no MoA. Rows without an MoA are left out. One output row per MoA.
     """
     obs = _obs(adata, [moa_col, pert_col] + ([plate_col] if plate_col else []))
-    obs, x = _select(obs, feature_matrix(adata, use_rep), exclude)
+    obs, x = _select(obs, representation(adata, use_rep), exclude)
     labelled = np.array([len(v) > 0 for v in parse_labels(obs[moa_col])], dtype=bool)
     obs, x = obs[labelled].reset_index(drop=True), x[labelled]
     if _n_plates(obs, plate_col) > 1:
@@ -194,7 +191,7 @@ def moa_nn_accuracy(
     """MoA k-NN accuracy, not-same-compound (and not-same-plate / not-same-batch when given)."""
     columns = [moa_col, pert_col] + [c for c in (plate_col, batch_col) if c]
     obs = _obs(adata, columns)
-    obs, x = _select(obs, feature_matrix(adata, use_rep), exclude)
+    obs, x = _select(obs, representation(adata, use_rep), exclude)
     return nn_accuracy(obs, x, moa_col, exclude_sameby=columns[1:], k=k, distance=distance, mode=mode)
 
 

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from .._anndata import representation, rows_matching
 from ..errors import ConfigError, ProfilingError
-from ._similarity import feature_matrix
 from .map import average_precision, fraction_retrieved, mean_average_precision
 from .nn import nn_accuracy
 
@@ -213,7 +213,7 @@ def evaluate_profiles(
         design = base
     spec = EvaluationDesign.from_mapping(design, **options)
     obs = profiles.obs.reset_index(drop=True)
-    x = feature_matrix(profiles, spec.use_rep)
+    x = representation(profiles, spec.use_rep, what="evaluate_profiles")
     _require(obs, [spec.pert_col, spec.plate_col])
     usable = _usable_lists(obs, spec)
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
@@ -301,10 +301,7 @@ def _require(obs: pd.DataFrame, columns: Sequence[str]) -> None:
 
 
 def _query(obs: pd.DataFrame, query: str) -> np.ndarray:
-    try:
-        return np.asarray(obs.reset_index(drop=True).eval(query), dtype=bool)
-    except Exception as exc:  # pandas raises many types for a bad expression
-        raise ProfilingError(f"evaluate_profiles: cannot evaluate the query {query!r} on obs: {exc}") from exc
+    return rows_matching(obs, query, what="evaluate_profiles")
 
 
 def _parse(values: pd.Series) -> list[tuple[str, ...]]:

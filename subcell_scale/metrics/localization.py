@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from .._constants import Keys
+from .._anndata import representation
 from ..errors import ConfigError, ProfilingError
 from ._pairs import parse_labels
-from ._similarity import feature_matrix
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -234,7 +234,7 @@ def evaluate_localization(
     codes, n_groups = _group_rows(obs, groupby)
     if probe:
         labelled = y_true.any(axis=1)
-        x = feature_matrix(adata, use_rep)[labelled]
+        x = representation(adata, use_rep)[labelled]
         keep = y_true[labelled].any(axis=0)
         groups = codes[labelled] if groupby is not None else None
         scores = np.zeros(y_true.shape)
@@ -280,7 +280,7 @@ def prediction_scores(
         raise ProfilingError(msg)
     y = adata.obs[label_col].astype(str).to_numpy()
     groups = None if group_col is None else adata.obs[group_col].astype(str).to_numpy()
-    scores, classes = linear_probe(feature_matrix(adata, use_rep), y, cv=cv, groups=groups, seed=seed)
+    scores, classes = linear_probe(representation(adata, use_rep), y, cv=cv, groups=groups, seed=seed)
     truth = y[:, None] == classes[None, :]
     rows = [
         ("macro_ap", skm.average_precision_score(truth, scores, average="macro")),
@@ -325,7 +325,7 @@ def clustering_scores(
         raise ProfilingError(msg)
     truth = adata.obs[label_col]
     annotated = truth.notna().to_numpy() & (truth.astype(str) != "").to_numpy()
-    x = feature_matrix(adata, use_rep)
+    x = representation(adata, use_rep)
     if method == "kmeans":
         from sklearn.cluster import KMeans
 

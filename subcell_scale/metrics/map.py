@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .._anndata import rows_matching
 from ..errors import ProfilingError
 from ._pairs import (
     Rule,
@@ -374,11 +375,7 @@ def assign_reference_index(df: pd.DataFrame, condition: str | pd.Index, referenc
         df = df.copy()
     df[reference_col] = default_value
     if isinstance(condition, str):
-        try:
-            condition = df.query(condition).index
-        except Exception as exc:  # pandas raises many types for a bad expression
-            msg = f"cannot evaluate the reference condition {condition!r}: {exc}"
-            raise ProfilingError(msg) from exc
+        condition = df.index[rows_matching(df, condition, what="reference condition")]
     df.loc[condition, reference_col] = condition
     return None if inplace else df
 

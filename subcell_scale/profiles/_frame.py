@@ -9,6 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._anndata import rows_matching
 from ..errors import ProfilingError
 
 
@@ -24,19 +25,7 @@ def dense_features(adata: AnnData, step: str) -> np.ndarray:
 
 def query_rows(obs: pd.DataFrame, query: str, step: str, what: str = "reference") -> np.ndarray:
     """Boolean mask of the rows matching a pandas query on obs (``"all"`` selects every row)."""
-    if query == "all":
-        return np.ones(len(obs), dtype=bool)
-    if not isinstance(query, str):
-        raise ProfilingError(f"{step}: {what} must be 'all' or a pandas query string on obs, got {query!r}")
-    frame = obs.reset_index(drop=True)
-    try:
-        selected = frame.query(query).index.to_numpy()
-    except Exception as exc:  # pandas raises many types for a bad expression (UndefinedVariableError, SyntaxError)
-        raise ProfilingError(f"{step}: cannot evaluate {what} query {query!r} on obs columns "
-                             f"{list(obs.columns)}: {type(exc).__name__}: {exc}") from exc
-    mask = np.zeros(len(obs), dtype=bool)
-    mask[selected] = True
-    return mask
+    return rows_matching(obs, query, what=f"{step}: {what}")
 
 
 def strata(obs: pd.DataFrame, by: str | Sequence[str] | None, step: str) -> Iterator[tuple[str, np.ndarray]]:
