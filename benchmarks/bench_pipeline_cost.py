@@ -57,17 +57,22 @@ def bare_stages(path: Path, preset: str, n_fields: int) -> tuple[float, int]:
     from subcell_scale.params import RunParams
     from subcell_scale.segment import filter_cells
 
+    from subcell_scale.intensity import histogram_percentile, plate_histogram
+
     plate = open_plate(path)
     params = RunParams.resolve(preset)
     plan = params.plan(plate)
     channels = plan.passes if plan.multi_pass else plan.passes[0]
     sites = [(w, f) for w in plate.wells for f in plate.fields(w)][:n_fields]
     start, cells = time.perf_counter(), 0
+    upper = None
+    if params.crop.plate_upper_percentile is not None:  # the plate pass the pipeline makes too
+        upper = tuple(histogram_percentile(plate_histogram(plate, threads=1), params.crop.plate_upper_percentile))
     for well, fld in sites:
         image = plate.read_field(well, fld)
         labels = plate.read_labels(well, fld, params.label_name)
         kept, _ = filter_cells(labels, plate.pixel_size, **params.cells.kwargs())
-        crops, table = extract_cells(image, kept, plate.pixel_size, params.crop, channels=channels)
+        crops, table = extract_cells(image, kept, plate.pixel_size, params.crop, channels=channels, plate_upper=upper)
         cells += len(table)
         del crops
     return time.perf_counter() - start, cells
