@@ -19,9 +19,9 @@ Everything but ``settings`` is imported lazily, so that ``import subcell_scale``
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from ._settings import settings
 from ._version import __version__
 
@@ -58,13 +58,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .workflow import demo, run
 
 
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"subcell_scale.{name}")
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'subcell_scale' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, _SUBMODULES, also=("settings", "__version__"))

@@ -7,8 +7,9 @@ in a notebook without a cluster. Names are imported lazily, so planning a run lo
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 _LAZY = {
     "GPU_RESOURCE": "cluster",
@@ -36,11 +37,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Outcome, Stage, map_tasks
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, {name: f"{__name__}.{module}" for name, module in _LAZY.items()})

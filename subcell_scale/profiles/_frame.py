@@ -45,3 +45,12 @@ def strata(obs: pd.DataFrame, by: str | Sequence[str] | None, step: str) -> Iter
         values = obs[columns].iloc[row].tolist()
         name = ", ".join(f"{c}={v!r}" for c, v in zip(columns, values, strict=True))
         yield name, codes == code
+
+
+def keep_features(adata: AnnData, kept: np.ndarray, *, copy: bool) -> AnnData:
+    """``adata`` restricted to the features ``kept`` marks: a new object with ``copy``, else in place."""
+    if copy:
+        return adata[:, kept].copy()
+    if not kept.all():
+        adata._inplace_subset_var(kept)
+    return adata

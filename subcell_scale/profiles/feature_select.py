@@ -19,7 +19,7 @@ from anndata import AnnData
 from scipy.stats import median_abs_deviation
 
 from ..errors import ProfilingError
-from ._frame import dense_features, query_rows, strata
+from ._frame import dense_features, keep_features, query_rows, strata
 from ._steps import record_step
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,7 @@ def feature_select(
         raise ProfilingError(f"feature_select: operations {operations} dropped all {len(names)} features; "
                              "loosen the thresholds")
     dropped = names[~kept].tolist()
-    if copy:
-        result = adata[:, kept].copy()
-    else:
-        if not kept.all():
-            adata._inplace_subset_var(kept)
-        result = adata
+    result = keep_features(adata, kept, copy=copy)
     params = {"operation": operations, "samples": samples}
     if "variance_threshold" in operations:
         params["min_variance"] = float(min_variance)
@@ -241,12 +236,7 @@ def select_variant_features(
                              "of every stratum")
     dropped = names[~kept].tolist()
     logger.info("select_variant_features: dropped %d of %d features", len(dropped), len(names))
-    if copy:
-        result = adata[:, kept].copy()
-    else:
-        if not kept.all():
-            adata._inplace_subset_var(kept)
-        result = adata
+    result = keep_features(adata, kept, copy=copy)
     record_step(result, "select_variant_features", dropped_features=dropped, reference=reference, by=by,
                 min_abs_coef_var=float(min_abs_coef_var), strata=[name for name, _ in groups],
                 not_finite=names[~finite].tolist())

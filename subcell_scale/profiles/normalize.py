@@ -27,7 +27,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..errors import ProfilingError
-from ._frame import dense_features, query_rows, strata
+from ._frame import dense_features, keep_features, query_rows, strata
 from ._steps import record_step
 
 logger = logging.getLogger(__name__)
@@ -158,12 +158,7 @@ def normalize(
         else:
             center, scale = _location_scale(x[fit], method, mad_robustize_epsilon, mad_scale)
             out[rows] = (x[rows] - center) / scale
-    if copy:
-        result = adata[:, ~drop].copy()
-    else:
-        if drop.any():
-            adata._inplace_subset_var(~drop)
-        result = adata
+    result = keep_features(adata, ~drop, copy=copy)
     result.X = out.astype(np.float32)
     if method == "spherize" and spherize_method.startswith("PCA"):
         result.var = pd.DataFrame(index=pd.Index([f"PC{i}" for i in range(1, out.shape[1] + 1)], dtype=str))
