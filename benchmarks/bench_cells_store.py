@@ -105,6 +105,9 @@ def measure(spec: dict, mode: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--in-memory-up-to", type=int, default=20_000,
+                        help="also measure the in-memory baseline at sizes up to this (it holds every cell)")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="draw peak client memory against cells")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +117,7 @@ def main() -> None:
             spec = make_run(root, n)
             streamed = measure(spec, "streamed")
             rows.append(("streamed", streamed))
-            if n == min(args.cells):
+            if n <= args.in_memory_up_to:
                 rows.append(("in memory", measure(spec, "in-memory")))
     print(f"{'assembly':<10} {'cells':>8} {'peak growth (MB)':>17} {'bytes/cell':>11}")
     for mode, r in rows:
@@ -126,6 +129,32 @@ def main() -> None:
     if len(big) > 1:
         per_cell = (big[-1]["growth"] - big[0]["growth"]) / (big[-1]["cells"] - big[0]["cells"])
         print(f"streamed growth per added cell between {big[0]['cells']} and {big[-1]['cells']}: {per_cell:.0f} bytes")
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: list[tuple[str, dict]], path: str) -> None:
+    """Peak client memory against cells, streamed and in memory, with the embeddings' own size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for mode, color in (("streamed", "#1f77b4"), ("in memory", "#d62728")):
+        points = sorted((r["cells"], r["growth"] / 2**30) for m, r in rows if m == mode)
+        if points:
+            ax.plot(*zip(*points), marker="o", color=color, label=f"{mode}: peak growth")
+    cells = sorted({r["cells"] for _, r in rows})
+    ax.plot(cells, [n * WIDTH * 4 / 2**30 for n in cells], linestyle=":", color="#555555",
+            label=f"the embeddings themselves ({WIDTH} float32 per cell)")
+    ax.set(xlabel="cells in the run", ylabel="client memory (GiB)",
+           title="Client memory while a run's cells store is assembled")
+    ax.legend(frameon=False, fontsize="small")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":
