@@ -76,7 +76,8 @@ class RunResult:
         if self.summary is not None and len(self.summary):
             for r in self.summary.itertuples():
                 cell_type = "" if getattr(r, "cell_type", "all") == "all" else f"{r.cell_type:<8} "
-                out.append(f"{cell_type}{r.design:>12} {r.metric:<20} {r.value:.3f}  ({r.n_groups} groups)")
+                value = f"{int(r.value)}" if str(r.metric).startswith("n_") else f"{r.value:.3f}"
+                out.append(f"{cell_type}{r.design:>12} {r.metric:<20} {value:>7}  ({r.n_groups} groups)")
         out += [f"skipped {step}: {why}" for step, why in self.skipped.items()]
         if self.report is not None:
             out.append(f"report: {self.report}")
