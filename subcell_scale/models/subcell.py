@@ -600,8 +600,9 @@ class SubCell(nn.Module):
         engine = [f"{k}={v}" for k, v in (("attention_backend", self.encoder.attention_backend),
                                           ("patch_embedding", self.encoder.embeddings.patch_embeddings.mode),
                                           ("pad_batches", self.pad_batches)) if v not in ("auto", "unfold", None)]
-        return ", ".join([f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
-                          f"classifiers={self.n_classifiers}, precision={self.precision}", *engine])
+        model = (f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
+                 f"classifiers={self.n_classifiers}, precision={self.precision}")
+        return ", ".join([model, *engine])
 
 
 def _first_rows(out: SubCellOutput, rows: int) -> SubCellOutput:
