@@ -446,7 +446,7 @@ def best_eager(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The fastest bf16 eager engine row with the SDPA path (the end-to-end runs use its options)."""
     candidates = [r for r in rows if r["cells_per_s"] and not r["row"].startswith("reference")
                   and r["options"].get("precision") == "bf16" and "compile" not in r["options"]]
-    return max(candidates, key=lambda r: r["cells_per_s"]) if candidates else {"row": "engine default", "options": {}}
+    return max(candidates, key=lambda r: r["cells_per_s"]) if candidates else {"row": EAGER_ROWS[1][0], "options": {}}
 
 
 def optional_rows(engine: Engine, clock: Clock, eager: list[dict[str, Any]], smoke_compile: bool) -> list[dict[str, Any]]:
@@ -536,8 +536,34 @@ def bare_rate(model: Any, plan_passes: int, size: int, batch: int, min_seconds: 
 
 
 def end_to_end(args: argparse.Namespace, plates: dict[str, Any], root: Path, options: dict[str, Any],
-               device: str) -> dict[str, Any]:
-    """embed_plate cells/s per preset, in-process and on a one-worker GPU cluster, against the bare model."""
+               device: str, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """embed_plate cells/s per preset, in-process and on a one-worker GPU cluster, against the bare model.
+
+    A preset that fails records its error and the other still runs; ``save`` is called after each step.
+    """
+    out: dict[str, Any] = {"engine_options": options, "batch_size": args.batch, "threads_per_worker": args.cores}
+    cluster: dict[str, Any] = {"client": None}  # started by the first preset, closed here whatever happens
+    try:
+        for preset, geometry in GEOMETRY.items():
+            entry: dict[str, Any] = {"fields": plates[geometry]["fields"],
+                                     "in_process_fields": plates[geometry]["small_fields"]}
+            out[preset] = entry
+            try:
+                _one_preset(args, preset, geometry, plates, root, options, device, entry, cluster, lambda: save(out))
+            except Exception as exc:  # noqa: BLE001 - the other preset and the later steps still run
+                entry["error"] = _error(exc)
+                log(f"{preset}: end to end failed: {entry['error']}")
+            save(out)
+    finally:
+        if cluster["client"] is not None:
+            cluster["client"].close()
+    return out
+
+
+def _one_preset(args: argparse.Namespace, preset: str, geometry: str, plates: dict[str, Any], root: Path,
+                options: dict[str, Any], device: str, entry: dict[str, Any], cluster: dict[str, Any],
+                save: Callable[[], None]) -> None:
+    """Bare rate, in-process run, cluster warm-up and timed cluster run of one preset (into ``entry``)."""
     import numpy as np
     import torch
 
@@ -547,73 +573,68 @@ def end_to_end(args: argparse.Namespace, plates: dict[str, Any], root: Path, opt
     from subcell_scale.params import RunParams
     from subcell_scale.pipeline import embed_plate
 
-    out: dict[str, Any] = {"engine_options": options, "batch_size": args.batch, "threads_per_worker": args.cores}
-    client = None
-    try:
-        for preset, geometry in GEOMETRY.items():
-            overrides = {"out_size": SMOKE_OUT_SIZE[preset]} if args.smoke else {}
-            spec = model_spec(args, preset, options)
-            entry: dict[str, Any] = {"fields": plates[geometry]["fields"],
-                                     "in_process_fields": plates[geometry]["small_fields"]}
-            out[preset] = entry
-            model = spec.load(device)
-            params = RunParams.resolve(preset, **overrides)
-            plan = params.plan(open_plate(plates[geometry]["path"]), get_variant(VARIANT[preset]).channels)
-            passes = len(plan.passes) if plan.multi_pass else 1
-            entry["passes"] = passes
-            entry["bare_cells_per_s"] = bare_rate(model, passes, params.crop.size, args.batch, args.min_seconds)
-            log(f"{preset}: bare model {entry['bare_cells_per_s']:.0f} cells/s ({passes} pass(es) of "
-                f"{params.crop.size} px, batch {args.batch})")
+    overrides = {"out_size": SMOKE_OUT_SIZE[preset]} if args.smoke else {}
+    spec = model_spec(args, preset, options)
+    model = spec.load(device)
+    params = RunParams.resolve(preset, **overrides)
+    plan = params.plan(open_plate(plates[geometry]["path"]), get_variant(VARIANT[preset]).channels)
+    passes = len(plan.passes) if plan.multi_pass else 1
+    entry["passes"] = passes
+    entry["bare_cells_per_s"] = bare_rate(model, passes, params.crop.size, args.batch, args.min_seconds)
+    log(f"{preset}: bare model {entry['bare_cells_per_s']:.0f} cells/s ({passes} pass(es) of "
+        f"{params.crop.size} px, batch {args.batch})")
 
-            plate = fresh_copy(plates[geometry]["small_path"], root, f"{geometry}-in-process")
-            with GpuBusy(device == "cuda") as busy:
-                t0 = time.perf_counter()
-                local = embed_plate(plate, model, out=root / f"run-{geometry}-in-process", preset=preset,
-                                    batch_size=args.batch, progress=False, **overrides)
-                seconds = time.perf_counter() - t0
-            entry["in_process"] = {"cells": local.n_obs, "seconds": seconds, "cells_per_s": local.n_obs / seconds,
-                                   "ratio_to_bare": local.n_obs / seconds / entry["bare_cells_per_s"],
-                                   "gpu_busy_fraction": busy.fraction, "busy_source": busy.source}
-            log(f"{preset}: in-process {local.n_obs} cells in {seconds:.1f} s = {local.n_obs / seconds:.0f} cells/s "
-                f"(ratio {entry['in_process']['ratio_to_bare']:.2f}, GPU busy {_pct(busy.fraction)})")
-            del model
-            if device == "cuda":
-                torch.cuda.empty_cache()
+    plate = fresh_copy(plates[geometry]["small_path"], root, f"{geometry}-in-process")
+    with GpuBusy(device == "cuda") as busy:
+        t0 = time.perf_counter()
+        local = embed_plate(plate, model, out=root / f"run-{geometry}-in-process", preset=preset,
+                            batch_size=args.batch, progress=False, **overrides)
+        seconds = time.perf_counter() - t0
+    entry["in_process"] = {"cells": local.n_obs, "seconds": seconds, "cells_per_s": local.n_obs / seconds,
+                           "ratio_to_bare": local.n_obs / seconds / entry["bare_cells_per_s"],
+                           "gpu_busy_fraction": busy.fraction, "busy_source": busy.source}
+    log(f"{preset}: in-process {local.n_obs} cells in {seconds:.1f} s = {local.n_obs / seconds:.0f} cells/s "
+        f"(ratio {entry['in_process']['ratio_to_bare']:.2f}, GPU busy {_pct(busy.fraction)})")
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    save()
 
-            if client is None:
-                t0 = time.perf_counter()
-                client = get_client("local", n_workers=1, threads_per_worker=args.cores, dashboard=False)
-                out["cluster_start_s"] = time.perf_counter() - t0
-            warm = fresh_copy(plates[geometry]["small_path"], root, f"{geometry}-warm-run")
-            t0 = time.perf_counter()
-            warm_run = embed_plate(warm, spec, client=client, out=root / f"run-{geometry}-warm", preset=preset,
-                                   batch_size=args.batch, progress=False, **overrides)
-            entry["cluster_warmup_s"] = time.perf_counter() - t0  # worker's model load, first kernels
-            plate = fresh_copy(plates[geometry]["path"], root, f"{geometry}-cluster")
-            with GpuBusy(device == "cuda") as busy:
-                t0 = time.perf_counter()
-                dist = embed_plate(plate, spec, client=client, out=root / f"run-{geometry}-cluster", preset=preset,
-                                   batch_size=args.batch, progress=False, **overrides)
-                seconds = time.perf_counter() - t0
-            entry["cluster"] = {"cells": dist.n_obs, "seconds": seconds, "cells_per_s": dist.n_obs / seconds,
-                                "ratio_to_bare": dist.n_obs / seconds / entry["bare_cells_per_s"],
-                                "gpu_busy_fraction": busy.fraction, "busy_source": busy.source}
-            warm_cells = warm_run.n_obs  # the small plate, run in-process and on the cluster: the same cells
-            rows = min(512, local.n_obs, warm_cells)
-            same = list(local.obs_names[:rows]) == list(warm_run.obs_names[:rows])
-            entry["cluster_vs_in_process"] = {
-                "same_cells": bool(same and local.n_obs == warm_cells),
-                "max_abs_diff_first_rows": float(np.abs(np.asarray(local.X[:rows]) - np.asarray(warm_run.X[:rows])).max())
-                if same and rows else None}
-            entry["kept_cells_per_field"] = dist.n_obs / max(1, entry["fields"])
-            log(f"{preset}: 1-worker cluster {dist.n_obs} cells in {seconds:.1f} s = {dist.n_obs / seconds:.0f} cells/s "
-                f"(ratio {entry['cluster']['ratio_to_bare']:.2f}, GPU busy {_pct(busy.fraction)}; warm-up run "
-                f"{entry['cluster_warmup_s']:.1f} s)")
-            del local, dist, warm_run
-    finally:
-        if client is not None:
-            client.close()
-    return out
+    if cluster["client"] is None:
+        t0 = time.perf_counter()
+        cluster["client"] = get_client("local", n_workers=1, threads_per_worker=args.cores, dashboard=False)
+        entry["cluster_start_s"] = time.perf_counter() - t0
+    client = cluster["client"]
+    warm = fresh_copy(plates[geometry]["small_path"], root, f"{geometry}-warm-run")
+    t0 = time.perf_counter()
+    warm_run = embed_plate(warm, spec, client=client, out=root / f"run-{geometry}-warm", preset=preset,
+                           batch_size=args.batch, progress=False, **overrides)
+    entry["cluster_warmup_s"] = time.perf_counter() - t0  # worker's model load, first kernels
+    plate = fresh_copy(plates[geometry]["path"], root, f"{geometry}-cluster")
+    with GpuBusy(device == "cuda") as busy:
+        t0 = time.perf_counter()
+        dist = embed_plate(plate, spec, client=client, out=root / f"run-{geometry}-cluster", preset=preset,
+                           batch_size=args.batch, progress=False, **overrides)
+        seconds = time.perf_counter() - t0
+    entry["cluster"] = {"cells": dist.n_obs, "seconds": seconds, "cells_per_s": dist.n_obs / seconds,
+                        "ratio_to_bare": dist.n_obs / seconds / entry["bare_cells_per_s"],
+                        "gpu_busy_fraction": busy.fraction, "busy_source": busy.source}
+    warm_cells = warm_run.n_obs  # the small plate, run in-process and on the cluster: the same cells
+    rows = min(512, local.n_obs, warm_cells)
+    same = list(local.obs_names[:rows]) == list(warm_run.obs_names[:rows])
+    entry["cluster_vs_in_process"] = {
+        "same_cells": bool(same and local.n_obs == warm_cells),
+        "max_abs_diff_first_rows": float(np.abs(np.asarray(local.X[:rows]) - np.asarray(warm_run.X[:rows])).max())
+        if same and rows else None}
+    entry["kept_cells_per_field"] = dist.n_obs / max(1, entry["fields"])
+    log(f"{preset}: 1-worker cluster {dist.n_obs} cells in {seconds:.1f} s = {dist.n_obs / seconds:.0f} cells/s "
+        f"(ratio {entry['cluster']['ratio_to_bare']:.2f}, GPU busy {_pct(busy.fraction)}; warm-up run "
+        f"{entry['cluster_warmup_s']:.1f} s)")
+    del local, dist, warm_run
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
 
 
 def _pct(value: float | None) -> str:
@@ -656,7 +677,7 @@ def projection(report: dict[str, Any], cores: int) -> dict[str, Any]:
         "fields_per_s_per_gpu": fields_per_s, "cpu_s_per_field": cpu_per_field,
         "cores_needed_per_gpu": cores_needed, "cores_per_gpu_here": cores,
         "disk_mb_per_s_eight_gpus": 8 * fields_per_s * plates.get("disk_mb_per_field", 0.0),
-        "scheduler_tasks_per_s_eight_gpus": 8 * 2 * fields_per_s,
+        "scheduler_fields_per_s_eight_gpus": 8 * fields_per_s,
     }
     if best and used.get("cells_per_s") and e2e.get("bare_cells_per_s"):
         speedup = best["cells_per_s"] / used["cells_per_s"]
@@ -666,7 +687,7 @@ def projection(report: dict[str, Any], cores: int) -> dict[str, Any]:
         f"linear over 8 GPUs (one worker each) holds while each GPU has >= {_num(cores_needed)} CPU cores for "
         f"reading and segmenting its {fields_per_s:.1f} fields/s (this machine: {cores}), storage delivers "
         f"{out['disk_mb_per_s_eight_gpus']:.0f} MB/s of compressed fields, and the one Dask scheduler keeps up "
-        f"with {out['scheduler_tasks_per_s_eight_gpus']:.0f} tasks/s (2 per field); the JUMP preset's plate "
+        f"with {out['scheduler_fields_per_s_eight_gpus']:.0f} fields/s (a few tasks each); the JUMP preset's plate "
         f"histogram ({histogram_s:.0f} s over every field, in the client before any field runs) does not shrink "
         "with GPUs, nor do worker start-up and model loading")
     return out
@@ -745,6 +766,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_steps(args: argparse.Namespace, report: Report, clock: Clock, root: Path, device: str) -> None:
+    """The steps in order; one that fails records its error and the steps that do not need it still run."""
+    def attempt(section: str, step: Callable[[], Any]) -> Any:
+        try:
+            return step()
+        except Exception as exc:  # noqa: BLE001 - one lease, one run: keep every figure that can be had
+            report.set(section, {"note": f"failed: {_error(exc)}"})
+            log(f"{section} failed: {_error(exc)}")
+            return None
+
+    plates = attempt("plates", lambda: write_plates(args, root))
+    kept, fidelity_crops = None, None
+    if plates is not None:
+        report.set("plates", plates)
+        measured = attempt("segmentation", lambda: measure_segmentation(args, plates))
+        if measured is not None:
+            report.set("segmentation", measured[0])
+            kept = measured[1]
+    if kept is not None:
+        fields = kept
+        measured = attempt("crops", lambda: measure_crops(args, fields, device))
+        if measured is not None:
+            report.set("crops", measured[0])
+            fidelity_crops = measured[1]
+        kept = fields = None  # the fields' pixels are no longer needed
+
+    engine = attempt("engine", lambda: Engine(args, device, fidelity_crops))
+    rows: list[dict[str, Any]] = []
+    chosen: dict[str, Any] = {"row": EAGER_ROWS[1][0], "options": {}}  # the default engine
+    if engine is not None:
+        table = {"batch": args.batch, "size": engine.size, "fidelity_inputs": engine.fidelity_source,
+                 "fidelity_reference": "fp32 engine default", "rows": rows}
+        for label, options, reference in EAGER_ROWS:
+            rows.append(engine.row(label, options, reference=reference))
+            report.set("engine", table)
+        if args.e2e_engine == "fastest-eager":
+            chosen = best_eager(rows)
+        table["end_to_end_engine"] = {"row": chosen["row"], "cells_per_s": next(
+            (r["cells_per_s"] for r in rows if r["row"] == chosen["row"]), None), "options": chosen["options"]}
+        report.set("engine", table)
+
+    if plates is not None:
+        attempt("end_to_end", lambda: end_to_end(args, plates, root, chosen["options"], device,
+                                                 lambda partial: report.set("end_to_end", partial)))
+    if engine is not None:
+        rows.extend(optional_rows(engine, clock, rows, args.smoke_compile))
+        report.save()
+    del engine
+    attempt("projection", lambda: report.set("projection", projection(report.data, args.cores)))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     clock = Clock(args.budget_s)
@@ -763,31 +835,7 @@ def main(argv: list[str] | None = None) -> None:
     report.set("meta", meta)
     root = Path(tempfile.mkdtemp(prefix="gpu-plate-"))
     try:
-        report.set("plates", write_plates(args, root))
-        segmentation, kept = measure_segmentation(args, report.data["plates"])
-        report.set("segmentation", segmentation)
-        crops, fidelity_crops = measure_crops(args, kept, device)
-        report.set("crops", crops)
-        del kept
-
-        engine = Engine(args, device, fidelity_crops)
-        rows: list[dict[str, Any]] = []
-        table = {"batch": args.batch, "size": engine.size, "fidelity_inputs": engine.fidelity_source,
-                 "fidelity_reference": "fp32 engine default", "rows": rows}
-        for label, options, reference in EAGER_ROWS:
-            rows.append(engine.row(label, options, reference=reference))
-            report.set("engine", table)
-        chosen = best_eager(rows) if args.e2e_engine == "fastest-eager" else next(
-            r for r in rows if r["row"].startswith("engine default ("))
-        table["end_to_end_engine"] = {"row": chosen["row"], "cells_per_s": chosen.get("cells_per_s"),
-                                      "options": chosen["options"]}
-        report.set("engine", table)
-
-        report.set("end_to_end", end_to_end(args, report.data["plates"], root, chosen["options"], device))
-        rows.extend(optional_rows(engine, clock, rows, args.smoke_compile))
-        report.set("engine", table)
-        del engine
-        report.set("projection", projection(report.data, args.cores))
+        run_steps(args, report, clock, root, device)
     finally:
         report.data["meta"]["total_s"] = clock.elapsed()
         report.save()
