@@ -810,11 +810,13 @@ def run_steps(args: argparse.Namespace, report: Report, clock: Clock, root: Path
     if plates is not None:
         attempt("end_to_end", lambda: end_to_end(args, plates, root, chosen["options"], device,
                                                  lambda partial: report.set("end_to_end", partial)))
+    # projected now, in case the optional rows run past the call's limit; again once they are in
+    attempt("projection", lambda: report.set("projection", projection(report.data, args.cores)))
     if engine is not None:
         rows.extend(optional_rows(engine, clock, rows, args.smoke_compile))
         report.save()
+        attempt("projection", lambda: report.set("projection", projection(report.data, args.cores)))
     del engine
-    attempt("projection", lambda: report.set("projection", projection(report.data, args.cores)))
 
 
 def main(argv: list[str] | None = None) -> None:
