@@ -138,11 +138,15 @@ class GpuBusy:
 
             pynvml.nvmlInit()
             handle = pynvml.nvmlDeviceGetHandleByIndex(_visible_gpu_index())
+            pynvml.nvmlDeviceGetUtilizationRates(handle)  # one reading now, so a failing binding falls back
             self.source = "pynvml"
 
             def sample() -> None:
                 while not self._stop.wait(0.1):
-                    self.samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+                    try:
+                        self.samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+                    except Exception:  # noqa: BLE001 - a reading that fails ends the sampling, not the run
+                        return
 
             self._thread = threading.Thread(target=sample, daemon=True)
             self._thread.start()
