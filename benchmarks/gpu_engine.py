@@ -11,6 +11,13 @@ seconds to check the script itself.
     python3 benchmarks/gpu_engine.py                 # on a CUDA machine
     python3 benchmarks/gpu_engine.py --compile       # add the torch.compile row
     python3 benchmarks/gpu_engine.py --smoke         # quick check anywhere
+    python3 benchmarks/gpu_engine.py --options --device cpu --layers 2 --batch 4   # engine options, any device
+
+``--options`` times only the engine options of ``SubCell`` (SDPA kernel, patch embedding, padded batches,
+torch.compile modes) against the default engine, in interleaved rounds (every row once per round, the
+median of the per-round ratios reported), so that a machine shared with other work moves all rows alike.
+On a CPU it runs fp32 with the kernels the CPU has; ``benchmarks/gpu_plate.py`` times the same options
+on a GPU within the full plate run.
 
 Measured on one NVIDIA H200 (torch 2.11, cu130), bf16: 2470 cells/s eager, 2640-2660 with
 torch.compile; reference-style 925 (bf16) and 248 (fp32); bf16 vs fp32 embeddings: relative Frobenius
@@ -24,6 +31,7 @@ import contextlib
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -91,6 +99,70 @@ def fixture_check(device: torch.device) -> str:
     return f"fixture on {device.type} fp32: {'PASS' if ok else 'FAIL'} " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
 
 
+OPTION_ROWS: list[tuple[str, dict]] = [
+    ("default (SDPA auto, unfold)", {}),
+    ("attention_backend=flash", {"attention_backend": "flash"}),
+    ("attention_backend=math", {"attention_backend": "math"}),
+    ("attention_backend=cudnn", {"attention_backend": "cudnn"}),
+    ("attention_backend=efficient", {"attention_backend": "efficient"}),
+    ("patch_embedding=conv", {"patch_embedding": "conv"}),
+    ("patch_embedding=channels-last", {"patch_embedding": "channels-last"}),
+    ("compile=True", {"compile": True}),
+    ("compile=reduce-overhead (padded)", {"compile": "reduce-overhead"}),
+]
+
+
+def option_table(args: argparse.Namespace) -> None:
+    """Each engine option against the default, same weights and input, interleaved rounds; medians of ratios."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = ModelConfig(num_layers=args.layers)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    state = SubCell.random(config, seed=0, n_classifiers=1, device="cpu", precision="fp32").state_dict()
+    x = torch.rand(args.batch, config.num_channels, args.size, args.size, device=device,
+                   generator=torch.Generator(device).manual_seed(1))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device {name}, torch {torch.__version__}, ViT-B width x {config.num_layers} layers, {args.size} px, "
+          f"batch {args.batch}, {precision}, {args.rounds} rounds", flush=True)
+    models, notes, reference = {}, {}, None
+    for label, options in OPTION_ROWS:
+        model = SubCell(config, n_classifiers=1, device=device, precision=precision, **options)
+        model.load_state_dict(state)
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(3):  # warm-up, compilation, graph recording
+                    out = model(x).embedding
+            sync(device)
+            notes[label] = f"warm-up {time.perf_counter() - t0:.1f} s"
+        except Exception as exc:  # noqa: BLE001 - a kernel the device lacks is a row note
+            notes[label] = " ".join(str(exc).split())[:90]
+            continue
+        if reference is None:
+            reference = out
+        acc = compare(out, reference)
+        notes[label] += f", max rel {acc['max_rel']:.1e} vs default"
+        models[label] = model
+    seconds: dict[str, list[float]] = {label: [] for label in models}
+    with torch.inference_mode():
+        for _ in range(args.rounds):
+            for label, model in models.items():
+                t0 = time.perf_counter()
+                for _ in range(args.iterations):
+                    model(x)
+                sync(device)
+                seconds[label].append((time.perf_counter() - t0) / args.iterations)
+    base = seconds[OPTION_ROWS[0][0]]
+    print(f"\n{'engine option':<36}{'cells/s':>9}{'speed vs default':>18}  note")
+    for label, _ in OPTION_ROWS:
+        if label not in seconds:
+            print(f"{label:<36}{'-':>9}{'-':>18}  {notes[label]}")
+            continue
+        ratios = [b / t for b, t in zip(base, seconds[label])]
+        rate = args.batch / statistics.median(seconds[label])
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{label:<36}{rate:>9.1f}{statistics.median(ratios):>10.2f}x ({spread})  {notes[label]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny config, small batches, runs on the CPU")
@@ -105,7 +177,16 @@ def main() -> None:
                         help="also time each SDPA backend and TF32, and print the top CUDA kernels")
     parser.add_argument("--min-seconds", type=float, default=1.5, help="timed seconds per row")
     parser.add_argument("--max-seconds", type=float, default=170, help="skip rows after this many seconds")
+    parser.add_argument("--options", action="store_true", help="only the engine-option table (see above)")
+    parser.add_argument("--device", default=None, help="--options: torch device (default CUDA when present)")
+    parser.add_argument("--layers", type=int, default=12, help="--options: ViT layers (12 is ViT-B)")
+    parser.add_argument("--batch", type=int, default=256, help="--options: crops per forward pass")
+    parser.add_argument("--rounds", type=int, default=5, help="--options: interleaved rounds")
+    parser.add_argument("--iterations", type=int, default=3, help="--options: forward passes per row and round")
     args = parser.parse_args()
+    if args.options:
+        option_table(args)
+        return
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:

@@ -190,3 +190,143 @@ def test_gpu_matches_cpu_in_fp32_and_bf16_stays_close(crops):
     np.testing.assert_allclose(out32["probabilities"], ref["probabilities"], atol=1e-5, rtol=0)
     scale = np.abs(ref["embedding"]).max()
     assert np.abs(out16["embedding"] - ref["embedding"]).max() < 3e-2 * scale
+
+
+# ---------------------------------------------------------------------------------------------------- engine options
+# Each option changes how the backbone computes, never what: the default path is the oracle.
+
+
+def _ops(model: SubCell, x: torch.Tensor) -> set[str]:
+    """Names of the torch operators one forward pass runs (from the profiler), on an inference tensor as embed's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        x = x.clone()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x)
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("backend", ["auto", "flash", "math"])
+def test_attention_backend_runs_its_kernel_and_gives_the_default_embeddings(model, crops, backend):
+    pinned = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", attention_backend=backend)
+    out, ref = pinned.embed(crops, batch_size=8), model.embed(crops, batch_size=8)
+    scale = np.abs(ref["embedding"]).max()
+    np.testing.assert_allclose(out["embedding"], ref["embedding"], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(out["probabilities"], ref["probabilities"], rtol=0, atol=1e-6)
+    ops = _ops(pinned, torch.rand(2, 4, 64, 64))
+    # the CPU's fused kernel is the flash one, which torch also picks itself for these inputs
+    assert ("aten::_scaled_dot_product_flash_attention_for_cpu" in ops) == (backend != "math")
+    assert ("aten::_scaled_dot_product_attention_math" in ops) == (backend == "math")
+
+
+@pytest.mark.parametrize("backend", ["cudnn", "efficient"])
+def test_attention_backend_the_device_lacks_is_a_clear_error(backend):
+    pinned = SubCell.random(TINY, seed=3, n_classifiers=0, device="cpu", attention_backend=backend)
+    with pytest.raises(ConfigError, match=rf"attention_backend='{backend}' cannot run on cpu in float32 with "
+                                          r"12-d heads .*'auto' lets torch choose"):
+        pinned.embed(np.ones((2, 4, 32, 32), np.float32))
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(ConfigError, match="attention_backend must be one of 'auto', 'cudnn', 'flash', 'efficient', "
+                                          "'math', got 'fast'"):
+        SubCell(TINY, device="cpu", attention_backend="fast")
+    with pytest.raises(ConfigError, match="patch_embedding must be one of 'unfold', 'conv', 'channels-last', got 'nhwc'"):
+        SubCell(TINY, device="cpu", patch_embedding="nhwc")
+    for bad in (0, 2.5, True, -8):
+        with pytest.raises(ConfigError, match="pad_batches must be a whole number of rows >= 1"):
+            SubCell(TINY, device="cpu", pad_batches=bad)
+    assert SubCell(TINY, device="cpu").pad_batches is None
+
+
+@pytest.mark.parametrize("mode", ["conv", "channels-last"])
+def test_patch_embedding_modes_compute_the_published_convolution(model, crops, mode):
+    other = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", patch_embedding=mode)
+    patches = other.encoder.embeddings.patch_embeddings
+    # oracle: the published Conv2d module itself, on a side that leaves a partial patch (ignored by it)
+    x = torch.rand(3, 4, 70, 53)
+    with torch.inference_mode():
+        conv = patches.projection(x) - patches.projection.bias[:, None, None]
+        expected = conv.flatten(2).transpose(1, 2)
+        tokens = patches(x)
+        default = model.encoder.embeddings.patch_embeddings(x)
+    assert tokens.shape == expected.shape == (3, 4 * 3, 48)
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(default, expected, rtol=0, atol=1e-5)
+    out, ref = other.embed(crops, batch_size=8), model.embed(crops, batch_size=8)
+    np.testing.assert_allclose(out["embedding"], ref["embedding"], rtol=0, atol=1e-5 * np.abs(ref["embedding"]).max())
+    np.testing.assert_allclose(out["pool_attention"], ref["pool_attention"], rtol=0, atol=1e-6)
+
+
+def test_padded_batches_run_few_shapes_and_give_identical_results(model, crops):
+    padded = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", pad_batches=8)
+    shapes: list[int] = []
+    padded.encoder.register_forward_pre_hook(lambda _module, args: shapes.append(args[0].shape[0]))
+    for batch_size, n in ((5, 21), (16, 21), (16, 3), (24, 21)):
+        shapes.clear()
+        out = padded.embed(crops[:n], batch_size=batch_size)
+        ref = model.embed(crops[:n], batch_size=batch_size)
+        for key in ref:  # the blank rows change no cell's results, and none of them comes back
+            assert out[key].shape[0] == n
+            np.testing.assert_array_equal(out[key], ref[key], err_msg=f"{key} at batch {batch_size}")
+        # up to a multiple of 8, never past the batch size
+        assert shapes == {5: [5] * 5, 16: [16, 8], 24: [24]}[batch_size] if n == 21 else shapes == [8]
+    # multi-pass crops pad the flat batch the same way
+    passes = padded.embed(crops.reshape(7, 3, 4, 64, 64), batch_size=9)
+    np.testing.assert_array_equal(passes["embedding"], model.embed(crops.reshape(7, 3, 4, 64, 64))["embedding"])
+
+
+def test_padding_shrinks_with_a_batch_halved_for_memory(crops, caplog):
+    m = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", pad_batches=16)
+    whole = m.embed(crops, batch_size=64)
+    m.max_batch_bytes = m.estimate_batch_bytes(5, 64, 64)
+    with caplog.at_level(logging.WARNING, logger="subcell_scale.models.subcell"):
+        split = m.embed(crops, batch_size=16)  # 16 -> 8 -> 4, each time padded no further than the batch
+    assert "retrying with 4" in caplog.text
+    for key in whole:
+        np.testing.assert_array_equal(split[key], whole[key])
+
+
+@pytest.mark.slow
+def test_cuda_graph_compile_mode_pads_to_one_shape_and_keeps_the_attention_kernel(model, crops):
+    """compile="reduce-overhead" on the CPU (inductor, no graphs there): one compiled shape, same embeddings."""
+    torch._dynamo.reset()
+    compiled = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", compile="reduce-overhead",
+                              attention_backend="math")
+    assert compiled.graphs and compiled.pad_batches == 32
+    first = compiled.embed(crops, batch_size=16)  # 16 + 5 -> 16 + 16: one shape compiled
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a new shape would recompile
+        again = compiled.embed(crops[:3], batch_size=16)
+        ops = _ops(compiled, torch.rand(16, 4, 64, 64))
+    ref = model.embed(crops, batch_size=16)
+    scale = np.abs(ref["embedding"]).max()
+    np.testing.assert_allclose(first["embedding"], ref["embedding"], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(again["embedding"], ref["embedding"][:3], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(first["probabilities"], ref["probabilities"], rtol=0, atol=1e-6)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" not in ops  # the pinned kernel, compiled too
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_engine_options_stay_within_the_bf16_tolerance_of_fp32(crops):
+    """Every kernel and layout option in bf16 against fp32 on the GPU, as the default bf16 path is checked above.
+
+    The bounds are the tiny model's bf16 ones (the full model stays within 1e-2 relative, cosine >= 0.9999);
+    a wrong kernel or layout would miss them by orders of magnitude.
+    """
+    config = ModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, num_channels=4,
+                         pool_int_dim=32)  # 64-d heads, which every fused kernel takes
+    ref = SubCell.random(config, seed=3, n_classifiers=1, device="cuda", precision="fp32").embed(crops)["embedding"]
+    options = [{"attention_backend": b} for b in ("cudnn", "flash", "efficient", "math")]
+    options += [{"patch_embedding": "conv"}, {"patch_embedding": "channels-last"},
+                {"compile": "reduce-overhead"}, {"pad_batches": 8}]
+    for option in options:
+        model = SubCell.random(config, seed=3, n_classifiers=1, device="cuda", precision="bf16", **option)
+        out = model.embed(crops, batch_size=16)["embedding"]
+        again = model.embed(crops[:5], batch_size=16)["embedding"]  # another batch shape, replayed graphs reused
+        cosine = np.sum(out * ref, 1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+        assert np.abs(out - ref).max() < 3e-2 * np.abs(ref).max(), option
+        assert cosine.min() >= 0.999, option
+        assert np.abs(again - out[:5]).max() < 3e-2 * np.abs(ref).max(), option

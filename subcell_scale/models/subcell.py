@@ -10,7 +10,7 @@ import hashlib
 import logging
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +27,18 @@ from .pooling import GatedAttentionPooler
 from .preprocessing import REFERENCE_EPS, min_max_normalize
 from .registry import (DEFAULT_VARIANT, VARIANTS, Variant, checkpoint_variant, default_channels, get_variant,
                        three_channel_choice, variants_named_in)
-from .vit import ViT, AttentionImpl, PosInterpolation
+from .vit import AttentionBackend, AttentionImpl, PatchEmbedding, PosInterpolation, ViT
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _LOW_PRECISION = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""``torch.compile`` modes that replay CUDA graphs: one graph is recorded per input shape."""
+
+GRAPH_PAD = 32
+"""Default ``pad_batches`` under a :data:`GRAPH_MODES` compile: at most batch_size / 32 graphs per crop size."""
 
 
 @dataclass
@@ -129,14 +135,32 @@ class SubCell(nn.Module):
     compile
         Wrap the backbone in ``torch.compile``: ``True`` for the default mode or a mode name
         (``"max-autotune-no-cudagraphs"``, ...). The first call per input shape compiles (about 15 s
-        for ViT-B on a GPU); on an H200 the default mode gave about 7 % more cells/s in bf16.
+        for ViT-B on a GPU); on an H200 the default mode gave about 7 % more cells/s in bf16. The
+        modes that replay CUDA graphs (``"reduce-overhead"``, ``"max-autotune"``) record one graph
+        per batch shape; their batches are padded (``pad_batches``) so that a run's partial batches
+        reuse a few graphs instead of recording one per field.
+    attention_backend
+        The attention kernel: ``"auto"`` (default, torch chooses), ``"cudnn"``, ``"flash"``,
+        ``"efficient"`` or ``"math"`` (see :class:`~subcell_scale.models.vit.ViT`). The same embeddings
+        within rounding; only the speed differs.
+    patch_embedding
+        ``"unfold"`` (default), ``"conv"`` or ``"channels-last"``: how the patch projection runs (see
+        :class:`~subcell_scale.models.vit.PatchEmbeddings`); the same embeddings within rounding.
+    pad_batches
+        Pad each forward batch of :meth:`embed` with blank crops to a multiple of this many rows (never
+        past the batch size), so a compiled engine sees few batch shapes; the blank rows are dropped
+        from the results, and the cells' embeddings do not change (each crop is computed on its own).
+        Default: :data:`GRAPH_PAD` under a CUDA-graph compile mode, else no padding. Set it to the
+        batch size for one shape per crop size.
     """
 
     def __init__(self, config: ModelConfig, *, n_classifiers: int = 1, channels: Sequence[str] | None = None,
                  variant: str | None = None, device: str | torch.device | None = None,
                  precision: Precision = "auto", probability_mode: ProbabilityMode = "sigmoid",
                  pos_interpolation: PosInterpolation = "size", attention: AttentionImpl = "sdpa",
-                 max_batch_bytes: int | None = None, compile: bool | str = False) -> None:
+                 max_batch_bytes: int | None = None, compile: bool | str = False,
+                 attention_backend: AttentionBackend = "auto", patch_embedding: PatchEmbedding = "unfold",
+                 pad_batches: int | None = None) -> None:
         super().__init__()
         if not 0 <= n_classifiers <= 10:
             msg = f"n_classifiers must be 0..10 (ten seeds are published), got {n_classifiers}"
@@ -146,6 +170,10 @@ class SubCell(nn.Module):
             raise ConfigError(msg)
         if probability_mode not in ("sigmoid", "softmax"):
             msg = f"probability_mode must be 'sigmoid' or 'softmax', got {probability_mode!r}"
+            raise ConfigError(msg)
+        if pad_batches is not None and (isinstance(pad_batches, bool) or int(pad_batches) != pad_batches
+                                        or pad_batches < 1):
+            msg = f"pad_batches must be a whole number of rows >= 1 or None, got {pad_batches!r}"
             raise ConfigError(msg)
         self.config = config
         self.variant = get_variant(variant).name if variant else None
@@ -160,18 +188,19 @@ class SubCell(nn.Module):
         self.max_batch_bytes = max_batch_bytes
         self.checkpoint_sha256: str | None = None
         self.classifier_sha256: list[str] = []
-        self.encoder = ViT(config, attention=attention, pos_interpolation=pos_interpolation)
+        self.encoder = ViT(config, attention=attention, pos_interpolation=pos_interpolation,
+                           attention_backend=attention_backend, patch_embedding=patch_embedding)
         self.pool_model = GatedAttentionPooler(config)
         self.classifiers = nn.ModuleList(MLPClassifier.from_config(config) for _ in range(n_classifiers))
         self.requires_grad_(False)
         self.eval()
         self.to(_resolve_device(device))
         # kept out of the module tree so the compiled wrapper adds no state_dict keys
-        if compile:
-            mode = None if compile is True else str(compile)
-            self.__dict__["_compiled_encoder"] = torch.compile(self.encoder, mode=mode)
-        else:
-            self.__dict__["_compiled_encoder"] = None
+        mode = None if compile is True or not compile else str(compile)
+        self.__dict__["_compiled_encoder"] = torch.compile(self.encoder, mode=mode) if compile else None
+        self.graphs = mode in GRAPH_MODES
+        """Whether the compiled backbone replays CUDA graphs (on a CUDA device)."""
+        self.pad_batches = int(pad_batches) if pad_batches is not None else (GRAPH_PAD if self.graphs else None)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -400,9 +429,7 @@ class SubCell(nn.Module):
                 raise torch.OutOfMemoryError(msg)
         self._match_precision()
         x = x.to(self.device, dtype=self.compute_dtype, non_blocking=True)
-        compiled = self.__dict__["_compiled_encoder"]
-        encoder = compiled if compiled is not None else self.encoder
-        hidden, attn = encoder(x, output_attentions="last" if return_attentions else "none")
+        hidden, attn = self._encode(x, "last" if return_attentions else "none")
         embedding, weights = self.pool_model(hidden)
         embedding = embedding.float()
         logits, probs = self._classify(embedding) if self.classifiers else (None, None)
@@ -418,6 +445,32 @@ class SubCell(nn.Module):
         if return_hidden_state:
             out.last_hidden_state = hidden.float()
         return out
+
+    def _encode(self, x: torch.Tensor, output_attentions: str) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The backbone on a device batch: compiled when asked, a kernel that cannot run said plainly.
+
+        Replayed CUDA graphs write their outputs into memory the next replay reuses, so with
+        :attr:`graphs` each call starts a new graph step and the outputs are copied before returning.
+        """
+        compiled = self.__dict__["_compiled_encoder"]
+        encoder = compiled if compiled is not None else self.encoder
+        if compiled is not None and self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            hidden, attn = encoder(x, output_attentions=output_attentions)
+        except RuntimeError as exc:
+            text = str(exc)
+            if "No available kernel" not in text and "No viable backend" not in text:
+                raise
+            msg = (f"attention_backend={self.encoder.attention_backend!r} cannot run on {self.device} in "
+                   f"{str(x.dtype).removeprefix('torch.')} with {self.config.hidden_size // self.config.num_heads}-d "
+                   f"heads ({' '.join(text.split())[:160]}); 'auto' lets torch choose a kernel that can "
+                   "(the CPU has 'flash' and 'math')")
+            raise ConfigError(msg) from exc
+        if compiled is not None and self.graphs:
+            hidden = hidden.clone()
+            attn = [a.clone() for a in attn] if attn is not None else None
+        return hidden, attn
 
     def _classify(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, K, classes)`` of every classifier and their ensemble probabilities ``(B, classes)``.
@@ -502,6 +555,8 @@ class SubCell(nn.Module):
 
         The one place that splits work into batches: a field is not lost to one oversized batch, and
         the outputs do not depend on the split (the classifiers pad their rows, see :meth:`_classify`).
+        With :attr:`pad_batches`, blank crops fill the batch up to its padded size and their rows are
+        dropped before anything is returned.
         """
         cuda = self.device.type == "cuda"
         size, start, n = batch_size, 0, flat.shape[0]
@@ -514,10 +569,16 @@ class SubCell(nn.Module):
                 if normalize:
                     # the reference normalisation (float64, per crop over all channels), on the model's device
                     batch = min_max_normalize(batch, eps=eps).float()
+                rows = stop - start
+                padded = self._padded_rows(rows, size)
+                if padded > rows:
+                    batch = torch.cat((batch, batch.new_zeros(padded - rows, *batch.shape[1:])))
                 try:
                     out = self(batch)
+                    if padded > rows:
+                        out = _first_rows(out, rows)
                 except torch.OutOfMemoryError as exc:
-                    if stop - start == 1:
+                    if padded == 1:
                         raise
                     size = max(1, (stop - start) // 2)
                     logger.warning("out of memory with a batch of %d crops (%s); retrying with %d",
@@ -529,9 +590,25 @@ class SubCell(nn.Module):
                 yield start, stop, out
                 start = stop
 
+    def _padded_rows(self, rows: int, limit: int) -> int:
+        """Rows of the forward batch that carries ``rows`` crops: up to a multiple of :attr:`pad_batches`, at most ``limit``."""
+        if not self.pad_batches:
+            return rows
+        return max(rows, min(-(-rows // self.pad_batches) * self.pad_batches, limit))
+
     def extra_repr(self) -> str:
-        return (f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
-                f"classifiers={self.n_classifiers}, precision={self.precision}")
+        engine = [f"{k}={v}" for k, v in (("attention_backend", self.encoder.attention_backend),
+                                          ("patch_embedding", self.encoder.embeddings.patch_embeddings.mode),
+                                          ("pad_batches", self.pad_batches)) if v not in ("auto", "unfold", None)]
+        model = (f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
+                 f"classifiers={self.n_classifiers}, precision={self.precision}")
+        return ", ".join([model, *engine])
+
+
+def _first_rows(out: SubCellOutput, rows: int) -> SubCellOutput:
+    """``out`` without the padding rows after the first ``rows``."""
+    return SubCellOutput(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[:rows]
+                            for f in fields(SubCellOutput)})
 
 
 def _host_array(arr: np.ndarray) -> torch.Tensor:

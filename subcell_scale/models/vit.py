@@ -8,16 +8,24 @@ names changed in 5.x.
 Attention runs through ``scaled_dot_product_attention`` unless its probabilities are requested: then
 only the layers whose probabilities are returned run the eager softmax. ``attention="eager"`` runs every
 layer eagerly and keeps all probabilities, as the reference tool does (used by the benchmarks).
+
+Two engine options change how, never what, is computed (the same function, summed in another order:
+equal within floating-point rounding): ``attention_backend`` pins the fused attention kernel torch
+uses (cuDNN, flash, memory-efficient or the plain math one) instead of letting it choose, and
+``patch_embedding`` runs the patch projection as an unfolded matrix product (default), as the published
+strided convolution, or as that convolution in channels-last memory layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError
 from .config import ModelConfig
@@ -25,30 +33,57 @@ from .config import ModelConfig
 PosInterpolation = Literal["size", "legacy"]
 AttentionImpl = Literal["sdpa", "eager"]
 OutputAttentions = Literal["none", "last", "all"]
+AttentionBackend = Literal["auto", "cudnn", "flash", "efficient", "math"]
+PatchEmbedding = Literal["unfold", "conv", "channels-last"]
+
+ATTENTION_BACKENDS: dict[str, SDPBackend | None] = {
+    "auto": None,  # torch picks per call, as without the option
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+"""``attention_backend`` names and the one SDPA kernel each allows (``None``: torch's own choice)."""
+
+PATCH_EMBEDDINGS = ("unfold", "conv", "channels-last")
 
 
 class PatchEmbeddings(nn.Module):
     """Non-overlapping patches -> tokens, row-major (y, then x).
 
-    The weights are the published ``Conv2d(C, hidden, 16, stride 16)``; the forward pass runs it as one
-    matrix product over unfolded patches (the same arithmetic), which on GPUs avoids the layout
-    conversions a strided convolution costs (about 9 % of a ViT-B forward pass).
+    The weights are the published ``Conv2d(C, hidden, 16, stride 16)``. ``mode`` says how the
+    projection runs, each the same arithmetic summed in another order:
+
+    - ``"unfold"`` (default): one matrix product over unfolded patches, which on GPUs avoids the
+      layout conversions a strided convolution costs (about 9 % of a ViT-B forward pass in NCHW);
+    - ``"conv"``: the published strided convolution, NCHW;
+    - ``"channels-last"``: that convolution with input and weight in channels-last (NHWC) memory, the
+      layout cuDNN's convolutions run in natively; its output is already token-major, so the tokens
+      need no transposing copy.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
         self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+        self.mode: PatchEmbedding = "unfold"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, N, hidden)`` without the bias (added with the position embeddings)."""
-        batch, channels, height, width = x.shape
         p = self.patch_size
+        weight = self.projection.weight
+        if self.mode != "unfold":
+            if self.mode == "channels-last":
+                x = x.contiguous(memory_format=torch.channels_last)
+                weight = weight.contiguous(memory_format=torch.channels_last)
+            # a stride-p convolution ignores a partial last patch, as the unfolded product below does
+            return F.conv2d(x, weight, stride=p).flatten(2).transpose(1, 2)
+        batch, channels, height, width = x.shape
         gh, gw = height // p, width // p
         x = x[:, :, : gh * p, : gw * p]  # the strided convolution ignores a partial last patch
         patches = x.reshape(batch, channels, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
         patches = patches.reshape(batch, gh * gw, channels * p * p)
-        return torch.matmul(patches, self.projection.weight.reshape(self.projection.out_channels, -1).t())
+        return torch.matmul(patches, weight.reshape(self.projection.out_channels, -1).t())
 
 
 class Embeddings(nn.Module):
@@ -202,10 +237,19 @@ class ViT(nn.Module):
         and returns its probabilities, like the reference; only for comparisons).
     pos_interpolation
         ``"size"`` (transformers >= 4.45, default) or ``"legacy"`` (<= 4.44).
+    attention_backend
+        The SDPA kernel: ``"auto"`` (default, torch chooses per call), or one kernel only,
+        ``"cudnn"``, ``"flash"``, ``"efficient"`` (memory-efficient) or ``"math"``; which is fastest
+        depends on the GPU (cuDNN attention is often fastest on Hopper). The CPU has ``"flash"`` and
+        ``"math"``; a kernel that cannot run on the device or dtype is a :class:`ConfigError` at the
+        first forward pass. Layers that return their probabilities run eager attention whatever it is.
+    patch_embedding
+        ``"unfold"`` (default), ``"conv"`` or ``"channels-last"``: see :class:`PatchEmbeddings`.
     """
 
     def __init__(self, config: ModelConfig, *, attention: AttentionImpl = "sdpa",
-                 pos_interpolation: PosInterpolation = "size") -> None:
+                 pos_interpolation: PosInterpolation = "size", attention_backend: AttentionBackend = "auto",
+                 patch_embedding: PatchEmbedding = "unfold") -> None:
         super().__init__()
         if attention not in ("sdpa", "eager"):
             msg = f"attention must be 'sdpa' or 'eager', got {attention!r}"
@@ -213,10 +257,18 @@ class ViT(nn.Module):
         if pos_interpolation not in ("size", "legacy"):
             msg = f"pos_interpolation must be 'size' (transformers >= 4.45) or 'legacy' (<= 4.44), got {pos_interpolation!r}"
             raise ConfigError(msg)
+        if attention_backend not in ATTENTION_BACKENDS:
+            msg = f"attention_backend must be one of {', '.join(map(repr, ATTENTION_BACKENDS))}, got {attention_backend!r}"
+            raise ConfigError(msg)
+        if patch_embedding not in PATCH_EMBEDDINGS:
+            msg = f"patch_embedding must be one of {', '.join(map(repr, PATCH_EMBEDDINGS))}, got {patch_embedding!r}"
+            raise ConfigError(msg)
         self.config = config
         self.attention_impl: AttentionImpl = attention
+        self.attention_backend: AttentionBackend = attention_backend
         self.embeddings = Embeddings(config)
         self.embeddings.pos_interpolation = pos_interpolation
+        self.embeddings.patch_embeddings.mode = patch_embedding
         self.encoder = Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -237,10 +289,12 @@ class ViT(nn.Module):
         eager_all = self.attention_impl == "eager" or output_attentions == "all"
         last = len(self.encoder.layer) - 1
         kept: list[torch.Tensor] = []
-        for i, layer in enumerate(self.encoder.layer):
-            eager = eager_all or (output_attentions == "last" and i == last)
-            h, probs = layer(h, eager=eager)
-            if probs is not None:
-                kept.append(probs)
+        backend = ATTENTION_BACKENDS[self.attention_backend]
+        with contextlib.nullcontext() if backend is None else sdpa_kernel(backend):
+            for i, layer in enumerate(self.encoder.layer):
+                eager = eager_all or (output_attentions == "last" and i == last)
+                h, probs = layer(h, eager=eager)
+                if probs is not None:
+                    kept.append(probs)
         h = self.layernorm(h)
         return h, (kept or None)
