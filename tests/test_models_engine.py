@@ -330,3 +330,12 @@ def test_gpu_engine_options_stay_within_the_bf16_tolerance_of_fp32(crops):
         assert np.abs(out - ref).max() < 3e-2 * np.abs(ref).max(), option
         assert cosine.min() >= 0.999, option
         assert np.abs(again - out[:5]).max() < 3e-2 * np.abs(ref).max(), option
+
+
+def test_a_random_spec_with_a_config_stands_in_for_a_named_variant():
+    from subcell_scale.models import ModelSpec
+
+    config = {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "intermediate_size": 64, "num_channels": 3,
+              "pool_int_dim": 16}
+    model = ModelSpec("random", variant="ER-DNA-Protein_MAE-CellS-ProtS-Pool", config=config).load("cpu")
+    assert model.variant == "ER-DNA-Protein_MAE-CellS-ProtS-Pool" and model.channels == ("er", "nucleus", "protein")

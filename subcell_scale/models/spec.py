@@ -103,9 +103,8 @@ class ModelSpec:
         options = dict(self.options)
         if self.source == "random":
             config = ModelConfig(**self.config) if self.config is not None else None
-            if config is not None and self.variant:
-                options.setdefault("variant", self.variant)
-            return SubCell.random(config if config is not None else self.variant, seed=self.seed,
+            name = options.pop("variant", self.variant)
+            return SubCell.random(name or config, config=config if name else None, seed=self.seed,
                                   n_classifiers=self.n_classifiers, device=device, **options)
         if self.source == "checkpoint":
             return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device, **options)

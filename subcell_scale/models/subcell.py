@@ -204,19 +204,21 @@ class SubCell(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def random(cls, variant: str | Variant | ModelConfig = DEFAULT_VARIANT, *, seed: int = 0,
-               n_classifiers: int = 1, device: str | torch.device | None = None, **options: Any) -> SubCell:
+    def random(cls, variant: str | Variant | ModelConfig = DEFAULT_VARIANT, *, config: ModelConfig | None = None,
+               seed: int = 0, n_classifiers: int = 1, device: str | torch.device | None = None,
+               **options: Any) -> SubCell:
         """A model with deterministic random weights (same seed -> bit-identical weights on any machine).
 
         For demos without downloaded weights and for tests with tiny configs. ``variant`` is a variant
-        name (full-size ViT-B/16 with its channels) or a :class:`ModelConfig`; ``options`` are passed
-        to the constructor. ``checkpoint_sha256`` is the sha256 of the generated weights.
+        name (full-size ViT-B/16 with its channels) or a :class:`ModelConfig`; ``config`` gives a
+        variant another architecture (a tiny model standing in for it); ``options`` are passed to the
+        constructor. ``checkpoint_sha256`` is the sha256 of the generated weights.
         """
         if isinstance(variant, ModelConfig):
             config, name = variant, None
         else:
             v = get_variant(variant)
-            config, name = ModelConfig(num_channels=v.num_channels), v.name
+            config, name = config or ModelConfig(num_channels=v.num_channels), v.name
         model = cls._empty(config, n_classifiers=n_classifiers, variant=name, **options)
         digest = hashlib.sha256(f"subcell-scale random seed={seed}".encode())
         state = {}
