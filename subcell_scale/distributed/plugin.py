@@ -3,7 +3,9 @@
 A :class:`~subcell_scale.models.ModelSpec` says how to build the model (published variant, checkpoint
 files or seeded random weights); it is small and pickles with the plugin. Each worker builds the model
 from it once, in :meth:`SubCellPlugin.setup`, on its own GPU when it has one, and tasks fetch it with
-:func:`worker_model`.
+:func:`worker_model`. Checkpoint files on object storage (a model instance saved into an ``s3://``
+run directory) are fetched once, at that build, into a local temporary folder that is removed once
+the weights are read (:meth:`~subcell_scale.models.ModelSpec.load`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..store import RunPath
     from .subcell import SubCell
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,9 @@ class ModelSpec:
     variant
         Published variant name (``"variant"``, ``"random"``) or None.
     encoder_path, classifier_paths
-        Files for ``"checkpoint"``; paths every worker can read.
+        Files for ``"checkpoint"``; paths every worker can read, or fsspec URLs (a model instance
+        saved into a run directory on object storage), fetched to a local temporary folder by
+        :meth:`load` and removed once the weights are read.
     config
         Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"``.
     seed, n_classifiers
@@ -49,6 +53,9 @@ class ModelSpec:
         (``precision``, ``channels``, ``num_heads``, ``variant`` for a checkpoint, ...).
     torch_threads
         ``torch.set_num_threads`` on the worker before loading (Dask starts workers with 1).
+    storage_options
+        fsspec options of URL checkpoint files (credentials, endpoint); not part of the model's
+        description (nor of the manifest).
     """
 
     source: str
@@ -61,6 +68,7 @@ class ModelSpec:
     cache_dir: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     torch_threads: int | None = field(default=None, compare=False)
+    storage_options: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.source not in ("variant", "checkpoint", "random"):
@@ -78,6 +86,7 @@ class ModelSpec:
         """Plain-JSON description (for the manifest and the parameter digest)."""
         d = asdict(self)
         d.pop("torch_threads")
+        d.pop("storage_options")
         d["classifier_paths"] = list(self.classifier_paths)
         return d
 
@@ -108,7 +117,12 @@ class ModelSpec:
             return SubCell.random(config if config is not None else self.variant, seed=self.seed,
                                   n_classifiers=self.n_classifiers, device=device, **options)
         if self.source == "checkpoint":
-            return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device, **options)
+            from ..store import RunPath
+
+            with ExitStack() as files:  # URLs fetched to local files, removed once the weights are read
+                encoder, *classifiers = (files.enter_context(RunPath(p, self.storage_options).local_copy())
+                                         for p in (self.encoder_path, *self.classifier_paths))
+                return SubCell.from_checkpoint(encoder, classifiers, device, **options)
         return SubCell.from_pretrained(self.variant, n_classifiers=self.n_classifiers,
                                        cache_dir=self.cache_dir, device=device, **options)
 
@@ -193,15 +207,17 @@ class ResolvedModel:
         """The model in this process (built from the spec when there is no instance yet)."""
         return self.instance if self.instance is not None else self.spec.load(device=device)
 
-    def for_workers(self, folder: str | os.PathLike[str]) -> ModelSpec:
+    def for_workers(self, folder: str | os.PathLike[str] | RunPath) -> ModelSpec:
         """A spec every worker can follow; an instance is first saved as checkpoint files in ``folder``.
 
-        ``folder`` should be inside the run directory, which every worker reads; the files are
-        written once per run (an existing identical save is reused by a resumed run).
+        ``folder`` should be inside the run directory, which every worker reads (a shared folder, or
+        a URL with the run's storage options: workers fetch the files from there).
         """
         if self.spec is not None:
             return self.spec
-        return _save_instance(self.instance, Path(folder))
+        from ..store import RunPath
+
+        return _save_instance(self.instance, RunPath.of(folder))
 
 
 def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | ResolvedModel | None,
@@ -393,17 +409,14 @@ def _checkpoint_identity(spec: ModelSpec) -> dict[str, Any]:
             "classifier_sha256": [sha256_file(p) for p in spec.classifier_paths]}
 
 
-def _save_instance(model: SubCell, folder: Path) -> ModelSpec:
+def _save_instance(model: SubCell, folder: RunPath) -> ModelSpec:
     """Save a model instance once as checkpoint files that every worker can load."""
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def save(tensors: dict[str, Any], path: Path) -> str:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a worker never reads half a file
-        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-        return str(path)
+    def save(tensors: dict[str, Any], path: RunPath) -> str:
+        with path.writer() as fh:  # published whole: a worker never reads half a file
+            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, fh)
+        return path.url
 
     encoder = save(model.encoder_state_dict(), folder / "encoder.pth")
     classifiers = tuple(save(head.state_dict(), folder / f"classifier_{k}.pth")
@@ -413,4 +426,5 @@ def _save_instance(model: SubCell, folder: Path) -> ModelSpec:
     if model.variant:
         options["variant"] = model.variant
     log.info("model instance saved to %s for the workers", folder)
-    return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options)
+    return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options,
+                     storage_options=folder.storage_options)
