@@ -157,7 +157,7 @@ class RunPath:
     - :meth:`move` renames locally (atomic) and copies then deletes on object storage, which has no
       rename; :meth:`put_tree` moves a folder's files here in an order the caller chooses;
     - :meth:`local_copy` hands a reader a local file (a download from object storage), for readers
-      that only take paths (``torch.load``).
+      that take paths (checkpoints, flat fields).
 
     It is small and picklable (its URL and ``storage_options``, never an open connection), so a task
     carries it to a worker that writes there itself.
@@ -180,8 +180,7 @@ class RunPath:
             self.url = text.rstrip("/")
             self.storage_options: dict[str, Any] | None = dict(storage_options or {})
         else:
-            text = text[len("file://"):] if text.startswith("file://") else text
-            self.url = os.path.abspath(os.path.expanduser(text))
+            self.url = os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
             self.storage_options = None
         self._fs: Any = None
 
@@ -251,13 +250,12 @@ class RunPath:
     # -- file system --------------------------------------------------------------------------------
     @property
     def fs(self) -> Any:
-        """The fsspec file system of a URL (listings never cached: other processes write here too)."""
+        """The fsspec file system (listings never cached: other processes write here too)."""
         if self._fs is None:
             import fsspec.core
 
             options = {"use_listings_cache": False, **(self.storage_options or {})}
-            self._fs = fsspec.core.url_to_fs(self.url, **options)[0] if not self.is_local else (
-                fsspec.filesystem("file"))
+            self._fs = fsspec.core.url_to_fs(self.url, **options)[0]
         return self._fs
 
     @property
