@@ -19,7 +19,9 @@ import datetime as _dt
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -379,11 +381,7 @@ def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str
         path.remove()
         tmp.move(path)
     else:
-        import tempfile
-
-        # beside the store locally, so that its files are renamed into place
-        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=root.local if root.is_local else None) as folder:
-            staging = Path(folder)
+        with _staging(root, path.name) as staging:
             _write_layout(adata, staging, matrices)
             path.remove()
             path.put_tree(staging, skip=_ROOT_METADATA)
@@ -391,6 +389,23 @@ def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str
             path.put_tree(staging)
     log.info("cells written to %s (%d cells x %d)", path, adata.n_obs, adata.n_vars)
     return path
+
+
+@contextmanager
+def _staging(root: RunPath, name: str) -> Iterator[Path]:
+    """A local folder to lay the store ``name`` out in: beside it in a local run directory (its files are
+    then renamed into place; one left by a killed run is cleared first), a temporary one for object storage."""
+    if not root.is_local:
+        with tempfile.TemporaryDirectory(prefix="subcell-scale-") as folder:
+            yield Path(folder)
+        return
+    folder = root / f".{name}.tmp"
+    folder.remove()
+    folder.local.mkdir()
+    try:
+        yield folder.local
+    finally:
+        folder.remove()
 
 
 def _write_layout(adata: AnnData, folder: Path, matrices: dict[str, ShardRows]) -> None:
