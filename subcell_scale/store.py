@@ -213,12 +213,6 @@ class RunPath:
     def name(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1] if not self.is_local else Path(self.url).name
 
-    @property
-    def parent(self) -> RunPath:
-        if self.is_local:
-            return self._child(str(Path(self.url).parent))
-        return self._child(self.url.rsplit("/", 1)[0])
-
     def __truediv__(self, relative: str) -> RunPath:
         relative = str(relative).strip("/")
         return self._child(os.path.join(self.url, relative) if self.is_local else f"{self.url}/{relative}")
@@ -278,9 +272,6 @@ class RunPath:
             return Path(self.url).read_bytes()
         return self.fs.cat_file(self._key)
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode()
-
     def open_read(self) -> BinaryIO:
         """A seekable binary reader (``np.load`` of a shard): the file, or the object read whole."""
         if self.is_local:
@@ -293,9 +284,6 @@ class RunPath:
             atomic_write_bytes(self.url, data)
         else:
             self.fs.pipe_file(self._key, data)
-
-    def write_text(self, text: str) -> None:
-        self.write_bytes(text.encode())
 
     @contextmanager
     def writer(self) -> Iterator[BinaryIO]:
@@ -368,8 +356,8 @@ class RunPath:
             self.fs.mv(self._key, target._key)
 
     def put_tree(self, folder: str | os.PathLike[str], *, skip: Sequence[str] = ()) -> None:
-        """Move the files of the local ``folder`` here, keeping their relative names, but those named ``skip``
-        at its top.
+        """Move the files of the local ``folder`` here under their relative names, leaving those whose
+        first part is in ``skip``.
 
         Locally each file is renamed (copied when ``folder`` is on another file system); to object
         storage they are uploaded together, each as a whole object, then removed from ``folder``.
