@@ -26,6 +26,7 @@ from subcell_scale.cellstore import read_cells
 from subcell_scale.distributed.plugin import loads_per_worker
 from subcell_scale.errors import ConfigError, RunDirectoryError
 from subcell_scale.pipeline import embed_plate
+from subcell_scale.profiles import aggregate
 from subcell_scale.store import ResultsStore, RunPath
 
 # a flat field estimated from the plate and a plate intensity percentile: files the run keeps in
@@ -142,6 +143,10 @@ def test_read_cells_opens_the_run_in_the_bucket(run, reference, s3):
         _same(read_cells(where, storage_options=s3.options), reference)
     loaded = read_cells(run["url"], storage_options=s3.options, load=True)
     assert isinstance(loaded.X, np.ndarray) and np.array_equal(loaded.X, reference.X)
+    # profiles straight from the bucket, as the README suggests instead of `run` with a URL
+    wells = aggregate(read_cells(run["url"], storage_options=s3.options))
+    expected = aggregate(reference)
+    assert list(wells.obs_names) == list(expected.obs_names) and np.array_equal(wells.X, expected.X)
     with pytest.raises(RunDirectoryError, match="no cells.zarr"):
         read_cells(f"s3://{BUCKET}/nothing-here", storage_options=s3.options)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..store import RunPath
     from .subcell import SubCell
 
 log = logging.getLogger(__name__)
@@ -40,8 +38,8 @@ class ModelSpec:
         Published variant name (``"variant"``, ``"random"``) or None.
     encoder_path, classifier_paths
         Files for ``"checkpoint"``; paths every worker can read, or fsspec URLs (a model instance
-        saved into a run directory on object storage), fetched to a local temporary folder by
-        :meth:`load` and removed once the weights are read.
+        saved into a run directory on object storage) that the worker plugin fetches to a local
+        temporary folder before :meth:`load` (:mod:`subcell_scale.distributed.plugin`).
     config
         Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"``.
     seed, n_classifiers
@@ -117,12 +115,7 @@ class ModelSpec:
             return SubCell.random(config if config is not None else self.variant, seed=self.seed,
                                   n_classifiers=self.n_classifiers, device=device, **options)
         if self.source == "checkpoint":
-            from ..store import RunPath
-
-            with ExitStack() as files:  # URLs fetched to local files, removed once the weights are read
-                encoder, *classifiers = (files.enter_context(RunPath(p, self.storage_options).local_copy())
-                                         for p in (self.encoder_path, *self.classifier_paths))
-                return SubCell.from_checkpoint(encoder, classifiers, device, **options)
+            return SubCell.from_checkpoint(self.encoder_path, self.classifier_paths, device, **options)
         return SubCell.from_pretrained(self.variant, n_classifiers=self.n_classifiers,
                                        cache_dir=self.cache_dir, device=device, **options)
 
@@ -207,17 +200,15 @@ class ResolvedModel:
         """The model in this process (built from the spec when there is no instance yet)."""
         return self.instance if self.instance is not None else self.spec.load(device=device)
 
-    def for_workers(self, folder: str | os.PathLike[str] | RunPath) -> ModelSpec:
+    def for_workers(self, folder: str | os.PathLike[str]) -> ModelSpec:
         """A spec every worker can follow; an instance is first saved as checkpoint files in ``folder``.
 
-        ``folder`` should be inside the run directory, which every worker reads (a shared folder, or
-        a URL with the run's storage options: workers fetch the files from there).
+        ``folder`` is a local folder; :func:`subcell_scale.distributed.plugin.spec_for_workers` moves
+        the files into the run directory, a shared folder or a URL, which every worker reads.
         """
         if self.spec is not None:
             return self.spec
-        from ..store import RunPath
-
-        return _save_instance(self.instance, RunPath.of(folder))
+        return _save_instance(self.instance, Path(folder))
 
 
 def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | ResolvedModel | None,
@@ -409,14 +400,17 @@ def _checkpoint_identity(spec: ModelSpec) -> dict[str, Any]:
             "classifier_sha256": [sha256_file(p) for p in spec.classifier_paths]}
 
 
-def _save_instance(model: SubCell, folder: RunPath) -> ModelSpec:
+def _save_instance(model: SubCell, folder: Path) -> ModelSpec:
     """Save a model instance once as checkpoint files that every worker can load."""
     import torch
 
-    def save(tensors: dict[str, Any], path: RunPath) -> str:
-        with path.writer() as fh:  # published whole: a worker never reads half a file
-            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, fh)
-        return path.url
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(tensors: dict[str, Any], path: Path) -> str:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a worker never reads half a file
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+        return str(path)
 
     encoder = save(model.encoder_state_dict(), folder / "encoder.pth")
     classifiers = tuple(save(head.state_dict(), folder / f"classifier_{k}.pth")
@@ -425,6 +419,5 @@ def _save_instance(model: SubCell, folder: RunPath) -> ModelSpec:
                "precision": model.precision, "probability_mode": model.probability_mode}
     if model.variant:
         options["variant"] = model.variant
-    log.info("model instance saved to %s for the workers", folder)
-    return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options,
-                     storage_options=folder.storage_options)
+    log.debug("model instance saved to %s", folder)
+    return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options)

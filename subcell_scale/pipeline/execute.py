@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import Files, Status
 from ..distributed.scheduler import Stage, map_tasks
-from ..store import FieldId, ResultsStore, Shard, shard_meta
+from ..store import FieldId, ResultsStore, RunPath, Shard, shard_meta
 from .field import FieldJob, embed_field, prepare_field
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,10 +68,10 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
         stages = [Stage(prepare_field), Stage(lambda prep, job: embed_field(prep, job, instance))]
     else:
         from ..distributed.cluster import GPU_RESOURCE
-        from ..distributed.plugin import register_model
+        from ..distributed.plugin import register_model, spec_for_workers
 
-        folder = (store.root if store is not None else scratch) / Files.MODEL
-        plugin = register_model(client, model.for_workers(folder))
+        folder = (store.root if store is not None else RunPath(scratch)) / Files.MODEL
+        plugin = register_model(client, spec_for_workers(model, folder))
         todo = [replace(job, model_plugin=plugin) for job in todo]
         stages = [Stage(prepare_field, name="prepare"), Stage(embed_field, resources={GPU_RESOURCE: 1}, name="embed")]
     try:
