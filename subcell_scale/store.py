@@ -320,7 +320,12 @@ class RunPath:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             return
-        self.fs.pipe_file(self._key, data, mode="create")
+        try:
+            self.fs.pipe_file(self._key, data, mode="create")
+        except TypeError:  # a file system without exclusive writes: look first (the read-back is the check)
+            if self.fs.exists(self._key):
+                raise FileExistsError(self.url) from None
+            self.fs.pipe_file(self._key, data)
         if self.read_bytes() != data:  # a store that ignored the condition, and another writer won
             raise FileExistsError(self.url)
 
