@@ -19,8 +19,9 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,8 @@ import pandas as pd
 
 from ._constants import VAR_PREFIX, Files, Keys, Obs
 from ._version import __version__
-from .errors import RunDirectoryError
-from .store import FieldId, Shard
+from .errors import ConfigError, RunDirectoryError
+from .store import FieldId, RunPath, Shard
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -229,9 +230,14 @@ def provenance(context: RunContext, failed: Sequence[str], width: int) -> dict[s
     }
 
 
+def cells_name(fmt: str = "zarr") -> str:
+    """The name of a run directory's cells AnnData in format ``fmt``."""
+    return Files.CELLS_H5AD if fmt == "h5ad" else Files.CELLS_ZARR
+
+
 def cells_path(root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
-    """Where a run directory keeps its cells AnnData."""
-    return Path(root) / (Files.CELLS_H5AD if fmt == "h5ad" else Files.CELLS_ZARR)
+    """Where a local run directory keeps its cells AnnData."""
+    return Path(root) / cells_name(fmt)
 
 
 CHUNK_BYTES = 32 << 20
@@ -239,15 +245,16 @@ CHUNK_BYTES = 32 << 20
 that a few of them in flight stay within :attr:`subcell_scale.settings.memory_budget`."""
 
 
-def stream_cells(fields: Sequence[tuple[FieldId, str]], context: RunContext, failed: Sequence[str],
-                 root: str | os.PathLike[str], fmt: str = "zarr") -> AnnData:
+def stream_cells(fields: Sequence[tuple[FieldId, str | RunPath]], context: RunContext, failed: Sequence[str],
+                 root: str | os.PathLike[str] | RunPath, fmt: str = "zarr") -> AnnData:
     """Write the cells AnnData of a run from its shards in one streamed pass, and open it backed.
 
     Only ``obs`` is built in memory (from the shards' cell tables, the embeddings unread); ``X`` and
     ``obsm["localization"]`` are lazy concatenations of the shards' arrays, copied into the store
     one row chunk at a time by a few threads, so the memory used stays about
     :attr:`subcell_scale.settings.memory_budget` whatever the number of cells. The store replaces an
-    older one only once it is whole.
+    older one only once it is whole. ``root`` may be a URL (:class:`~subcell_scale.store.RunPath`):
+    the store is written there through zarr's fsspec store and read back from it.
 
     Returns
     -------
@@ -278,7 +285,7 @@ def stream_cells(fields: Sequence[tuple[FieldId, str]], context: RunContext, fai
     _return_large_blocks()
     path = write_cells(adata, root, fmt, matrices=matrices, threads=threads)
     if fmt == "h5ad":
-        return read_cells(path)
+        return read_cells(path.local)
     return _open_zarr(path, obs=adata.obs)  # obs as built, not read again: the client holds it once
 
 
@@ -312,7 +319,7 @@ class ShardRows:
     memory whatever the number of cells.
     """
 
-    pieces: tuple[tuple[str, np.ndarray], ...]  # shard path, the row order that sorts it by label
+    pieces: tuple[tuple[str | RunPath, np.ndarray], ...]  # shard path, the row order that sorts it by label
     name: str
     width: int
     rows: int
@@ -343,44 +350,96 @@ class ShardRows:
         return out
 
 
-def write_cells(adata: AnnData, root: str | os.PathLike[str], fmt: str = "zarr", *,
-                matrices: Mapping[str, ShardRows] | None = None, threads: int = 1) -> Path:
+_ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
+"""The objects at the root of a zarr store (v3, v2): written last, they make the store appear whole."""
+
+
+def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str = "zarr", *,
+                matrices: Mapping[str, ShardRows] | None = None, threads: int = 1) -> RunPath:
     """Write the cells AnnData into a run directory, replacing an older one only once the new one is whole.
 
     ``matrices`` (``"X"``, ``"obsm/localization"``) are written chunk by chunk from the shards, by
     ``threads`` threads for zarr (each writes whole chunks: no chunk is written twice at once).
+
+    ``cells.zarr`` is laid out first in a local staging folder (everything but the matrices' chunks,
+    with the consolidated listing that names them), whose files are then moved into the store (renamed
+    on a local disk, uploaded together to object storage) except its root metadata; the chunks are
+    written straight into the store; the root metadata comes last. Until then ``cells.zarr`` opens as
+    no store at all, never as part of one (whose missing chunks zarr would read as zeros), on a file
+    system and on object storage alike, which has no rename. ``cells.h5ad`` (one file, written beside
+    and renamed) needs a local directory.
     """
-    path = cells_path(root, fmt)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _remove(tmp)
-    if fmt == "zarr":
-        _write_zarr(adata, tmp, dict(matrices or {}), threads)
+    root = RunPath.of(root)
+    if fmt == "h5ad" and not root.is_local:
+        msg = f"{root}: cells.h5ad needs a local output directory; use format='zarr' on object storage"
+        raise ConfigError(msg)
+    path = root / cells_name(fmt)
+    matrices = dict(matrices or {})
+    if fmt == "h5ad":
+        tmp = root / f".{path.name}.tmp"
+        _write_h5ad(adata, tmp.local, matrices)
+        path.remove()
+        tmp.move(path)
     else:
-        _write_h5ad(adata, tmp, dict(matrices or {}))
-    _remove(path)
-    os.replace(tmp, path)
+        with _staging(root, path.name) as staging:
+            _write_layout(adata, staging, matrices)
+            path.remove()
+            path.put_tree(staging, skip=_ROOT_METADATA)
+            _write_rows(path, matrices, threads)
+            path.put_tree(staging)
     log.info("cells written to %s (%d cells x %d)", path, adata.n_obs, adata.n_vars)
     return path
 
 
-def _write_zarr(adata: AnnData, path: Path, matrices: dict[str, ShardRows], threads: int) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+@contextmanager
+def _staging(root: RunPath, name: str) -> Iterator[Path]:
+    """A local folder to lay the store ``name`` out in: beside it in a local run directory (its files are
+    then renamed into place; one left by a killed run is cleared first), a temporary one for object storage."""
+    if not root.is_local:
+        with tempfile.TemporaryDirectory(prefix="subcell-scale-") as folder:
+            yield Path(folder)
+        return
+    folder = root / f".{name}.tmp"
+    folder.remove()
+    folder.local.mkdir()
+    try:
+        yield folder.local
+    finally:
+        folder.remove()
 
+
+def _write_layout(adata: AnnData, folder: Path, matrices: dict[str, ShardRows]) -> None:
+    """Everything of a zarr cells store but the chunks of ``matrices``, with a consolidated listing."""
     import anndata as ad
     import zarr
 
     from .io.consolidated import quiet_consolidation
 
     with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
-        adata.write_zarr(path)
+        adata.write_zarr(folder)
     if not matrices:
         return
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    work = []
+    group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
     for name, source in matrices.items():
         target = group.create_array(name, shape=source.shape, chunks=(source.rows, source.width), dtype="float32",
                                     compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
         target.attrs.update(_DENSE)
+    with quiet_consolidation():
+        zarr.consolidate_metadata(str(folder))  # the listing anndata wrote does not name the matrices
+
+
+def _write_rows(path: RunPath, matrices: dict[str, ShardRows], threads: int) -> None:
+    """The chunks of ``matrices``, copied from the shards into the store at ``path`` by ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import zarr
+
+    if not matrices:
+        return
+    store = path.zarr_store(read_only=False)
+    work = []
+    for name, source in matrices.items():
+        target = zarr.open_array(store, path=name, mode="r+")
         work += [(source, target, lo, hi) for lo, hi in source.spans()]
 
     def copy(item: tuple[ShardRows, Any, int, int]) -> None:
@@ -389,8 +448,6 @@ def _write_zarr(adata: AnnData, path: Path, matrices: dict[str, ShardRows], thre
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(copy, work))
-    with quiet_consolidation():
-        zarr.consolidate_metadata(str(path))  # the listing anndata wrote does not name the matrices
 
 
 def _write_h5ad(adata: AnnData, path: Path, matrices: dict[str, ShardRows]) -> None:
@@ -412,13 +469,15 @@ _DENSE = {"encoding-type": "array", "encoding-version": "0.2.0"}
 """anndata's encoding attributes of a dense matrix."""
 
 
-def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
+def read_cells(run: str | os.PathLike[str] | RunPath, *, load: bool = False,
+               storage_options: Mapping[str, Any] | None = None) -> AnnData:
     """The cells AnnData of a run directory (or a ``cells.zarr`` / ``cells.h5ad`` path).
 
     Parameters
     ----------
     run
-        The run directory, or the cells store itself.
+        The run directory, or the cells store itself: a local path or an fsspec URL
+        (``s3://bucket/run``), as :func:`subcell_scale.embed_plate` wrote it.
     load
         Read everything into memory. By default ``X`` and ``obsm["localization"]`` stay in the store
         (dask arrays for ``cells.zarr``, anndata's backed mode for ``cells.h5ad``): the object opens
@@ -426,6 +485,8 @@ def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
         read it in chunks, and ``adata.to_memory()`` loads it when it fits. The object reads the
         store as it is on disk: a later run into the same directory replaces the store, so load a
         copy first to keep the cells of an earlier run.
+    storage_options
+        fsspec options of a URL (credentials, endpoint).
 
     Raises
     ------
@@ -434,21 +495,29 @@ def read_cells(run: str | os.PathLike[str], *, load: bool = False) -> AnnData:
     """
     import anndata as ad
 
-    path = Path(run)
-    if path.is_dir() and not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
-        candidates = [cells_path(path, fmt) for fmt in FORMATS if cells_path(path, fmt).exists()]
+    path = RunPath.of(run, storage_options)
+    if not path.name.endswith(".h5ad") and not _is_zarr(path):
+        candidates = [path / cells_name(fmt) for fmt in FORMATS if (path / cells_name(fmt)).exists()]
         if not candidates:
             msg = f"{path}: no {Files.CELLS_ZARR} or {Files.CELLS_H5AD} (has the run finished embedding?)"
             raise RunDirectoryError(msg)
         path = candidates[0]
-    if path.suffix == ".h5ad":
-        return ad.read_h5ad(path) if load else ad.read_h5ad(path, backed="r")
+    if path.name.endswith(".h5ad"):
+        with path.local_copy() as local:  # a cells.h5ad on object storage is read whole
+            if load or not path.is_local:
+                return ad.read_h5ad(local)
+            return ad.read_h5ad(local, backed="r")
     if load:
-        return ad.read_zarr(path)
+        return ad.read_zarr(path.zarr_store(read_only=True))
     return _open_zarr(path)
 
 
-def _open_zarr(path: Path, obs: pd.DataFrame | None = None) -> AnnData:
+def _is_zarr(path: RunPath) -> bool:
+    """Whether ``path`` is a zarr store itself (its root metadata is there)."""
+    return (path / "zarr.json").exists() or (path / ".zgroup").exists()
+
+
+def _open_zarr(path: RunPath, obs: pd.DataFrame | None = None) -> AnnData:
     """A zarr cells store with its matrices as dask arrays over the store's row chunks (and ``obs``
     as given, when the caller holds it already)."""
     import anndata as ad
@@ -456,7 +525,7 @@ def _open_zarr(path: Path, obs: pd.DataFrame | None = None) -> AnnData:
     import zarr
     from anndata.io import read_elem
 
-    group = zarr.open_group(str(path), mode="r")
+    group = zarr.open_group(path.zarr_store(read_only=True), mode="r")
 
     def lazy(node: Any) -> Any:
         dense = isinstance(node, zarr.Array) and node.attrs.get("encoding-type") == "array" and node.ndim == 2
@@ -469,10 +538,3 @@ def _open_zarr(path: Path, obs: pd.DataFrame | None = None) -> AnnData:
     X = lazy(group["X"]) if "X" in group else None
     return ad.AnnData(X=X, obs=read_elem(group["obs"]) if obs is None else obs, var=read_elem(group["var"]),
                       uns=read_elem(group["uns"]) if "uns" in group else {}, obsm=obsm)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()

@@ -23,7 +23,6 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._constants import Files
@@ -33,6 +32,7 @@ from .presets import DEFAULT_PRESET, get_preset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io import Plate
+    from .store import RunPath
 
 __all__ = [
     "CROP_KEYS", "CellFilter", "PlatePlan", "Profiling", "RunParams", "check_same_layout", "write_parameters"
@@ -361,14 +361,15 @@ def _describe_step(step: Mapping[str, Any]) -> str:
     return " ".join(words)
 
 
-def write_parameters(out: str | os.PathLike, params: RunParams, plans: Sequence[PlatePlan]) -> Path:
-    """Write ``preset.json`` into ``out``: the effective parameters per plate and their report lines."""
-    from .store import atomic_write_bytes
+def write_parameters(out: str | os.PathLike | RunPath, params: RunParams, plans: Sequence[PlatePlan]) -> RunPath:
+    """Write ``preset.json`` into ``out`` (a folder or a URL): the effective parameters per plate and
+    their report lines."""
+    from .store import RunPath
 
     items = [{**params.to_dict(), "plate": plan.to_dict()} for plan in plans] or [params.to_dict()]
     lines = [line for plan in plans for line in params.report_lines(plan)] or params.report_lines()
-    path = Path(out) / Files.PRESET
-    atomic_write_bytes(path, json.dumps({"parameters": items, "lines": lines}, indent=1, default=str).encode())
+    path = RunPath.of(out) / Files.PRESET
+    path.write_bytes(json.dumps({"parameters": items, "lines": lines}, indent=1, default=str).encode())
     return path
 
 

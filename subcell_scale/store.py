@@ -6,28 +6,36 @@ Layout inside the output directory::
     shards/<plate>/<well>_<field>.npz  embeddings, probabilities and the cell table of one field
     .lock                              present while a run writes here
 
-Shards are written by the worker that computed the field, to a temporary name then renamed, so a shard
-that exists is complete; each carries the digest of the parameters that made it, and a rerun skips the
-fields whose shard exists with the same digest (resume). The manifest is rewritten by the client as
-results stream in (also atomically); it is a record for people and tools, the shards are the truth.
+Shards are written by the worker that computed the field, whole (to a temporary name then renamed on
+a file system, as one object on object storage), so a shard that exists is complete; each carries the
+digest of the parameters that made it, and a rerun skips the fields whose shard exists with the same
+digest (resume). The manifest is rewritten by the client as results stream in (also whole); it is a
+record for people and tools, the shards are the truth.
+
+The directory is a local folder (shared by the workers) or an fsspec URL such as ``s3://bucket/run``
+for clusters without a shared file system: :class:`RunPath` is the one way every part of a run reads
+and writes it, and says what each operation guarantees on either.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -105,13 +113,14 @@ def parameters_digest(parameters: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to the local file ``path`` through a temporary file in the same folder and a rename.
 
     A killed process leaves either the old file or the new one, never half of one. There is no
     fsync (it cost 50 ms a shard on network and busy disks): after a power cut a shard may be empty,
     which :func:`shard_meta` treats as missing, so the field is simply recomputed.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -126,6 +135,262 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://``, ``gs://``, ...) rather than a local path."""
+    text = os.fspath(location)
+    return "://" in text and not text.startswith("file://")
+
+
+class RunPath:
+    """A file or folder of a run directory: a local path, or a key under an fsspec URL (``s3://bucket/run``).
+
+    The client, the workers and the cells store all reach a run's files through it, so the same code
+    writes to a shared disk and to object storage. Its operations keep the guarantees of the run
+    directory on both:
+
+    - :meth:`write_bytes` writes a file whole: locally through a temporary file and a rename, on object
+      storage as one object (a PUT is atomic per object: readers see the old object or the new one);
+    - :meth:`create` writes only when nothing is there: ``O_EXCL`` locally, a conditional PUT
+      (``If-None-Match: *``) on object storage, read back afterwards (see :meth:`ResultsStore.lock`);
+    - :meth:`move` renames locally (atomic) and copies then deletes on object storage, which has no
+      rename; :meth:`put_tree` moves a folder's files here in an order the caller chooses;
+    - :meth:`local_copy` hands a reader a local file (a download from object storage), for readers
+      that take paths (checkpoints, flat fields).
+
+    It is small and picklable (its URL and ``storage_options``, never an open connection), so a task
+    carries it to a worker that writes there itself.
+
+    Parameters
+    ----------
+    location
+        A local path (made absolute here, so that workers started elsewhere resolve nothing against
+        their own working directory), a ``file://`` URL, or any fsspec URL.
+    storage_options
+        fsspec options of a URL (credentials, ``client_kwargs={"endpoint_url": ...}``); ignored for
+        local paths.
+    """
+
+    __slots__ = ("_fs", "storage_options", "url")
+
+    def __init__(self, location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
+        text = os.fspath(location)
+        if is_url(text):
+            self.url = text.rstrip("/")
+            self.storage_options: dict[str, Any] | None = dict(storage_options or {})
+        else:
+            self.url = os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
+            self.storage_options = None
+        self._fs: Any = None
+
+    @classmethod
+    def of(cls, location: str | os.PathLike[str] | RunPath,
+           storage_options: Mapping[str, Any] | None = None) -> RunPath:
+        """``location`` as a :class:`RunPath` (a RunPath is returned as it is)."""
+        return location if isinstance(location, RunPath) else cls(location, storage_options)
+
+    # -- identity -----------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return self.storage_options is None
+
+    @property
+    def local(self) -> Path:
+        """The local path.
+
+        Raises
+        ------
+        RunDirectoryError
+            This is a URL: whatever needs a local path must use :meth:`local_copy` or the methods here.
+        """
+        if not self.is_local:
+            msg = f"{self.url} is on object storage, not a local path"
+            raise RunDirectoryError(msg)
+        return Path(self.url)
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1] if not self.is_local else Path(self.url).name
+
+    def __truediv__(self, relative: str) -> RunPath:
+        relative = str(relative).strip("/")
+        return self._child(os.path.join(self.url, relative) if self.is_local else f"{self.url}/{relative}")
+
+    def _child(self, url: str) -> RunPath:
+        child = RunPath.__new__(RunPath)
+        child.url, child.storage_options, child._fs = url, self.storage_options, self._fs
+        return child
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RunPath({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RunPath):
+            return self.url == other.url and self.storage_options == other.storage_options
+        if isinstance(other, str | os.PathLike) and self.is_local:
+            return Path(self.url) == Path(os.path.abspath(os.fspath(other)))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RunPath, (self.url, self.storage_options)
+
+    # -- file system --------------------------------------------------------------------------------
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (listings never cached: other processes write here too)."""
+        if self._fs is None:
+            import fsspec.core
+
+            options = {"use_listings_cache": False, **(self.storage_options or {})}
+            self._fs = fsspec.core.url_to_fs(self.url, **options)[0]
+        return self._fs
+
+    @property
+    def _key(self) -> str:
+        return self.url if self.is_local else self.fs._strip_protocol(self.url)
+
+    def exists(self) -> bool:
+        if self.is_local:
+            return Path(self.url).exists()
+        return bool(self.fs.exists(self._key))
+
+    def mkdir(self) -> None:
+        """Create the folder (locally; object storage has no folders, keys are made by writing)."""
+        if self.is_local:
+            Path(self.url).mkdir(parents=True, exist_ok=True)
+
+    def read_bytes(self) -> bytes:
+        """The whole file (one GET on object storage). Raises FileNotFoundError when it is missing."""
+        if self.is_local:
+            return Path(self.url).read_bytes()
+        return self.fs.cat_file(self._key)
+
+    def open_read(self) -> BinaryIO:
+        """A seekable binary reader (``np.load`` of a shard): the file, or the object read whole."""
+        if self.is_local:
+            return open(self.url, "rb")
+        return io.BytesIO(self.read_bytes())
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the file whole (see the class doc): readers never see half of it."""
+        if self.is_local:
+            atomic_write_bytes(self.url, data)
+        else:
+            self.fs.pipe_file(self._key, data)
+
+    @contextmanager
+    def writer(self) -> Iterator[BinaryIO]:
+        """A binary file to write into, published whole here when the block ends without error.
+
+        For writers that stream (``torch.save`` of large weights): locally a temporary file beside
+        the target then a rename; for object storage a local temporary file then one upload.
+        """
+        target = Path(self.url) if self.is_local else None
+        folder = target.parent if target is not None else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{self.name}.", suffix=".tmp", delete=False)
+        try:
+            with handle as fh:
+                yield fh
+            if target is not None:
+                os.replace(handle.name, target)
+            else:
+                self.fs.put_file(handle.name, self._key)
+        finally:
+            Path(handle.name).unlink(missing_ok=True)
+
+    def create(self, data: bytes) -> None:
+        """Write the file only if it does not exist (see :meth:`ResultsStore.lock` for what this guarantees).
+
+        Raises
+        ------
+        FileExistsError
+            The file exists already (or, on object storage, another writer's content is what reads back).
+        """
+        if self.is_local:
+            fd = os.open(self.url, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            return
+        try:
+            self.fs.pipe_file(self._key, data, mode="create")
+        except TypeError:  # a file system without exclusive writes: look first (the read-back is the check)
+            if self.fs.exists(self._key):
+                raise FileExistsError(self.url) from None
+            self.fs.pipe_file(self._key, data)
+        if self.read_bytes() != data:  # a store that ignored the condition, and another writer won
+            raise FileExistsError(self.url)
+
+    @contextmanager
+    def local_copy(self) -> Iterator[Path]:
+        """A local path holding this file: the file itself, or a download removed after the block."""
+        if self.is_local:
+            yield Path(self.url)
+            return
+        with tempfile.TemporaryDirectory(prefix="subcell-scale-") as folder:
+            local = Path(folder) / self.name
+            self.fs.get_file(self._key, str(local))
+            yield local
+
+    def remove(self) -> None:
+        """Delete the file or folder (with everything under it); nothing there is fine."""
+        if self.is_local:
+            path = Path(self.url)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            return
+        keys = self.fs.find(self._key)
+        if keys:
+            self.fs.rm(keys)
+
+    def move(self, target: RunPath) -> None:
+        """Make this file ``target``: a rename locally (atomic); a copy then a delete on object storage."""
+        if self.is_local:
+            os.replace(self.url, target.url)
+        else:
+            self.fs.mv(self._key, target._key)
+
+    def put_tree(self, folder: str | os.PathLike[str], *, skip: Sequence[str] = ()) -> None:
+        """Move the files of the local ``folder`` here under their relative names, leaving those whose
+        first part is in ``skip``.
+
+        Locally each file is renamed (copied when ``folder`` is on another file system); to object
+        storage they are uploaded together, each as a whole object, then removed from ``folder``.
+        Callers that must publish some files last (a zarr store's root metadata) skip them first
+        and move them with a second call.
+        """
+        folder = Path(folder)
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] not in skip]
+        names = [p.relative_to(folder).as_posix() for p in files]
+        if self.is_local:
+            for file, name in zip(files, names, strict=True):
+                target = Path(self.url) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(file, target)
+            return
+        if files:
+            self.fs.put([str(p) for p in files], [f"{self._key}/{name}" for name in names])
+        for file in files:
+            file.unlink()
+
+    def zarr_store(self, *, read_only: bool) -> Any:
+        """What zarr opens: the local path, or an fsspec store over the URL."""
+        if self.is_local:
+            return self.url
+        from zarr.storage import FsspecStore
+
+        options = {"use_listings_cache": False, **(self.storage_options or {})}
+        return FsspecStore.from_url(self.url, storage_options=options, read_only=read_only)
 
 
 @dataclass
@@ -157,11 +422,10 @@ class Shard:
         return int(self.embedding.shape[0])
 
 
-def write_shard(path: str | os.PathLike, shard: Shard) -> Path:
-    """Write ``shard`` atomically to ``path`` (``.npz``)."""
-    import io
-
-    path = Path(path)
+def write_shard(path: str | os.PathLike | RunPath, shard: Shard) -> Path | RunPath:
+    """Write ``shard`` whole to ``path`` (``.npz``); returns the file written (a :class:`~pathlib.Path`
+    when it is local, the :class:`RunPath` on object storage)."""
+    path = RunPath.of(path)
     n = shard.n_cells
     if len(shard.cells) != n or (shard.probabilities is not None and shard.probabilities.shape[0] != n):
         msg = (f"shard {path}: {n} embeddings but {len(shard.cells)} cells"
@@ -179,11 +443,14 @@ def write_shard(path: str | os.PathLike, shard: Shard) -> Path:
         arrays[f"cells_{col}"] = shard.cells[col].to_numpy()
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    path.write_bytes(buf.getvalue())
+    return path.local if path.is_local else path
 
 
-def read_shard(path: str | os.PathLike) -> Shard:
+_SHARD_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def read_shard(path: str | os.PathLike | RunPath) -> Shard:
     """Read a shard written by :func:`write_shard`.
 
     Raises
@@ -191,21 +458,21 @@ def read_shard(path: str | os.PathLike) -> Shard:
     RunDirectoryError
         The file is not a readable shard (damaged or from another tool).
     """
-    path = Path(path)
+    path = RunPath.of(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with path.open_read() as fh, np.load(fh, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes().decode())
             embedding = data["embedding"]
             probabilities = data["probabilities"] if "probabilities" in data.files else None
             cells = pd.DataFrame({col: data[f"cells_{col}"] for col in _CELL_COLUMNS})
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except _SHARD_ERRORS as exc:
         msg = f"results shard {path} is damaged or not a subcell-scale shard ({exc}); delete it to recompute the field"
         raise RunDirectoryError(msg) from exc
     dropped = {k: list(v) for k, v in meta.get("dropped", {}).items()}
     return Shard(embedding, probabilities, cells, dropped, meta)
 
 
-def read_shard_cells(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, tuple[int, ...]]]:
+def read_shard_cells(path: str | os.PathLike | RunPath) -> tuple[pd.DataFrame, dict[str, tuple[int, ...]]]:
     """The cell table of a shard and the shapes of its arrays, without reading the arrays.
 
     What a streamed assembly needs first: ``obs`` and the row count of every field, before any
@@ -216,44 +483,47 @@ def read_shard_cells(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, t
     RunDirectoryError
         The file is not a readable shard.
     """
-    path = Path(path)
+    path = RunPath.of(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            cells = pd.DataFrame({col: data[f"cells_{col}"] for col in _CELL_COLUMNS})
-        shapes = {}
-        with zipfile.ZipFile(path) as archive:
-            for name in ("embedding", "probabilities"):
-                if f"{name}.npy" in archive.namelist():
-                    with archive.open(f"{name}.npy") as fh:
-                        version = np.lib.format.read_magic(fh)
-                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0)
-                        shapes[name] = tuple(int(v) for v in read_header(fh)[0])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        with path.open_read() as fh:
+            with np.load(fh, allow_pickle=False) as data:
+                cells = pd.DataFrame({col: data[f"cells_{col}"] for col in _CELL_COLUMNS})
+            fh.seek(0)
+            shapes = {}
+            with zipfile.ZipFile(fh) as archive:
+                for name in ("embedding", "probabilities"):
+                    if f"{name}.npy" in archive.namelist():
+                        with archive.open(f"{name}.npy") as member:
+                            version = np.lib.format.read_magic(member)
+                            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                           else np.lib.format.read_array_header_2_0)
+                            shapes[name] = tuple(int(v) for v in read_header(member)[0])
+    except _SHARD_ERRORS as exc:
         msg = f"results shard {path} is damaged or not a subcell-scale shard ({exc}); delete it to recompute the field"
         raise RunDirectoryError(msg) from exc
     return cells, shapes
 
 
-def read_shard_array(path: str | os.PathLike, name: str) -> np.ndarray:
+def read_shard_array(path: str | os.PathLike | RunPath, name: str) -> np.ndarray:
     """One array of a shard (``"embedding"`` or ``"probabilities"``), float32."""
+    path = RunPath.of(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with path.open_read() as fh, np.load(fh, allow_pickle=False) as data:
             return np.asarray(data[name], dtype=np.float32)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except _SHARD_ERRORS as exc:
         msg = f"results shard {path}: cannot read {name!r} ({exc}); delete the shard to recompute the field"
         raise RunDirectoryError(msg) from exc
 
 
-def shard_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+def shard_meta(path: str | os.PathLike | RunPath) -> dict[str, Any] | None:
     """Metadata of a complete shard, or None when it is missing, damaged or of another format."""
-    path = Path(path)
-    if not path.is_file():
-        return None
+    path = RunPath.of(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with path.open_read() as fh, np.load(fh, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except _SHARD_ERRORS:
         log.warning("ignoring damaged shard %s (it will be recomputed)", path)
         return None
     return meta if meta.get("format") == SHARD_FORMAT else None
@@ -265,16 +535,20 @@ class ResultsStore:
     Parameters
     ----------
     root
-        The output directory (created if missing).
+        The output directory (created if missing): a local path or an fsspec URL (``s3://bucket/run``).
     flush_interval
         Seconds between manifest rewrites while results stream in; every status change is written at
         the latest on :meth:`flush` (called at the end of a run).
+    storage_options
+        fsspec options of a URL ``root`` (credentials, endpoint); workers receive them with each
+        shard's :class:`RunPath`.
     """
 
-    def __init__(self, root: str | os.PathLike, *, flush_interval: float = 2.0) -> None:
-        self.root = Path(root).expanduser().absolute()  # workers elsewhere resolve nothing against their cwd
+    def __init__(self, root: str | os.PathLike | RunPath, *, flush_interval: float = 2.0,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        self.root = RunPath.of(root, storage_options)  # local: absolute, so workers elsewhere read the same
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir()
         except OSError as exc:
             msg = f"output directory {self.root}: cannot be created ({exc})"
             raise RunDirectoryError(msg) from exc
@@ -285,10 +559,10 @@ class ResultsStore:
 
     # -- paths --------------------------------------------------------------------------------------
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> RunPath:
         return self.root / Files.MANIFEST
 
-    def shard_path(self, fid: FieldId) -> Path:
+    def shard_path(self, fid: FieldId) -> RunPath:
         """Where the shard of a field lives (``shards/<plate>/<well>_<field>.npz``)."""
         return self.root / fid.shard
 
@@ -299,25 +573,38 @@ class ResultsStore:
         The shards are the truth: a run that finds the manifest damaged starts a new one, and every
         shard it can verify (its digest and fingerprint) is recorded in it again, so nothing finished
         is recomputed and nothing is lost.
+
+        Raises
+        ------
+        RunDirectoryError
+            The directory cannot be read (no permission, wrong credentials for a URL).
         """
-        if not self.manifest_path.exists():
-            return {}
         try:
-            manifest = json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_bytes())
             problem = None if isinstance(manifest, dict) else f"expected a JSON object, found {type(manifest).__name__}"
+        except FileNotFoundError:
+            return {}
+        except PermissionError as exc:
+            raise RunDirectoryError(self._unreachable(exc)) from exc
         except (OSError, ValueError) as exc:
             problem = f"not readable JSON ({exc})"
         if problem is None:
             return manifest
-        aside = self.manifest_path.with_name(f"{Files.MANIFEST}.damaged-{_dt.datetime.now():%Y%m%dT%H%M%S}")
+        aside = self.root / f"{Files.MANIFEST}.damaged-{_dt.datetime.now():%Y%m%dT%H%M%S}"
         try:
-            os.replace(self.manifest_path, aside)
+            self.manifest_path.move(aside)
         except OSError as exc:
             msg = f"{self.manifest_path} is damaged ({problem}) and cannot be moved aside ({exc})"
             raise RunDirectoryError(msg) from exc
         log.warning("%s is damaged (%s); kept as %s and rebuilt from the shards", self.manifest_path, problem,
                     aside.name)
         return {}
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """The message of a run directory that cannot be read or written, naming it and what to check."""
+        check = ("check that the bucket exists and that the credentials (storage_options or the environment) "
+                 "may read and write there") if not self.root.is_local else "check the folder's permissions"
+        return f"output directory {self.root}: cannot be used ({type(exc).__name__}: {exc}); {check}"
 
     def begin(self, *, inputs: Mapping[str, Any], parameters: Mapping[str, Any], model: Mapping[str, Any],
               versions: Mapping[str, Any], digest: str) -> None:
@@ -400,7 +687,7 @@ class ResultsStore:
             return
         self.manifest["updated"] = _now()
         text = json.dumps(self.manifest, indent=1, sort_keys=False, default=_json_default)
-        atomic_write_bytes(self.manifest_path, text.encode())
+        self.manifest_path.write_bytes(text.encode())
         self._last_flush = time.monotonic()
         self._dirty = False
 
@@ -409,37 +696,54 @@ class ResultsStore:
     def lock(self) -> Iterator[None]:
         """Hold ``.lock`` while a run writes here; a lock left by a dead process on this host is taken over.
 
+        What it guarantees depends on where the directory is. On a local or shared file system the
+        lock is created with ``O_EXCL``: two runs never both hold it. On object storage it is
+        created with a conditional PUT (``If-None-Match: *``, which AWS S3 and most S3-compatible
+        servers honour) and read back: two runs cannot both create it there either; on a store that
+        ignores the condition, the read-back still refuses a run that started earlier, but two runs
+        started in the same instant could both go on (their shards are the same; the manifest is
+        the last writer's, and a rerun rebuilds it from the shards). A lock left by a run killed on
+        another host is never taken over: delete it (the message names it).
+
         Raises
         ------
         RunDirectoryError
-            Another live process is writing to the same directory.
+            Another live process is writing to the same directory, or the lock cannot be written
+            there (a missing bucket, wrong credentials).
         """
         path = self.root / Files.LOCK
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "token": uuid.uuid4().hex}
         for _ in range(2):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                path.create(json.dumps(owner).encode())
             except FileExistsError:
                 if self._stale(path):
                     log.warning("removing stale lock %s left by a process that is gone", path)
-                    path.unlink(missing_ok=True)
+                    path.remove()
                     continue
                 msg = (f"output directory {self.root} is in use by another run ({path} held by "
-                       f"{path.read_text(errors='replace').strip()}); wait for it or delete the lock if it is stale")
+                       f"{self._holder(path)}); wait for it or delete the lock if it is stale")
                 raise RunDirectoryError(msg) from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(owner, fh)
+            except OSError as exc:
+                raise RunDirectoryError(self._unreachable(exc)) from exc
             break
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)
+            path.remove()
 
     @staticmethod
-    def _stale(path: Path) -> bool:
+    def _holder(path: RunPath) -> str:
         try:
-            owner = json.loads(path.read_text())
-        except (OSError, ValueError):
+            return path.read_bytes().decode(errors="replace").strip()
+        except OSError:
+            return "a run that has just finished"
+
+    @staticmethod
+    def _stale(path: RunPath) -> bool:
+        try:
+            owner = json.loads(path.read_bytes())
+        except (OSError, ValueError):  # unreadable, or released meanwhile
             return True
         if owner.get("host") != socket.gethostname():
             return False
@@ -461,4 +765,6 @@ def _json_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, (Path, os.PathLike)):
         return os.fspath(obj)
+    if isinstance(obj, RunPath):
+        return obj.url
     return str(obj)

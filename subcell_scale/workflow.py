@@ -32,7 +32,7 @@ from ._constants import Files, Keys, Status
 from .errors import ConfigError, ProfilingError
 from .cellstore import cells_path
 from .params import Profiling, RunParams
-from .store import ResultsStore
+from .store import ResultsStore, is_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -153,7 +153,9 @@ def run(
     out
         The run directory (see DESIGN: ``cells.zarr``, ``profiles.h5ad``, ``metrics/``, ``figures/``,
         ``report.html``, ``manifest.json``). Running again with the same ``out`` resumes: finished
-        fields are not recomputed, the later steps are redone.
+        fields are not recomputed, the later steps are redone. A local folder: to keep the cells on
+        object storage, embed to the URL (:func:`subcell_scale.embed_plate` or ``subcell-scale
+        embed --out s3://...``) and profile what :func:`subcell_scale.read_cells` opens.
     platemap
         Well annotations (plate, well, compound, moa, control_type, ...); without one the run stops
         after the cells and per-well profiles (metrics need perturbations).
@@ -174,7 +176,17 @@ def run(
     -------
     RunResult
         Paths, counts, failed fields and the metrics summary.
+
+    Raises
+    ------
+    ConfigError
+        ``out`` is a URL.
     """
+    if is_url(out):
+        msg = (f"out {os.fspath(out)}: run writes profiles, metrics, figures and a report into a local folder; "
+               "give a local --out (a shared file system for a cluster), or embed to the URL with "
+               "`subcell-scale embed --out URL` (embed_plate(out=URL)) and profile read_cells(URL)")
+        raise ConfigError(msg)
     from .distributed import get_client
     from .models import resolve_model
     from .pipeline import embed_plate

@@ -7,6 +7,7 @@ copies by the module fixtures that use them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 
@@ -123,3 +124,66 @@ def synthetic_cells() -> ad.AnnData:
     adata.obsm["localization"] = (1 / (1 + np.exp(-logits))).astype(np.float32)
     adata.uns["localization_classes"] = list(CLASS_NAMES)
     return adata
+
+
+class S3Server:
+    """A real S3 protocol server (moto's server mode) on loopback, for runs without a shared file system.
+
+    ``options`` are the fsspec storage options a run is given (worker processes reach the server
+    with them too); ``fs`` is an s3fs client for the test's own checks.
+    """
+
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per request
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{self._server._server.server_port}"
+        self.options = {"key": "testing", "secret": "testing",
+                        "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}}
+        self.fs = self.filesystem(self.options)
+
+    @staticmethod
+    def filesystem(options: dict):
+        import s3fs
+
+        return s3fs.S3FileSystem(**options, use_listings_cache=False, skip_instance_cache=True)
+
+    def bucket(self, name: str) -> str:
+        """Create the bucket ``name`` (empty) and return it."""
+        if self.fs.exists(name):
+            self.fs.rm(name, recursive=True)
+        self.fs.call_s3("create_bucket", Bucket=name)
+        return name
+
+    @contextlib.contextmanager
+    def checking_credentials(self):
+        """Requests must be signed with credentials the server knows (moto accepts any by default)."""
+        self._set_auth("0")
+        try:
+            yield
+        finally:
+            self._set_auth("inf")
+
+    def _set_auth(self, count: str) -> None:
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                         headers={"Content-Type": "text/plain"})
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One :class:`S3Server` for the session (skipped where moto or s3fs are not installed)."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    server = S3Server()
+    yield server
+    server.stop()

@@ -78,27 +78,16 @@ def test_works_through_fsspec_urls(written):
     assert field_fingerprint(plate, "A02", "0", labels="cells") != first
 
 
-def test_works_on_an_s3_server(written):
+def test_works_on_an_s3_server(written, s3_server):
     """A real S3 protocol server on loopback (moto), read through s3fs as on a cluster without shared disk."""
-    s3fs = pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        options = {"key": "testing", "secret": "testing",
-                   "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{server._server.server_port}",
-                                     "region_name": "us-east-1"}}
-        fs = s3fs.S3FileSystem(**options)
-        fs.call_s3("create_bucket", Bucket="plates")
-        fs.put(str(written), "plates/fp.zarr", recursive=True)
-        plate = open_plate("s3://plates/fp.zarr", storage_options=options)
-        np.testing.assert_array_equal(plate.read_field("A01", "1"), open_plate(written).read_field("A01", "1"))
-        first = field_fingerprint(plate, "A01", "1", labels="cells")
-        other = field_fingerprint(plate, "A02", "1", labels="cells")
-        key = "plates/fp.zarr/" + plate.level_path("A01", "1") + "/c/0/0/0"
-        data = fs.cat(key)
-        fs.pipe(key, data[::-1])  # same size, different content, possibly within the same second
-        assert field_fingerprint(plate, "A01", "1", labels="cells") != first
-        assert field_fingerprint(plate, "A02", "1", labels="cells") == other
-    finally:
-        server.stop()
+    fs = s3_server.fs
+    fs.put(str(written), f"{s3_server.bucket('plates')}/fp.zarr", recursive=True)
+    plate = open_plate("s3://plates/fp.zarr", storage_options=s3_server.options)
+    np.testing.assert_array_equal(plate.read_field("A01", "1"), open_plate(written).read_field("A01", "1"))
+    first = field_fingerprint(plate, "A01", "1", labels="cells")
+    other = field_fingerprint(plate, "A02", "1", labels="cells")
+    key = "plates/fp.zarr/" + plate.level_path("A01", "1") + "/c/0/0/0"
+    data = fs.cat(key)
+    fs.pipe(key, data[::-1])  # same size, different content, possibly within the same second
+    assert field_fingerprint(plate, "A01", "1", labels="cells") != first
+    assert field_fingerprint(plate, "A02", "1", labels="cells") == other

@@ -13,7 +13,8 @@ HELP = "embed every cell of OME-Zarr plates with SubCell into OUT/cells.zarr (re
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("plates", nargs="+", metavar="PLATE", help="OME-Zarr HCS plate(s) (.zarr)")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="results directory; rerunning with the same DIR resumes")
+                        help="results directory, or a URL such as s3://bucket/run for workers without a shared "
+                             "file system (credentials from the environment); rerunning with the same DIR resumes")
     add_model_options(parser)
     add_embedding_options(parser)
     add_cluster_options(parser, default="run in this process")

@@ -3,13 +3,19 @@
 A :class:`~subcell_scale.models.ModelSpec` says how to build the model (published variant, checkpoint
 files or seeded random weights); it is small and pickles with the plugin. Each worker builds the model
 from it once, in :meth:`SubCellPlugin.setup`, on its own GPU when it has one, and tasks fetch it with
-:func:`worker_model`.
+:func:`worker_model`. Checkpoint files on object storage (a model instance saved into an ``s3://``
+run directory) are fetched once, at that build, into a local temporary folder that is removed once
+the weights are read; :func:`spec_for_workers` saves an instance there.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
@@ -19,7 +25,8 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Worker
 
-    from ..models import ModelSpec, SubCell
+    from ..models import ModelSpec, ResolvedModel, SubCell
+    from ..store import RunPath
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +74,51 @@ class SubCellPlugin(WorkerPlugin):
             if self.spec.torch_threads is not None:
                 torch.set_num_threads(int(self.spec.torch_threads))
             device = self.device or default_device()
-            self.model = self.spec.load(device=device)
+            self.model = load_spec(self.spec, device)
             self.n_loads += 1
             log.info("worker %s: SubCell model loaded on %s (load %d)",
                      getattr(worker, "address", "?"), device, self.n_loads)
 
     def teardown(self, worker: Worker | None = None) -> None:
         self.model = None
+
+
+def load_spec(spec: ModelSpec, device: str | None = None) -> SubCell:
+    """Build the model of ``spec``; checkpoint files at URLs are fetched to a local temporary folder
+    first (under their own names, which may tell the variant) and removed once the weights are read."""
+    if spec.source != "checkpoint":
+        return spec.load(device=device)
+    from ..store import RunPath
+
+    with ExitStack() as files:
+        encoder, *classifiers = (str(files.enter_context(RunPath(p, spec.storage_options).local_copy()))
+                                 for p in (spec.encoder_path, *spec.classifier_paths))
+        return replace(spec, encoder_path=encoder, classifier_paths=tuple(classifiers)).load(device=device)
+
+
+def spec_for_workers(model: ResolvedModel, folder: str | RunPath) -> ModelSpec:
+    """A spec every worker can follow: the model's own, or an instance saved as checkpoint files into ``folder``.
+
+    ``folder`` is where every worker reads the run (``out/model``: a shared folder, or a URL whose
+    storage options go with the spec). The files are written in a local folder first, then moved
+    there whole (renamed, or each uploaded as one object), so a worker never reads half of one.
+    """
+    if model.spec is not None:
+        return model.spec
+    from ..store import RunPath
+
+    folder = RunPath.of(folder)
+    with tempfile.TemporaryDirectory(prefix="subcell-scale-") as staging:
+        saved = model.for_workers(staging)
+        folder.put_tree(staging)
+    log.info("model instance saved to %s for the workers", folder)
+
+    def there(path: str) -> str:
+        return (folder / Path(path).name).url
+
+    return replace(saved, encoder_path=there(saved.encoder_path),
+                   classifier_paths=tuple(there(p) for p in saved.classifier_paths),
+                   storage_options=folder.storage_options)
 
 
 def plugin_name(spec: ModelSpec) -> str:

@@ -37,7 +37,9 @@ class ModelSpec:
     variant
         Published variant name (``"variant"``, ``"random"``) or None.
     encoder_path, classifier_paths
-        Files for ``"checkpoint"``; paths every worker can read.
+        Files for ``"checkpoint"``; paths every worker can read, or fsspec URLs (a model instance
+        saved into a run directory on object storage) that the worker plugin fetches to a local
+        temporary folder before :meth:`load` (:mod:`subcell_scale.distributed.plugin`).
     config
         Architecture (:class:`subcell_scale.models.config.ModelConfig` fields) for ``"random"``.
     seed, n_classifiers
@@ -49,6 +51,9 @@ class ModelSpec:
         (``precision``, ``channels``, ``num_heads``, ``variant`` for a checkpoint, ...).
     torch_threads
         ``torch.set_num_threads`` on the worker before loading (Dask starts workers with 1).
+    storage_options
+        fsspec options of URL checkpoint files (credentials, endpoint); not part of the model's
+        description (nor of the manifest).
     """
 
     source: str
@@ -61,6 +66,7 @@ class ModelSpec:
     cache_dir: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     torch_threads: int | None = field(default=None, compare=False)
+    storage_options: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.source not in ("variant", "checkpoint", "random"):
@@ -78,6 +84,7 @@ class ModelSpec:
         """Plain-JSON description (for the manifest and the parameter digest)."""
         d = asdict(self)
         d.pop("torch_threads")
+        d.pop("storage_options")
         d["classifier_paths"] = list(self.classifier_paths)
         return d
 
@@ -195,8 +202,8 @@ class ResolvedModel:
     def for_workers(self, folder: str | os.PathLike[str]) -> ModelSpec:
         """A spec every worker can follow; an instance is first saved as checkpoint files in ``folder``.
 
-        ``folder`` should be inside the run directory, which every worker reads; the files are
-        written once per run (an existing identical save is reused by a resumed run).
+        ``folder`` is a local folder; :func:`subcell_scale.distributed.plugin.spec_for_workers` moves
+        the files into the run directory, a shared folder or a URL, which every worker reads.
         """
         if self.spec is not None:
             return self.spec
@@ -411,5 +418,5 @@ def _save_instance(model: SubCell, folder: Path) -> ModelSpec:
                "precision": model.precision, "probability_mode": model.probability_mode}
     if model.variant:
         options["variant"] = model.variant
-    log.info("model instance saved to %s for the workers", folder)
+    log.debug("model instance saved to %s", folder)
     return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options)

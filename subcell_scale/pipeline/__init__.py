@@ -29,11 +29,11 @@ import pandas as pd
 
 from .._settings import settings
 from .._version import __version__
-from ..cellstore import FORMATS, RunContext, assemble, cells_path, stream_cells
+from ..cellstore import FORMATS, RunContext, assemble, cells_name, stream_cells
 from ..errors import ConfigError, PlateNotFoundError
 from ..models.spec import ModelSpec, ResolvedModel, resolve_model
 from ..params import RunParams, check_same_layout, write_parameters
-from ..store import FieldId, ResultsStore, parameters_digest
+from ..store import FieldId, ResultsStore, RunPath, parameters_digest
 from .execute import run_fields
 from .field import prepare_field
 from .jobs import fields_per_task as _fields_per_task
@@ -58,7 +58,7 @@ def embed_plate(
     classifiers: Sequence[str | os.PathLike] | None = None,
     client: Client | None = None,
     *,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike | RunPath | None = None,
     preset: str | RunParams | None = None,
     channel_map: Mapping[str, str | Sequence[str]] | None = None,
     platemap: str | os.PathLike | pd.DataFrame | None = None,
@@ -72,6 +72,7 @@ def embed_plate(
     format: str = "zarr",
     crop_on: str = "auto",
     storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
     missing_chunks: str = "raise",
     fields_per_task: int | None = None,
     **overrides: Any,
@@ -87,7 +88,8 @@ def embed_plate(
         A published variant name (loaded from the model cache), an encoder checkpoint path, a
         :class:`~subcell_scale.models.SubCell` instance or a :class:`ModelSpec`; None uses the
         preset's variant. With a client, an instance is saved once to ``out/model/`` (or a temporary
-        folder) and every worker loads it from there; it never travels inside the graph.
+        folder) and every worker loads it from there (a worker fetches it once from object
+        storage); it never travels inside the graph.
     classifiers
         Classifier checkpoint paths for an encoder checkpoint path (their sigmoids are averaged).
     client
@@ -96,7 +98,10 @@ def embed_plate(
     out
         Output directory: shards, ``manifest.json``, ``preset.json`` and ``cells.zarr``. Called again
         with the same directory, finished fields are read back, not recomputed. None keeps everything
-        in memory.
+        in memory. A local path is made absolute here (every worker must see it: a shared file
+        system); an fsspec URL (``s3://bucket/run``) suits clusters without one: the workers write
+        their shards there, and everything else the run keeps goes there too (see
+        :class:`~subcell_scale.store.RunPath` for what object storage guarantees).
     preset
         ``"hpa"`` (default) or ``"jump-cellpainting"`` (see :mod:`subcell_scale.presets`), or parameters
         resolved earlier with :meth:`subcell_scale.params.RunParams.resolve`.
@@ -120,11 +125,17 @@ def embed_plate(
     progress
         Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
     format
-        ``"zarr"`` (``cells.zarr``) or ``"h5ad"`` (``cells.h5ad``), written with ``out``.
+        ``"zarr"`` (``cells.zarr``) or ``"h5ad"`` (``cells.h5ad``, local ``out`` only), written with ``out``.
     crop_on
-        ``"cpu"``, ``"device"`` or ``"auto"``: where crops are cut (:mod:`subcell_scale.distributed.tasks`).
+        ``"cpu"``, ``"device"`` or ``"auto"``: where crops are cut (:mod:`subcell_scale.pipeline.field`);
+        ``"auto"`` cuts them on the GPU when the worker has one.
     storage_options
-        fsspec options used to open plate paths.
+        fsspec options of plate URLs (credentials, ``client_kwargs={"endpoint_url": ...}``); also
+        used for an ``out`` URL unless ``out_storage_options`` is given.
+    out_storage_options
+        fsspec options of an ``out`` URL, when they differ from the plates' (another store or other
+        credentials). Without options, fsspec takes credentials from the environment
+        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
     fields_per_task
         Fields embedded together in one GPU task, so that small fields (HPA: 10-30 cells) fill the
         model's batches; default: enough to fill about one batch, from the first field's labels. The
@@ -156,7 +167,8 @@ def embed_plate(
     ChannelMismatchError
         A plate lacks a channel the preset or channel map needs (before any work).
     RunDirectoryError
-        ``out`` is used by another run or holds results made with other parameters.
+        ``out`` is used by another run, holds results made with other parameters, or cannot be
+        written (a missing bucket, wrong credentials: the message names the URL).
     """
     if format not in FORMATS:
         msg = f"format must be one of {FORMATS}, got {format!r}"
@@ -180,8 +192,12 @@ def embed_plate(
     for line in params.report_lines(plans[0]):
         log.info("%s", line)
     context = RunContext(plates, plans, params, resolved, platemap)
+    options = storage_options if out_storage_options is None else out_storage_options
+    store = ResultsStore(out, storage_options=options) if out is not None else None
+    if store is not None and format == "h5ad" and not store.root.is_local:
+        msg = f"out {store.root}: cells.h5ad needs a local output directory; use format='zarr' on object storage"
+        raise ConfigError(msg)
     per_task = fields_per_task or _fields_per_task(plates, plans, params, batch_size)
-    store = ResultsStore(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="subcell-scale-") as scratch:
         plan = {"store": store, "scratch": Path(scratch), "digest": digest, "batch_size": batch_size,
                 "crop_on": crop_on, "segment_if_missing": bool(segment_if_missing)}
@@ -205,7 +221,7 @@ def embed_plate(
             # 4. assemble: the shards streamed into the cells store, which the returned AnnData reads
             fields = [(j.fid, j.shard_path) for j in jobs if j.fid not in results.failed]
             adata = stream_cells(fields, context, [f.key for f in results.failed], store.root, format)
-            store.summarize(seconds=round(time.perf_counter() - started, 3), cells=cells_path(store.root, format).name)
+            store.summarize(seconds=round(time.perf_counter() - started, 3), cells=cells_name(format))
             store.flush(force=True)
     if results.failed:
         log.warning("%d of %d fields failed (see %s); rerun with the same out to retry them",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._constants import Files, Status
 from ..distributed.scheduler import Stage, map_tasks, retriable
-from ..store import FieldId, ResultsStore, Shard, shard_meta
+from ..store import FieldId, ResultsStore, RunPath, Shard, shard_meta
 from .field import FieldFailure, FieldJob, embed_group, prepare_group, write_group
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,10 +73,10 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
                   Stage(write_group)]
     else:
         from ..distributed.cluster import GPU_RESOURCE
-        from ..distributed.plugin import register_model
+        from ..distributed.plugin import register_model, spec_for_workers
 
-        folder = (store.root if store is not None else scratch) / Files.MODEL
-        plugin = register_model(client, model.for_workers(folder))
+        folder = (store.root if store is not None else RunPath(scratch)) / Files.MODEL
+        plugin = register_model(client, spec_for_workers(model, folder))
         todo = [replace(job, model_plugin=plugin) for job in todo]
         stages = [Stage(prepare_group, name="prepare"), Stage(embed_group, resources={GPU_RESOURCE: 1}, name="embed"),
                   Stage(write_group, name="write")]
@@ -132,18 +132,18 @@ def _message(error: BaseException) -> str:
 def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None, plates: dict[str, Plate]) -> set[FieldId]:
     """The fields whose shard exists with this run's digest and an unchanged fingerprint.
 
-    Fingerprints are listings of each field's files (milliseconds locally, one request on object
-    storage), taken in threads; a finished field the manifest does not know yet is recorded.
+    Shards' metadata and fingerprints (listings of each field's files) are read in threads: milliseconds
+    each locally, one request each on object storage; a finished field the manifest does not know
+    yet is recorded.
     """
     if store is None:
         return set()
     from ..io import field_fingerprint
 
-    candidates = []
-    for job in jobs:
-        meta = shard_meta(job.shard_path)
-        if meta is not None and meta.get("digest") == job.digest:
-            candidates.append((job, meta))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        metas = list(pool.map(lambda job: shard_meta(job.shard_path), jobs))
+    candidates = [(job, meta) for job, meta in zip(jobs, metas, strict=True)
+                  if meta is not None and meta.get("digest") == job.digest]
 
     def unchanged(item: tuple[FieldJob, dict[str, Any]]) -> bool:
         job, meta = item

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .._constants import Obs
 from ..errors import PlateNotFoundError
-from ..store import FieldId, Shard, write_shard
+from ..store import FieldId, RunPath, Shard, write_shard
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
@@ -64,7 +64,8 @@ class FieldJob:
     batch_size
         Crops per forward pass (rounded down to whole cells, so a cell's passes share a batch).
     shard_path
-        Where to write the shard; None returns the shard to the caller instead.
+        Where to write the shard (in the run directory, a folder or a URL); None returns the shard to
+        the caller instead.
     digest
         Parameter digest stored in the shard (resume compares it).
     crop_on
@@ -72,7 +73,8 @@ class FieldJob:
     model_plugin
         Name of the worker plugin holding the model (set when the job runs on a cluster).
     flatfield_path
-        ``.npy`` flat field (c, y, x) every field is divided by before labels and crops; None: none.
+        ``.npy`` flat field (c, y, x) every field is divided by before labels and crops (in the run
+        directory); None: none.
     plate_upper
         The plate's upper intensity bound per channel (``crop.plate_upper_percentile`` of its raw
         pixels, computed when the run was planned); None when the crop spec uses none.
@@ -88,11 +90,11 @@ class FieldJob:
     crop: CropSpec
     passes: tuple[tuple[int, ...], ...]
     batch_size: int
-    shard_path: str | None
+    shard_path: RunPath | None
     digest: str
     crop_on: str = "auto"
     model_plugin: str | None = None
-    flatfield_path: str | None = None
+    flatfield_path: RunPath | None = None
     plate_upper: tuple[float, ...] | None = None
 
     @property
@@ -147,7 +149,7 @@ def prepare_field(job: FieldJob) -> PreparedField:
 
     When the crop spec scales intensities, the illumination correction is left unrounded (float32), as
     the JUMP crop generator's percentiles saw it; cells the crop spec's edge rule removes are recorded
-    under ``"edge"`` (CPU mode here, device mode in :func:`embed_field`).
+    under ``"edge"`` (CPU mode here, device mode in :func:`embed_group`).
 
     Raises
     ------
@@ -184,11 +186,12 @@ def prepare_field(job: FieldJob) -> PreparedField:
 
 
 @functools.lru_cache(maxsize=4)
-def _flatfield(path: str) -> np.ndarray:
+def _flatfield(path: RunPath) -> np.ndarray:
     """A plate's flat field, read once per worker process (in its stored precision)."""
     from ..illumination import load_flatfield
 
-    return load_flatfield(path, dtype=None)
+    with path.local_copy() as local:
+        return load_flatfield(local, dtype=None)
 
 
 def _field_labels(plate: Any, job: FieldJob, image: np.ndarray) -> tuple[np.ndarray, bool]:

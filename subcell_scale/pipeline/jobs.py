@@ -18,7 +18,7 @@ import numpy as np
 
 from .._constants import Files
 from ..errors import ChannelMismatchError, ConfigError
-from ..store import FieldId, ResultsStore
+from ..store import FieldId, ResultsStore, RunPath
 from .field import FieldJob
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,10 +58,10 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunPa
     """One job per field of every plate, in plate, well, field order (the order of the cells AnnData).
 
     Files the workers read (flat fields) and the plate statistics a resumed run reuses go into the run
-    directory, or into ``scratch`` without one.
+    directory (a folder or a URL: workers read them from there), or into ``scratch`` without one.
     """
     jobs = []
-    root = store.root if store is not None else scratch
+    root = store.root if store is not None else RunPath(scratch)
     for plate, plan in zip(plates, plans, strict=True):
         flatfield = flatfield_file(plate, params.illumination, root / Files.FLATFIELD)
         plate_upper = plate_upper_bounds(plate, params.crop, root / Files.INTENSITY)
@@ -72,13 +72,13 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunPa
                     fid=fid, plate_path=str(plate.path), plate_options=plate.open_options, label_name=params.label_name,
                     segment_if_missing=segment_if_missing, segmentation=dict(params.segmentation),
                     cells=params.cells, crop=params.crop, passes=plan.passes, batch_size=batch_size,
-                    shard_path=str(store.shard_path(fid)) if store is not None else None, digest=digest,
+                    shard_path=store.shard_path(fid) if store is not None else None, digest=digest,
                     crop_on=crop_on, flatfield_path=flatfield, plate_upper=plate_upper))
     return jobs
 
 
 def flatfield_file(plate: Plate, illumination: str | Sequence[str] | Mapping[str, str] | None,
-                   folder: Path) -> str | None:
+                   folder: str | os.PathLike | RunPath) -> RunPath | None:
     """The flat field of a plate as a file in ``folder`` that workers read: estimated from the plate
     once, or the given file(s) checked against the plate.
 
@@ -93,10 +93,10 @@ def flatfield_file(plate: Plate, illumination: str | Sequence[str] | Mapping[str
         return None
     from ..illumination import estimate_flatfield
 
-    target = folder / f"{plate.name}.npy"
+    target = RunPath.of(folder) / f"{plate.name}.npy"
     if isinstance(illumination, str) and illumination == "estimate":
         if target.exists():
-            return str(target)
+            return target
         log.info("estimating the flat field of plate %s from its fields", plate.name)
         flat = estimate_flatfield(plate)
     else:
@@ -109,9 +109,8 @@ def flatfield_file(plate: Plate, illumination: str | Sequence[str] | Mapping[str
         if flat.ndim == 3 and flat.shape[0] != c:
             msg = f"flat field {illumination}: {flat.shape[0]} channels, but plate {plate.name} has {c}"
             raise ChannelMismatchError(msg)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(target, np.asarray(flat, dtype=np.float64 if flat.dtype == np.float64 else np.float32))
-    return str(target)
+    target.write_bytes(_npy(np.asarray(flat, dtype=np.float64 if flat.dtype == np.float64 else np.float32)))
+    return target
 
 
 def _given_flatfield(plate: Plate, illumination: str | Sequence[str] | Mapping[str, str],
@@ -142,7 +141,7 @@ def _given_flatfield(plate: Plate, illumination: str | Sequence[str] | Mapping[s
     return load_flatfield(paths, dtype=None)
 
 
-def plate_upper_bounds(plate: Plate, spec: CropSpec, folder: Path) -> tuple[float, ...] | None:
+def plate_upper_bounds(plate: Plate, spec: CropSpec, folder: str | os.PathLike | RunPath) -> tuple[float, ...] | None:
     """The plate's upper intensity bound per channel when ``spec`` clips at a plate percentile.
 
     The histogram of the plate's raw pixels (one pass over every field, before illumination
@@ -152,20 +151,26 @@ def plate_upper_bounds(plate: Plate, spec: CropSpec, folder: Path) -> tuple[floa
     if spec.plate_upper_percentile is None:
         return None
     from ..intensity import HISTOGRAM_BINS, histogram_percentile, plate_histogram
-    from ..store import atomic_write_bytes
 
-    target = folder / f"{plate.name}.npy"
+    target = RunPath.of(folder) / f"{plate.name}.npy"
     shape = (len(plate.channel_names), HISTOGRAM_BINS)
-    histogram = np.load(target) if target.exists() else None
+    try:
+        histogram = np.load(io.BytesIO(target.read_bytes()), allow_pickle=False)
+    except FileNotFoundError:
+        histogram = None
     if histogram is None or histogram.shape != shape:
         histogram = plate_histogram(plate)
-        folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.save(buffer, histogram)
-        atomic_write_bytes(target, buffer.getvalue())
+        target.write_bytes(_npy(histogram))
     bounds = histogram_percentile(histogram, spec.plate_upper_percentile)
     log.info("plate %s: %s %% intensity bounds %s", plate.name, spec.plate_upper_percentile, bounds.tolist())
     return tuple(float(v) for v in bounds)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (written whole, locally or to object storage)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def fields_per_task(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunParams, batch_size: int,
