@@ -573,11 +573,18 @@ def extract_cells(
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device``; read-only arrays (from zarr or pandas) are copied, as torch requires."""
+    """A host array on ``device``; read-only arrays (from zarr or pandas) are copied, as torch requires.
+
+    To a GPU the copy goes from pinned memory without blocking the host: kernels queued after it on
+    the same stream see the data, and the host goes on preparing the next ones meanwhile.
+    """
     import torch
 
     array = np.ascontiguousarray(array)
-    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+    host = torch.from_numpy(array if array.flags.writeable else array.copy())
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def _cell_sums_torch(labels: np.ndarray, device: torch.device

@@ -358,3 +358,18 @@ def test_a_bad_field_fails_alone_within_its_group(demo, reference, model, tmp_pa
     kept = [n for n in ref.obs_names if not n.startswith("demo-plate-1_A02_0_")]
     assert list(adata.obs_names) == kept
     assert np.array_equal(adata.X, ref[kept].X)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fields_sent_to_the_gpu_ahead_give_the_cells_of_host_crops(demo, tiny_spec):
+    """On a GPU, a group's raw fields are copied on a side stream while earlier fields are embedded."""
+    import dataclasses
+
+    spec = dataclasses.replace(tiny_spec, options={"precision": "fp32"})
+    on_host = embed_plate(demo["plates"], spec, crop_on="cpu", device="cuda", fields_per_task=3, progress=False,
+                          **SMALL)
+    on_device = embed_plate(demo["plates"], spec, crop_on="device", device="cuda", fields_per_task=3,
+                            progress=False, **SMALL)
+    assert list(on_device.obs_names) == list(on_host.obs_names)
+    np.testing.assert_allclose(on_device.X, on_host.X, atol=1e-4)

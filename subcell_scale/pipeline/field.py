@@ -253,12 +253,13 @@ def embed_group(prepared: list[PreparedField | FieldFailure], group: FieldGroup,
         model = worker_model(group[0].model_plugin)
     out: list[Shard | FieldFailure | None] = [None] * len(group)
     parts, owners = [], []
+    arriving = _send_fields(prepared, model.device)
     for i, (job, prep) in enumerate(zip(group, prepared, strict=True)):
         if isinstance(prep, FieldFailure):
             out[i] = prep
             continue
         try:
-            crops, cells, dropped = _field_crops(prep, job, model)
+            crops, cells, dropped = _field_crops(prep, job, model, arriving.get(i))
         except Exception as exc:  # noqa: BLE001 - a field that cannot be cropped fails alone
             out[i] = FieldFailure(exc)
             continue
@@ -306,14 +307,50 @@ def write_group(shards: list[Shard | FieldFailure], group: FieldGroup) -> list[d
     return out
 
 
-def _field_crops(prep: PreparedField, job: FieldJob, model: SubCell) -> tuple[Any, pd.DataFrame, dict]:
-    """A field's crops (numpy from the CPU stage, or cut here on the model's device), table and drops."""
+def _send_fields(prepared: list[PreparedField | FieldFailure], device: Any) -> dict[int, Any]:
+    """Start copying the group's raw fields to the GPU on a side stream, each from pinned memory.
+
+    Returns, by position in the group, the field on the device and the event its copy records: the
+    copies run while the fields before them are cropped and embedded, and each crop waits for its own
+    field only. Nothing to do off CUDA (the crops then read the host arrays).
+    """
+    if getattr(device, "type", "cpu") != "cuda":
+        return {}
+    import torch
+
+    stream = torch.cuda.Stream(device=device)
+    sent = {}
+    with torch.cuda.stream(stream):
+        for i, prep in enumerate(prepared):
+            if isinstance(prep, FieldFailure) or prep.crops is not None or prep.image is None:
+                continue
+            host = np.ascontiguousarray(prep.image)
+            pinned = torch.from_numpy(host if host.flags.writeable else host.copy()).pin_memory()
+            field = pinned.to(device, non_blocking=True).to(torch.float32)  # exact for 16-bit pixels
+            sent[i] = (field, stream.record_event())
+    return sent
+
+
+def _field_crops(prep: PreparedField, job: FieldJob, model: SubCell, arriving: Any = None
+                 ) -> tuple[Any, pd.DataFrame, dict]:
+    """A field's crops (numpy from the CPU stage, or cut here on the model's device), table and drops.
+
+    ``arriving`` is the field already on its way to the device (:func:`_send_fields`).
+    """
     dropped = {k: list(v) for k, v in prep.dropped.items()}
     if prep.crops is not None:
         return prep.crops, prep.cells, dropped
     from ..cells import extract_cells_torch
 
-    tensor, table = extract_cells_torch(prep.image, prep.labels, prep.pixel_size, job.crop, channels=job.passes,
+    image = prep.image
+    if arriving is not None:
+        import torch
+
+        image, copied = arriving
+        current = torch.cuda.current_stream(image.device)
+        current.wait_event(copied)
+        image.record_stream(current)  # the copy stream's memory is used here: keep it until done
+    tensor, table = extract_cells_torch(image, prep.labels, prep.pixel_size, job.crop, channels=job.passes,
                                         device=model.device, plate_upper=job.plate_upper, dropped=dropped)
     return tensor, table[_CELL_COLUMNS].reset_index(drop=True), dropped
 
