@@ -491,7 +491,7 @@ class SubCell(nn.Module):
         return logits[:rows], probs[:rows]
 
     def embed(self, crops: np.ndarray | torch.Tensor, *, batch_size: int = 64, eps: float = REFERENCE_EPS,
-              pool_attention: bool = True) -> dict[str, np.ndarray | None]:
+              pool_attention: bool = True, trim: bool = False) -> dict[str, np.ndarray | None]:
         """Embed many crops in batches; returns numpy arrays.
 
         Parameters
@@ -507,6 +507,10 @@ class SubCell(nn.Module):
             budget), the batch is halved and retried, down to 1; results do not depend on the split.
         pool_attention
             Also return the pooling attention maps (skip them to save the device-to-host copies).
+        trim
+            Cut each crop to the largest multiple of the patch size (JUMP's 478 px to 464: the
+            reference ViT's patch convolution never reads the last pixels either), one batch at a
+            time, so the whole array is never copied for it.
 
         Returns
         -------
@@ -526,18 +530,16 @@ class SubCell(nn.Module):
         if not isinstance(flat, torch.Tensor):
             flat = _host_array(np.asarray(flat))
         integer = not flat.dtype.is_floating_point
-        if not integer and flat.shape[0]:
-            low, high = float(flat.min()), float(flat.max())
-            if low < -1e-3 or high > 1 + 1e-3:
-                logger.warning("float crops span [%.3g, %.3g], outside [0, 1]; SubCell expects min-max normalised "
-                               "input (pass integer crops to have them normalised)", low, high)
         c = self.config
-        gh, gw = crops.shape[-2] // c.patch_size, crops.shape[-1] // c.patch_size
+        height, width = crops.shape[-2], crops.shape[-1]
+        if trim:
+            height, width = height // c.patch_size * c.patch_size, width // c.patch_size * c.patch_size
+        gh, gw = height // c.patch_size, width // c.patch_size
         n = flat.shape[0]
         emb = np.empty((n, c.embedding_dim), np.float32)
         probs = np.empty((n, c.num_classes), np.float32) if self.classifiers else None
         pool = np.empty((n, c.pool_heads, gh, gw), np.float32) if pool_attention else None
-        for start, stop, out in self._batches(flat, batch_size, normalize=integer, eps=eps):
+        for start, stop, out in self._batches(flat, batch_size, normalize=integer, eps=eps, size=(height, width)):
             emb[start:stop] = out.embedding.cpu().numpy()
             if pool is not None:
                 pool[start:stop] = out.pool_attention.cpu().numpy()
@@ -551,28 +553,31 @@ class SubCell(nn.Module):
             }
         return {"embedding": emb, "probabilities": probs, "pool_attention": pool}
 
-    def _batches(self, flat: torch.Tensor, batch_size: int, *, normalize: bool, eps: float
-                 ) -> Iterator[tuple[int, int, SubCellOutput]]:
-        """Forward passes over ``flat`` (B, C, H, W), halving a batch that runs out of memory.
+    def _batches(self, flat: torch.Tensor, batch_size: int, *, normalize: bool, eps: float,
+                 size: tuple[int, int]) -> Iterator[tuple[int, int, SubCellOutput]]:
+        """Forward passes over ``flat`` (B, C, H, W) cut to ``size``, halving a batch that runs out of memory.
 
         The one place that splits work into batches: a field is not lost to one oversized batch, and
         the outputs do not depend on the split (the classifiers pad their rows, see :meth:`_classify`).
         With :attr:`pad_batches`, blank crops fill the batch up to its padded size and their rows are
-        dropped before anything is returned.
+        dropped before anything is returned. Float crops outside [0, 1] (not normalised) are said once.
         """
         cuda = self.device.type == "cuda"
-        size, start, n = batch_size, 0, flat.shape[0]
+        height, width = size
+        rows_per, start, n = batch_size, 0, flat.shape[0]
         with torch.inference_mode():
             while start < n:
-                stop = min(start + size, n)
-                batch = flat[start:stop]
+                stop = min(start + rows_per, n)
+                batch = flat[start:stop, :, :height, :width].contiguous()  # one batch copied, not the array
+                if start == 0 and not normalize:
+                    _check_range(batch)
                 if batch.device != self.device:
                     batch = (batch.pin_memory() if cuda else batch).to(self.device, non_blocking=True)
                 if normalize:
                     # the reference normalisation (float64, per crop over all channels), on the model's device
                     batch = min_max_normalize(batch, eps=eps).float()
                 rows = stop - start
-                padded = self._padded_rows(rows, size)
+                padded = self._padded_rows(rows, rows_per)
                 if padded > rows:
                     batch = torch.cat((batch, batch.new_zeros(padded - rows, *batch.shape[1:])))
                 try:
@@ -582,9 +587,9 @@ class SubCell(nn.Module):
                 except torch.OutOfMemoryError as exc:
                     if padded == 1:
                         raise
-                    size = max(1, (stop - start) // 2)
+                    rows_per = max(1, (stop - start) // 2)
                     logger.warning("out of memory with a batch of %d crops (%s); retrying with %d",
-                                   stop - start, " ".join(str(exc).split())[:120], size)
+                                   stop - start, " ".join(str(exc).split())[:120], rows_per)
                     del batch
                     if cuda:
                         torch.cuda.empty_cache()
@@ -605,6 +610,17 @@ class SubCell(nn.Module):
         model = (f"variant={self.variant}, channels={self.channels}, embedding_dim={self.embedding_dim}, "
                  f"classifiers={self.n_classifiers}, precision={self.precision}")
         return ", ".join([model, *engine])
+
+
+def _check_range(batch: torch.Tensor) -> None:
+    """Warn when float crops are not min-max normalised (checked on the first batch: a run's crops come
+    from one function, so one batch tells)."""
+    if not batch.numel():
+        return
+    low, high = float(batch.min()), float(batch.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        logger.warning("float crops span [%.3g, %.3g], outside [0, 1]; SubCell expects min-max normalised input "
+                       "(pass integer crops to have them normalised)", low, high)
 
 
 def _first_rows(out: SubCellOutput, rows: int) -> SubCellOutput:

@@ -382,15 +382,12 @@ def embed_crops(model: SubCell, crops: Any, batch_size: int) -> tuple[np.ndarray
         classifiers.
     """
     n, n_passes = int(crops.shape[0]), int(crops.shape[1])
-    patch = model.config.patch_size
-    height, width = int(crops.shape[-2]), int(crops.shape[-1])
-    crops = crops[..., : height // patch * patch, : width // patch * patch]
     if n == 0:
         width = n_passes * model.config.num_classes
         return (np.zeros((0, n_passes * model.embedding_dim), np.float32),
                 np.zeros((0, width), np.float32) if model.n_classifiers else None)
     per_batch = max(1, int(batch_size) // n_passes) * n_passes
-    out = model.embed(crops, batch_size=per_batch, pool_attention=False)
+    out = model.embed(crops, batch_size=per_batch, pool_attention=False, trim=True)
     embedding = np.asarray(out["embedding"], dtype=np.float32).reshape(n, -1)
     probabilities = out["probabilities"]
     if probabilities is not None:
