@@ -172,7 +172,7 @@ def test_moa_nearest_neighbour_accuracy_matches_a_direct_search(executed):
     similarity = unit @ unit.T
     compound, moa = table["Metadata_compound"].to_numpy(), table["Metadata_moa"].astype(str).to_numpy()
     control = (table["Metadata_control_type"] == "negcon").to_numpy()
-    compounds_per_moa = table[~control].groupby("Metadata_moa")["Metadata_compound"].nunique()
+    compounds_per_moa = table[~control].groupby("Metadata_moa", observed=True)["Metadata_compound"].nunique()
     usable = set(compounds_per_moa[compounds_per_moa >= 2].index)
     similarity[compound[:, None] == compound[None, :]] = -np.inf  # not-same-compound (and not itself)
     queries = np.flatnonzero(~control & np.isin(moa, list(usable)))

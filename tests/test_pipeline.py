@@ -71,7 +71,7 @@ def _same(a: ad.AnnData, b: ad.AnnData) -> None:
     assert list(a.obs_names) == list(b.obs_names)
     x, y = np.asarray(a.X), np.asarray(b.X)
     assert np.array_equal(x, y), f"max difference {np.abs(x - y).max()}"
-    assert np.array_equal(a.obsm[Keys.LOCALIZATION], b.obsm[Keys.LOCALIZATION])
+    assert np.array_equal(np.asarray(a.obsm[Keys.LOCALIZATION]), np.asarray(b.obsm[Keys.LOCALIZATION]))
     pd.testing.assert_frame_equal(a.obs, b.obs)
 
 

@@ -94,7 +94,7 @@ def _same_cells(expected: ad.AnnData, got: ad.AnnData) -> None:
     assert got.obs_names.is_unique
     assert list(got.obs_names) == list(expected.obs_names)
     assert np.array_equal(np.asarray(got.X), np.asarray(expected.X)), "embeddings differ"
-    assert np.array_equal(got.obsm[Keys.LOCALIZATION], expected.obsm[Keys.LOCALIZATION])
+    assert np.array_equal(np.asarray(got.obsm[Keys.LOCALIZATION]), np.asarray(expected.obsm[Keys.LOCALIZATION]))
 
 
 def _subset(adata: ad.AnnData, keep: set[str]) -> ad.AnnData:
