@@ -97,8 +97,9 @@ print(json.dumps({"cells": n, "growth": peak - before}))
 
 
 def measure(spec: dict, mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec), mode], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec), mode], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the {mode} assembly failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

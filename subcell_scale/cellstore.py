@@ -373,6 +373,7 @@ def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str
     if fmt == "h5ad" and not root.is_local:
         msg = f"{root}: cells.h5ad needs a local output directory; use format='zarr' on object storage"
         raise ConfigError(msg)
+    root.mkdir()
     path = root / cells_name(fmt)
     matrices = dict(matrices or {})
     if fmt == "h5ad":

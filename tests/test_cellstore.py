@@ -81,3 +81,11 @@ def test_a_directory_without_cells_is_named(tmp_path):
 
     with pytest.raises(RunDirectoryError, match="no cells.zarr or cells.h5ad"):
         read_cells(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5ad"])
+def test_cells_are_written_into_a_folder_that_does_not_exist_yet(in_memory, tmp_path, fmt):
+    """A user's own AnnData goes into a new run folder (parents made), and reads back the same."""
+    path = cellstore.write_cells(in_memory, tmp_path / "new" / "run", fmt)
+    assert path.local == tmp_path / "new" / "run" / cellstore.cells_name(fmt)
+    _same(in_memory, read_cells(tmp_path / "new" / "run", load=True))
