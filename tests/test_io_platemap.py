@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 
 from subcell_scale.errors import PlatemapError, WellNameError
-from subcell_scale.io import PlatemapWarning, PlateWriter, join_platemap, normalize_well_name, open_plate, read_platemap
+from subcell_scale.io import (
+    PlatemapWarning,
+    PlateWriter,
+    join_platemap,
+    normalize_well_name,
+    open_plate,
+    read_platemap,
+)
+from subcell_scale.io.consolidated import quiet_consolidation
 from subcell_scale.io.wells import parse_well_name, row_index, row_name
 
 
@@ -138,6 +146,7 @@ def test_join_checks_against_the_plates_wells(tmp_path):
         join_platemap(wells.iloc[:1], layout, plates={"P1": ["A1", "A2"]})
 
 
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")  # v2 on purpose: stores users have
 def test_a_platemap_of_other_plates_warns_naming_both_and_writes_no_nan_text(tmp_path):
     cells = _cells()
     other = PLATEMAP.assign(Metadata_Plate=PLATEMAP["Metadata_Plate"].map({"P1": "BR001", "P2": "BR002"}))
@@ -149,11 +158,14 @@ def test_a_platemap_of_other_plates_warns_naming_both_and_writes_no_nan_text(tmp
                         "its columns are left empty; fix the names, or drop the platemap's plate column to "
                         "apply one layout to every plate"]
     assert joined["compound"].isna().all() and joined["dose"].isna().all()
-    # written and read back as scanpy users do: missing stays missing, in zarr and h5ad alike
+    # written and read back as scanpy users do: missing stays missing, in zarr (both formats) and h5ad alike
     adata = ad.AnnData(np.zeros((len(cells), 2), np.float32), obs=joined.astype({"well": str}))
-    adata.write_zarr(tmp_path / "cells.zarr")
+    for zarr_format in (2, 3):
+        with ad.settings.override(zarr_write_format=zarr_format, auto_shard_zarr_v3=False), quiet_consolidation():
+            adata.write_zarr(tmp_path / f"cells-v{zarr_format}.zarr")
     adata.write_h5ad(tmp_path / "cells.h5ad")
-    for back in (ad.read_zarr(tmp_path / "cells.zarr"), ad.read_h5ad(tmp_path / "cells.h5ad")):
+    backs = [ad.read_zarr(tmp_path / f"cells-v{zarr_format}.zarr") for zarr_format in (2, 3)]
+    for back in (*backs, ad.read_h5ad(tmp_path / "cells.h5ad")):
         for column in ("compound", "control_type"):
             assert back.obs[column].isna().all(), (column, back.obs[column].tolist())
         assert "nan" not in set(back.obs["compound"].astype(object).dropna())
@@ -166,7 +178,8 @@ def test_partly_described_text_columns_keep_their_values_and_missing(tmp_path):
     assert isinstance(joined["compound"].dtype, pd.CategoricalDtype)
     assert joined["compound"].isna().tolist() == [False, True, False, True, False]
     adata = ad.AnnData(np.zeros((len(cells), 2), np.float32), obs=joined.astype({"well": str}))
-    adata.write_zarr(tmp_path / "cells.zarr")
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
+        adata.write_zarr(tmp_path / "cells.zarr")
     back = ad.read_zarr(tmp_path / "cells.zarr").obs["compound"]
     assert back.isna().tolist() == [False, True, False, True, False]
     assert back.dropna().tolist() == joined["compound"].dropna().tolist()

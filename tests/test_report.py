@@ -15,6 +15,7 @@ import pytest
 from subcell_scale import report
 from subcell_scale._constants import Files, Keys
 from subcell_scale.errors import RunDirectoryError
+from subcell_scale.io.consolidated import quiet_consolidation
 from subcell_scale.models.registry import CLASS_NAMES
 from subcell_scale.profiles._steps import record_step
 
@@ -118,7 +119,8 @@ def run_dir(tmp_path):
                         "plate": {"name": "P1"}}],
         "lines": ["preset hpa: SubCell at its HPA training geometry", "overridden: dilation"],
     }))
-    _cells().write_zarr(root / Files.CELLS_ZARR)
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
+        _cells().write_zarr(root / Files.CELLS_ZARR)
     profiles = ad.AnnData(X=np.ones((2, 16), np.float32),
                           obs=pd.DataFrame({"plate": ["P1", "P2"], "well": ["B03", "B03"], "n_cells": [20, 10]},
                                            index=["0", "1"]))
