@@ -58,7 +58,7 @@ def _import_graph() -> dict[str, set[str]]:
 
     for path in root.rglob("*.py"):
         parts = list(path.relative_to(root.parent).with_suffix("").parts)
-        package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        package = parts[:-1]  # the package a relative import starts from, for a module and an __init__ alike
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         tree = ast.parse(path.read_text())
         skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
