@@ -80,6 +80,11 @@ def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
     plan = params.plan(plate)
     segmentation = {**params.segmentation, **overrides}
     spec = params.crop
+    upper = None
+    if spec.plate_upper_percentile is not None:  # the plate pass the pipeline makes once, before the fields
+        from subcell_scale.intensity import histogram_percentile, plate_histogram
+
+        upper = tuple(histogram_percentile(plate_histogram(plate), spec.plate_upper_percentile))
     passes = plan.passes
     channels = passes if plan.multi_pass else passes[0]
     sites = [(w, f) for w in plate.wells for f in plate.fields(w)][:n_fields]
@@ -93,7 +98,7 @@ def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
         t_segment = time.process_time()
         filtered, _ = filter_cells(labels, plate.pixel_size, **params.cells.kwargs())
         t_filter = time.process_time()
-        crops, table = extract_cells(image, filtered, plate.pixel_size, spec, channels=channels)
+        crops, table = extract_cells(image, filtered, plate.pixel_size, spec, channels=channels, plate_upper=upper)
         t_crop = time.process_time()
         del crops
         for stage, (a, b) in zip(STAGES, ((start, t_read), (t_read, t_segment), (t_segment, t_filter),
