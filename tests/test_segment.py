@@ -188,6 +188,20 @@ def test_filter_cells_drops_by_reason_in_square_micrometres():
     assert dropped["too_small"] == [1, 2, 3, 9]
 
 
+@pytest.mark.parametrize("offset", [0, 2**31 - 100])  # small ids (a lookup table), ids too large for one
+def test_filter_cells_is_the_same_whatever_the_label_values(offset):
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 40, (50, 70)).astype(np.int64)
+    labels = np.where(base > 0, base + offset, 0)
+    pixel_size = 1.0
+    kept, dropped = filter_cells(labels, pixel_size, min_area_um2=85, max_area_um2=95, drop_border=False)
+    gone = [v for reason in DROP_REASONS for v in dropped[reason]]
+    assert gone and len(gone) < 39
+    np.testing.assert_array_equal(kept, np.where(np.isin(labels, gone), 0, labels))
+    small, _ = filter_cells(base, pixel_size, min_area_um2=85, max_area_um2=95, drop_border=False)
+    np.testing.assert_array_equal(kept, np.where(small > 0, small + offset, 0))
+
+
 def test_filter_cells_rejects_inconsistent_bounds():
     with pytest.raises(ConfigError, match="larger than"):
         filter_cells(np.zeros((4, 4), np.int32), 1.0, min_area_um2=10, max_area_um2=5)
