@@ -16,6 +16,7 @@ the fields were computed in, so a resumed or distributed run gives the same AnnD
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -317,8 +318,10 @@ def _trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+@functools.cache
 def _glibc() -> Any:
-    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None; looked up
+    once (``find_library`` asks ``ldconfig``), as the heap is trimmed after every chunk copied."""
     import ctypes
     import ctypes.util
 
@@ -343,9 +346,14 @@ class ShardRows:
     width: int
     rows: int
 
+    @functools.cached_property
+    def starts(self) -> np.ndarray:
+        """First row of each piece, and the number of rows last."""
+        return np.cumsum([0] + [len(order) for _, order in self.pieces])
+
     @property
     def shape(self) -> tuple[int, int]:
-        return sum(len(order) for _, order in self.pieces), self.width
+        return int(self.starts[-1]), self.width
 
     def spans(self) -> list[tuple[int, int]]:
         """(first, stop) rows of every chunk."""
@@ -356,7 +364,7 @@ class ShardRows:
         """Rows ``lo:hi``, read from the shards that hold them."""
         from .store import read_shard_array
 
-        starts = np.cumsum([0] + [len(order) for _, order in self.pieces])
+        starts = self.starts
         first = int(np.searchsorted(starts, lo, side="right")) - 1
         out = np.empty((hi - lo, self.width), np.float32)
         for i in range(first, len(self.pieces)):
