@@ -113,30 +113,6 @@ def parameters_digest(parameters: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to the local file ``path`` through a temporary file in the same folder and a rename.
-
-    A killed process leaves either the old file or the new one, never half of one. There is no
-    fsync (it cost 50 ms a shard on network and busy disks): after a power cut a shard may be empty,
-    which :func:`shard_meta` treats as missing, so the field is simply recomputed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        # a failed write (disk full, file-size limit) names no file; say which one could not be written
-        raise OSError(exc.errno, f"{exc.strerror or exc} writing {len(data)} bytes", str(path)) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def is_url(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` is an fsspec URL (``s3://``, ``gs://``, ...) rather than a local path."""
     text = os.fspath(location)
@@ -281,7 +257,8 @@ class RunPath:
     def write_bytes(self, data: bytes) -> None:
         """Write the file whole (see the class doc): readers never see half of it."""
         if self.is_local:
-            atomic_write_bytes(self.url, data)
+            with self.writer() as fh:
+                fh.write(data)
         else:
             self.fs.pipe_file(self._key, data)
 
@@ -289,8 +266,11 @@ class RunPath:
     def writer(self) -> Iterator[BinaryIO]:
         """A binary file to write into, published whole here when the block ends without error.
 
-        For writers that stream (``torch.save`` of large weights): locally a temporary file beside
-        the target then a rename; for object storage a local temporary file then one upload.
+        Locally a temporary file beside the target then a rename: a killed process leaves the old
+        file or the new one, never half of one. There is no fsync (it cost 50 ms a shard on network
+        and busy disks): after a power cut a shard may be empty, which :func:`shard_meta` treats as
+        missing, so the field is simply recomputed. For object storage a local temporary file, then
+        one upload (for writers that stream, such as ``torch.save`` of large weights).
         """
         target = Path(self.url) if self.is_local else None
         folder = target.parent if target is not None else None
@@ -298,8 +278,14 @@ class RunPath:
             folder.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{self.name}.", suffix=".tmp", delete=False)
         try:
-            with handle as fh:
-                yield fh
+            try:
+                with handle as fh:
+                    yield fh
+            except OSError as exc:
+                if exc.filename is not None:
+                    raise
+                # a failed write (disk full, file-size limit) names no file; say which one could not be written
+                raise OSError(exc.errno, f"{exc.strerror or exc} writing", self.url) from exc
             if target is not None:
                 os.replace(handle.name, target)
             else:

@@ -5,17 +5,15 @@ files or seeded random weights); it is small and pickles with the plugin. Each w
 from it once, in :meth:`SubCellPlugin.setup`, on its own GPU when it has one, and tasks fetch it with
 :func:`worker_model`. Checkpoint files on object storage (a model instance saved into an ``s3://``
 run directory) are fetched once, at that build, into a local temporary folder that is removed once
-the weights are read; :func:`spec_for_workers` saves an instance there.
+the weights are read; :meth:`~subcell_scale.models.ResolvedModel.for_workers` saves an instance there.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from contextlib import ExitStack
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
@@ -25,8 +23,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Worker
 
-    from ..models import ModelSpec, ResolvedModel, SubCell
-    from ..store import RunPath
+    from ..models import ModelSpec, SubCell
 
 log = logging.getLogger(__name__)
 
@@ -94,31 +91,6 @@ def load_spec(spec: ModelSpec, device: str | None = None) -> SubCell:
         encoder, *classifiers = (str(files.enter_context(RunPath(p, spec.storage_options).local_copy()))
                                  for p in (spec.encoder_path, *spec.classifier_paths))
         return replace(spec, encoder_path=encoder, classifier_paths=tuple(classifiers)).load(device=device)
-
-
-def spec_for_workers(model: ResolvedModel, folder: str | RunPath) -> ModelSpec:
-    """A spec every worker can follow: the model's own, or an instance saved as checkpoint files into ``folder``.
-
-    ``folder`` is where every worker reads the run (``out/model``: a shared folder, or a URL whose
-    storage options go with the spec). The files are written in a local folder first, then moved
-    there whole (renamed, or each uploaded as one object), so a worker never reads half of one.
-    """
-    if model.spec is not None:
-        return model.spec
-    from ..store import RunPath
-
-    folder = RunPath.of(folder)
-    with tempfile.TemporaryDirectory(prefix="subcell-scale-") as staging:
-        saved = model.for_workers(staging)
-        folder.put_tree(staging)
-    log.info("model instance saved to %s for the workers", folder)
-
-    def there(path: str) -> str:
-        return (folder / Path(path).name).url
-
-    return replace(saved, encoder_path=there(saved.encoder_path),
-                   classifier_paths=tuple(there(p) for p in saved.classifier_paths),
-                   storage_options=folder.storage_options)
 
 
 def plugin_name(spec: ModelSpec) -> str:

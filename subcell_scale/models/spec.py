@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..store import RunPath
     from .subcell import SubCell
 
 log = logging.getLogger(__name__)
@@ -199,15 +200,16 @@ class ResolvedModel:
         """The model in this process (built from the spec when there is no instance yet)."""
         return self.instance if self.instance is not None else self.spec.load(device=device)
 
-    def for_workers(self, folder: str | os.PathLike[str]) -> ModelSpec:
+    def for_workers(self, folder: RunPath) -> ModelSpec:
         """A spec every worker can follow; an instance is first saved as checkpoint files in ``folder``.
 
-        ``folder`` is a local folder; :func:`subcell_scale.distributed.plugin.spec_for_workers` moves
-        the files into the run directory, a shared folder or a URL, which every worker reads.
+        ``folder`` is where every worker reads the run (``out/model`` as a
+        :class:`~subcell_scale.store.RunPath`: a shared folder, or a URL whose storage options go with
+        the spec). Each file is written whole there, so a worker never reads half of one.
         """
         if self.spec is not None:
             return self.spec
-        return _save_instance(self.instance, Path(folder))
+        return _save_instance(self.instance, folder)
 
 
 def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | ResolvedModel | None,
@@ -399,24 +401,22 @@ def _checkpoint_identity(spec: ModelSpec) -> dict[str, Any]:
             "classifier_sha256": [sha256_file(p) for p in spec.classifier_paths]}
 
 
-def _save_instance(model: SubCell, folder: Path) -> ModelSpec:
-    """Save a model instance once as checkpoint files that every worker can load."""
+def _save_instance(model: SubCell, folder: RunPath) -> ModelSpec:
+    """Save a model instance once as checkpoint files that every worker can load (local or a URL)."""
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
+    def save(tensors: dict[str, Any], name: str) -> str:
+        target = folder / name
+        with target.writer() as fh:  # a worker never reads half a file
+            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, fh)
+        return target.url
 
-    def save(tensors: dict[str, Any], path: Path) -> str:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a worker never reads half a file
-        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-        return str(path)
-
-    encoder = save(model.encoder_state_dict(), folder / "encoder.pth")
-    classifiers = tuple(save(head.state_dict(), folder / f"classifier_{k}.pth")
-                        for k, head in enumerate(model.classifiers))
+    encoder = save(model.encoder_state_dict(), "encoder.pth")
+    classifiers = tuple(save(head.state_dict(), f"classifier_{k}.pth") for k, head in enumerate(model.classifiers))
     options = {"num_heads": model.config.num_heads, "channels": list(model.channels),
                "precision": model.precision, "probability_mode": model.probability_mode}
     if model.variant:
         options["variant"] = model.variant
-    log.debug("model instance saved to %s", folder)
-    return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options)
+    log.info("model instance saved to %s for the workers", folder)
+    return ModelSpec("checkpoint", encoder_path=encoder, classifier_paths=classifiers, options=options,
+                     storage_options=folder.storage_options)

@@ -73,10 +73,10 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
                   Stage(write_group)]
     else:
         from ..distributed.cluster import GPU_RESOURCE
-        from ..distributed.plugin import register_model, spec_for_workers
+        from ..distributed.plugin import register_model
 
         folder = (store.root if store is not None else RunPath(scratch)) / Files.MODEL
-        plugin = register_model(client, spec_for_workers(model, folder))
+        plugin = register_model(client, model.for_workers(folder))
         todo = [replace(job, model_plugin=plugin) for job in todo]
         stages = [Stage(prepare_group, name="prepare"), Stage(embed_group, resources={GPU_RESOURCE: 1}, name="embed"),
                   Stage(write_group, name="write")]
