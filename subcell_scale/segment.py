@@ -373,6 +373,12 @@ def _bin_mean_integer(plane: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+def _table_fits(top: int, n_pixels: int) -> bool:
+    """Whether a table indexed by label value (up to ``top``) is small beside the image: label ids are
+    (at most a few per pixel), unless an image numbers its cells sparsely."""
+    return top <= 4 * n_pixels + 1024
+
+
 def label_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label values present (excluding 0) and their areas in pixels, both sorted by label."""
     flat = np.asarray(labels).ravel()
@@ -380,7 +386,7 @@ def label_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         msg = "label images must not hold negative values"
         raise PlateFormatError(msg)
     top = int(flat.max()) if flat.size else 0
-    if top <= 4 * flat.size + 1024:
+    if _table_fits(top, flat.size):
         counts = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1)
         values = np.flatnonzero(counts)
         values = values[values != 0]
@@ -456,12 +462,12 @@ def filter_cells(
 def _members(labels: np.ndarray, members: np.ndarray) -> np.ndarray:
     """The pixels of ``labels`` whose value is one of ``members`` (non-negative, sorted).
 
-    A lookup table indexed by the label image, when the values are small enough for one (label ids
-    are: at most a few per pixel), is about 3x faster than ``np.isin`` on a 2048 x 2048 HPA field;
-    values past the table's end land on its last entry, which is False.
+    A lookup table indexed by the label image, when the values are small enough for one, is about
+    3x faster than ``np.isin`` on a 2048 x 2048 HPA field; values past the table's end land on its
+    last entry, which is False.
     """
     top = int(members[-1])
-    if top > 4 * labels.size + 1024:
+    if not _table_fits(top, labels.size):
         return np.isin(labels, members)
     table = np.zeros(top + 2, bool)
     table[members] = True
