@@ -140,28 +140,25 @@ def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None, plates: dict
         return set()
     from ..io import field_fingerprint
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        metas = list(pool.map(lambda job: shard_meta(job.shard_path), jobs))
-    candidates = [(job, meta) for job, meta in zip(jobs, metas, strict=True)
-                  if meta is not None and meta.get("digest") == job.digest]
-
-    def unchanged(item: tuple[FieldJob, dict[str, Any]]) -> bool:
-        job, meta = item
+    def finished_meta(job: FieldJob) -> dict[str, Any] | None:
+        """The shard's metadata when it holds the field as this run would compute it, else None."""
+        meta = shard_meta(job.shard_path)
+        if meta is None or meta.get("digest") != job.digest:
+            return None
         plate = plates.get(job.fid.plate)
         if plate is None or "fingerprint" not in meta:
-            return True
-        now = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.label_name)
-        if now != meta["fingerprint"]:
+            return meta
+        if field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.label_name) != meta["fingerprint"]:
             log.warning("field %s: its pixels or labels changed on disk since its shard was written; "
                         "recomputing it", job.fid)
-            return False
-        return True
+            return None
+        return meta
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        keep = list(pool.map(unchanged, candidates))
+        metas = list(pool.map(finished_meta, jobs))
     done = set()
-    for (job, meta), ok in zip(candidates, keep, strict=True):
-        if not ok:
+    for job, meta in zip(jobs, metas, strict=True):
+        if meta is None:
             continue
         done.add(job.fid)
         if store.field(job.fid).get("status") != Status.DONE:
