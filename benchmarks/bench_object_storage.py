@@ -45,7 +45,7 @@ def main() -> None:
 
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.models import ModelSpec
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench-object-storage-"))

@@ -39,7 +39,7 @@ def efficiency(root: Path, out_size: int, batch_size: int, n_wells: int) -> None
     from subcell_scale.models import ModelSpec
     from subcell_scale.io import open_plate
     from subcell_scale.io.demo import make_demo_plate
-    from subcell_scale.pipeline import embed_plate, field_crops
+    from subcell_scale import embed_plate, field_crops
 
     torch.set_num_threads(1)
     (plate_path,) = make_demo_plate(root / "eff", n_plates=1, n_wells=n_wells, n_fields=2, field_size=512, seed=0)
@@ -91,7 +91,7 @@ def memory(root: Path, out_size: int) -> None:
     from subcell_scale.distributed import get_client
     from subcell_scale.models import ModelSpec
     from subcell_scale.io.demo import make_demo_plate
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     _, config = reduced_model()
     spec = ModelSpec("random", config=config.to_dict(), seed=0, n_classifiers=1)

@@ -79,7 +79,7 @@ def bare_stages(path: Path, preset: str, n_fields: int) -> tuple[float, int]:
 
 
 def pipeline(path: Path, preset: str, model, out: Path, *, labels: bool) -> tuple[float, int, int]:
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     start = time.perf_counter()
     cells = embed_plate(str(path), model, out=out, preset=preset, progress=False, crop_on="cpu",

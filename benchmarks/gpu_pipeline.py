@@ -68,7 +68,7 @@ def main() -> None:
 
     from subcell_scale.distributed import get_client
     from subcell_scale.io.demo import make_demo_plate
-    from subcell_scale.pipeline import embed_plate, field_crops
+    from subcell_scale import embed_plate, field_crops
 
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():

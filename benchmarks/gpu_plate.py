@@ -575,7 +575,7 @@ def _one_preset(args: argparse.Namespace, preset: str, geometry: str, plates: di
     from subcell_scale.io import open_plate
     from subcell_scale.models import get_variant
     from subcell_scale.params import RunParams
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     overrides = {"out_size": SMOKE_OUT_SIZE[preset]} if args.smoke else {}
     spec = model_spec(args, preset, options)

@@ -62,7 +62,7 @@ def main() -> None:
     from subcell_scale.io import open_plate
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.models.config import ModelConfig
-    from subcell_scale.pipeline import embed_plate, field_crops
+    from subcell_scale import embed_plate, field_crops
     from subcell_scale.store import read_shard
 
     torch.set_num_threads(1)

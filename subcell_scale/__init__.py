@@ -6,6 +6,7 @@ The public surface, as in scanpy::
 
     ss.run(...), ss.demo(...)                   the whole job into a run directory
     ss.embed_plate(...), ss.read_cells(...)     plates -> cells AnnData
+    ss.segment_plate(...)                       labels for plates that have none
     ss.open_plate(...), ss.field_crops(...)     plates and the crops the model sees
     ss.get_client(...)                          a Dask cluster set up for embedding
     ss.profiles, ss.metrics                     well profiles and their evaluation
@@ -34,7 +35,8 @@ _LAZY = {
     "SubCell": "subcell_scale.models",
     "ModelSpec": "subcell_scale.models",
     "RunParams": "subcell_scale.params",
-    "embed_plate": "subcell_scale.pipeline",
+    "embed_plate": "subcell_scale.workflow",
+    "segment_plate": "subcell_scale.workflow",
     "field_crops": "subcell_scale.pipeline",
     "read_cells": "subcell_scale.cellstore",
     "run": "subcell_scale.workflow",
@@ -54,8 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .io import Plate, make_demo_plate, open_plate, read_platemap
     from .models import ModelSpec, SubCell
     from .params import RunParams
-    from .pipeline import embed_plate, field_crops
-    from .workflow import demo, run
+    from .pipeline import field_crops
+    from .workflow import demo, embed_plate, run, segment_plate
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, _SUBMODULES, also=("settings", "__version__"))

@@ -37,6 +37,7 @@ class Files:
     CELLS_H5AD = "cells.h5ad"
     PROFILES = "profiles.h5ad"
     METRICS = "metrics"
+    DESIGN = "design.json"  # in metrics/: the evaluation design the tables were computed with
     FIGURES = "figures"
     REPORT = "report.html"
     MANIFEST = "manifest.json"
@@ -44,11 +45,12 @@ class Files:
     LOCK = ".lock"
     PLATES = "plates"
     PLATEMAP = "platemap.csv"
-    PRESET = "preset.json"
+    RUN = "run.json"  # the run's description: options, parameters, each plate's plan
     PROFILES_PARQUET = "profiles.parquet"
     FLATFIELD = "flatfield"  # folder: one flat field per plate, <plate>.npy
     INTENSITY = "intensity"  # folder: one raw-pixel histogram per plate, <plate>.npy (plate percentiles)
     MODEL = "model"  # folder: a model instance saved for the workers
+    LABELS = "labels"  # folder: labels of plates that cannot take them, labels/<plate>/<well>_<field>_<name>.npz
 
 
 class Status:
@@ -59,6 +61,8 @@ class Status:
     PENDING = "pending"
     SKIPPED = "skipped"  # segmentation: the field already had its labels
     INCOMPLETE = "incomplete"  # a run that finished with failed fields or skipped steps
+    RUNNING = "running"  # a run in progress (or killed without a chance to say so)
+    INTERRUPTED = "interrupted"  # a run stopped by the user (Ctrl-C)
 
 
 VAR_PREFIX = "subcell_"

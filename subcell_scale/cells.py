@@ -89,8 +89,8 @@ CELL_COLUMNS = (Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X,
 """Columns of the cells table; bbox max is exclusive, crop centre is the pixel a crop is centred on."""
 
 
-_SWITCHES = ("dilation_pixel_size", "plate_upper_percentile", "field_lower_percentile", "field_upper_percentile",
-             "edge_padding", "edge_window_um")
+SWITCH_KEYS = ("dilation_pixel_size", "plate_upper_percentile", "field_lower_percentile", "field_upper_percentile",
+               "edge_padding", "edge_window_um")
 """CropSpec fields whose None means "off"; False is accepted for them and stored as None."""
 
 
@@ -174,7 +174,7 @@ class CropSpec:
     edge_window_um: float | None = None
 
     def __post_init__(self) -> None:
-        for name in _SWITCHES:  # False is "off" too, so that run overrides (which drop None) can say it
+        for name in SWITCH_KEYS:  # False is "off" too, so that run overrides (which drop None) can say it
             if getattr(self, name) is False:
                 object.__setattr__(self, name, None)
         if self.crop_um is not None and self.crop_px is not None:

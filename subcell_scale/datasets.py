@@ -72,7 +72,7 @@ def demo_cells(path: str | os.PathLike[str], *, n_plates: int = 2, n_wells: int 
     second call reads it back).
     """
     from .models import ModelSpec
-    from .pipeline import embed_plate
+    from .workflow import embed_plate
 
     data = demo_plates(Path(path) / Files.PLATES, n_plates=n_plates, n_wells=n_wells, seed=seed)
     spec = ModelSpec("random", config=TINY_MODEL, seed=seed, n_classifiers=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ChannelMismatchError", "CheckpointError", "ConfigError", "DownloadError", "PlateFormatError",
-    "PlateNotFoundError", "PlatemapError", "ProfilingError", "RunDirectoryError", "SubcellScaleError",
+    "PlateNotFoundError", "PlatemapError", "ProfilingError", "RunDirectoryError", "SubcellScaleError", "UsageError",
     "WellNameError"
 ]
 
@@ -65,6 +65,10 @@ class ConfigError(SubcellScaleError, ValueError):
     """An option, preset or config file value that cannot be used."""
 
     retriable = False
+
+
+class UsageError(ConfigError):
+    """A command used the wrong way: an option missing or contradicting another (exit status 2)."""
 
 
 class RunDirectoryError(SubcellScaleError, OSError):

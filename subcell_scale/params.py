@@ -19,23 +19,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._constants import Files
-from .cells import CropSpec
+from ._typecheck import check_fields
+from .cells import SWITCH_KEYS, CropSpec
 from .errors import ChannelMismatchError, ConfigError
+from .metrics.evaluate import EvaluationDesign
 from .presets import DEFAULT_PRESET, get_preset
+from .profiles.aggregate import Aggregation
+from .profiles.postprocess import Step
+from .segment import SegmentParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io import Plate
-    from .store import RunPath
 
 __all__ = [
-    "CROP_KEYS", "CellFilter", "PlatePlan", "Profiling", "RunParams", "check_same_layout", "write_parameters"
+    "CROP_KEYS", "CellFilter", "PlatePlan", "Profiling", "RunParams", "check_same_layout"
 ]
 
 CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation", "normalization", "center",
@@ -44,6 +48,8 @@ CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation",
 """Preset keys that are :class:`~subcell_scale.cells.CropSpec` fields."""
 _FILTER_KEYS = ("min_area_um2", "max_area_um2", "drop_border")
 _NOT_OVERRIDABLE = ("description", "alternatives")
+_MERGED = ("segmentation", "aggregation", "design")
+"""Keys whose mapping overrides are merged into the preset's (the rest of the mapping is kept)."""
 _EMBEDDING_KEYS = ("crop", "channel_map", "label_name", *_FILTER_KEYS, "segmentation", "illumination")
 """Parameters that change embeddings (and so the digest a resumed run compares); profiling and
 evaluation parameters do not."""
@@ -77,13 +83,13 @@ class Profiling:
     Attributes
     ----------
     aggregation
-        Keyword arguments of :func:`subcell_scale.profiles.aggregate`.
+        What :func:`subcell_scale.profiles.aggregate` is called with.
     postprocess
         The steps of :func:`subcell_scale.profiles.postprocess`, in order (run per cell type).
     """
 
-    aggregation: Mapping[str, Any]
-    postprocess: tuple[Mapping[str, Any], ...] = ()
+    aggregation: Aggregation = Aggregation()
+    postprocess: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ class PlatePlan:
         return bool(self.pass_names)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (``preset.json``, the report)."""
+        """Plain-JSON form (``run.json``, the report)."""
         return {"name": self.name, "path": self.path, "pixel_size": list(self.pixel_size),
                 "channels": list(self.channels), "model_channels": list(self.model_channels),
                 "passes": [list(p) for p in self.passes], "multi_pass": self.multi_pass,
@@ -140,8 +146,9 @@ class PlatePlan:
 class RunParams:
     """Every parameter of a run, resolved from a preset and overrides (see :mod:`subcell_scale.presets`).
 
-    Build it with :meth:`resolve`; derive a changed copy with :meth:`replace`. The fields are typed
-    pieces the stages take as they are.
+    Build it with :meth:`resolve`; derive a changed copy with :meth:`replace`. Every field is typed
+    and was checked when it was made (names, types, values), so a mistake in a post-processing step
+    or an evaluation design is reported before a run reads a pixel, not after hours of embedding.
 
     Attributes
     ----------
@@ -158,7 +165,7 @@ class RunParams:
     label_name
         Label image holding the cells.
     segmentation
-        Keyword arguments of :func:`subcell_scale.segment.segment_field` for plates without labels.
+        How fields without labels are segmented (:func:`subcell_scale.segment.segment_field`).
     illumination
         None, ``"estimate"``, the path of a flat field, a path template with ``{plate}`` and
         ``{channel}`` (the Broad's ``{plate}_Illum{channel}.npy``), a list of per-channel paths in plate
@@ -166,7 +173,7 @@ class RunParams:
     profiling
         Aggregation and post-processing of well profiles.
     design
-        Fields of :class:`subcell_scale.metrics.EvaluationDesign`: what the evaluation computes.
+        What the evaluation computes (:func:`subcell_scale.metrics.evaluate_profiles`).
     overridden
         Preset keys whose value was changed by an override.
     """
@@ -178,10 +185,10 @@ class RunParams:
     crop: CropSpec
     cells: CellFilter
     label_name: str
-    segmentation: Mapping[str, Any]
+    segmentation: SegmentParams
     illumination: str | tuple[str, ...] | Mapping[str, str] | None
     profiling: Profiling
-    design: Mapping[str, Any]
+    design: EvaluationDesign
     overridden: tuple[str, ...] = ()
 
     # -- construction -------------------------------------------------------------------------------
@@ -198,14 +205,18 @@ class RunParams:
             a :class:`~subcell_scale.cells.CropSpec` or mapping of its fields. ``None`` values are ignored,
             so callers pass optional arguments through unchanged; ``False`` switches off a key whose "off"
             is None (``illumination=False``, ``plate_upper_percentile=False``, ``edge_padding=False``).
+            The mappings ``segmentation``, ``aggregation`` and ``design`` are merged into the preset's
+            (``design={"null_size": 1000}`` keeps the rest of the design); a dotted key sets one entry
+            (``**{"design.null_size": 1000}``, ``--set design.null_size=1000``).
 
         Raises
         ------
         ConfigError
-            Unknown preset or key (the message lists the known ones), or a value the crop geometry or
-            the segmenter rejects.
+            Unknown preset or key (the message lists the known ones), a value of the wrong type (the
+            key is named), or a value the crop geometry, the segmenter, a post-processing step or the
+            evaluation design rejects.
         """
-        overrides = {**_crop_overrides(overrides.pop("crop", None)), **overrides}
+        overrides = _nested({**_crop_overrides(overrides.pop("crop", None)), **overrides})
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if isinstance(preset, RunParams):
             return preset.replace(**overrides) if overrides else preset
@@ -217,43 +228,54 @@ class RunParams:
         if unknown:
             msg = f"preset {name!r}: unknown parameter(s) {unknown}; parameters are {allowed}"
             raise ConfigError(msg)
-        overridden = sorted(k for k, v in overrides.items() if values.get(k) != v)
-        if "crop_um" in overridden and "out_size" not in overrides and values["out_size"] is not None:
+        if "crop_um" in overrides and "out_size" not in overrides and values["out_size"] is not None:
             values["out_size"] = None  # a new physical crop at the preset's model scale, not a squeezed one
-        values.update(copy.deepcopy(overrides))
-        return cls._from_values(name, values, tuple(overridden))
+        for key, value in overrides.items():
+            merge = key in _MERGED and isinstance(value, Mapping) and isinstance(values.get(key), Mapping)
+            values[key] = {**values[key], **copy.deepcopy(dict(value))} if merge else copy.deepcopy(value)
+        params = cls._from_values(name, values, ())
+        default = _preset_default(name).values()
+        given = params.values()
+        overridden = tuple(sorted(k for k in overrides if _plain(given.get(k)) != _plain(default.get(k))))
+        return dataclasses.replace(params, overridden=overridden)
 
     @classmethod
     def _from_values(cls, name: str, values: Mapping[str, Any], overridden: tuple[str, ...]) -> RunParams:
-        from .segment import SegmentParams
+        from .models.registry import get_variant
+        from .profiles.postprocess import resolve_chain
 
-        segmentation = dict(values.get("segmentation") or {})
-        SegmentParams.from_kwargs({k: v for k, v in segmentation.items()
-                                   if k not in ("nucleus_channel", "cell_channel")})
-        crop = CropSpec(**{k: values[k] for k in CROP_KEYS if k in values})
-        illumination = _illumination(values.get("illumination"))
-        chain = values.get("postprocess") or ()
-        if isinstance(chain, str):
-            from .presets import get_chain
-
-            chain = get_chain(chain)
+        where = f"preset {name!r}"
+        # False switches a key off whose "off" is None (overrides drop None values, so they say False)
+        crop_values = {k: None if values[k] is False and k in SWITCH_KEYS else values[k] for k in CROP_KEYS
+                       if k in values}
+        check_fields(CropSpec, crop_values, where)
+        filter_values = {k: values[k] for k in _FILTER_KEYS}
+        check_fields(CellFilter, filter_values, where)
+        for key in ("variant", "label_name"):
+            if not isinstance(values[key], str) or not values[key]:
+                raise ConfigError(f"{where}: {key} must be a non-empty string, got {values[key]!r}")
+        get_variant(values["variant"])  # an unknown name fails now, listing the published ones
         return cls(
             preset=name, description=str(values.get("description", "")), variant=str(values["variant"]),
-            channel_map=copy.deepcopy(values.get("channel_map")), crop=crop,
-            cells=CellFilter(**{k: values[k] for k in _FILTER_KEYS}), label_name=str(values["label_name"]),
-            segmentation=segmentation, illumination=illumination,
-            profiling=Profiling(aggregation=dict(values["aggregation"]), postprocess=tuple(dict(s) for s in chain)),
-            design=copy.deepcopy(dict(values.get("design") or {})), overridden=overridden)
+            channel_map=_channel_map(values.get("channel_map")), crop=CropSpec(**crop_values),
+            cells=CellFilter(**filter_values), label_name=str(values["label_name"]),
+            segmentation=SegmentParams.from_kwargs(values.get("segmentation")),
+            illumination=_illumination(values.get("illumination")),
+            profiling=Profiling(aggregation=Aggregation.from_mapping(values.get("aggregation")),
+                                postprocess=resolve_chain(values.get("postprocess") or ())),
+            design=EvaluationDesign.from_mapping(values.get("design")), overridden=overridden)
 
     def replace(self, **overrides: Any) -> RunParams:
         """A copy with ``overrides`` applied as :meth:`resolve` applies them to the preset's defaults."""
-        return RunParams.resolve(self.preset, **{**self._overrides(), **overrides})
+        return RunParams.resolve(self.preset, **{**self._overrides(), **_nested(overrides)})
 
     def _overrides(self) -> dict[str, Any]:
+        """The overridden keys with this object's values (typed pieces as they are: nothing is lost)."""
         flat = self.values()
-        defaults = get_preset(self.preset)
+        typed = {"segmentation": self.segmentation, "aggregation": self.profiling.aggregation,
+                 "postprocess": self.profiling.postprocess, "design": self.design}
         # a key switched off with False reads back as None, which an override would ignore: keep it False
-        return {k: False if flat[k] is None else flat[k] for k in self.overridden if k in flat and k in defaults}
+        return {k: typed[k] if k in typed else (False if flat[k] is None else flat[k]) for k in self.overridden}
 
     # -- plain forms --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
@@ -261,9 +283,11 @@ class RunParams:
         crop = {k: getattr(self.crop, k) for k in CROP_KEYS}
         crop["crop_um"] = self.crop.side_um
         return {"description": self.description, "variant": self.variant,
-                "channel_map": copy.deepcopy(self.channel_map), **crop, "illumination": self.illumination, "label_name": self.label_name, **self.cells.kwargs(),
-                "segmentation": dict(self.segmentation), "aggregation": dict(self.profiling.aggregation),
-                "postprocess": [dict(s) for s in self.profiling.postprocess], "design": copy.deepcopy(dict(self.design))}
+                "channel_map": copy.deepcopy(self.channel_map), **crop, "illumination": self.illumination,
+                "label_name": self.label_name, **self.cells.kwargs(),
+                "segmentation": dataclasses.asdict(self.segmentation),
+                "aggregation": self.profiling.aggregation.kwargs(),
+                "postprocess": [s.to_dict() for s in self.profiling.postprocess], "design": self.design.to_dict()}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON record: the flat keys, ``preset``, ``overridden`` and the resolved ``crop`` geometry."""
@@ -333,9 +357,9 @@ class RunParams:
             lines.append(f"plate {plan.name}: {plan.pixel_size[1]} um/px, crop window {plan.window_px[1]} px "
                          f"(x{plan.rescale:.3f}), {len(plan.passes)} pass(es): {mapping}")
         agg = self.profiling.aggregation
-        lines.append("aggregation: " + (f"{agg['operation']} per field, then mean per well"
-                                        if agg.get("per_field") else f"{agg['operation']} per well"))
-        steps = ", then ".join(_describe_step(s) for s in self.profiling.postprocess)
+        lines.append("aggregation: " + (f"{agg.operation} per field, then mean per well"
+                                        if agg.per_field else f"{agg.operation} per well"))
+        steps = ", then ".join(_describe_step(s.to_dict()) for s in self.profiling.postprocess)
         lines.append(f"post-processing (per cell type): {steps or 'none'}")
         if self.overridden:
             lines.append(f"overridden: {', '.join(self.overridden)}")
@@ -359,18 +383,6 @@ def _describe_step(step: Mapping[str, Any]) -> str:
     if "batch" in step:
         words.append(f"on {step['batch']}")
     return " ".join(words)
-
-
-def write_parameters(out: str | os.PathLike | RunPath, params: RunParams, plans: Sequence[PlatePlan]) -> RunPath:
-    """Write ``preset.json`` into ``out`` (a folder or a URL): the effective parameters per plate and
-    their report lines."""
-    from .store import RunPath
-
-    items = [{**params.to_dict(), "plate": plan.to_dict()} for plan in plans] or [params.to_dict()]
-    lines = [line for plan in plans for line in params.report_lines(plan)] or params.report_lines()
-    path = RunPath.of(out) / Files.PRESET
-    path.write_bytes(json.dumps({"parameters": items, "lines": lines}, indent=1, default=str).encode())
-    return path
 
 
 def check_same_layout(plans: Sequence[PlatePlan]) -> None:
@@ -442,3 +454,52 @@ def _pass_names(passes: tuple[tuple[int, ...], ...], names: Sequence[str]) -> tu
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: os.fspath(o) if isinstance(o, os.PathLike) else str(o)))
+
+
+def _nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested mappings: ``{"design.null_size": 1}`` -> ``{"design": {"null_size": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, dot, rest = str(key).partition(".")
+        if not dot:
+            out[key] = value
+            continue
+        if value is None:  # as for any key: an optional argument passed through unchanged
+            continue
+        if head not in _MERGED:
+            msg = f"{key}: only {', '.join(_MERGED)} take a dotted key (one entry of their mapping)"
+            raise ConfigError(msg)
+        out.setdefault(head, {})
+        if not isinstance(out[head], dict):
+            msg = f"{head} is given both whole and as {key}; give one"
+            raise ConfigError(msg)
+        out[head][rest] = value
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _preset_default(name: str) -> RunParams:
+    """A preset's own parameters, to tell which overrides changed something."""
+    values = get_preset(name)
+    values.pop("alternatives", None)
+    return RunParams._from_values(name, values, ())
+
+
+def _plain(value: Any) -> Any:
+    return _jsonable(value)
+
+
+def _channel_map(value: Any) -> dict[str, str | list[str]] | None:
+    """The ``channel_map`` key checked: model slot -> a plate channel name or a list of names."""
+    if value is None:
+        return None
+    ok = isinstance(value, Mapping) and all(
+        isinstance(k, str) and (isinstance(v, str) or (isinstance(v, list | tuple) and v
+                                                       and all(isinstance(n, str) for n in v)))
+        for k, v in value.items())
+    if not ok:
+        msg = (f"channel_map must map model slots to a plate channel name or a list of names "
+               f"(e.g. {{'nucleus': 'DAPI', 'protein': ['Mito', 'AGP']}}), got {value!r}")
+        raise ConfigError(msg)
+    return {str(k): (list(v) if isinstance(v, list | tuple) else str(v)) for k, v in value.items()}
+

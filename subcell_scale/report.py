@@ -58,7 +58,7 @@ class _Run:
     manifest: dict[str, Any] | None = None
     cells: _Cells | None = None
     profiles: Any = None
-    preset: dict[str, Any] | None = None
+    description: dict[str, Any] | None = None
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -109,20 +109,20 @@ def _read_manifest(run: _Run) -> None:
     run.manifest = manifest
 
 
-def _read_preset(run: _Run) -> None:
-    path = run.root / Files.PRESET
+def _read_description(run: _Run) -> None:
+    path = run.root / Files.RUN
     if not path.exists():
-        run.missing.append(f"{Files.PRESET}: not found (no preset report)")
+        run.missing.append(f"{Files.RUN}: not found (no run description)")
         return
     try:
-        report = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        run.missing.append(f"{Files.PRESET}: unreadable ({exc})")
+        run.missing.append(f"{Files.RUN}: unreadable ({exc})")
         return
-    if isinstance(report, dict):
-        run.preset = report
+    if isinstance(record, dict):
+        run.description = record
     else:
-        run.missing.append(f"{Files.PRESET}: not a JSON object")
+        run.missing.append(f"{Files.RUN}: not a JSON object")
 
 
 def _read_cells(run: _Run) -> None:
@@ -313,8 +313,13 @@ def _summary(run: _Run, fields: pd.DataFrame | None) -> str:
 
 
 def _run_section(record: Mapping[str, Any], embed_summary: Mapping[str, Any]) -> str:
-    """Stage timings, skipped steps and the options of ``subcell-scale run`` (manifest ``run``)."""
+    """How the run went: its status and stages, stage timings and skipped steps (manifest ``run``)."""
     parts = []
+    if record.get("status"):
+        stages = ", ".join(record.get("stages") or [])
+        error = f": {record['error']}" if record.get("error") else ""
+        parts.append(f"<p>Status: <b>{_e(record['status'])}</b>{_e(error)}"
+                     + (f" (stages {_e(stages)})" if stages else "") + "</p>")
     timings = dict(record.get("timings") or {})
     if not timings and embed_summary.get("seconds") is not None:
         timings["embed"] = embed_summary["seconds"]
@@ -326,9 +331,6 @@ def _run_section(record: Mapping[str, Any], embed_summary: Mapping[str, Any]) ->
     if skipped:
         items = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in skipped.items())
         parts.append(f'<h3>Skipped steps</h3><ul class="missing">{items}</ul>')
-    options = record.get("options") or {}
-    if options:
-        parts.append("<h3>Options</h3>" + _kv_table({k: v for k, v in options.items() if v not in (None, {}, [])}))
     return "".join(parts) or "<p>No run record in the manifest.</p>"
 
 
@@ -352,29 +354,36 @@ def _parameters(run: _Run) -> str:
     return "".join(parts) or "<p>No parameters recorded (no manifest).</p>"
 
 
-def _preset_section(report: Mapping[str, Any]) -> str:
-    """The preset report (``preset.json``): the protocol in words, then the effective values.
+def _description_section(record: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """The run's description (``run.json``): the protocol in words, then the effective values per plate.
 
     Lines repeated for every plate are shown once; plates that share every value share one column.
     """
     parts = []
-    lines = list(dict.fromkeys(str(line) for line in report.get("lines") or []))
+    lines = list(dict.fromkeys(str(line) for line in record.get("lines") or []))
     if lines:
         parts.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>")
+    if labels:
+        items = "".join(f"<li>plate <b>{_e(k)}</b>: <code>{_e(v)}</code></li>" for k, v in labels.items())
+        parts.append(f"<p>Plates that could not take their segmentation labels keep them in the run directory:</p>"
+                     f"<ul>{items}</ul>")
+    params = record.get("parameters") if isinstance(record.get("parameters"), Mapping) else {}
+    values = {k: _fmt(v) for k, v in params.items() if k not in {"description", "crop"}}
     columns: dict[str, dict[str, str]] = {}
-    for i, params in enumerate(report.get("parameters") or []):
-        if not isinstance(params, Mapping):
-            continue
-        plate = params.get("plate") if isinstance(params.get("plate"), Mapping) else {}
-        name = str(plate.get("name") or f"#{i + 1}")
-        columns[name] = {k: _fmt(v) for k, v in params.items() if k not in {"plate", "description", "crop"}}
-    if columns:
+    for i, plan in enumerate(record.get("plates") or [{}]):
+        plan = plan if isinstance(plan, Mapping) else {}
+        name = str(plan.get("name") or f"#{i + 1}")
+        columns[name] = {**values, **{f"plate: {k}": _fmt(v) for k, v in plan.items() if k not in ("name",)}}
+    if values:
         table = pd.DataFrame(columns)
         if len(columns) > 1 and table.nunique(axis=1, dropna=False).le(1).all():
             table = table.iloc[:, :1].set_axis([f"all {len(columns)} plates"], axis=1)
         parts.append("<h3>Effective parameters</h3>" + _table(table.rename_axis("parameter"), index=True,
                                                             max_rows=200))
-    return "".join(parts) or "<p>The preset report is empty.</p>"
+    options = record.get("options") if isinstance(record.get("options"), Mapping) else {}
+    if options:
+        parts.append("<h3>Options</h3>" + _kv_table({k: v for k, v in options.items() if v not in (None, {}, [])}))
+    return "".join(parts) or "<p>The run description is empty.</p>"
 
 
 def protocol_sections(preset: str) -> str:
@@ -540,7 +549,7 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
         raise RunDirectoryError(msg)
     run = _Run(root=root)
     _read_manifest(run)
-    _read_preset(run)
+    _read_description(run)
     _read_cells(run)
     _read_profiles(run)
     _read_metrics(run)
@@ -548,12 +557,13 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
     fields = fields_table(run.manifest) if run.manifest and run.manifest.get("fields") else None
 
     sections = [("Summary", _summary(run, fields))]
-    if run.preset is not None:
-        sections.append(("Preset", _preset_section(run.preset)))
-        names = {p.get("preset") for p in run.preset.get("parameters") or [] if isinstance(p, Mapping)}
-        for name in sorted(n for n in names if n):
-            sections.append((f"Protocol: {name}", _protocol_section(str(name))))
     manifest = run.manifest or {}
+    if run.description is not None:
+        labels = (manifest.get("run") or {}).get("labels") or {}
+        sections.append(("Run description", _description_section(run.description, labels)))
+        name = (run.description.get("parameters") or {}).get("preset")
+        if name:
+            sections.append((f"Protocol: {name}", _protocol_section(str(name))))
     if manifest.get("run") or (manifest.get("embed") or {}).get("summary"):
         sections.append(("Run", _run_section(manifest.get("run") or {}, (manifest.get("embed") or {}).get("summary")
                                              or {})))

@@ -7,33 +7,26 @@ watershed on a cytoplasm channel (microtubules or ER for HPA-style plates, ER/AG
 Painting). Every length is given in micrometres and converted with the plate's pixel size, so the same
 parameters work on a 0.08 um/px confocal field and a 0.6 um/px Cell Painting field.
 
-:func:`segment_field` and :func:`filter_cells` are arrays in, arrays out; :func:`segment_plate` runs
-them over a plate (in process or one Dask task per field) and writes the labels back into it.
+:func:`segment_field` and :func:`filter_cells` are arrays in, arrays out; a run's segmentation stage
+(:func:`subcell_scale.segment_plate`, ``subcell-scale segment``) runs them over plates and stores the labels.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import numpy as np
 
-from ._constants import Status
+from ._typecheck import check_fields
 from .errors import ChannelMismatchError, ConfigError, PlateFormatError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from distributed import Client
-
-    from .io import Plate
 
 __all__ = [
     "CELL_CHANNEL_NAMES", "DROP_REASONS", "NUCLEUS_CHANNEL_NAMES", "SegmentParams", "filter_cells", "grow_cells",
     "label_areas", "match_scores", "pixel_size_yx", "resolve_segmentation_channels", "segment_field",
-    "segment_nuclei", "segment_plate", "segment_plate_field"
+    "segment_nuclei"
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,42 +81,47 @@ class SegmentParams:
         Finer fields are binned to about this pixel size before segmenting and the labels are
         repeated back to full resolution: cells are tens of micrometres, so 0.4 um loses nothing that
         matters for a crop mask and makes a 0.08 um/px confocal field about 25 times cheaper.
+    nucleus_channel
+        Name of the nuclear stain; None: the first of :data:`NUCLEUS_CHANNEL_NAMES` present.
+    cell_channel
+        Name (or names, averaged after a percentile rescale) of the cytoplasm channel(s); None: all
+        of :data:`CELL_CHANNEL_NAMES` present. With none, cells are nuclei grown by distance.
     """
 
     nucleus_sigma_um: float = 1.0
-    nucleus_threshold: str = "otsu"
+    nucleus_threshold: Literal["otsu", "local"] = "otsu"
     local_block_um: float = 50.0
     nucleus_min_distance_um: float = 5.0
     min_nucleus_area_um2: float = 15.0
     cell_sigma_um: float = 1.5
-    cell_threshold: str = "otsu"
+    cell_threshold: Literal["otsu", "li"] = "otsu"
     cell_threshold_scale: float = 0.8
     max_cell_radius_um: float = 30.0
     work_pixel_size_um: float = 0.4
+    nucleus_channel: str | None = None
+    cell_channel: str | tuple[str, ...] | None = None
 
     @classmethod
-    def from_kwargs(cls, params: dict[str, Any]) -> SegmentParams:
-        """Build from keyword arguments, naming any that are not parameters."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            msg = f"unknown segmentation parameter(s) {unknown}; known: {sorted(known)}"
-            raise ConfigError(msg)
+    def from_kwargs(cls, params: Mapping[str, Any] | SegmentParams | None = None) -> SegmentParams:
+        """Build from keyword arguments, naming any that are not parameters or have the wrong type."""
+        if isinstance(params, SegmentParams):
+            return params
+        params = dict(params or {})
+        if isinstance(params.get("cell_channel"), list):
+            params["cell_channel"] = tuple(params["cell_channel"])
+        check_fields(cls, params, "segmentation")
         out = replace(cls(), **params)
-        if out.nucleus_threshold not in ("otsu", "local"):
-            msg = f"nucleus_threshold must be 'otsu' or 'local', got {out.nucleus_threshold!r}"
-            raise ConfigError(msg)
-        if out.cell_threshold not in ("otsu", "li"):
-            msg = f"cell_threshold must be 'otsu' or 'li', got {out.cell_threshold!r}"
-            raise ConfigError(msg)
         for f in fields(out):
             value = getattr(out, f.name)
-            if isinstance(f.default, str):
-                continue
-            if isinstance(value, bool) or not isinstance(value, float | int) or not value > 0:
-                msg = f"segmentation parameter {f.name} must be a positive number, got {value!r}"
+            if isinstance(value, float | int) and not isinstance(value, bool) and not value > 0:
+                msg = f"segmentation: {f.name} must be a positive number, got {value!r}"
                 raise ConfigError(msg)
         return out
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`segment_field` (only those that differ from the defaults)."""
+        default = SegmentParams()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
 
 
 def pixel_size_yx(pixel_size: float | Sequence[float]) -> tuple[float, float]:
@@ -314,8 +312,8 @@ def segment_field(
     if image.shape[0] != len(channel_names):
         msg = f"image has {image.shape[0]} channels but {len(channel_names)} names were given: {list(channel_names)}"
         raise ChannelMismatchError(msg)
-    p = SegmentParams.from_kwargs(params)
-    nucleus, cyto = resolve_segmentation_channels(channel_names, nucleus_channel, cell_channel)
+    p = SegmentParams.from_kwargs({**params, "nucleus_channel": nucleus_channel, "cell_channel": cell_channel})
+    nucleus, cyto = resolve_segmentation_channels(channel_names, p.nucleus_channel, p.cell_channel)
     if not cyto:
         logger.info("no cytoplasm channel among %s: cells are nuclei grown by %.1f um", list(channel_names),
                     p.max_cell_radius_um / 3)
@@ -506,141 +504,3 @@ def match_scores(predicted: np.ndarray, truth: np.ndarray, *, iou_threshold: flo
     return {"f1": f1, "precision": precision, "recall": recall,
             "mean_iou": float(np.mean(matched)) if matched else 0.0,
             "n_true": n_true, "n_predicted": n_pred, "n_matched": n_match}
-
-
-def segment_plate_field(
-    plate: Plate | str | os.PathLike[str],
-    well: str,
-    field: str,
-    *,
-    nucleus_channel: str | None = None,
-    cell_channel: str | Sequence[str] | None = None,
-    label_name: str = "cells",
-    overwrite: bool = False,
-    params: dict[str, Any] | None = None,
-    plate_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Segment one field of a plate and write its labels back; the unit of work of :func:`segment_plate`.
-
-    Takes a path so a Dask worker opens the plate and reads the pixels itself (the graph carries names,
-    never pixels), with ``plate_options`` (:func:`~subcell_scale.io.open_plate` keyword arguments). A
-    field that already has ``label_name`` is skipped unless ``overwrite``; a field that cannot be read
-    or segmented is reported as failed with the error, so one bad field does not stop a plate.
-
-    Returns
-    -------
-    ``{"well", "field", "status" ("done" | "skipped" | "failed"), "n_cells", "seconds", "error"}``.
-    """
-    from .io import open_plate, write_labels
-
-    start = time.perf_counter()
-    record: dict[str, Any] = {"well": well, "field": str(field), "status": Status.DONE, "n_cells": 0, "seconds": 0.0,
-                              "error": None}
-    try:
-        if not hasattr(plate, "read_field"):
-            plate = open_plate(os.fspath(plate), **(plate_options or {}))  # type: ignore[arg-type]
-        if not overwrite and label_name in plate.label_names(well, field):
-            record["status"] = Status.SKIPPED
-            record["n_cells"] = int(label_areas(plate.read_labels(well, field, label_name))[0].size)
-        else:
-            image = plate.read_field(well, field)
-            labels = segment_field(image, plate.channel_names, plate.pixel_size, nucleus_channel=nucleus_channel,
-                                   cell_channel=cell_channel, **(params or {}))
-            write_labels(plate, well, field, label_name, labels)
-            record["n_cells"] = int(label_areas(labels)[0].size)
-    except (ConfigError, ChannelMismatchError):
-        raise  # the same for every field: stop at once
-    except Exception as exc:  # noqa: BLE001 - recorded per field, the summary names it
-        where = f"{getattr(plate, 'path', plate)} {well}/{field}"
-        record.update(status=Status.FAILED, error=f"{where}: {type(exc).__name__}: {exc}")
-        logger.warning("segmentation failed for %s: %s", where, exc)
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    return record
-
-
-@dataclass(frozen=True)
-class _SegmentJob:
-    """One field of :func:`segment_plate` as the scheduler carries it: names and options only."""
-
-    plate: str
-    well: str
-    field: str
-    options: dict[str, Any]
-
-
-def _segment_job(job: _SegmentJob) -> dict[str, Any]:
-    return segment_plate_field(job.plate, job.well, job.field, **job.options)
-
-
-def segment_plate(
-    plate: Plate | str | os.PathLike[str],
-    *,
-    nucleus_channel: str | None = None,
-    cell_channel: str | Sequence[str] | None = None,
-    label_name: str = "cells",
-    overwrite: bool = False,
-    client: Client | None = None,
-    storage_options: dict[str, Any] | None = None,
-    progress: bool | None = None,
-    **params: Any,
-) -> dict[str, Any]:
-    """Segment every field of a plate and store the labels in it, so later runs reuse them.
-
-    Parameters
-    ----------
-    plate
-        A :class:`~subcell_scale.io.Plate` or its path (it must be writable).
-    nucleus_channel, cell_channel, **params
-        As for :func:`segment_field`; checked once before any field is read.
-    label_name
-        Name of the label image written into each field (``labels/<name>``), the name the pipeline
-        is later given to reuse it.
-    overwrite
-        Re-segment fields that already hold ``label_name``; by default they are skipped.
-    client
-        A ``distributed.Client``: one task per field, each worker reading and writing its own field,
-        through the same scheduler as embedding (:func:`subcell_scale.distributed.map_tasks`).
-        ``None`` runs the fields one after the other in this process.
-    storage_options
-        fsspec options of a remote plate, used by every worker that opens it.
-    progress
-        Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
-
-    Returns
-    -------
-    ``{"plate", "label_name", "n_fields", "done", "skipped", "failed", "n_cells", "seconds", "fields"}``
-    where ``fields`` lists :func:`segment_plate_field` records in plate order.
-    """
-    from .distributed.scheduler import Stage, map_tasks
-    from .io import open_plate
-
-    start = time.perf_counter()
-    opened = plate if hasattr(plate, "read_field") else open_plate(os.fspath(plate), storage_options=storage_options)  # type: ignore[arg-type]
-    SegmentParams.from_kwargs(params)
-    resolve_segmentation_channels(opened.channel_names, nucleus_channel, cell_channel)
-    options = {"nucleus_channel": nucleus_channel, "cell_channel": cell_channel, "label_name": label_name,
-               "overwrite": overwrite, "params": params, "plate_options": opened.open_options}
-    jobs = [_SegmentJob(str(opened.path), w, str(f), options) for w in opened.wells for f in opened.fields(w)]
-    by_site: dict[tuple[str, str], dict[str, Any]] = {}
-    for outcome in map_tasks([Stage(_segment_job, name="segment")], jobs, client=client, retries=0,
-                             key=lambda job: f"{opened.name}/{job.well}/{job.field}", progress=progress,
-                             desc="segmenting"):
-        job = outcome.item
-        if outcome.ok:
-            record = outcome.result
-        else:  # a worker lost while segmenting, or an error that stops every field
-            if isinstance(outcome.error, ConfigError | ChannelMismatchError):
-                raise outcome.error
-            record = {"well": job.well, "field": job.field, "status": Status.FAILED, "n_cells": 0, "seconds": 0.0,
-                      "error": f"{opened.path} {job.well}/{job.field}: {type(outcome.error).__name__}: "
-                               f"{outcome.error}"}
-        by_site[(job.well, job.field)] = record
-    records = [by_site[(job.well, job.field)] for job in jobs]
-    counts = {s: sum(r["status"] == s for r in records) for s in (Status.DONE, Status.SKIPPED, Status.FAILED)}
-    summary = {"plate": str(opened.path), "label_name": label_name, "n_fields": len(records), **counts,
-               "n_cells": int(sum(r["n_cells"] for r in records)),
-               "seconds": round(time.perf_counter() - start, 3), "fields": records}
-    logger.info("%s: %d fields segmented, %d skipped, %d failed, %d cells in %.1f s", opened.path,
-                counts[Status.DONE], counts[Status.SKIPPED], counts[Status.FAILED], summary["n_cells"],
-                summary["seconds"])
-    return summary

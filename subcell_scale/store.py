@@ -592,15 +592,15 @@ class ResultsStore:
                  "may read and write there") if not self.root.is_local else "check the folder's permissions"
         return f"output directory {self.root}: cannot be used ({type(exc).__name__}: {exc}); {check}"
 
-    def begin(self, *, inputs: Mapping[str, Any], parameters: Mapping[str, Any], model: Mapping[str, Any],
-              versions: Mapping[str, Any], digest: str) -> None:
-        """Record a run's inputs and parameters; refuse a directory made with other parameters.
+    def check_compatible(self, digest: str, parameters: Mapping[str, Any]) -> None:
+        """Refuse a directory holding results made with other embedding parameters (before anything is written).
 
         Raises
         ------
         RunDirectoryError
-            The manifest holds results computed with another parameter digest; mixing them would give
-            an AnnData whose cells were embedded differently.
+            The manifest holds finished fields computed with another parameter digest; mixing them
+            would give an AnnData whose cells were embedded differently. The message names the
+            parameters that differ.
         """
         embed = self.manifest.get("embed", {})
         previous = embed.get("digest")
@@ -611,6 +611,12 @@ class ResultsStore:
             msg = (f"output directory {self.root} holds results made with other parameters "
                    f"(differing: {', '.join(changed) or 'model'}); use another --out or delete it")
             raise RunDirectoryError(msg)
+
+    def begin(self, *, inputs: Mapping[str, Any], parameters: Mapping[str, Any], model: Mapping[str, Any],
+              versions: Mapping[str, Any], digest: str) -> None:
+        """Record an embedding's inputs and parameters; refuse a directory made with other parameters
+        (:meth:`check_compatible`)."""
+        self.check_compatible(digest, parameters)
         now = _now()
         self.manifest.setdefault("format", MANIFEST_FORMAT)
         self.manifest.setdefault("created", now)
@@ -645,6 +651,13 @@ class ResultsStore:
         self.manifest.setdefault("fields", {})[fid.key] = {
             "status": FAILED, "n_cells": None, "dropped": {}, "error": error, "attempts": int(attempts),
             "seconds": None if seconds is None else round(float(seconds), 3), "shard": None}
+        self._dirty = True
+        self.flush()
+
+    def record_segmented(self, fid: FieldId, record: Mapping[str, Any]) -> None:
+        """The segmentation stage ended for a field (done, skipped because it had labels, or failed)."""
+        section = self.manifest.setdefault("segment", {}).setdefault("fields", {})
+        section[fid.key] = dict(record)
         self._dirty = True
         self.flush()
 

@@ -1,26 +1,24 @@
-"""The whole job: plates + platemap -> cells, profiles, metrics, figures and a report in one directory.
+"""The entry points of a run: :func:`run` (the whole job), :func:`embed_plate`, :func:`segment_plate`, :func:`demo`.
 
-:func:`run` chains the stages a user would otherwise call one by one, with the parameters of a
-preset (:mod:`subcell_scale.presets`), and records each step in ``manifest.json``:
+Each describes its run once (:func:`subcell_scale.runspec.describe_run`), opens it (every input
+checked before the first field is read; :meth:`subcell_scale.stages.Run.open`) and runs its stages
+(:mod:`subcell_scale.stages`)::
 
-1. check the inputs before any work: the platemap joins the plates, the preset finds its channels;
-2. embed every cell (:func:`subcell_scale.pipeline.embed_plate`; resumable, fields recorded);
-3. aggregate cells into well profiles, post-process them as the preset says (``profiles.h5ad``);
-4. evaluate replicate retrieval, phenotypic activity, MoA retrieval and MoA nearest-neighbour accuracy
-   (``metrics/*.csv``);
-5. draw the figures (``figures/*.png``) and write ``report.html``.
+    spec = describe_run(plates, out="run", platemap="platemap.csv", preset="jump-cellpainting")
+    with Run.open(spec, stages=("embed", "profile", "evaluate", "report")) as run:
+        cells = embed(run)                       # segment on the way, cells.zarr
+        profiles = profile(run, cells)           # profiles.h5ad, profiles.parquet
+        tables = evaluate(run, profiles)         # metrics/*.csv
+        report(run, cells, profiles, tables)     # figures/*.png, report.html
 
-:func:`demo` does the same on generated plates, with published weights when they are in the model
-cache and deterministic random weights (said loudly) when they are not.
+The command line calls the same functions with the same keywords (``subcell-scale run``, ``embed``,
+``segment``, ``demo``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,23 +26,23 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ._constants import Files, Keys, Status
-from .errors import ConfigError, ProfilingError
-from .cellstore import cells_path
-from .params import Profiling, RunParams
-from .store import ResultsStore, is_url
+from ._constants import Files, Status
+from .errors import UsageError
+from .runspec import describe_run
+from .stages import Run, embed, evaluate, profile, report, segment
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
     from distributed import Client
 
-    from .models import ResolvedModel
+    from .cells import CropSpec
+    from .io import Plate
+    from .models import ModelSpec, ResolvedModel, SubCell
+    from .params import RunParams
 
 log = logging.getLogger(__name__)
 
-RUN_OPTIONS = ("plates", "platemap", "model", "classifiers", "preset", "scheduler", "cluster", "n_workers",
-               "batch_size", "channel_map", "format", "retries", "figures", "null_size", "seed", "overrides")
-"""Keys a config file may hold (``overrides`` is a table of preset parameters)."""
+__all__ = ["RunResult", "demo", "embed_plate", "run", "segment_plate"]
 
 DEMO_VARIANT = "all_channels_MAE-CellS-ProtS-Pool"
 
@@ -84,54 +82,17 @@ class RunResult:
         return out
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read run options from a YAML or TOML file (keys: :data:`RUN_OPTIONS`).
-
-    Raises
-    ------
-    ConfigError
-        Unreadable file, unknown suffix or unknown keys (named).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        msg = f"config file {path}: cannot be read ({exc.strerror or exc})"
-        raise ConfigError(msg) from exc
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            msg = f"config file {path}: use .yaml, .yml or .toml"
-            raise ConfigError(msg)
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        msg = f"config file {path}: not valid {path.suffix[1:].upper()} ({exc})"
-        raise ConfigError(msg) from exc
-    if not isinstance(data, dict):
-        msg = f"config file {path}: expected a table of options, found {type(data).__name__}"
-        raise ConfigError(msg)
-    unknown = sorted(set(data) - set(RUN_OPTIONS))
-    if unknown:
-        msg = f"config file {path}: unknown option(s) {unknown}; options are {list(RUN_OPTIONS)}"
-        raise ConfigError(msg)
-    return data
-
-
 def run(
-    plates: str | os.PathLike | Sequence[str | os.PathLike],
+    plates: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     *,
     out: str | os.PathLike,
     platemap: str | os.PathLike | pd.DataFrame | None = None,
     model: Any = None,
     classifiers: Sequence[str | os.PathLike] | None = None,
-    preset: str | None = None,
+    preset: str | RunParams | None = None,
     client: Client | None = None,
     scheduler: str | None = None,
-    cluster: str = "auto",
+    cluster: str | None = None,
     n_workers: int | None = None,
     batch_size: int | None = None,
     channel_map: Mapping[str, Any] | None = None,
@@ -142,340 +103,341 @@ def run(
     seed: int | None = None,
     segment_if_missing: bool = True,
     progress: bool | None = None,
+    plates_from: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Segment, embed, profile and evaluate plates; write every output into ``out``.
 
+    Every input is checked before the first field is read: the plates, the platemap against their
+    wells and against the columns the post-processing and evaluation need, the model, the channel
+    map, ``out``. A mistake costs seconds and writes nothing.
+
     Parameters
     ----------
     plates
-        One or more OME-Zarr HCS plate paths or URLs.
+        OME-Zarr HCS plate paths or URLs, or globs (``"plates/*.zarr"``).
     out
-        The run directory (see DESIGN: ``cells.zarr``, ``profiles.h5ad``, ``metrics/``, ``figures/``,
-        ``report.html``, ``manifest.json``). Running again with the same ``out`` resumes: finished
-        fields are not recomputed, the later steps are redone. A local folder: to keep the cells on
-        object storage, embed to the URL (:func:`subcell_scale.embed_plate` or ``subcell-scale
+        The run directory (``cells.zarr``, ``profiles.h5ad``, ``metrics/``, ``figures/``,
+        ``report.html``, ``manifest.json``, ``run.json``). Running again with the same ``out``
+        resumes: finished fields are not recomputed, the later steps are redone. A local folder: to
+        keep the cells on object storage, embed to the URL (:func:`embed_plate` or ``subcell-scale
         embed --out s3://...``) and profile what :func:`subcell_scale.read_cells` opens.
     platemap
         Well annotations (plate, well, compound, moa, control_type, ...); without one the run stops
         after the cells and per-well profiles (metrics need perturbations).
     model, classifiers, preset, channel_map, batch_size, format, retries, segment_if_missing, progress
-        As in :func:`subcell_scale.embed_plate`.
+        As in :func:`embed_plate`; ``model="random"`` runs seeded random weights of the preset's variant.
     client, scheduler, cluster, n_workers
-        An existing client, or how to get one (:func:`subcell_scale.distributed.get_client`); a
-        client made here is closed at the end.
+        An existing client, or how to get one (:func:`subcell_scale.distributed.get_client`;
+        default :attr:`subcell_scale.settings.cluster`); a client made here is closed at the end.
     figures
         Draw the figures and the report.
     null_size, seed
         Null distribution size and seed of the mAP p-values (default: the preset's design, e.g. 10000
-        and 42 for ``jump-cellpainting`` as the benchmark).
+        and 42 for ``jump-cellpainting`` as the benchmark); the same as ``design.null_size`` and
+        ``design.seed``.
+    plates_from
+        A text file naming plates, one path or URL a line.
     **overrides
-        Preset parameters (``out_size=224``, ``mask_mode="none"``, ...).
+        Preset parameters (``out_size=224``, ``mask_mode="none"``, ``design={"null_size": 1000}``, ...).
 
     Returns
     -------
     RunResult
         Paths, counts, failed fields and the metrics summary.
-
-    Raises
-    ------
-    ConfigError
-        ``out`` is a URL.
     """
-    if is_url(out):
-        msg = (f"out {os.fspath(out)}: run writes profiles, metrics, figures and a report into a local folder; "
-               "give a local --out (a shared file system for a cluster), or embed to the URL with "
-               "`subcell-scale embed --out URL` (embed_plate(out=URL)) and profile read_cells(URL)")
-        raise ConfigError(msg)
-    from .distributed import get_client
-    from .models import resolve_model
-    from .pipeline import embed_plate
-    from .pipeline.jobs import open_plates
-
-    out = Path(out)
-    plate_list = [plates] if isinstance(plates, str | os.PathLike) else list(plates)
-    # everything that can be wrong with the inputs fails here, before a cluster starts
-    params = RunParams.resolve(preset, channel_map=channel_map, **overrides)
-    opened = open_plates(plate_list)
-    pm = _check_platemap(opened, platemap)
-    told = params.variant if "variant" in params.overridden else None  # a checkpoint told which variant it is
-    resolved = resolve_model(model, classifiers, default_variant=params.variant, variant=told)
-    store = ResultsStore(out)
-    timings: dict[str, float] = {}
-    skipped: dict[str, str] = {}
-    own_client = client is None
-    options = _jsonable({
-        "plates": [os.fspath(p) for p in plate_list], "platemap": None if platemap is None else
-        (os.fspath(platemap) if not isinstance(platemap, pd.DataFrame) else "<DataFrame>"),
-        "model": _describe_model(model), "classifiers": [os.fspath(c) for c in classifiers or ()],
-        "preset": params.preset, "scheduler": scheduler, "cluster": cluster, "n_workers": n_workers,
-        "batch_size": batch_size, "channel_map": channel_map, "format": format, "retries": retries,
-        "figures": figures, "null_size": null_size, "seed": seed, "overrides": overrides})
-    with store.lock():  # refuse at once when another run writes here
-        store.update("run", {"status": "embedding", "options": options})
-    t0 = time.perf_counter()
-    if own_client:
-        client = get_client(cluster, scheduler=scheduler, n_workers=n_workers)
-    try:  # embed_plate holds the directory's lock while it writes
-        cells = embed_plate(opened, resolved, client=client, out=out, preset=params, platemap=pm,
-                            batch_size=batch_size, format=format, retries=retries, progress=progress,
-                            segment_if_missing=segment_if_missing)
-    finally:
-        if own_client:
-            _close(client)
-    timings["embed"] = time.perf_counter() - t0
-    with store.lock():
-        store.manifest = store._read_manifest()
-        fields = store.manifest.get("fields", {})
-        failed = {k: f.get("error") or Status.FAILED for k, f in fields.items() if f.get("status") == Status.FAILED}
+    for key, value in (("design.null_size", null_size), ("design.seed", seed)):
+        if value is not None and overrides.setdefault(key, value) != value:
+            msg = f"{key.split('.')[1]}={value} and {key}={overrides[key]} disagree; give one"
+            raise UsageError(msg)
+    spec = describe_run(plates, plates_from=plates_from, out=out, platemap=platemap, model=model,
+                        classifiers=classifiers, preset=preset, scheduler=scheduler, cluster=cluster,
+                        n_workers=n_workers, batch_size=batch_size, channel_map=channel_map, format=format,
+                        retries=retries, figures=figures, segment_if_missing=segment_if_missing, progress=progress,
+                        **overrides)
+    stages = ("embed", "profile", "evaluate", *(("report",) if spec.figures else ()))
+    with Run.open(spec, stages=stages, client=client, start_cluster=True) as current:
+        cells = embed(current)
+        profiles = profile(current, cells)
+        tables = evaluate(current, profiles)
+        path = report(current, cells, profiles, tables) if spec.figures else None
+        summary = tables.get("summary")
+        current.summary = [] if summary is None else summary.to_dict("records")
+        fields = current.store.manifest.get("fields", {})
         done = sum(1 for f in fields.values() if f.get("status") == Status.DONE)
-
-        t0 = time.perf_counter()
-        profiles = None
-        if cells.n_obs == 0:
-            skipped["profiles"] = "no cells were embedded"
-        else:
-            profiles, why = make_profiles(cells_path(out, format), params.profiling)
-            if why:
-                skipped["postprocess"] = why
-            profiles.write_h5ad(out / Files.PROFILES)
-            from .profiles import write_parquet
-
-            write_parquet(profiles, out / Files.PROFILES_PARQUET)
-        timings["profiles"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        tables: dict[str, pd.DataFrame] = {}
-        if profiles is not None:
-            tables, why = evaluate(profiles, params.design, out / Files.METRICS, null_size=null_size, seed=seed)
-            if why:
-                skipped["metrics"] = why
-        timings["metrics"] = time.perf_counter() - t0
-
-        report = None
-        if figures:
-            t0 = time.perf_counter()
-            draw_figures(out, cells, profiles, tables, params, model=resolved)
-            timings["figures"] = time.perf_counter() - t0
-            from .report import build_report
-
-            store.update("run", {**store.manifest["run"], "timings": _rounded(timings), "skipped": skipped})
-            report = build_report(out)
-        result = RunResult(out=out, report=report, n_cells=int(cells.n_obs), fields_done=done,
-                           fields_failed=len(failed), failed=failed, summary=tables.get("summary"),
-                           skipped=skipped)
-        store.update("run", {**store.manifest["run"], "status": Status.DONE if result.ok else Status.INCOMPLETE,
-                             "timings": _rounded(timings), "skipped": skipped,
-                             "summary": [] if result.summary is None else result.summary.to_dict("records")})
+        result = RunResult(out=Path(spec.out), report=path, n_cells=int(cells.n_obs), fields_done=done,
+                           fields_failed=len(current.failed), failed=dict(current.failed), summary=summary,
+                           skipped=dict(current.skipped))
     return result
 
 
-def make_profiles(cells: str | os.PathLike | AnnData, recipe: Profiling) -> tuple[AnnData, str | None]:
-    """Well profiles from a cells AnnData: the preset's aggregation, then its post-processing chain.
+def embed_plate(
+    plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
+    model: str | os.PathLike | SubCell | ModelSpec | ResolvedModel | None = None,
+    classifiers: Sequence[str | os.PathLike] | None = None,
+    client: Client | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    preset: str | RunParams | None = None,
+    channel_map: Mapping[str, str | Sequence[str]] | None = None,
+    platemap: str | os.PathLike | pd.DataFrame | None = None,
+    label_name: str | None = None,
+    segment_if_missing: bool = True,
+    batch_size: int | None = None,
+    crop: CropSpec | Mapping[str, Any] | None = None,
+    device: str | None = None,
+    retries: int = 1,
+    progress: bool | None = None,
+    format: str = "zarr",
+    crop_on: str = "auto",
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
+    missing_chunks: str = "raise",
+    fields_per_task: int | None = None,
+    **overrides: Any,
+) -> AnnData:
+    """Embed every cell of one or more plates with SubCell and return the cells AnnData.
 
-    Returns the profiles and, when the chain could not run on them (no negative-control wells to fit
-    on, a single well, constant features), why: the aggregated profiles are returned then, so a run
-    still writes them, and says the post-processing was skipped.
+    Parameters
+    ----------
+    plate
+        A plate path or URL (``plate.zarr``), a glob, an opened :class:`~subcell_scale.io.Plate`, or a
+        list of them: several plates in one run give one AnnData (plate names must differ).
+    model
+        A published variant name (loaded from the model cache), an encoder checkpoint path,
+        ``"random"`` (seeded random weights of the preset's variant), a
+        :class:`~subcell_scale.models.SubCell` instance or a :class:`~subcell_scale.models.ModelSpec`;
+        None uses the preset's variant. With a client, an instance is saved once to ``out/model/``
+        (or a temporary folder) and every worker loads it from there (a worker fetches it once from
+        object storage); it never travels inside the graph.
+    classifiers
+        Classifier checkpoint paths for an encoder checkpoint path (their sigmoids are averaged).
+    client
+        A ``distributed.Client`` (see :func:`subcell_scale.distributed.get_client`); None runs the
+        fields one after the other in this process.
+    out
+        Output directory: shards, ``manifest.json``, ``run.json`` and ``cells.zarr``. Called again
+        with the same directory, finished fields are read back, not recomputed. None keeps everything
+        in memory. A local path is made absolute here (every worker must see it: a shared file
+        system); an fsspec URL (``s3://bucket/run``) suits clusters without one: the workers write
+        their shards there, and everything else the run keeps goes there too (see
+        :class:`~subcell_scale.store.RunPath` for what object storage guarantees).
+    preset
+        ``"hpa"`` (default) or ``"jump-cellpainting"`` (see :mod:`subcell_scale.presets`), or parameters
+        resolved earlier with :meth:`subcell_scale.params.RunParams.resolve`.
+    channel_map
+        Model slot -> plate channel name(s); a list for one slot means one pass per name.
+    platemap
+        A platemap file or frame; its columns are joined to ``obs`` on (plate, well).
+    label_name
+        Label image holding the cells (the preset's, ``"cells"``, by default).
+    segment_if_missing
+        Segment fields that lack the labels (and write them into the plate, or into ``out/labels/``
+        for a plate that cannot be written), instead of failing.
+    batch_size
+        Crops per forward pass (default :attr:`subcell_scale.settings.batch_size`); the embeddings do not
+        depend on it.
+    crop
+        A :class:`~subcell_scale.cells.CropSpec` or a mapping of its fields, overriding the preset's.
+    device
+        In-process only: ``"auto"`` (CUDA when available), ``"cuda"``, ``"cuda:N"``, ``"cpu"``.
+    retries
+        Extra attempts of a failing field before it is recorded as failed.
+    progress
+        Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
+    format
+        ``"zarr"`` (``cells.zarr``) or ``"h5ad"`` (``cells.h5ad``, local ``out`` only), written with ``out``.
+    crop_on
+        ``"cpu"``, ``"device"`` or ``"auto"``: where crops are cut (:mod:`subcell_scale.pipeline.field`);
+        ``"auto"`` cuts them on the GPU when the worker has one.
+    storage_options
+        fsspec options of plate URLs (credentials, ``client_kwargs={"endpoint_url": ...}``); also
+        used for an ``out`` URL unless ``out_storage_options`` is given.
+    out_storage_options
+        fsspec options of an ``out`` URL, when they differ from the plates' (another store or other
+        credentials). Without options, fsspec takes credentials from the environment
+        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
+    missing_chunks
+        ``"raise"`` (default): a field whose image chunks are not all in the store fails, naming
+        them (zarr would read them as black pixels); ``"fill"``: accept fill values, for plates
+        written sparsely on purpose (see :func:`subcell_scale.open_plate`).
+    fields_per_task
+        Fields embedded together in one GPU task, so that small fields (HPA: 10-30 cells) fill the
+        model's batches; default: enough to fill about one batch, from the first field's labels. The
+        embeddings do not depend on it.
+    **overrides
+        Any preset parameter (``out_size=64``, ``mask_mode="none"``, ``min_area_um2=30``, ...).
+
+    Returns
+    -------
+    AnnData
+        ``X`` float32 embeddings (passes concatenated), ``var_names`` ``subcell_0000`` ... (multi-pass:
+        ``subcell_<pass>_0000`` ...), ``obs_names`` ``"{plate}_{well}_{field}_{label}"``, ``obs``:
+        ``plate``, ``well`` ("B03"), ``row``, ``column``, ``field`` (categoricals), ``label``, ``area``
+        (pixels at level 0), ``centroid_y``, ``centroid_x`` (pixels at level 0) and the platemap
+        columns; ``obsm["spatial"]`` (x, y) in micrometres; with classifiers ``obsm["localization"]``
+        (n, 31 * passes, pass-major) and ``uns["localization_classes"]`` (31 names, the column order
+        within a pass); ``uns["subcell_scale"]``: provenance (``obs_units`` states each column's
+        unit). Fields that failed are left out and listed in
+        ``uns["subcell_scale"]["failed_fields"]`` and the manifest; a rerun computes only them.
+        With ``out``, ``X`` and ``obsm["localization"]`` stay in ``out/cells.zarr`` (dask arrays; see
+        :func:`subcell_scale.read_cells`), so the client never holds every embedding; without
+        ``out``, everything is in memory.
+
+    Raises
+    ------
+    ChannelMismatchError
+        A plate lacks a channel the preset or channel map needs (before any work).
+    RunDirectoryError
+        ``out`` is used by another run, holds results made with other parameters, or cannot be
+        written (a missing bucket, wrong credentials: the message names the URL).
     """
-    from .profiles import aggregate, postprocess
-
-    profiles = aggregate(cells, **dict(recipe.aggregation))
-    if not recipe.postprocess:
-        return profiles, None
-    try:
-        return postprocess(profiles, steps=[dict(step) for step in recipe.postprocess]), None
-    except ProfilingError as exc:
-        log.warning("post-processing skipped: %s", exc)
-        return profiles, f"{exc} (profiles are the aggregated wells, not post-processed)"
+    spec = describe_run(plate, out=out, model=model, classifiers=classifiers, preset=preset, channel_map=channel_map,
+                        platemap=platemap, label_name=label_name, segment_if_missing=segment_if_missing,
+                        batch_size=batch_size, crop=crop, device=device, retries=retries, progress=progress,
+                        format=format, crop_on=crop_on, storage_options=storage_options,
+                        out_storage_options=out_storage_options, missing_chunks=missing_chunks,
+                        fields_per_task=fields_per_task, **overrides)
+    with Run.open(spec, stages=("embed",), client=client) as current:
+        return embed(current)
 
 
-def evaluate(profiles: AnnData, design: Mapping[str, Any], out_dir: str | os.PathLike | None = None, *,
-             null_size: int | None = None, seed: int | None = None) -> tuple[dict[str, pd.DataFrame], str | None]:
-    """The preset's evaluation of well profiles (:func:`subcell_scale.metrics.evaluate_profiles`), or why not.
+def segment_plate(
+    plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
+    *,
+    out: str | os.PathLike | None = None,
+    nucleus_channel: str | None = None,
+    cell_channel: str | Sequence[str] | None = None,
+    label_name: str = "cells",
+    overwrite: bool = False,
+    preset: str | RunParams | None = None,
+    client: Client | None = None,
+    storage_options: dict[str, Any] | None = None,
+    retries: int = 1,
+    progress: bool | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Segment every field of one or more plates and store the labels, so later runs reuse them.
 
-    ``null_size`` and ``seed``, when given, replace the design's. Returns the tables (written as CSV
-    into ``out_dir``) and, when nothing could be evaluated, the reason (no compounds in the platemap,
-    fewer than two, no pairs): the run names the step as skipped instead of failing.
+    Parameters
+    ----------
+    plate
+        A plate path or URL, an opened :class:`~subcell_scale.io.Plate`, or a list of them.
+    out
+        A run directory recording each field in its manifest; it also keeps the labels of a plate
+        that cannot be written (``out/labels/<plate>/``), where later runs into it find them.
+    nucleus_channel, cell_channel, **params
+        Segmentation parameters (:class:`subcell_scale.segment.SegmentParams`, lengths in um), on top of
+        the preset's; other keywords are preset parameters (``**{"segmentation.cell_threshold": "li"}``
+        is the same as ``cell_threshold="li"``). Checked before any field is read.
+    label_name
+        Name of the label image written into each field (``labels/<name>``).
+    overwrite
+        Segment again the fields that already hold ``label_name``; by default they are skipped, so a
+        rerun resumes where an interrupted one stopped.
+    preset
+        Whose segmentation parameters to start from (``"jump-cellpainting"`` splits nuclei at 10 um).
+    client
+        A ``distributed.Client``: one task per field, each worker reading and writing its own field,
+        through the same scheduler as embedding. None runs the fields in this process.
+    storage_options
+        fsspec options of remote plates, used by every worker that opens them.
+    retries
+        Extra attempts of a field whose error may go away.
+    progress
+        Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
+
+    Returns
+    -------
+    ``{"plates", "plate", "label_name", "n_fields", "done", "skipped", "failed", "n_cells", "seconds",
+    "fields"}``: ``fields`` lists one record per field in plate order (``plate``, ``well``, ``field``,
+    ``status``, ``n_cells``, ``labels`` (``"plate"`` or ``"run"``), ``seconds``, ``error``);
+    ``plate`` is the first plate's path.
     """
-    from .metrics import EvaluationDesign, evaluate_profiles
+    from .presets import get_preset
 
-    options = {k: v for k, v in (("null_size", null_size), ("seed", seed)) if v is not None}
-    evaluation = EvaluationDesign.from_mapping(design, **options)
-    column = evaluation.pert_col
-    if column not in profiles.obs.columns:
-        return {}, (f"profiles have no {column!r} column (give a platemap with plate, well, {column}, moa, "
-                    "control_type)")
-    if profiles.obs[column].nunique() < 2:
-        return {}, f"fewer than two values of {column!r}"
-    try:
-        return evaluate_profiles(profiles, out_dir, design=evaluation), None
-    except ProfilingError as exc:
-        log.warning("evaluation skipped: %s", exc)
-        return {}, str(exc)
-
-
-def draw_figures(out: Path, cells: AnnData, profiles: AnnData | None, tables: Mapping[str, pd.DataFrame],
-                 params: RunParams, *, model: ResolvedModel, n_examples: int = 8) -> list[Path]:
-    """The report's figures, written to ``out/figures``; each one is drawn only when its inputs exist."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import pl, tl
-
-    fig_dir = out / Files.FIGURES
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    def save(fig, name: str) -> None:
-        path = fig_dir / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
-    if cells.n_obs:
-        save(pl.cells_per_well(cells), "cells_per_well")
-        color = [c for c in ("compound", "moa") if c in cells.obs.columns]
-        n_classes = len(cells.uns.get(Keys.LOCALIZATION_CLASSES, ()))
-        if Keys.LOCALIZATION in cells.obsm and cells.obsm[Keys.LOCALIZATION].shape[1] == n_classes:
-            # one pass: the top class per cell (multi-pass runs keep one block of classes per pass)
-            tl.top_localization(cells)
-            color.append(tl.TOP_LOCALIZATION)
-        if cells.n_obs >= 10 and color:
-            tl.umap(cells)
-            save(pl.umap(cells, color, title="Cells"), "umap_cells")
-        examples = _example_cells(cells, model, params, n_examples)
-        if examples is not None:
-            save(pl.cell_gallery(**examples), "example_cells")
-    if profiles is not None and profiles.n_obs >= 6:
-        color = [c for c in ("compound", "moa") if c in profiles.obs.columns]
-        if color:
-            tl.umap(profiles, n_neighbors=min(15, profiles.n_obs - 1))
-            save(pl.umap(profiles, color, title="Well profiles"), "umap_profiles")
-    maps = {d: tables[f"{d}_map"] for d in ("replicate", "moa") if f"{d}_map" in tables}
-    if maps:
-        save(pl.map_scatter(maps), "map_vs_q")
-        save(pl.fraction_retrieved(maps), "fraction_retrieved")
-    curves = {f"{what} {cell_type}".strip(): table
-              for what, key in (("MoA", "moa_nn"), ("compound", "compound_nn")) if key in tables
-              for cell_type, table in _by_cell_type(tables[key])}
-    if curves:
-        save(pl.nn_accuracy(curves, title="Nearest-neighbour accuracy"), "nn_accuracy")
-    return written
+    keys = set(get_preset(preset if isinstance(preset, str | None) else preset.preset))
+    overrides = {k: v for k, v in params.items() if k in keys or "." in k}
+    segmentation = {f"segmentation.{k}": v for k, v in
+                    {**params, "nucleus_channel": nucleus_channel, "cell_channel": cell_channel}.items()
+                    if k not in overrides and v is not None}
+    spec = describe_run(plate, out=out, preset=preset, label_name=label_name, overwrite=overwrite,
+                        storage_options=storage_options, retries=retries, progress=progress, **segmentation,
+                        **overrides)
+    with Run.open(spec, stages=("segment",), client=client) as current:
+        records = segment(current)
+        seconds = current.timings["segment"]
+    rows = [{"plate": fid.plate, "well": fid.well, "field": fid.field, **record} for fid, record in records.items()]
+    counts = {s: sum(r["status"] == s for r in rows) for s in (Status.DONE, Status.SKIPPED, Status.FAILED)}
+    paths = [str(getattr(p, "path", p)) for p in spec.plates]
+    return {"plates": paths, "plate": paths[0], "label_name": label_name, "n_fields": len(rows), **counts,
+            "n_cells": int(sum(r["n_cells"] or 0 for r in rows)), "seconds": round(seconds, 3), "fields": rows}
 
 
-def _example_cells(cells: AnnData, model: ResolvedModel, params: RunParams, n: int) -> dict[str, Any] | None:
-    """Crops, pooling attention and localization of a few cells of one field, recomputed in-process."""
-    from .models import CLASS_NAMES
-    from .pipeline import field_crops
+def demo(out: str | os.PathLike = "demo-run", *, n_plates: int | None = None, n_wells: int | None = None,
+         n_fields: int | None = None, field_size: int | None = None, cells_per_field: int | None = None,
+         seed: int = 0, model: Any = None, preset: str = "hpa", cluster: str | None = None,
+         scheduler: str | None = None, n_workers: int | None = None, progress: bool | None = None,
+         **run_options: Any) -> RunResult:
+    """Generate demo plates and run the whole job on them on a local cluster (or the scheduler given).
 
-    first = cells.obs.iloc[0]
-    path = (cells.uns.get(Keys.PROVENANCE, {}).get("plates") or {}).get(str(first["plate"]))
-    if path is None:
-        return None
-    instance = model.local("cpu")
-    crops, table = field_crops(path, str(first["well"]), str(first["field"]), preset=params,
-                               model_channels=instance.channels)
-    if not len(crops):
-        return None
-    crops = crops[:n, 0]  # first pass
-    size = (crops.shape[-1] // 16) * 16
-    outputs = instance.embed(crops[..., :size, :size], batch_size=n)
-    titles = [f"{first['well']} cell {int(lab)}" for lab in table["label"].to_numpy()[:n]]
-    return {"crops": crops[..., :size, :size], "pool_attention": outputs["pool_attention"],
-            "probabilities": outputs.get("probabilities"), "class_names": list(CLASS_NAMES),
-            "channel_names": list(instance.channels), "titles": titles}
-
-
-def demo(out: str | os.PathLike = "demo-run", *, n_plates: int = 2, n_wells: int = 12, n_fields: int = 1,
-         field_size: int = 512, cells_per_field: int = 8, seed: int = 0, cluster: str = "auto",
-         n_workers: int | None = None, progress: bool | None = None, **run_options: Any) -> RunResult:
-    """Generate demo plates and run the whole job on them on a local cluster.
-
-    With the published ``all_channels`` weights in the model cache (``subcell-scale download``) and
-    a GPU, this is the real model at the HPA training geometry; otherwise the full-size architecture
-    with deterministic random weights, at 224-px crops so that a laptop finishes in minutes.
+    Plate sizes default to those of :func:`subcell_scale.io.make_demo_plate` (and of
+    ``subcell-scale make-demo-plate``). With the published ``all_channels`` weights in the model cache
+    (``subcell-scale download``) and a GPU, this is the real model at the HPA training geometry;
+    otherwise the full-size architecture with deterministic random weights, at 224-px crops so that
+    a laptop finishes in minutes. ``model`` and ``preset`` choose otherwise (``preset=
+    "jump-cellpainting"`` makes Cell Painting plates).
     """
     from .distributed import count_gpus
-    from .models import ModelSpec
     from .errors import CheckpointError
     from .io.demo import make_demo_plate
+    from .models import ModelSpec
     from .models.download import cached_files
+    from .params import RunParams
 
     out = Path(out)
+    params = RunParams.resolve(preset)
+    cellpainting = params.preset == "jump-cellpainting"
+    sizes = {"n_plates": n_plates, "n_wells": n_wells, "n_fields": n_fields, "field_size": field_size,
+             "cells_per_field": cells_per_field}
+    sizes = {k: v for k, v in sizes.items() if v is not None}
     plate_dir = out / Files.PLATES
     existing = sorted(plate_dir.glob("*.zarr"))
     if existing and (plate_dir / Files.PLATEMAP).exists():
         plates = existing
         log.info("reusing the demo plates in %s", plate_dir)
     else:
-        plates = make_demo_plate(plate_dir, n_plates=n_plates, n_wells=n_wells, n_fields=n_fields,
-                                 field_size=field_size, cells_per_field=cells_per_field, seed=seed)
-    try:
-        cached_files(DEMO_VARIANT, n_classifiers=1, verify=False)
-    except CheckpointError:
-        banner(f"No published SubCell weights in the model cache: the demo uses the full-size {DEMO_VARIANT} "
-               "architecture with DETERMINISTIC RANDOM WEIGHTS, so embeddings and localizations show the "
-               "pipeline, not biology. Get the real weights with:  subcell-scale download " + DEMO_VARIANT)
-        model: Any = ModelSpec(source="random", variant=DEMO_VARIANT, seed=seed, n_classifiers=1)
-    else:
-        model = DEMO_VARIANT
-    # the HPA training geometry (448 px at 0.16 um/px) on a GPU; the same 71.7 um at 224 px on CPUs
-    options: dict[str, Any] = {} if count_gpus() else {"model_pixel_size": 0.32, "out_size": 224}
+        plates = make_demo_plate(plate_dir, seed=seed, cellpainting=cellpainting, **sizes)
+    variant = params.variant
+    if model is None:
+        try:
+            cached_files(variant, n_classifiers=1, verify=False)
+        except CheckpointError:
+            banner(f"No published SubCell weights in the model cache: the demo uses the full-size {variant} "
+                   "architecture with DETERMINISTIC RANDOM WEIGHTS, so embeddings and localizations show the "
+                   "pipeline, not biology. Get the real weights with:", f"subcell-scale download {variant}")
+            model = ModelSpec(source="random", variant=variant, seed=seed, n_classifiers=1)
+        else:
+            model = variant
+    # the training geometry on a GPU; the same micrometres at 224 px on CPUs, so a laptop finishes in minutes
+    options: dict[str, Any] = {}
+    if not count_gpus() and scheduler is None:
+        options = {"model_pixel_size": params.crop.side_um / 224, "out_size": 224}
     options.update(run_options)
-    return run(plates, out=out, platemap=plate_dir / Files.PLATEMAP, model=model, preset="hpa", cluster=cluster,
-               n_workers=n_workers, progress=progress, **options)
+    return run(plates, out=out, platemap=plate_dir / Files.PLATEMAP, model=model, preset=params.preset,
+               cluster=cluster, scheduler=scheduler, n_workers=n_workers, progress=progress, **options)
 
 
-def banner(text: str) -> None:
-    """A warning nobody scrolls past: logged and framed on stderr."""
+def banner(text: str, command: str | None = None) -> None:
+    """A warning nobody scrolls past: logged and framed on stderr; ``command`` stands whole on its own line."""
     import sys
     import textwrap
 
-    log.warning("%s", text)
-    lines = textwrap.wrap(text, 76)
-    rule = "!" * 80
-    print("\n".join([rule, *[f"! {line:<76} !" for line in lines], rule]), file=sys.stderr, flush=True)
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-def _check_platemap(plates: list[Any], platemap: Any) -> pd.DataFrame | None:
-    """Read the platemap and join it to the plates' wells now, so a bad row fails before any work."""
-    if platemap is None:
-        return None
-    from .io import join_platemap, read_platemap
-
-    pm = read_platemap(platemap)
-    wells = [{"plate": plate.name, "well": w} for plate in plates for w in plate.wells]
-    join_platemap(pd.DataFrame(wells), pm)
-    return pm
-
-
-def _by_cell_type(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """A table's rows per cell type; the name is empty when there is only one."""
-    if "cell_type" not in table.columns or table["cell_type"].nunique() < 2:
-        return [("", table)]
-    return [(str(name), part) for name, part in table.groupby("cell_type", sort=True)]
-
-
-def _describe_model(model: Any) -> Any:
-    if model is None or isinstance(model, str | os.PathLike):
-        return None if model is None else os.fspath(model)
-    describe = getattr(model, "describe", None)
-    return describe() if callable(describe) else type(model).__name__
-
-
-def _close(client: Any) -> None:
-    cluster = getattr(client, "cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
-
-
-def _rounded(timings: Mapping[str, float]) -> dict[str, float]:
-    return {k: round(v, 2) for k, v in timings.items()}
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda o: os.fspath(o) if isinstance(o, os.PathLike) else str(o)))
+    log.warning("%s%s", text, f" {command}" if command else "")
+    width = max(76, len(command or "") + 4)
+    lines = textwrap.wrap(text, width - 4)
+    rule = "!" * width
+    body = [f"! {line:<{width - 4}} !" for line in lines]
+    if command:
+        body.append(f"!   {command:<{width - 6}} !")
+    print("\n".join([rule, *body, rule]), file=sys.stderr, flush=True)

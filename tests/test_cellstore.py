@@ -10,7 +10,7 @@ import pytest
 from subcell_scale import cellstore
 from subcell_scale._constants import Files, Keys
 from subcell_scale.cellstore import read_cells
-from subcell_scale.pipeline import embed_plate
+from subcell_scale import embed_plate
 from subcell_scale.profiles import aggregate
 
 SMALL = {"out_size": 32}

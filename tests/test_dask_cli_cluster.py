@@ -18,7 +18,7 @@ from distributed import Client, get_task_stream
 
 from subcell_scale._constants import Files
 from subcell_scale._settings import settings
-from subcell_scale.pipeline import embed_plate
+from subcell_scale import embed_plate
 
 SMALL = {"out_size": 32}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}

@@ -289,7 +289,7 @@ def test_embed_plate_on_sbatch_started_workers_equals_the_in_process_run(slurm, 
     from subcell_scale.models import ModelSpec
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.models.config import ModelConfig
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     (plate,) = make_demo_plate(tmp_path / "demo", n_plates=1, n_wells=4, n_fields=2, field_size=256,
                                cells_per_field=8, seed=3)

@@ -32,7 +32,7 @@ from zarr.errors import ZarrUserWarning
 
 from subcell_scale.io import open_plate, validate_plate, write_labels
 from subcell_scale.io.consolidated import quiet_consolidation, repair_consolidated
-from subcell_scale.segment import segment_plate
+from subcell_scale import segment_plate
 
 IOHUB_PLATE = Path(__file__).parent / "data" / "iohub" / "iohub-0.3.11.zarr"
 CHANNELS = ["DNA", "Protein"]

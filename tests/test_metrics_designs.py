@@ -162,5 +162,5 @@ def test_cli_evaluate_errors_are_one_line(profiles, tmp_path, capsys):
     assert main(["evaluate", str(path), "--out", str(out), "--set", "pert_col=nope", "null_size=10"]) == 1
     assert "obs has no column(s) ['nope']" in capsys.readouterr().err
     assert main(["evaluate", str(path), "--out", str(out), "--set", "seeds=1"]) == 1
-    assert "unknown key(s) ['seeds']" in capsys.readouterr().err
+    assert "unknown parameter(s) ['seeds']" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.h5ad"), "--out", str(out)]) == 1

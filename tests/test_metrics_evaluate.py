@@ -149,7 +149,7 @@ def test_same_profiles_same_bytes(ours, tmp_path):
 
 
 def test_design_errors(ours):
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['seeds'\]"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['seeds'\]"):
         evaluate_profiles(ours[0], design={"seeds": 1})
     with pytest.raises(ConfigError, match="nn_match must be"):
         evaluate_profiles(ours[0], design={}, nn_match="all")

@@ -233,7 +233,7 @@ def plate(demo_plates) -> str:
 
 
 def test_embed_plate_downloads_a_variant_and_records_its_sha256(online, standard_model, plate, tmp_path):
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     bucket = online["bucket"]
     publish(bucket, online["base"], VARIANT, standard_model["encoder"], [standard_model["classifier"]])
@@ -253,7 +253,7 @@ def test_workers_with_their_own_cache_download_once_between_them(online, standar
                                                                  monkeypatch):
     """The client fetches into its cache; two workers whose cache (their environment's) is empty fetch once."""
     from subcell_scale.distributed import get_client, loads_per_worker
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     bucket = online["bucket"]
     publish(bucket, online["base"], VARIANT, standard_model["encoder"], [standard_model["classifier"]])

@@ -200,14 +200,14 @@ JUMP = {"preset": "jump-cellpainting", "out_size": 32, "progress": False}
 @pytest.fixture(scope="module")
 def reference_cells(cell_painting, er_model):
     """The plate embedded with the instance, which knows its channels (the oracle of the runs below)."""
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     return embed_plate(cell_painting, er_model["model"], **JUMP)
 
 
 def test_an_er_checkpoint_named_so_runs_on_a_cell_painting_plate(cell_painting, er_model, reference_cells,
                                                                    tmp_path, caplog):
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     named = named_copy(er_model["path"], tmp_path, ER.encoder_filename)
     with caplog.at_level(logging.INFO, logger="subcell_scale"):
@@ -223,7 +223,7 @@ def test_an_er_checkpoint_named_so_runs_on_a_cell_painting_plate(cell_painting, 
 
 
 def test_an_unnamed_three_channel_checkpoint_stops_before_any_work(cell_painting, er_model, tmp_path):
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     with pytest.raises(CheckpointError, match=rf"model\.pth: a 3-channel SubCell checkpoint .*{BOTH_THREE}"):
         embed_plate(cell_painting, er_model["path"], out=tmp_path / "run", **JUMP)
@@ -276,7 +276,7 @@ def test_num_heads_on_the_command_line_for_a_non_standard_width(demo_plates, tmp
     import anndata as ad
 
     from subcell_scale.cli import main
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     plate = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)["plate"]
     args = ["embed", plate, "--model", str(TINY / "encoder.pth"), "--set", "out_size=32", "--no-progress"]

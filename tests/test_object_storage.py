@@ -25,7 +25,7 @@ from subcell_scale._constants import Files, Keys, Status
 from subcell_scale.cellstore import read_cells
 from subcell_scale.distributed.plugin import loads_per_worker
 from subcell_scale.errors import ConfigError, RunDirectoryError
-from subcell_scale.pipeline import embed_plate
+from subcell_scale import embed_plate
 from subcell_scale.profiles import aggregate
 from subcell_scale.store import ResultsStore, RunPath
 
@@ -108,7 +108,7 @@ def test_a_cluster_writes_the_whole_run_to_the_bucket_and_nothing_on_local_disk(
     plate = os.path.basename(demo["plate"]).removesuffix(".zarr")
     shards = {k for k in keys if k.startswith(f"{run['key']}/{Files.SHARDS}/")}
     assert shards == {f"{run['key']}/{Files.SHARDS}/{plate}/{well}_0.npz" for well in ("A01", "A02", "A03", "A04")}
-    for name in (Files.MANIFEST, Files.PRESET, f"{Files.FLATFIELD}/{plate}.npy", f"{Files.INTENSITY}/{plate}.npy",
+    for name in (Files.MANIFEST, Files.RUN, f"{Files.FLATFIELD}/{plate}.npy", f"{Files.INTENSITY}/{plate}.npy",
                  f"{Files.CELLS_ZARR}/zarr.json", f"{Files.CELLS_ZARR}/X/zarr.json"):
         assert f"{run['key']}/{name}" in keys, name
     assert f"{run['key']}/{Files.LOCK}" not in keys  # released

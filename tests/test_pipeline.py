@@ -28,7 +28,7 @@ from subcell_scale.errors import (
 from subcell_scale.io import open_plate
 from subcell_scale.models import ModelSpec, SubCell
 from subcell_scale.models.registry import CLASS_NAMES
-from subcell_scale.pipeline import embed_plate
+from subcell_scale import embed_plate
 from subcell_scale.store import read_shard
 
 SMALL = {"out_size": 64}  # the physical crop stays 71.68 um; the model sees 64 px

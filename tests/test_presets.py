@@ -18,7 +18,7 @@ from subcell_scale.models import SubCell
 from subcell_scale.models.config import ModelConfig
 from subcell_scale._constants import Files
 from subcell_scale.params import RunParams
-from subcell_scale.pipeline import embed_plate, field_crops
+from subcell_scale import embed_plate, field_crops
 from subcell_scale.presets import get_preset
 
 JUMP = "jump-cellpainting"
@@ -112,7 +112,7 @@ def test_unknown_preset_and_parameter_are_named():
         RunParams.resolve("hpa", crop_size=3)
     with pytest.raises(ConfigError, match="normalization"):
         RunParams.resolve("hpa", normalization="zscore")
-    with pytest.raises(ConfigError, match="unknown segmentation parameter"):
+    with pytest.raises(ConfigError, match=r"segmentation: unknown parameter\(s\) \[.sigma.\]"):
         RunParams.resolve("hpa", segmentation={"sigma": 2})
 
 
@@ -132,16 +132,15 @@ def test_jump_preset_on_a_cell_painting_plate(cp_plate):
     assert (crop.plate_upper_percentile, crop.field_lower_percentile, crop.field_upper_percentile) == (99.99, 0.05, 99.95)
     assert (crop.quantization, crop.center_rounding, crop.edge_padding) == ("uint8", "half_even", 0.25)
     assert crop.edge_geometry(plate.pixel_size) == ((192, 192), (48, 48))  # its 192-px crops, padded by 48
-    assert params.profiling.aggregation == {"by": ["plate", "well"], "operation": "median", "per_field": True}
-    chain = params.profiling.postprocess
+    assert params.profiling.aggregation.kwargs() == {"by": ["plate", "well"], "operation": "median",
+                                                      "per_field": True}
+    chain = [step.to_dict() for step in params.profiling.postprocess]
     assert [s["method"] for s in chain] == ["spherize", "standardize"]
     assert (chain[0]["spherize_method"], chain[0]["spherize_variant"], chain[0]["reference"]) == (
         "PCA-cor", "legacy", "control_type == 'negcon'")
     assert (chain[1]["reference"], chain[1]["by"]) == ("all", "plate")
     # the SubCell JUMP benchmark's evaluation: DMSO removed, seed 42, k-NN to 50, identical MoA lists
-    from subcell_scale.metrics import EvaluationDesign
-
-    design = EvaluationDesign.from_mapping(params.design)
+    design = params.design
     assert design.rules("replicate") == {"pos_sameby": ["compound"], "pos_diffby": ["plate"],
                                          "neg_sameby": ["plate"], "neg_diffby": ["compound"]}
     assert (design.seed, design.null_size, design.nn_k, design.nn_match, design.negcon_in_pool) == (
@@ -180,8 +179,9 @@ def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
         f"{VAR_PREFIX}Mito_0000", f"{VAR_PREFIX}AGP_0000", f"{VAR_PREFIX}RNA_0000", f"{VAR_PREFIX}RNA_{d - 1:04d}"]
     assert adata.obsm[Keys.LOCALIZATION].shape == (adata.n_obs, 3 * 31)
     assert list(adata.uns[Keys.PROVENANCE]["passes"]) == ["Mito", "AGP", "RNA"]
-    report = json.loads((tmp_path / "run" / Files.PRESET).read_text())
-    assert report["parameters"][0]["preset"] == JUMP and report["parameters"][0]["overridden"] == ["out_size"]
+    report = json.loads((tmp_path / "run" / Files.RUN).read_text())
+    assert report["parameters"]["preset"] == JUMP and report["parameters"]["overridden"] == ["out_size"]
+    assert [p["pass_names"] for p in report["plates"]] == [["Mito", "AGP", "RNA"]]
 
     # one cell, computed directly: the field scaled and quantised as the JUMP generator did, a 128-px
     # window at the centroid rounded half to even, bilinear to 48, per-channel min-max
@@ -339,3 +339,38 @@ def test_plate_histogram_is_kept_and_reused(cp_plate, tmp_path):
     none = RunParams.resolve(JUMP, plate_upper_percentile=False, field_lower_percentile=False,
                              field_upper_percentile=False, quantization="none")
     assert not none.crop.scales_intensity
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"design": {"no_such_field": 1}}, r"evaluation design: unknown parameter\(s\) \['no_such_field'\]"),
+    ({"postprocess": [{"step": "no_such_step"}]}, r"step 0 names 'no_such_step'; steps are"),
+    ({"postprocess": [{"step": "normalize", "method": "zscore"}]},
+     r"postprocess step 0 \(normalize\): method must be one of 'standardize'"),
+    ({"postprocess": "no_such_chain"}, r"unknown post-processing chain 'no_such_chain'"),
+    ({"aggregation": {"operation": "max"}}, r"aggregation: operation must be one of 'median', 'mean', got 'max'"),
+    ({"segmentation": {"cell_threshold": "triangle"}}, r"segmentation: cell_threshold must be one of 'otsu', 'li'"),
+    ({"out_size": "big"}, r"out_size must be an integer or None, got 'big'"),
+    ({"min_area_um2": "abc"}, r"min_area_um2 must be a number or None, got 'abc'"),
+    ({"drop_border": "yes"}, r"drop_border must be true or false, got 'yes'"),
+    ({"variant": "no_such_variant"}, r"unknown SubCell variant 'no_such_variant'"),
+    ({"channel_map": {"nucleus": 3}}, r"channel_map must map model slots"),
+    ({"design.null_size": "many"}, r"null_size must be an integer, got 'many'"),
+    ({"design": {"nn_match": "some"}}, r"nn_match must be one of 'identical', 'any'"),
+])
+def test_every_part_of_a_run_is_checked_when_it_is_resolved(overrides, message):
+    """A mistake in any part of a run (evaluation and post-processing included) is named at once, not
+    after the embedding."""
+    with pytest.raises(ConfigError, match=message):
+        RunParams.resolve("hpa", **overrides)
+
+
+def test_mapping_overrides_merge_into_the_presets_and_dotted_keys_set_one_entry():
+    params = RunParams.resolve("hpa", design={"null_size": 100}, **{"segmentation.nucleus_sigma_um": 2.0})
+    preset = RunParams.resolve("hpa")
+    assert params.design.null_size == 100 and params.design.seed == preset.design.seed == 0
+    assert params.design.replicate_rules == preset.design.replicate_rules
+    assert params.segmentation.nucleus_sigma_um == 2.0
+    assert params.overridden == ("design", "segmentation")
+    again = params.replace(out_size=64)  # typed pieces survive a replace
+    assert (again.design, again.segmentation, again.crop.size) == (params.design, params.segmentation, 64)
+    assert RunParams.resolve("hpa", **params._overrides()) == params

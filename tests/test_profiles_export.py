@@ -117,7 +117,7 @@ def test_profiles_from_an_embedded_demo_plate(tmp_path):
     from subcell_scale.io.demo import make_demo_plate
     from subcell_scale.models import SubCell
     from subcell_scale.models.config import ModelConfig
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

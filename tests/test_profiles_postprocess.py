@@ -124,7 +124,7 @@ def test_strata_keeping_different_features_give_their_union(profiles):
 def test_chain_errors_name_the_step_and_stratum(profiles):
     with pytest.raises(ConfigError, match="steps are"):
         postprocess(profiles, steps=[{"step": "whiten"}])
-    with pytest.raises(ConfigError, match=r"step 0 \(normalize\) has unknown argument\(s\) \['samples'\]"):
+    with pytest.raises(ConfigError, match=r"step 0 \(normalize\): unknown parameter\(s\) \['samples'\]"):
         postprocess(profiles, steps=[{"step": "normalize", "samples": "all"}])
     with pytest.raises(ConfigError, match=r"no step of the chain takes \['spherize_varant'\]"):
         postprocess(profiles, steps=JUMP_CHAIN, spherize_varant="legacy")

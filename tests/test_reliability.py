@@ -44,7 +44,7 @@ from subcell_scale.io.wells import (
     row_name,
 )
 from subcell_scale.models import ModelSpec
-from subcell_scale.pipeline import embed_plate
+from subcell_scale import embed_plate
 
 SMALL = {"out_size": 32}
 N_FIELDS = 12  # one plate, six wells, two fields

@@ -109,14 +109,15 @@ def run_dir(tmp_path):
                   "parameters": {"preset": "hpa", "batch_size": 64},
                   "model": {"variant": "all_channels_MAE-CellS-ProtS-Pool"}, "versions": {"torch": "2.13.0"}},
         "fields": FIELDS,
-        "run": {"status": "done", "options": {"preset": "hpa", "cluster": "auto", "null_size": 1000},
+        "run": {"status": "done", "stages": ["embed", "profile", "evaluate", "report"],
                 "timings": {"embed": 12.5, "profiles": 1.25, "metrics": 3.0, "figures": 2.0},
-                "skipped": {"moa": "no moa column in the platemap"}},
+                "skipped": {"moa": "no moa column in the platemap"}, "labels": {"P2": "labels/P2"}},
     }
     (root / Files.MANIFEST).write_text(json.dumps(manifest))
-    (root / Files.PRESET).write_text(json.dumps({
-        "parameters": [{"preset": "hpa", "crop_um": 71.68, "overridden": ["dilation"], "dilation": 5,
-                        "plate": {"name": "P1"}}],
+    (root / Files.RUN).write_text(json.dumps({
+        "format": 1, "options": {"cluster": "auto", "n_workers": 1000},
+        "parameters": {"preset": "hpa", "crop_um": 71.68, "overridden": ["dilation"], "dilation": 5},
+        "plates": [{"name": "P1", "pixel_size": [0.32, 0.32]}],
         "lines": ["preset hpa: SubCell at its HPA training geometry", "overridden: dilation"],
     }))
     with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
@@ -149,7 +150,7 @@ def test_full_report(run_dir):
     assert page.unbalanced == 0 and not page.stack
     assert page.links == []  # self-contained: no external CSS, scripts or links
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
-    assert page.sections == ["summary", "preset", "protocol-hpa", "run", "parameters", "fields", "cells",
+    assert page.sections == ["summary", "run-description", "protocol-hpa", "run", "parameters", "fields", "cells",
                              "profiles", "metrics", "figures"]
     # the saved figure is embedded byte for byte
     figure_bytes = (run_dir / Files.FIGURES / "umap_cells.png").read_bytes()
@@ -178,7 +179,8 @@ def test_full_report(run_dir):
     assert re.search(r"<td>embed</td><td class=\"num\">12.5</td>", text)
     assert re.search(r"<td>total</td><td class=\"num\">18.75</td>", text)
     assert "<b>moa</b>: no moa column in the platemap" in text
-    assert re.search(r"<th>null_size</th><td>1,000</td>", text)
+    assert re.search(r"<th>n_workers</th><td>1,000</td>", text)
+    assert "Status: <b>done</b>" in text and "plate <b>P2</b>: <code>labels/P2</code>" in text
     # per-field timings from the manifest
     assert re.search(r"total seconds \(sum over fields\)</th><td>8.2<", text)
     # the failed field's error is shown, escaped
@@ -187,6 +189,7 @@ def test_full_report(run_dir):
     assert "all_channels_MAE-CellS-ProtS-Pool" in text and "ab12cd" in text
     assert "overridden: dilation" in text
     assert re.search(r"<th>parameter</th><th>P1</th></tr></thead><tbody><tr><td>preset</td><td>hpa</td>", text)
+    assert re.search(r"<td>plate: pixel_size</td><td>\[0.32, 0.32\]</td>", text)
     assert "<td>normalize</td>" in text and "standardize" in text
     assert re.search(r"<td>feature_select</td><td>\{\}</td><td class=\"num\">2</td>", text)
     assert "Missing parts" not in text  # every part is there
@@ -206,7 +209,7 @@ def test_report_of_an_empty_directory_lists_what_is_missing(tmp_path):
     page = _parse(path)
     assert page.sections == ["summary", "parameters", "missing-parts"]
     text = path.read_text()
-    for name in (Files.MANIFEST, Files.CELLS_ZARR, Files.PROFILES, Files.METRICS, Files.FIGURES, Files.PRESET):
+    for name in (Files.MANIFEST, Files.CELLS_ZARR, Files.PROFILES, Files.METRICS, Files.FIGURES, Files.RUN):
         assert name in text.split("Missing parts")[1]
     assert page.images == []
 
@@ -235,13 +238,13 @@ def test_the_report_shows_the_protocol_the_run_reproduced(tmp_path):
     import json
 
     from subcell_scale._constants import Files
-    from subcell_scale.params import RunParams, write_parameters
     from subcell_scale.report import build_report, protocol_sections
+    from subcell_scale.runspec import describe_run, record_description
 
-    write_parameters(tmp_path, RunParams.resolve("jump-cellpainting"), [])
+    record_description(describe_run("plate.zarr", preset="jump-cellpainting"), [], tmp_path)
     html = build_report(tmp_path).read_text()
     assert "Protocol: jump-cellpainting" in html
     assert "BEST_POSTPROC_CONFIGS.yaml" in html and "<table>" in html  # the page's reference table, rendered
     assert "Degenerate features" in html  # the notes that hold for every preset
     assert "jump-recipe" not in protocol_sections("hpa").split("\n")[0]
-    assert json.loads((tmp_path / Files.PRESET).read_text())["parameters"][0]["preset"] == "jump-cellpainting"
+    assert json.loads((tmp_path / Files.RUN).read_text())["parameters"]["preset"] == "jump-cellpainting"

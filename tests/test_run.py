@@ -21,7 +21,8 @@ from subcell_scale.models import ModelSpec, SubCell
 from subcell_scale.models.config import ModelConfig
 from subcell_scale.profiles import profiling_steps
 from subcell_scale.store import ResultsStore
-from subcell_scale.workflow import load_config, run
+from subcell_scale.runspec import load_config
+from subcell_scale.workflow import run
 
 FAST = {"out_size": 32, "null_size": 200}
 
@@ -53,7 +54,7 @@ def test_run_writes_every_output_of_the_run_directory(finished):
     out, result = finished
     assert result.ok, result.lines()
     assert result.report == out / Files.REPORT
-    for name in (Files.CELLS_ZARR, Files.PROFILES, Files.MANIFEST, Files.REPORT, Files.PRESET):
+    for name in (Files.CELLS_ZARR, Files.PROFILES, Files.MANIFEST, Files.REPORT, Files.RUN):
         assert (out / name).exists(), name
     cells = ad.read_zarr(out / Files.CELLS_ZARR)
     assert cells.n_obs == result.n_cells > 0
@@ -96,7 +97,10 @@ def test_manifest_records_options_steps_and_fields(finished, demo):
     assert manifest["run"]["status"] == "done"
     assert set(manifest["run"]["timings"]) >= {"embed", "profiles", "metrics", "figures"}
     assert manifest["run"]["options"]["plates"] == demo["plates"]
-    assert manifest["run"]["options"]["overrides"] == {"out_size": 32}
+    assert manifest["run"]["stages"] == ["embed", "profile", "evaluate", "report"]
+    described = json.loads((out / Files.RUN).read_text())  # the run's description, as every stage used it
+    assert described["parameters"]["overridden"] == ["design", "out_size"]
+    assert described["parameters"]["out_size"] == 32 and described["parameters"]["design"]["null_size"] == 200
     statuses = {f["status"] for f in manifest["fields"].values()}
     assert statuses == {"done"}
     assert sum(f["n_cells"] for f in manifest["fields"].values()) == result.n_cells
@@ -138,15 +142,28 @@ def test_a_second_run_into_a_locked_directory_is_refused(demo, spec, client, tmp
         assert (out / Files.LOCK).exists()
 
 
-def test_config_files_hold_options(tmp_path):
-    (tmp_path / "run.toml").write_text('plates = ["a.zarr"]\npreset = "hpa"\n[overrides]\nout_size = 224\n')
-    assert load_config(tmp_path / "run.toml") == {"plates": ["a.zarr"], "preset": "hpa",
-                                                  "overrides": {"out_size": 224}}
-    (tmp_path / "run.yaml").write_text("plates: [a.zarr]\nbatch_size: 8\n")
-    assert load_config(tmp_path / "run.yaml") == {"plates": ["a.zarr"], "batch_size": 8}
+def test_config_files_hold_the_commands_long_option_names(tmp_path):
+    """Keys are the long options (with - or _), preset parameters under set; paths are read from the file's folder."""
+    (tmp_path / "run.toml").write_text('plates = ["a.zarr"]\npreset = "hpa"\nno-figures = true\n[set]\nout_size = 224\n')
+    assert load_config(tmp_path / "run.toml") == {"plates": [str(tmp_path / "a.zarr")], "preset": "hpa",
+                                                  "no-figures": True, "set": {"out_size": 224}}
+    (tmp_path / "run.yaml").write_text("plates: [a.zarr]\nbatch_size: 8\nworkers: 2\nlabel-name: nuclei\n"
+                                       "out: run\nvariant: DNA-Protein_MAE-CellS-ProtS-Pool\n")
+    assert load_config(tmp_path / "run.yaml") == {
+        "plates": [str(tmp_path / "a.zarr")], "batch-size": 8, "workers": 2, "label-name": "nuclei",
+        "out": str(tmp_path / "run"), "variant": "DNA-Protein_MAE-CellS-ProtS-Pool"}
     (tmp_path / "bad.yaml").write_text("plates: [a.zarr]\nbatchsize: 8\n")
-    with pytest.raises(ConfigError, match="batchsize"):
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['batchsize'\] for `subcell-scale run`"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "param.yaml").write_text("out_size: 224\n")
+    with pytest.raises(ConfigError, match="preset parameters \\(out_size\\) go under 'set'"):
+        load_config(tmp_path / "param.yaml")
+    (tmp_path / "broken.yaml").write_text("plates: [a.zarr\nout: x\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML at line \d+, column \d+"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "typed.yaml").write_text("workers: two\n")
+    with pytest.raises(ConfigError, match="typed.yaml: workers must be a number, got 'two'"):
+        load_config(tmp_path / "typed.yaml")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -160,13 +177,16 @@ def test_cli_run_from_a_config_file_with_checkpoint_files(demo, tmp_path, tiny_c
     config = tmp_path / "run.yaml"
     config.write_text(
         f"plates: {json.dumps(demo['plates'])}\nplatemap: {demo['platemap']}\nmodel: {tmp_path / 'encoder.pth'}\n"
-        f"classifiers: [{tmp_path / 'classifier.pth'}]\ncluster: local\nn_workers: 1\nnull_size: 100\n"
-        "overrides: {out_size: 32}\n")
-    done = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"), "--no-figures", "--no-progress")
+        f"classifiers: [{tmp_path / 'classifier.pth'}]\ncluster: local\nworkers: 1\nnull-size: 100\n"
+        "set: {out_size: 32}\nno-figures: true\n")
+    done = _cli("run", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "replicate" in done.stdout and "cells:" in done.stdout
     manifest = json.loads((tmp_path / "out" / Files.MANIFEST).read_text())
-    assert manifest["run"]["options"]["null_size"] == 100
+    described = json.loads((tmp_path / "out" / Files.RUN).read_text())
+    assert described["parameters"]["design"]["null_size"] == 100 and described["parameters"]["out_size"] == 32
+    assert manifest["run"]["options"]["n_workers"] == 1 and manifest["run"]["options"]["figures"] is False
+    assert not (tmp_path / "out" / Files.REPORT).exists()
     assert manifest["embed"]["model"]["checkpoint_sha256"]
 
 

@@ -100,3 +100,35 @@ def test_a_cluster_without_workers_is_waited_for_then_named(capsys):
         assert "waiting for workers" in capsys.readouterr().out
         cluster.scale(1)
         assert len(wait_for_workers(client, timeout=30)) == 1
+
+
+def _batch_square(batch: tuple[int, ...]) -> list:
+    """A batch's results, one per item; item 3 fails alone and item 5 fails once."""
+    from subcell_scale.distributed.scheduler import Failure
+
+    out = []
+    for item in batch:
+        try:
+            out.append(_square(item))
+        except Exception as exc:  # noqa: BLE001 - the item's failure travels in its place
+            out.append(Failure(exc))
+    return out
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_an_item_of_a_batch_fails_and_is_retried_alone(cluster):
+    """Batches share the one retry policy: the failed item runs again by itself, the others are done once."""
+    def outcomes(client):
+        ATTEMPTS.clear()
+        return {o.item: o for o in map_tasks([Stage(_batch_square)], range(8), client=client, retries=1, batch=3,
+                                             progress=False)}
+
+    if cluster:
+        with Client(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as client:
+            result = outcomes(client)
+    else:
+        result = outcomes(None)
+    assert sorted(result) == list(range(8))
+    assert not result[3].ok and isinstance(result[3].error, ChannelMismatchError) and result[3].attempts == 1
+    assert result[5].ok and result[5].result == 25 and result[5].attempts == 2 and ATTEMPTS[5] == 2
+    assert all(result[i].ok and result[i].result == i * i and result[i].attempts == 1 for i in (0, 1, 2, 4, 6, 7))

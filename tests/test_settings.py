@@ -43,7 +43,7 @@ def test_override_is_scoped_and_values_are_checked(tmp_path):
 def test_command_line_defaults_are_the_python_defaults():
     from subcell_scale.cli import build_parser
     from subcell_scale.cli._options import default_of
-    from subcell_scale.pipeline import embed_plate
+    from subcell_scale import embed_plate
     from subcell_scale.workflow import run
 
     # embed and run share one set of options, unset by default (the Python default then applies)

@@ -1,14 +1,16 @@
 """The ``subcell-scale`` command line: one sub-command per stage, plus ``run`` and ``demo``.
 
 Each sub-command lives in its own module of this package with ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``; options several commands share are declared once
-in :mod:`._options`, with the Python functions' defaults. Only the command being run builds its
-options, and heavy imports happen inside ``run``, so ``--help`` is instant.
+``add_arguments(parser)`` and ``run(args) -> int``; the options of a run are declared once, from
+:data:`subcell_scale.runspec.OPTIONS` (:mod:`._options`), so every command takes them the same way and
+their ``--config`` keys are their long names. ``-v`` and ``--traceback`` stand anywhere on the line.
+Only the command being run builds its options, and heavy imports happen inside ``run``, so ``--help``
+is instant.
 
 Exit codes (:class:`ExitCode`) are the same for every command: 0 everything finished, 1 an error
-before any result (one line on stderr), 2 a usage error, 3 finished but fields failed (a rerun
-retries them), 4 every field finished but a later step could not run (named in the summary),
-130 interrupted.
+in the inputs (one line on stderr), 2 a usage error (an option missing, of the wrong type or
+contradicting another), 3 finished but fields failed (a rerun retries them), 4 every field finished
+but a later step could not run (named in the summary), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from collections.abc import Mapping
 
 from .._version import __version__
-from ..errors import SubcellScaleError
+from ..errors import SubcellScaleError, UsageError
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -65,24 +67,34 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="SubCell embeddings, localization and JUMP-style profiles for OME-Zarr plates.",
     )
     parser.add_argument("--version", action="version", version=f"subcell-scale {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug log output, also from Dask")
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    _add_common(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{module_name}")
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        _add_common(p, argparse.SUPPRESS)
         if command in (None, module.NAME):
             module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    """``-v`` and ``--traceback``, accepted before the command and after it alike."""
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="debug log output, also from Dask")
+    parser.add_argument("--traceback", action="store_true", default=default, help="show the full traceback on errors")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    from ._options import split_several
+
+    argv = split_several(sys.argv[1:] if argv is None else list(argv))
     names = {importlib.import_module(f"{__name__}.{m}").NAME for m in COMMANDS}
     command = next((a for a in argv if a in names), None)
     parser = build_parser(command or "")
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", 0)
+    args.traceback = getattr(args, "traceback", False)
     if not getattr(args, "command", None):
         parser.print_help()
         return ExitCode.USAGE
@@ -96,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("subcell-scale: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except UsageError as exc:
+        if args.traceback:
+            raise
+        print(f"subcell-scale {args.command}: usage error: {_one_line(exc)}", file=sys.stderr)
+        return ExitCode.USAGE
     except SubcellScaleError as exc:
         if args.traceback:
             raise

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_run_options, given_options, positive_int
+
 NAME = "demo"
 HELP = "generate demo plates and run segmentation, embedding, profiles, metrics and the report on them"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo-run", metavar="DIR", help="run directory (default demo-run)")
-    parser.add_argument("--plates", dest="n_plates", type=int, default=2, help="demo plates (default 2)")
-    parser.add_argument("--wells", dest="n_wells", type=int, default=12, help="wells per plate (default 12)")
-    parser.add_argument("--fields", dest="n_fields", type=int, default=1, help="fields per well (default 1)")
-    parser.add_argument("--cluster", default="auto", metavar="local|cuda|auto|FILE", help="cluster to start")
-    parser.add_argument("--workers", dest="n_workers", type=int, default=None, help="workers of a local cluster")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the plates and of random weights")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..io.demo import make_demo_plate
+    from ._options import default_of
+
+    plates = parser.add_argument_group("demo plates (the same defaults as make-demo-plate)")
+    plates.add_argument("--plates", dest="n_plates", type=positive_int, default=None, metavar="N",
+                        help=f"demo plates (default {default_of(make_demo_plate, 'n_plates')})")
+    plates.add_argument("--wells", dest="n_wells", type=positive_int, default=None, metavar="N",
+                        help=f"wells per plate (default {default_of(make_demo_plate, 'n_wells')})")
+    plates.add_argument("--fields", dest="n_fields", type=positive_int, default=None, metavar="N",
+                        help="fields per well (default 1)")
+    plates.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed of the plates and of random weights, as make-demo-plate's (default 0; the mAP "
+                             "null's seed is --set design.seed=N)")
+    add_run_options(parser, NAME, helps={"out": "run directory (default demo-run); the same DIR resumes",
+                                         "preset": "hpa (default: HPA-like plates) or jump-cellpainting "
+                                                   "(Cell Painting plates)"})
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runspec import option_keywords
     from ..workflow import demo
     from .run import report
 
-    result = demo(args.out, n_plates=args.n_plates, n_wells=args.n_wells, n_fields=args.n_fields,
-                  cluster=args.cluster, n_workers=args.n_workers, seed=args.seed,
-                  progress=False if args.no_progress else None)
+    keywords = option_keywords(given_options(args, NAME))
+    keywords.setdefault("out", "demo-run")
+    out = keywords.pop("out")
+    result = demo(out, n_plates=args.n_plates, n_wells=args.n_wells, n_fields=args.n_fields, seed=args.seed,
+                  **keywords)
     return report(result)

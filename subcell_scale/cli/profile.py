@@ -1,92 +1,120 @@
-"""``subcell-scale profile``: cells AnnData -> well profiles (aggregate, normalise, select features)."""
+"""``subcell-scale profile``: cells -> well profiles (aggregate, then post-process), as the run was described.
+
+Given a run directory (or a cells file inside one), the run's recorded description (``run.json``) says
+how to aggregate and post-process, so the profiles equal the run's own; ``--preset``, ``--set`` and
+the shorthand options below change it, and what was applied is recorded in ``uns["profiling"]``.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from ._options import add_run_options, given_options, require_out
 
 NAME = "profile"
 HELP = "aggregate a cells AnnData into well profiles, then normalise and select features (pycytominer semantics)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cells", metavar="CELLS", help="cells AnnData (.zarr or .h5ad), streamed from disk")
-    parser.add_argument("--out", required=True, metavar="PROFILES.h5ad", help="profiles AnnData to write (.h5ad)")
-    parser.add_argument("--preset", default=None,
-                        help="aggregate and post-process as a preset does (hpa, jump-cellpainting) instead of the "
-                             "options below")
-    parser.add_argument("--chain", default=None, metavar="NAME",
-                        help="a named post-processing chain (a preset's, or jump-recipe) instead of the steps below")
-    parser.add_argument("--operation", choices=("median", "mean"), default="median",
-                        help="per-well aggregation (default: median)")
-    parser.add_argument("--per-field", action="store_true",
-                        help="aggregate each field first, then average the fields of a well (SubCell JUMP analysis)")
-    parser.add_argument("--group-by", nargs="+", default=["plate", "well"], metavar="COLUMN",
-                        help="obs columns of one profile (default: plate well)")
-    parser.add_argument("--normalize", choices=("standardize", "robustize", "mad_robustize", "spherize"),
-                        metavar="METHOD", help="standardize, robustize, mad_robustize or spherize (default: none)")
-    parser.add_argument("--reference", default="all", metavar="QUERY",
-                        help="rows the normalisation is fitted on, a pandas query on obs, e.g. "
-                             "\"control_type == 'negcon'\" (default: all)")
-    parser.add_argument("--by", default=None, metavar="COLUMN",
-                        help="fit the normalisation separately per value of this column, e.g. plate")
-    parser.add_argument("--spherize-method", choices=("ZCA-cor", "ZCA", "PCA", "PCA-cor"), default="ZCA-cor",
-                        help="with --normalize spherize (default: ZCA-cor)")
-    parser.add_argument("--spherize-epsilon", type=float, default=1e-6,
-                        help="with --normalize spherize (default: 1e-6)")
-    parser.add_argument("--feature-select", nargs="+", default=None, metavar="OP",
-                        choices=("variance_threshold", "correlation_threshold", "drop_na_columns", "drop_outliers",
-                                 "blocklist"),
-                        help="feature selection operations, in order (variance_threshold correlation_threshold "
-                             "drop_na_columns drop_outliers blocklist)")
-    parser.add_argument("--corr-threshold", type=float, default=0.9, help="for correlation_threshold (default: 0.9)")
-    parser.add_argument("--blocklist", default=None, metavar="FILE", help="feature names to drop, one per line")
-    parser.add_argument("--parquet", default=None, metavar="PATH",
-                        help="also write the profiles as parquet (Metadata_ columns + features)")
+    parser.add_argument("cells", metavar="CELLS|RUN",
+                        help="a run directory, or a cells AnnData (.zarr or .h5ad), streamed from disk")
+    add_run_options(parser, NAME, helps={
+        "out": "folder for profiles.h5ad and profiles.parquet",
+        "preset": "aggregate and post-process as this preset does (hpa, jump-cellpainting); default: the run's "
+                  "recorded description, else hpa"})
+    short = parser.add_argument_group("shorthands for --set (default: the description's)")
+    short.add_argument("--chain", default=None, metavar="NAME",
+                       help="a named post-processing chain (a preset's, or jump-recipe): --set postprocess=NAME")
+    short.add_argument("--operation", choices=("median", "mean"), default=None,
+                       help="per-well aggregation: --set aggregation.operation=...")
+    short.add_argument("--per-field", action="store_const", const=True, default=None,
+                       help="aggregate each field first, then average the fields of a well")
+    short.add_argument("--group-by", nargs="+", default=None, metavar="COLUMN",
+                       help="obs columns of one profile: --set aggregation.by=[...]")
+    short.add_argument("--normalize", choices=("standardize", "robustize", "mad_robustize", "spherize"),
+                       default=None, metavar="METHOD",
+                       help="a chain of one normalisation (standardize, robustize, mad_robustize or spherize) instead "
+                            "of the description's")
+    short.add_argument("--reference", default=None, metavar="QUERY",
+                       help="with --normalize: rows it is fitted on, a pandas query on obs (default: all)")
+    short.add_argument("--by", default=None, metavar="COLUMN",
+                       help="with --normalize: fit separately per value of this column, e.g. plate")
+    short.add_argument("--feature-select", nargs="+", default=None, metavar="OP",
+                       choices=("variance_threshold", "correlation_threshold", "drop_na_columns", "drop_outliers"),
+                       help="feature selection after the chain (variance_threshold correlation_threshold ...)")
 
 
-def _steps(args: argparse.Namespace) -> list[dict]:
-    """The post-processing steps the options describe (a chain for :func:`subcell_scale.profiles.postprocess`)."""
-    steps = []
-    if args.normalize:
-        step = {"step": "normalize", "method": args.normalize, "reference": args.reference, "by": args.by}
-        if args.normalize == "spherize":
-            step.update(spherize_method=args.spherize_method, spherize_epsilon=args.spherize_epsilon)
-        steps.append(step)
+def shorthand_overrides(args: argparse.Namespace, base_chain: list[dict]) -> dict:
+    """The preset overrides the shorthand options say."""
+    from ..errors import UsageError
+
+    overrides: dict = {}
+    if args.operation is not None:
+        overrides["aggregation.operation"] = args.operation
+    if args.per_field:
+        overrides["aggregation.per_field"] = True
+    if args.group_by:
+        overrides["aggregation.by"] = list(args.group_by)
+    if (args.reference is not None or args.by is not None) and args.normalize is None:
+        raise UsageError("--reference and --by only apply with --normalize METHOD")
+    if args.normalize is not None and args.chain is not None:
+        raise UsageError("--normalize describes a chain itself; leave out --chain")
+    chain = None
+    if args.chain is not None:
+        from ..presets import get_chain
+
+        chain = get_chain(args.chain)
+    if args.normalize is not None:
+        chain = [{"step": "normalize", "method": args.normalize, "reference": args.reference or "all",
+                  "by": args.by}]
     if args.feature_select:
-        steps.append({"step": "feature_select", "operation": args.feature_select,
-                      "corr_threshold": args.corr_threshold, "blocklist": args.blocklist})
-    return steps
+        chain = [*(base_chain if chain is None else chain),
+                 {"step": "feature_select", "operation": list(args.feature_select)}]
+    if chain is not None:
+        overrides["postprocess"] = chain
+    return overrides
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError, ProfilingError
-    from ..params import RunParams
-    from ..presets import get_chain
+    from pathlib import Path
+
+    from .._constants import Files
+    from ..errors import ProfilingError
     from ..profiles import write_parquet
-    from ..workflow import make_profiles
+    from ..runspec import option_keywords
+    from ..stages import make_profiles
+    from .evaluate import description
 
-    out = Path(args.out)
-    if out.suffix != ".h5ad":
-        raise ConfigError(f"--out {out}: profiles are written as .h5ad")
-    if args.reference != "all" and args.normalize is None:
-        raise ConfigError("--reference only applies with --normalize METHOD")
-    manual = _steps(args)
-    if manual and (args.preset or args.chain):
-        raise ConfigError("--normalize/--feature-select describe a chain themselves; leave out --preset/--chain")
-    if args.preset:
-        recipe = RunParams.resolve(args.preset, **({"postprocess": args.chain} if args.chain else {})).profiling
-    else:
-        from ..params import Profiling
-
-        aggregation = {"by": args.group_by, "operation": args.operation, "per_field": args.per_field}
-        recipe = Profiling(aggregation, tuple(get_chain(args.chain) if args.chain else manual))
-    profiles, skipped = make_profiles(args.cells, recipe)
+    options = given_options(args, NAME)
+    out = Path(require_out(options, NAME))
+    cells = _cells_path(Path(args.cells))
+    keywords = option_keywords({k: v for k, v in options.items() if k != "out"})
+    params, source = description(Path(args.cells), keywords.pop("preset", None), keywords)
+    params = params.replace(**shorthand_overrides(args, [s.to_dict() for s in params.profiling.postprocess]))
+    print(f"profiling as {source}")
+    profiles, skipped = make_profiles(cells, params.profiling)
     if skipped:
         raise ProfilingError(f"post-processing could not run: {skipped}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    profiles.write_h5ad(out)
-    print(f"{profiles.n_obs} profiles x {profiles.n_vars} features -> {out}")
-    if args.parquet:
-        print(f"parquet -> {write_parquet(profiles, args.parquet)}")
+    out.mkdir(parents=True, exist_ok=True)
+    profiles.write_h5ad(out / Files.PROFILES)
+    write_parquet(profiles, out / Files.PROFILES_PARQUET)
+    print(f"{profiles.n_obs} profiles x {profiles.n_vars} features -> {out / Files.PROFILES}, "
+          f"{out / Files.PROFILES_PARQUET}")
     return 0
+
+
+def _cells_path(path):
+    """A run directory's cells store, or the cells file given."""
+    from .._constants import Files
+    from ..errors import ProfilingError
+
+    if path.is_dir() and not path.name.endswith(".zarr"):
+        for name in (Files.CELLS_ZARR, Files.CELLS_H5AD):
+            if (path / name).exists():
+                return path / name
+        msg = f"{path}: neither a cells AnnData nor a run directory holding {Files.CELLS_ZARR} or {Files.CELLS_H5AD}"
+        raise ProfilingError(msg)
+    if not path.exists():
+        msg = f"{path}: no such cells file or run directory"
+        raise ProfilingError(msg)
+    return path

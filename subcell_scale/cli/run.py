@@ -5,47 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import add_cluster_options, add_embedding_options, add_model_options, embedding_options
+from ._options import add_run_options, given_options, require_out
 
 NAME = "run"
 HELP = "segment, embed, profile and evaluate plates; write cells, profiles, metrics, figures and a report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..workflow import run
-
-    parser.add_argument("plates", nargs="*", metavar="PLATE", help="OME-Zarr HCS plate(s); or give them in --config")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run directory; the same DIR resumes")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML/TOML file holding any of these options; command-line values win")
-    add_model_options(parser)
-    add_embedding_options(parser)
-    add_cluster_options(parser, default=f"{run.__kwdefaults__['cluster']}: LocalCUDACluster with GPUs, "
-                                         "else LocalCluster")
-    parser.add_argument("--null-size", type=int, default=None,
-                        help=f"mAP null distribution size (default {run.__kwdefaults__['null_size']})")
-    parser.add_argument("--seed", type=int, default=None,
-                        help=f"seed of the mAP null (default {run.__kwdefaults__['seed']})")
-    parser.add_argument("--no-figures", action="store_true", help="skip figures and the report")
-
-
-def options_from(args: argparse.Namespace) -> dict:
-    """Config-file options overridden by the ones given on the command line."""
-    from ..errors import ConfigError
-    from ..workflow import load_config
-
-    options = load_config(args.config) if args.config else {}
-    options.update(options.pop("overrides", None) or {})
-    given = {"plates": args.plates or None, "scheduler": args.scheduler, "cluster": args.cluster,
-             "n_workers": args.n_workers, "null_size": args.null_size, "seed": args.seed}
-    options.update({k: v for k, v in given.items() if v is not None})
-    options.update(embedding_options(args))
-    if args.no_figures:
-        options["figures"] = False
-    if not options.get("plates"):
-        msg = "no plate given: name plates on the command line or under 'plates' in --config"
-        raise ConfigError(msg)
-    return options
+    parser.add_argument("plates", nargs="*", metavar="PLATE",
+                        help="OME-Zarr HCS plate(s), paths, URLs or globs; or 'plates' in --config, or --plates-from")
+    add_run_options(parser, NAME)
 
 
 def report(result) -> int:
@@ -65,8 +34,10 @@ def report(result) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runspec import option_keywords
     from ..workflow import run as run_plates
 
-    options = options_from(args)
-    plates = options.pop("plates")
-    return report(run_plates(plates, out=args.out, **options))
+    options = given_options(args, NAME)
+    require_out(options, NAME)
+    keywords = option_keywords(options)
+    return report(run_plates(keywords.pop("plates", None), **keywords))

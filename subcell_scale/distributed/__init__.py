@@ -23,6 +23,7 @@ _LAZY = {
     "load_cluster_config": "deploy",
     "render_kubernetes_spec": "deploy",
     "render_slurm_job_script": "deploy",
+    "Failure": "scheduler",
     "Outcome": "scheduler",
     "Stage": "scheduler",
     "map_tasks": "scheduler",
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cluster import GPU_RESOURCE, count_gpus, get_client
     from .deploy import load_cluster_config, render_kubernetes_spec, render_slurm_job_script
     from .plugin import PLUGIN_NAME, SubCellPlugin, loads_per_worker, register_model, worker_model
-    from .scheduler import Outcome, Stage, map_tasks
+    from .scheduler import Failure, Outcome, Stage, map_tasks
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, {name: f"{__name__}.{module}" for name, module in _LAZY.items()})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
 
+from .._device import resolve_device
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,13 +30,6 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "subcell-model"
 """Prefix of the plugin names; each model spec is registered as ``subcell-model-<digest>``."""
-
-
-def default_device() -> str:
-    """``"cuda"`` (the worker's own GPU: dask-cuda makes it device 0) when one is visible, else ``"cpu"``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class SubCellPlugin(WorkerPlugin):
@@ -70,7 +64,7 @@ class SubCellPlugin(WorkerPlugin):
 
             if self.spec.torch_threads is not None:
                 torch.set_num_threads(int(self.spec.torch_threads))
-            device = self.device or default_device()
+            device = resolve_device(self.device)  # the worker's own GPU: dask-cuda makes it device 0
             self.model = load_spec(self.spec, device)
             self.n_loads += 1
             log.info("worker %s: SubCell model loaded on %s (load %d)",

@@ -7,8 +7,11 @@ through:
 
 - a bounded window of items is in flight at a time (about two fields per worker thread), so neither
   the scheduler nor the client grows with the plate, and enough are prepared ahead to keep a GPU busy;
-- a failed item is retried ``retries`` times unless its error says the same input would fail again
-  (``retriable = False`` on :mod:`subcell_scale.errors` classes: a missing channel, missing labels);
+- small items travel in batches when asked (fields whose crops share the model's batches), and an
+  item of a batch fails alone (:class:`Failure`);
+- a failed item is retried, alone, ``retries`` times unless its error says the same input would fail
+  again (``retriable = False`` on :mod:`subcell_scale.errors` classes: a missing channel, missing
+  labels): the one retry policy of every stage;
 - a stage that asks for a worker resource (``GPU``) gets it where workers offer it; on a cluster
   whose workers offer none (``Client(n_workers=1)``, workers started without ``--resources GPU=1``),
   the stage runs on any worker with one warning instead of waiting forever; a cluster with no worker
@@ -65,16 +68,36 @@ class Outcome:
         return self.error is None
 
 
+@dataclass
+class Failure:
+    """An item of a batch that failed on its own: the batch's task returns it in that item's place, and
+    the batch's other items carry on."""
+
+    error: BaseException
+
+
 def retriable(exc: BaseException) -> bool:
     """Whether running the same item again could succeed (deterministic errors say they cannot)."""
     return bool(getattr(exc, "retriable", True))
 
 
+@dataclass
+class _Task:
+    """Items that run as one task (one item, or a batch), and the attempt they are on."""
+
+    items: tuple[int, ...]
+    attempt: int = 1
+
+
 def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client | None = None,
-              key: Callable[[Any], str] = str, retries: int = 1, size: Callable[[Any], int] | None = None,
-              total: int | None = None, done: int = 0,
-              progress: bool | None = None, desc: str = "fields") -> Iterator[Outcome]:
+              key: Callable[[Any], str] = str, retries: int = 1, batch: int | None = None,
+              total: int | None = None, done: int = 0, progress: bool | None = None,
+              desc: str = "fields") -> Iterator[Outcome]:
     """Run the chain ``stages`` on every item and yield each item's :class:`Outcome` as it finishes.
+
+    This is the one retry policy of a run: an item whose error is retriable (not a
+    :mod:`subcell_scale.errors` class that says the same input fails again) runs again, alone, up to
+    ``retries`` more times, whether it ran alone or in a batch, in this process or on a cluster.
 
     Parameters
     ----------
@@ -89,13 +112,14 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
         dashboard shows which field a task is.
     retries
         Extra attempts of an item whose error is retriable.
-    size
-        How many units an item counts for (the fields of a group), on the progress bar and in the
-        window: about two units per worker thread are in flight at once.
+    batch
+        None: each task is one item (stages take the item). A number: tasks are batches of up to that
+        many items (stages take a tuple of items; the last returns one result per item, a
+        :class:`Failure` for an item that failed alone), so that small fields fill a model's batches.
     total, done
         Size of the progress bar and how much of it was done before (a resumed run).
     progress
-        Show a progress bar (default :attr:`subcell_scale.settings.progress`).
+        Show a progress bar over items (default :attr:`subcell_scale.settings.progress`).
     desc
         Label of the progress bar.
     """
@@ -107,83 +131,112 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
     if int(retries) < 0:
         msg = f"retries must be >= 0, got {retries}"
         raise ConfigError(msg)
+    if batch is not None and int(batch) < 1:
+        msg = f"batch must be None or >= 1, got {batch}"
+        raise ConfigError(msg)
     items = list(items)
-    weight = size or (lambda item: 1)
+    size = 1 if batch is None else int(batch)
+    tasks = [_Task(tuple(range(i, min(i + size, len(items))))) for i in range(0, len(items), size)]
     show = settings.progress if progress is None else progress
-    bar = tqdm(total=done + sum(weight(i) for i in items) if total is None else total, initial=done, unit="field",
-               desc=desc, disable=not show)
+    bar = tqdm(total=done + len(items) if total is None else total, initial=done, unit="field", desc=desc,
+               disable=not show)
+    run = _Runner(stages, items, key, int(retries), batched=batch is not None)
     try:
-        if client is None:
-            outcomes = _in_process(stages, items, key, int(retries))
-        else:
-            units = sum(weight(i) for i in items) / max(1, len(items))
-            outcomes = _on_cluster(stages, items, client, key, int(retries), units)
+        outcomes = run.in_process(tasks) if client is None else run.on_cluster(tasks, client, size)
         for outcome in outcomes:
-            bar.update(weight(outcome.item))
+            bar.update(1)
             yield outcome
     finally:
         bar.close()
 
 
-def _in_process(stages: Sequence[Stage], items: list[Any], key: Callable[[Any], str], retries: int
-                ) -> Iterator[Outcome]:
-    for item in items:
-        for attempt in itertools.count(1):
-            try:
-                result = stages[0].func(item)
-                for stage in stages[1:]:
-                    result = stage.func(result, item)
-            except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the others
-                if attempt <= retries and retriable(exc):
-                    log.warning("%s failed (%s), retrying", key(item), _one_line(exc))
-                    continue
-                yield Outcome(item, error=exc, attempts=attempt)
-            else:
-                yield Outcome(item, result=result, attempts=attempt)
-            break
+class _Runner:
+    """Tasks of items through the stages; each item's end becomes an :class:`Outcome`, a retry a new task."""
 
+    def __init__(self, stages: Sequence[Stage], items: list[Any], key: Callable[[Any], str], retries: int, *,
+                 batched: bool) -> None:
+        self.stages, self.items, self.key, self.retries, self.batched = stages, items, key, retries, batched
 
-def _on_cluster(stages: Sequence[Stage], items: list[Any], client: Client, key: Callable[[Any], str],
-                retries: int, units_per_item: float) -> Iterator[Outcome]:
-    from distributed import as_completed
+    def argument(self, task: _Task) -> Any:
+        return tuple(self.items[i] for i in task.items) if self.batched else self.items[task.items[0]]
 
-    resources = [_usable_resources(client, stage.resources) for stage in stages]
-    token = uuid.uuid4().hex[:8]  # keys of this call never meet a finished task of an earlier one
-    threads = sum(client.nthreads().values()) or 1
-    window = max(2, math.ceil(max(4, 2 * threads) / max(1.0, units_per_item)))
-    pending = iter(items)
-    running: dict[Any, tuple[Any, list[Any], int]] = {}
+    def name(self, task: _Task) -> str:
+        first = self.key(self.items[task.items[0]])
+        return first if len(task.items) == 1 else f"{first}+{len(task.items) - 1}"
 
-    def submit(item: Any, attempt: int) -> Any:
-        tag = key(item).replace("/", ":")
-        futures: list[Any] = []
-        previous: tuple[Any, ...] = ()
-        for stage, res in zip(stages, resources, strict=True):
-            future = client.submit(stage.func, *previous, item, key=f"{stage.name}-{tag}-{token}-{attempt}", pure=False,
-                                   resources=res)
-            futures.append(future)
-            previous = (future,)
-        running[futures[-1]] = (item, futures, attempt)
-        return futures[-1]
-
-    queue = as_completed([submit(item, 1) for item in itertools.islice(pending, window)])
-    for future in queue:
-        item, futures, attempt = running.pop(future)
-        if future.status == "finished":
-            outcome = Outcome(item, result=future.result(), attempts=attempt)
+    def settle(self, task: _Task, result: Any = None, error: BaseException | None = None
+               ) -> tuple[list[Outcome], list[_Task]]:
+        """The outcomes a finished task gives, and the tasks of its items that run again."""
+        if error is not None:
+            per_item: list[Any] = [Failure(error)] * len(task.items)
         else:
-            exc = future.exception()
-            if attempt <= retries and retriable(exc):
-                log.warning("%s failed (%s), retrying", key(item), _one_line(exc))
-                queue.add(submit(item, attempt + 1))
-                _release(futures)
-                continue
-            outcome = Outcome(item, error=exc, attempts=attempt)
-        _release(futures)
-        yield outcome
-        nxt = next(pending, None)
-        if nxt is not None:
-            queue.add(submit(nxt, 1))
+            per_item = list(result) if self.batched else [result]
+        outcomes, again = [], []
+        for index, value in zip(task.items, per_item, strict=True):
+            item = self.items[index]
+            if not isinstance(value, Failure):
+                outcomes.append(Outcome(item, result=value, attempts=task.attempt))
+            elif task.attempt <= self.retries and retriable(value.error):
+                log.warning("%s failed (%s), retrying", self.key(item), _one_line(value.error))
+                again.append(_Task((index,), task.attempt + 1))
+            else:
+                outcomes.append(Outcome(item, error=value.error, attempts=task.attempt))
+        return outcomes, again
+
+    def in_process(self, tasks: list[_Task]) -> Iterator[Outcome]:
+        queue = list(reversed(tasks))
+        while queue:
+            task = queue.pop()
+            argument = self.argument(task)
+            try:
+                result = self.stages[0].func(argument)
+                for stage in self.stages[1:]:
+                    result = stage.func(result, argument)
+            except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the others
+                outcomes, again = self.settle(task, error=exc)
+            else:
+                outcomes, again = self.settle(task, result)
+            queue.extend(reversed(again))
+            yield from outcomes
+
+    def on_cluster(self, tasks: list[_Task], client: Client, size: int) -> Iterator[Outcome]:
+        from distributed import as_completed
+
+        resources = [_usable_resources(client, stage.resources) for stage in self.stages]
+        token = uuid.uuid4().hex[:8]  # keys of this call never meet a finished task of an earlier one
+        threads = sum(client.nthreads().values()) or 1
+        window = max(2, math.ceil(max(4, 2 * threads) / max(1, size)))
+        pending = iter(tasks)
+        running: dict[Any, tuple[_Task, list[Any]]] = {}
+
+        def submit(task: _Task) -> Any:
+            tag = self.name(task).replace("/", ":")
+            argument = self.argument(task)
+            futures: list[Any] = []
+            previous: tuple[Any, ...] = ()
+            for stage, res in zip(self.stages, resources, strict=True):
+                future = client.submit(stage.func, *previous, argument, key=f"{stage.name}-{tag}-{token}-{task.attempt}",
+                                       pure=False, resources=res)
+                futures.append(future)
+                previous = (future,)
+            running[futures[-1]] = (task, futures)
+            return futures[-1]
+
+        queue = as_completed([submit(task) for task in itertools.islice(pending, window)])
+        for future in queue:
+            task, futures = running.pop(future)
+            if future.status == "finished":
+                outcomes, again = self.settle(task, future.result())
+            else:
+                outcomes, again = self.settle(task, error=future.exception())
+            _release(futures)
+            for retry in again:
+                queue.add(submit(retry))
+            yield from outcomes
+            if not again:
+                nxt = next(pending, None)
+                if nxt is not None:
+                    queue.add(submit(nxt))
 
 
 def _release(futures: list[Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .fingerprint import field_fingerprint
-from .labels import write_labels
+from .labels import labels_writable, write_labels
 from .plate import Plate, open_plate
 from .platemap import PlatemapWarning, join_platemap, read_platemap
 from .validate import validate_plate
@@ -22,6 +22,7 @@ __all__ = [
     "PlatemapWarning",
     "field_fingerprint",
     "join_platemap",
+    "labels_writable",
     "make_demo_plate",
     "open_plate",
     "read_platemap",

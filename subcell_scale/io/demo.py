@@ -119,7 +119,7 @@ class DemoLayout:
     render: Callable[[synthetic.CellLayout, Phenotype, float, np.random.Generator], np.ndarray]
     cell_shape: CellShape = CellShape()
     field_size: int = 512
-    fields_per_well: int = 2
+    fields_per_well: int = 1
     max_chunk: int = 1024
 
 
@@ -388,7 +388,7 @@ def make_demo_plate(
     out_dir: str | Path,
     *,
     n_plates: int = 2,
-    n_wells: int = 24,
+    n_wells: int = 12,
     n_fields: int | None = None,
     field_size: int | None = None,
     cells_per_field: int | None = None,

@@ -213,3 +213,40 @@ def write_labels(
     write_label_image(group, name, labels, properties=properties, where=where)
     repair_consolidated(group.store, f"{group_path}/labels/{name}", where=where)
     plate.forget_labels(well_id, field, name)
+
+
+def labels_writable(plate: Plate) -> bool:
+    """Whether label images can be written into ``plate``'s fields.
+
+    A local plate is asked the file system (its first field's folder, the place a label image goes);
+    a plate at a URL is asked by writing and removing a small object beside its metadata (a plain
+    HTTP server, a read-only bucket or credentials without write access say no).
+    """
+    import uuid
+
+    from .plate import local_path
+
+    well = plate.wells[0]
+    group = f"{plate.well_path(well)}/{plate.fields(well)[0]}"
+    if "://" not in plate.path or plate.path.startswith("file://"):
+        folder = os.path.join(local_path(plate.path), group)
+        return os.access(folder, os.W_OK | os.X_OK) and not _read_only_mount(folder)
+    import fsspec.core
+
+    try:
+        fs, root = fsspec.core.url_to_fs(plate.path, **(plate.storage_options or {}))
+        probe = f"{root.rstrip('/')}/{group}/.subcell-scale-write-check-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception:  # noqa: BLE001 - each store says no its own way (501, 403, NotImplementedError, ...)
+        return False
+    return True
+
+
+def _read_only_mount(folder: str) -> bool:
+    """A folder on a file system mounted read-only (``os.access`` says yes to root there)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return True
+

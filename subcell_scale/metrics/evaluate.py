@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import representation, rows_matching
+from .._typecheck import check_fields
 from ..errors import ConfigError, ProfilingError
 from .map import average_precision, fraction_retrieved, mean_average_precision
 from .nn import nn_accuracy
@@ -132,13 +133,24 @@ class EvaluationDesign:
         if isinstance(mapping, EvaluationDesign):
             base["moa_table"] = mapping.moa_table
         base.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(base) - known)
-        if unknown:
-            raise ConfigError(f"evaluation design: unknown key(s) {unknown}; keys are {sorted(known)}")
+        check_fields(cls, base, "evaluation design")
         design = cls(**base)
         design.check()
         return design
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON; a ``moa_table`` given as a frame is recorded as ``"<DataFrame>"``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        table = out["moa_table"]
+        out["moa_table"] = None if table is None else (os.fspath(table) if isinstance(table, str | os.PathLike)
+                                                       else "<DataFrame>")
+        for name in ("replicate_rules", "moa_rules"):
+            if out[name] is not None:
+                out[name] = {k: list(v) for k, v in out[name].items()}
+        for name in ("moa_nn_exclude", "compound_nn_exclude", "summary_k"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
 
     def check(self) -> None:
         """Reject values that cannot describe an evaluation, naming the key."""

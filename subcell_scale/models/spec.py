@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+RANDOM = "random"
+"""The ``model`` name of seeded random weights (``--model random``)."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -225,8 +228,10 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
     ----------
     model
         A published variant name (from the model cache, downloaded on first use), an encoder
-        checkpoint path, a :class:`~subcell_scale.models.SubCell`, a :class:`ModelSpec`, or None for
-        ``variant`` or else ``default_variant``.
+        checkpoint path, ``"random"`` (seeded random weights with the architecture of ``variant`` or
+        else ``default_variant``: to try a plate out before the weights are there), a
+        :class:`~subcell_scale.models.SubCell`, a :class:`ModelSpec`, or None for ``variant`` or else
+        ``default_variant``.
     classifiers
         Classifier checkpoint paths that go with an encoder path.
     default_variant
@@ -255,6 +260,10 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
 
     if model is None:
         model = variant if variant is not None else default_variant
+    if isinstance(model, str) and model.lower() == RANDOM:
+        name = variant if variant is not None else default_variant
+        spec = _with_options(ModelSpec(RANDOM, variant=get_variant(name).name if name else None), None, num_heads)
+        return ResolvedModel(spec, None, _tuple(spec.channels), _spec_identity(spec))
     if isinstance(model, ResolvedModel):
         _agree(model.variant, variant, "the model given")
         if num_heads is not None:
@@ -282,6 +291,18 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
         return ResolvedModel(None, model, tuple(model.channels), identity)
     msg = f"model must be a variant name, a checkpoint path, a SubCell or a ModelSpec, got {type(model).__name__}"
     raise ConfigError(msg)
+
+
+def describe_model(model: Any) -> Any:
+    """What a ``model`` argument was, as plain JSON for a run's record (a name, a path or a description)."""
+    if model is None or isinstance(model, str | os.PathLike):
+        return None if model is None else os.fspath(model)
+    describe = getattr(model, "describe", None)
+    if callable(describe):
+        return describe()
+    if isinstance(model, ResolvedModel):
+        return model.identity
+    return type(model).__name__
 
 
 def is_checkpoint_path(model: str | os.PathLike[str]) -> bool:

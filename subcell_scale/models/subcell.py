@@ -71,9 +71,11 @@ class SubCellOutput:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    from .._device import resolve_device
+
+    return torch.device(resolve_device(device))
 
 
 def _random_array(seed: int, name: str, shape: tuple[int, ...], kind: str, fan_in: int) -> np.ndarray:

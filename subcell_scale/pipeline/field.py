@@ -1,11 +1,14 @@
-"""The work of a run on its fields: prepare (CPU: read, labels, filter, crop), embed (GPU), write (shards).
+"""The work of a run on its fields: segment; prepare (CPU: read, labels, filter, crop), embed (GPU), write (shards).
 
-A :class:`FieldJob` carries paths and frozen parameters only, so a task graph grows with fields, never
-with pixels or weights. Fields travel in small groups (:data:`FieldGroup`) through three stages:
+A :class:`FieldJob` is a field and a reference to the :class:`JobPlan` its plate's fields share (paths
+and frozen parameters), so a task graph grows with fields, never with pixels or weights. A field's
+labels come from the plate, or from the run directory when the plate cannot take labels, or are
+segmented (:func:`field_labels`); :func:`segment_group` is the segmentation stage alone. Fields travel
+in small groups (:data:`FieldGroup`) through three stages:
 :func:`prepare_group` runs on any worker thread; :func:`embed_group` holds the worker's ``GPU``
 resource, takes the model from the worker plugin and embeds the group's crops together, so small
 fields still fill whole batches; :func:`write_group` writes the shards after the GPU is released. A
-field that fails travels on as a :class:`FieldFailure` and fails alone. Without Dask, the same
+field that fails travels on as a :class:`Failure` and fails alone. Without Dask, the same
 functions are called in turn with a model passed explicitly (:mod:`subcell_scale.distributed.scheduler`
 does either).
 
@@ -19,6 +22,8 @@ float32 crops would be 1.6 GB). ``"auto"`` picks ``"device"`` when the worker ha
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._constants import Obs
+from .._constants import Obs, Status
+from ..distributed.scheduler import Failure
 from ..errors import PlateNotFoundError
 from ..store import FieldId, RunPath, Shard, write_shard
 
@@ -35,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
     from ..models import SubCell
     from ..params import CellFilter
+    from ..segment import SegmentParams
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +49,23 @@ _CELL_COLUMNS = [Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X]
 
 
 @dataclass(frozen=True)
-class FieldJob:
-    """Everything a worker needs to turn one field into a shard (small, picklable).
+class JobPlan:
+    """What every field of one plate shares in a run: one object per plate, which each of its jobs references.
+
+    Small and picklable (paths and frozen parameters), so a task graph grows with fields, never with
+    pixels or weights.
 
     Attributes
     ----------
-    fid
-        Which field (plate name, well, field path).
     plate_path, plate_options
         Where the plate is (a path or URL every worker can open) and the :func:`~subcell_scale.io.open_plate`
         options it was opened with (``storage_options``, ``z``, ``t``, ``missing_chunks``).
-    label_name, segment_if_missing, segmentation
-        Which label image holds the cells; whether to segment (and write the labels back into the
-        plate) when it is missing, with :func:`subcell_scale.segment.segment_field` keyword arguments.
+    label_name, segment_if_missing, overwrite, segmentation
+        Which label image holds the cells; whether to segment a field that lacks it (and write the
+        labels), or every field again; how (:func:`subcell_scale.segment.segment_field`).
+    labels
+        Where segmentation writes labels: None for the plate itself, else the run directory's
+        ``labels/<plate>/`` folder (a plate that cannot be written; see :class:`RunLabels`).
     cells
         Which cells are kept (:func:`subcell_scale.segment.filter_cells`).
     crop
@@ -63,15 +74,14 @@ class FieldJob:
         Plate channel indices in model order, one tuple per pass.
     batch_size
         Crops per forward pass (rounded down to whole cells, so a cell's passes share a batch).
-    shard_path
-        Where to write the shard (in the run directory, a folder or a URL); None returns the shard to
-        the caller instead.
+    shards
+        The run directory the shards go to (a folder or a URL); None returns them to the caller.
     digest
-        Parameter digest stored in the shard (resume compares it).
+        Parameter digest stored in each shard (resume compares it).
     crop_on
         ``"cpu"``, ``"device"`` or ``"auto"`` (see the module docstring).
     model_plugin
-        Name of the worker plugin holding the model (set when the job runs on a cluster).
+        Name of the worker plugin holding the model (set when the jobs run on a cluster).
     flatfield_path
         ``.npy`` flat field (c, y, x) every field is divided by before labels and crops (in the run
         directory); None: none.
@@ -80,27 +90,48 @@ class FieldJob:
         pixels, computed when the run was planned); None when the crop spec uses none.
     """
 
-    fid: FieldId
     plate_path: str
     plate_options: dict[str, Any]
     label_name: str
-    segment_if_missing: bool
-    segmentation: dict[str, Any]
+    segmentation: SegmentParams
     cells: CellFilter
     crop: CropSpec
     passes: tuple[tuple[int, ...], ...]
-    batch_size: int
-    shard_path: RunPath | None
-    digest: str
+    batch_size: int = 64
+    segment_if_missing: bool = True
+    overwrite: bool = False
+    labels: RunPath | None = None
+    shards: RunPath | None = None
+    digest: str = ""
     crop_on: str = "auto"
     model_plugin: str | None = None
     flatfield_path: RunPath | None = None
     plate_upper: tuple[float, ...] | None = None
 
+
+@dataclass(frozen=True)
+class FieldJob:
+    """One field of a run: which field, and the plan its plate's fields share."""
+
+    fid: FieldId
+    plan: JobPlan
+
+    @property
+    def shard_path(self) -> RunPath | None:
+        """Where the field's shard is written (None: returned to the caller)."""
+        return None if self.plan.shards is None else self.plan.shards / self.fid.shard
+
+    @property
+    def labels_path(self) -> RunPath | None:
+        """The run directory's file of the field's labels, for a plate that cannot take them."""
+        if self.plan.labels is None:
+            return None
+        return self.plan.labels / f"{self.fid.well}_{self.fid.field}_{self.plan.label_name}.npz"
+
     @property
     def where(self) -> str:
         """The field, for messages: plate name and path, well, field."""
-        return f"plate {self.fid.plate} ({self.plate_path}) well {self.fid.well} field {self.fid.field}"
+        return f"plate {self.fid.plate} ({self.plan.plate_path}) well {self.fid.well} field {self.fid.field}"
 
 
 @dataclass
@@ -132,15 +163,26 @@ def open_job_plate(job: FieldJob):
     """The :class:`~subcell_scale.io.Plate` of ``job``, opened once per process."""
     import json
 
-    return _open_plate_cached(job.plate_path, json.dumps(job.plate_options, sort_keys=True))
+    return _open_plate_cached(job.plan.plate_path, json.dumps(job.plan.plate_options, sort_keys=True))
 
 
 def _resolve_crop_on(crop_on: str) -> str:
     if crop_on != "auto":
         return crop_on
-    import torch
+    from .._device import resolve_device
 
-    return "device" if torch.cuda.is_available() else "cpu"
+    return "device" if resolve_device().startswith("cuda") else "cpu"
+
+
+def read_image(plate: Any, job: FieldJob) -> np.ndarray:
+    """A field's pixels as every stage sees them: flat-field corrected when the run corrects."""
+    image = plate.read_field(job.fid.well, job.fid.field)
+    if job.plan.flatfield_path is not None:
+        from ..illumination import apply_flatfield
+
+        image = apply_flatfield(image, _flatfield(job.plan.flatfield_path),
+                                rounded=not job.plan.crop.scales_intensity)
+    return image
 
 
 def prepare_field(job: FieldJob) -> PreparedField:
@@ -159,27 +201,23 @@ def prepare_field(job: FieldJob) -> PreparedField:
         No ``label_name`` labels with ``segment_if_missing=False`` (not retried: it would fail again).
     """
     from ..cells import extract_cells
-    from ..io import field_fingerprint
     from ..segment import filter_cells
 
     start = time.perf_counter()
+    plan = job.plan
     plate = open_job_plate(job)
-    image = plate.read_field(job.fid.well, job.fid.field)
-    if job.flatfield_path is not None:
-        from ..illumination import apply_flatfield
-
-        image = apply_flatfield(image, _flatfield(job.flatfield_path), rounded=not job.crop.scales_intensity)
-    labels, segmented = _field_labels(plate, job, image)
-    fingerprint = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.label_name)
-    kept, dropped = filter_cells(labels, plate.pixel_size, **job.cells.kwargs())
+    image = read_image(plate, job)
+    labels, segmented = field_labels(plate, job, image)
+    kept, dropped = filter_cells(labels, plate.pixel_size, **plan.cells.kwargs())
     pixel_size = tuple(float(v) for v in plate.pixel_size)
     prepared = PreparedField(cells=None, dropped={k: list(v) for k, v in dropped.items()}, seconds=0.0,
-                             pixel_size=pixel_size, segmented=segmented, meta={"fingerprint": fingerprint})
-    if _resolve_crop_on(job.crop_on) == "device":
+                             pixel_size=pixel_size, segmented=segmented,
+                             meta={"fingerprint": job_fingerprint(plate, job)})
+    if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
-        crops, table = extract_cells(image, kept, pixel_size, job.crop, channels=job.passes,
-                                     plate_upper=job.plate_upper, dropped=prepared.dropped)
+        crops, table = extract_cells(image, kept, pixel_size, plan.crop, channels=plan.passes,
+                                     plate_upper=plan.plate_upper, dropped=prepared.dropped)
         prepared.crops, prepared.cells = crops, table[_CELL_COLUMNS].reset_index(drop=True)
     prepared.seconds = time.perf_counter() - start
     return prepared
@@ -194,47 +232,138 @@ def _flatfield(path: RunPath) -> np.ndarray:
         return load_flatfield(local, dtype=None)
 
 
-def _field_labels(plate: Any, job: FieldJob, image: np.ndarray) -> tuple[np.ndarray, bool]:
-    well, fld = job.fid.well, job.fid.field
-    if job.label_name in plate.label_names(well, fld):
-        return np.asarray(plate.read_labels(well, fld, job.label_name)), False
-    if not job.segment_if_missing:
-        msg = (f"{job.where}: no label image {job.label_name!r} (found {plate.label_names(well, fld)}); "
-               "segment the plate first (`subcell-scale segment`) or allow segmentation")
+# -- labels -------------------------------------------------------------------------------------------
+def read_field_labels(plate: Any, job: FieldJob) -> np.ndarray | None:
+    """A field's cell labels: the plate's label image, else the run directory's copy (for a plate that
+    cannot take labels), else None."""
+    well, fld, name = job.fid.well, job.fid.field, job.plan.label_name
+    if name in plate.label_names(well, fld):
+        return np.asarray(plate.read_labels(well, fld, name))
+    path = job.labels_path
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        return np.asarray(stored["labels"])
+
+
+def field_labels(plate: Any, job: FieldJob, image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The field's labels, segmented from ``image`` (and stored) when it has none or the run segments again.
+
+    Returns the labels and whether they were segmented now.
+
+    Raises
+    ------
+    PlateNotFoundError
+        No labels and the run does not segment (not retried: it would fail again).
+    """
+    plan = job.plan
+    labels = None if plan.overwrite else read_field_labels(plate, job)
+    if labels is not None:
+        return labels, False
+    if not (plan.segment_if_missing or plan.overwrite):
+        found = plate.label_names(job.fid.well, job.fid.field)
+        msg = (f"{job.where}: no label image {plan.label_name!r} (found {found}); segment the plate first "
+               "(`subcell-scale segment`) or allow segmentation")
         raise PlateNotFoundError(msg)
-    from ..io import write_labels
+    return _segment(plate, job, image), True
+
+
+def _segment(plate: Any, job: FieldJob, image: np.ndarray) -> np.ndarray:
     from ..segment import segment_field
 
-    labels = segment_field(image, plate.channel_names, plate.pixel_size, **job.segmentation)
-    write_labels(plate, well, fld, job.label_name, labels)
-    log.info("%s: segmented %d cells, written as labels/%s", job.where, int(labels.max()), job.label_name)
-    return labels, True
+    labels = segment_field(image, plate.channel_names, plate.pixel_size, **job.plan.segmentation.kwargs())
+    store_field_labels(plate, job, labels)
+    return labels
 
 
-@dataclass
-class FieldFailure:
-    """A field of a group that failed: its error travels on, so the group's other fields carry on."""
+def store_field_labels(plate: Any, job: FieldJob, labels: np.ndarray) -> None:
+    """Write a field's labels into the plate (NGFF labels), or into the run directory when the plate cannot
+    take them."""
+    name = job.plan.label_name
+    path = job.labels_path
+    if path is None:
+        from ..io import write_labels
 
-    error: BaseException
+        write_labels(plate, job.fid.well, job.fid.field, name, labels)
+        log.info("%s: segmented %d cells, written as labels/%s", job.where, int(labels.max()), name)
+        return
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=np.ascontiguousarray(labels, dtype=np.int32))
+    path.write_bytes(buffer.getvalue())
+    log.info("%s: segmented %d cells, written to %s", job.where, int(labels.max()), path)
 
 
+def labels_place(plate: Any, job: FieldJob) -> str:
+    """Where the field's labels are: ``"plate"`` (its label image) or ``"run"`` (the run directory)."""
+    in_plate = job.labels_path is None or job.plan.label_name in plate.label_names(job.fid.well, job.fid.field)
+    return "plate" if in_plate else "run"
+
+
+def job_fingerprint(plate: Any, job: FieldJob) -> str:
+    """The fingerprint of the field's image and label files (:func:`subcell_scale.io.field_fingerprint`),
+    with the run directory's label file when the labels are kept there."""
+    from ..io import field_fingerprint
+
+    fingerprint = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.plan.label_name)
+    path = job.labels_path
+    if path is None or job.plan.label_name in plate.label_names(job.fid.well, job.fid.field):
+        return fingerprint
+    try:
+        info = path.fs.info(path.url if path.is_local else path.fs._strip_protocol(path.url))
+    except FileNotFoundError:
+        info = {}
+    stamp = f"{info.get('size')}:{info.get('mtime') or info.get('ETag') or info.get('LastModified')}"
+    return hashlib.sha256(f"{fingerprint}\n{path.name}\t{stamp}".encode()).hexdigest()
+
+
+# -- stages of a batch of fields ----------------------------------------------------------------------
 FieldGroup = tuple[FieldJob, ...]
 """Fields embedded together: their crops fill the same forward batches (HPA fields hold 10-30 cells)."""
 
 
-def prepare_group(group: FieldGroup) -> list[PreparedField | FieldFailure]:
-    """CPU stage of a group: :func:`prepare_field` for each field, a failure kept as a :class:`FieldFailure`."""
-    out: list[PreparedField | FieldFailure] = []
+def segment_group(group: FieldGroup) -> list[dict[str, Any] | Failure]:
+    """The segmentation stage of a batch: each field's labels made (and stored) unless it has them.
+
+    Returns one record per field (``status`` ``"done"`` or ``"skipped"``, ``n_cells``, ``labels``:
+    ``"plate"`` or ``"run"``, ``seconds``), or its :class:`Failure`.
+    """
+    from ..segment import label_areas
+
+    out: list[dict[str, Any] | Failure] = []
+    for job in group:
+        start = time.perf_counter()
+        try:
+            plate = open_job_plate(job)
+            labels = None if job.plan.overwrite else read_field_labels(plate, job)
+            status = Status.SKIPPED if labels is not None else Status.DONE
+            if labels is None:
+                labels = _segment(plate, job, read_image(plate, job))
+        except Exception as exc:  # noqa: BLE001 - one field's failure must not stop its group
+            out.append(Failure(exc))
+            continue
+        out.append({"status": status, "n_cells": int(label_areas(labels)[0].size),
+                    "labels": labels_place(plate, job),
+                    "seconds": round(time.perf_counter() - start, 3)})
+    return out
+
+
+def prepare_group(group: FieldGroup) -> list[PreparedField | Failure]:
+    """CPU stage of a group: :func:`prepare_field` for each field, a failure kept as a :class:`Failure`."""
+    out: list[PreparedField | Failure] = []
     for job in group:
         try:
             out.append(prepare_field(job))
         except Exception as exc:  # noqa: BLE001 - one field's failure must not stop its group
-            out.append(FieldFailure(exc))
+            out.append(Failure(exc))
     return out
 
 
-def embed_group(prepared: list[PreparedField | FieldFailure], group: FieldGroup,
-                model: SubCell | None = None) -> list[Shard | FieldFailure]:
+def embed_group(prepared: list[PreparedField | Failure], group: FieldGroup,
+                model: SubCell | None = None) -> list[Shard | Failure]:
     """GPU stage of a group: crops cut on the device when asked, then every field's crops embedded
     together in full batches, and split back into one :class:`Shard` per field.
 
@@ -250,23 +379,23 @@ def embed_group(prepared: list[PreparedField | FieldFailure], group: FieldGroup,
     if model is None:
         from ..distributed.plugin import worker_model
 
-        model = worker_model(group[0].model_plugin)
-    out: list[Shard | FieldFailure | None] = [None] * len(group)
+        model = worker_model(group[0].plan.model_plugin)
+    out: list[Shard | Failure | None] = [None] * len(group)
     parts, owners = [], []
     arriving = _send_fields(prepared, model.device)
     for i, (job, prep) in enumerate(zip(group, prepared, strict=True)):
-        if isinstance(prep, FieldFailure):
+        if isinstance(prep, Failure):
             out[i] = prep
             continue
         try:
             crops, cells, dropped = _field_crops(prep, job, model, arriving.get(i))
         except Exception as exc:  # noqa: BLE001 - a field that cannot be cropped fails alone
-            out[i] = FieldFailure(exc)
+            out[i] = Failure(exc)
             continue
         parts.append((crops, cells, dropped))
         owners.append(i)
     if parts:
-        embedding, probabilities = embed_crops(model, _stack([c for c, _, _ in parts]), group[0].batch_size)
+        embedding, probabilities = embed_crops(model, _stack([c for c, _, _ in parts]), group[0].plan.batch_size)
         seconds = time.perf_counter() - start
         total = max(1, embedding.shape[0])
         row = 0
@@ -275,22 +404,22 @@ def embed_group(prepared: list[PreparedField | FieldFailure], group: FieldGroup,
             share = seconds * n / total
             out[i] = Shard(embedding[row:row + n], None if probabilities is None else probabilities[row:row + n],
                            cells, dropped,
-                           {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.digest,
+                           {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.plan.digest,
                             "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta})
             row += n
     return out  # type: ignore[return-value]
 
 
-def write_group(shards: list[Shard | FieldFailure], group: FieldGroup) -> list[dict[str, Any] | FieldFailure]:
+def write_group(shards: list[Shard | Failure], group: FieldGroup) -> list[dict[str, Any] | Failure]:
     """Last stage of a group, off the GPU: each field's shard written (or returned without a run directory).
 
     Returns one summary per field: ``n_cells``, ``dropped`` (counts per reason), ``seconds``, ``shard``
     (path or None) and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`; or the field's
-    :class:`FieldFailure`.
+    :class:`Failure`.
     """
-    out: list[dict[str, Any] | FieldFailure] = []
+    out: list[dict[str, Any] | Failure] = []
     for job, shard in zip(group, shards, strict=True):
-        if isinstance(shard, FieldFailure):
+        if isinstance(shard, Failure):
             out.append(shard)
             continue
         summary: dict[str, Any] = {"n_cells": shard.n_cells, "dropped": {k: len(v) for k, v in shard.dropped.items()},
@@ -301,13 +430,13 @@ def write_group(shards: list[Shard | FieldFailure], group: FieldGroup) -> list[d
             else:
                 summary["result"] = shard
         except Exception as exc:  # noqa: BLE001 - a shard that cannot be written fails its field alone
-            out.append(FieldFailure(exc))
+            out.append(Failure(exc))
             continue
         out.append(summary)
     return out
 
 
-def _send_fields(prepared: list[PreparedField | FieldFailure], device: Any) -> dict[int, Any]:
+def _send_fields(prepared: list[PreparedField | Failure], device: Any) -> dict[int, Any]:
     """Start copying the group's raw fields to the GPU on a side stream, each from pinned memory.
 
     Returns, by position in the group, the field on the device and the event its copy records: the
@@ -322,7 +451,7 @@ def _send_fields(prepared: list[PreparedField | FieldFailure], device: Any) -> d
     sent = {}
     with torch.cuda.stream(stream):
         for i, prep in enumerate(prepared):
-            if isinstance(prep, FieldFailure) or prep.crops is not None or prep.image is None:
+            if isinstance(prep, Failure) or prep.crops is not None or prep.image is None:
                 continue
             host = np.ascontiguousarray(prep.image)
             pinned = torch.from_numpy(host if host.flags.writeable else host.copy()).pin_memory()
@@ -350,8 +479,9 @@ def _field_crops(prep: PreparedField, job: FieldJob, model: SubCell, arriving: A
         current = torch.cuda.current_stream(image.device)
         current.wait_event(copied)
         image.record_stream(current)  # the copy stream's memory is used here: keep it until done
-    tensor, table = extract_cells_torch(image, prep.labels, prep.pixel_size, job.crop, channels=job.passes,
-                                        device=model.device, plate_upper=job.plate_upper, dropped=dropped)
+    plan = job.plan
+    tensor, table = extract_cells_torch(image, prep.labels, prep.pixel_size, plan.crop, channels=plan.passes,
+                                        device=model.device, plate_upper=plan.plate_upper, dropped=dropped)
     return tensor, table[_CELL_COLUMNS].reset_index(drop=True), dropped
 
 

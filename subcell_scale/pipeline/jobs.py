@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from .._constants import Files
 from ..errors import ChannelMismatchError, ConfigError
-from ..store import FieldId, ResultsStore, RunPath
-from .field import FieldJob
+from ..store import FieldId, RunPath
+from .field import FieldJob, JobPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
@@ -52,28 +52,32 @@ def open_plates(plate: Any, storage_options: dict[str, Any] | None = None, *, mi
     return plates
 
 
-def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan], params: RunParams, *,
-              store: ResultsStore | None, scratch: Path, digest: str, batch_size: int, crop_on: str,
-              segment_if_missing: bool) -> list[FieldJob]:
+def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan | None], params: RunParams, *, root: RunPath | None,
+              scratch: Path, digest: str = "", batch_size: int = 64, crop_on: str = "auto",
+              segment_if_missing: bool = True, overwrite: bool = False, labels_in_run: Container[str] = (),
+              embedding: bool = True) -> list[FieldJob]:
     """One job per field of every plate, in plate, well, field order (the order of the cells AnnData).
 
-    Files the workers read (flat fields) and the plate statistics a resumed run reuses go into the run
-    directory (a folder or a URL: workers read them from there), or into ``scratch`` without one.
+    Every field of a plate references one :class:`~.field.JobPlan`. Files the workers read (flat
+    fields) and the plate statistics a resumed run reuses go into the run directory ``root`` (a folder
+    or a URL: workers read them from there), or into ``scratch`` without one. Plates named in
+    ``labels_in_run`` keep the labels segmentation makes in ``root/labels/<plate>/``. ``embedding``
+    False plans segmentation only (no plate intensity statistics; a plan may be None: no model channels).
     """
     jobs = []
-    root = store.root if store is not None else RunPath(scratch)
+    files = root if root is not None else RunPath(scratch)
     for plate, plan in zip(plates, plans, strict=True):
-        flatfield = flatfield_file(plate, params.illumination, root / Files.FLATFIELD)
-        plate_upper = plate_upper_bounds(plate, params.crop, root / Files.INTENSITY)
-        for well in plate.wells:
-            for fld in plate.fields(well):
-                fid = FieldId(plate.name, well, str(fld))
-                jobs.append(FieldJob(
-                    fid=fid, plate_path=str(plate.path), plate_options=plate.open_options, label_name=params.label_name,
-                    segment_if_missing=segment_if_missing, segmentation=dict(params.segmentation),
-                    cells=params.cells, crop=params.crop, passes=plan.passes, batch_size=batch_size,
-                    shard_path=store.shard_path(fid) if store is not None else None, digest=digest,
-                    crop_on=crop_on, flatfield_path=flatfield, plate_upper=plate_upper))
+        shared = JobPlan(
+            plate_path=str(plate.path), plate_options=plate.open_options, label_name=params.label_name,
+            segmentation=params.segmentation, cells=params.cells, crop=params.crop,
+            passes=plan.passes if plan is not None else (),
+            batch_size=batch_size, segment_if_missing=segment_if_missing, overwrite=overwrite,
+            labels=files / Files.LABELS / plate.name if plate.name in labels_in_run else None, shards=root,
+            digest=digest, crop_on=crop_on, flatfield_path=flatfield_file(plate, params.illumination,
+                                                                          files / Files.FLATFIELD),
+            plate_upper=plate_upper_bounds(plate, params.crop, files / Files.INTENSITY) if embedding else None)
+        jobs.extend(FieldJob(FieldId(plate.name, well, str(fld)), shared)
+                    for well in plate.wells for fld in plate.fields(well))
     return jobs
 
 

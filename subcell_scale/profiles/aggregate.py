@@ -16,9 +16,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from anndata import AnnData
 from anndata.utils import make_index_unique
 
 from .._constants import Keys, Obs
+from .._typecheck import check_arguments
 from ..errors import ProfilingError
 from ._source import CellsSource
 from ._steps import record_step
@@ -39,6 +41,48 @@ BATCH_BYTES = 256 * 2**20
 
 # Per-cell obs columns never carried to a well profile, even when a group happens to hold one cell.
 PER_CELL_COLUMNS = (Obs.FIELD, Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """The part of :func:`aggregate` a protocol fixes: which cells make a profile, and how.
+
+    Attributes
+    ----------
+    by
+        obs columns whose value combinations are the profiles.
+    operation
+        ``"median"`` or ``"mean"``.
+    per_field
+        Aggregate each field first, then average the fields of a group.
+    """
+
+    by: tuple[str, ...] = (Obs.PLATE, Obs.WELL)
+    operation: AggregateOperation = "median"
+    per_field: bool = False
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | Aggregation | None = None) -> Aggregation:
+        """Checked now against :func:`aggregate`'s parameters (names and types), not when cells exist.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key or a value of the wrong type, named.
+        """
+        if isinstance(values, Aggregation):
+            return values
+        values = dict(values or {})
+        check_arguments(aggregate, values, "aggregation", skip=("adata", "field_key", "layer", "obsm", "n_jobs"))
+        if isinstance(values.get("by"), str):
+            values["by"] = (values["by"],)
+        if "by" in values:
+            values["by"] = tuple(values["by"])
+        return cls(**values)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`aggregate`."""
+        return {"by": list(self.by), "operation": self.operation, "per_field": self.per_field}
 
 
 def aggregate(

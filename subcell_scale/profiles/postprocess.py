@@ -20,6 +20,7 @@ import copy as _copy
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._constants import Keys
+from .._typecheck import check_arguments
 from ..errors import ConfigError, ProfilingError
 from ._steps import record_step
 from .feature_select import feature_select, select_variant_features
@@ -44,6 +46,74 @@ STEPS: dict[str, Callable[..., AnnData]] = {
     "harmony": harmony,
 }
 """Step names a chain may use and the functions they call."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a chain: a function of :data:`STEPS` and its keyword arguments, checked when made.
+
+    A chain written in a preset, a config file or ``--set postprocess=[...]`` is checked step by
+    step here (the step's name, every argument's name and type), so a mistake is reported before a
+    run embeds a single cell, not when its profiles are post-processed hours later.
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, step: Mapping[str, Any] | Step, position: int = 0) -> Step:
+        """A step from ``{"step": name, **arguments}``.
+
+        Raises
+        ------
+        ConfigError
+            Not a mapping with a ``"step"`` key, an unknown step, or an argument it does not take or of
+            the wrong type; the message gives the step's position and name.
+        """
+        if isinstance(step, Step):
+            return step
+        if not isinstance(step, Mapping) or "step" not in step:
+            raise ConfigError(f"postprocess: step {position} must be a mapping with a 'step' key, got {step!r}")
+        name = step["step"]
+        if name not in STEPS:
+            raise ConfigError(f"postprocess: step {position} names {name!r}; steps are {sorted(STEPS)}")
+        params = {k: v for k, v in step.items() if k != "step"}
+        check_arguments(STEPS[name], params, f"postprocess step {position} ({name})", skip=("adata", "copy"))
+        return cls(str(name), params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"step": name, **arguments}``, as presets and config files write it."""
+        return {"step": self.name, **_copy.deepcopy(dict(self.params))}
+
+    def __call__(self, adata: AnnData) -> AnnData:
+        return STEPS[self.name](adata, **self.params)
+
+
+def resolve_chain(steps: str | Sequence[Mapping[str, Any] | Step], overrides: Mapping[str, Any] | None = None
+                  ) -> tuple[Step, ...]:
+    """A chain as checked :class:`Step` objects: the named chain of a preset or of
+    :data:`subcell_scale.presets.CHAINS`, or a list of step mappings.
+
+    ``overrides`` are set on every step whose function takes them; one that no step takes is an error.
+    """
+    if isinstance(steps, str):
+        from ..presets import get_chain
+
+        steps = get_chain(steps)
+    if isinstance(steps, Mapping) or not isinstance(steps, Sequence):
+        raise ConfigError(f"postprocess: expected a list of steps or a chain name, got {steps!r}")
+    chain = [Step.from_mapping(step, i) for i, step in enumerate(steps)]
+    used: set[str] = set()
+    for i, step in enumerate(chain):
+        accepted = _keywords(STEPS[step.name])
+        given = {k: v for k, v in (overrides or {}).items() if k in accepted}
+        used.update(given)
+        if given:
+            chain[i] = Step.from_mapping({**step.to_dict(), **given}, i)
+    unused = sorted(set(overrides or {}) - used)
+    if unused:
+        raise ConfigError(f"postprocess: no step of the chain takes {unused}")
+    return tuple(chain)
 
 
 def postprocess(
@@ -85,7 +155,9 @@ def postprocess(
         column, the strata) and one entry per step and stratum
         (``stratum`` names the cell type), in chain order.
     """
-    chain = _resolve_chain(preset, steps, overrides)
+    if steps is None and preset is None:
+        raise ConfigError("postprocess: give steps=[{'step': 'normalize', ...}, ...] or a preset name")
+    chain = resolve_chain(steps if steps is not None else preset, overrides)
     column = stratify if stratify is not None and stratify in adata.obs.columns else None
     if stratify is not None and column is None:
         logger.info("postprocess: obs has no %r column; one chain over all %d rows", stratify, adata.n_obs)
@@ -95,19 +167,18 @@ def postprocess(
     for value, rows in groups:
         piece = adata[rows].copy()
         for i, step in enumerate(chain):
-            params = {k: v for k, v in step.items() if k != "step"}
             try:
-                piece = STEPS[step["step"]](piece, **params)
+                piece = step(piece)
             except ProfilingError as exc:
                 where = f" ({column}={value!r})" if column else ""
-                raise ProfilingError(f"postprocess step {i} ({step['step']}){where}: {exc}") from exc
+                raise ProfilingError(f"postprocess step {i} ({step.name}){where}: {exc}") from exc
         pieces.append(piece)
     result = _assemble(adata, groups, pieces)
     record = dict(adata.uns.get(Keys.PROFILING, {}))
     result.uns[Keys.PROFILING] = record
     record_step(result, "postprocess", preset=preset, stratify=column,
                 strata=[str(v) for v, _ in groups] if column else [],
-                chain={f"{i:02d}": dict(s) for i, s in enumerate(chain)})
+                chain={f"{i:02d}": s.to_dict() for i, s in enumerate(chain)})
     for i in range(len(chain)):
         for (value, _), piece in zip(groups, pieces, strict=True):
             entry = dict(piece.uns[Keys.PROFILING][f"{before + i:02d}"])
@@ -117,44 +188,6 @@ def postprocess(
                 entry["stratum"] = str(value)
             record_step(result, step_name, dropped_features=list(dropped), **entry)
     return result
-
-
-def preset_chain(name: str) -> list[dict[str, Any]]:
-    """The step list of a preset (its ``"postprocess"`` entry) or of a named chain (``"jump-recipe"``)."""
-    from ..presets import get_chain
-
-    return [dict(step) for step in get_chain(name)]
-
-
-def _resolve_chain(preset: str | None, steps: Sequence[Mapping[str, Any]] | None,
-                   overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
-    if preset is not None and steps is None:
-        steps = preset_chain(preset)
-    if steps is None:
-        raise ConfigError("postprocess: give steps=[{'step': 'normalize', ...}, ...] or a preset name")
-    chain = []
-    used: set[str] = set()
-    for i, step in enumerate(steps):
-        if not isinstance(step, Mapping) or "step" not in step:
-            raise ConfigError(f"postprocess: step {i} must be a dict with a 'step' key, got {step!r}")
-        name = step["step"]
-        if name not in STEPS:
-            raise ConfigError(f"postprocess: step {i} names {name!r}; steps are {sorted(STEPS)}")
-        accepted = _keywords(STEPS[name])
-        unknown = sorted(set(step) - {"step"} - accepted)
-        if unknown:
-            raise ConfigError(f"postprocess: step {i} ({name}) has unknown argument(s) {unknown}; "
-                              f"{name} takes {sorted(accepted)}")
-        params = dict(step)
-        for key, value in overrides.items():
-            if key in accepted:
-                params[key] = value
-                used.add(key)
-        chain.append(params)
-    unused = sorted(set(overrides) - used)
-    if unused:
-        raise ConfigError(f"postprocess: no step of the chain takes {unused}")
-    return chain
 
 
 def _keywords(function: Callable[..., Any]) -> set[str]:

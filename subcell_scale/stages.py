@@ -1,0 +1,464 @@
+"""The stages of a run as functions of the run: segment, embed, profile, evaluate, report.
+
+:meth:`Run.open` checks a run's description against its inputs (:mod:`subcell_scale.runcheck`), and
+only then takes the run directory's lock, records the description (``run.json``) and holds the one
+manifest (:class:`~subcell_scale.store.ResultsStore`) every stage writes. The field stages (segment,
+embed) go through the one scheduler (:func:`subcell_scale.distributed.scheduler.map_tasks`), keyed
+by :class:`~subcell_scale.store.FieldId`, with its one retry policy; the others run on the client.
+When the run ends, however it ends, the manifest says so: ``done``, ``incomplete`` (fields failed or
+steps were skipped), ``failed`` (with the error) or ``interrupted``.
+
+:func:`subcell_scale.run` is these stages one after the other; :func:`subcell_scale.embed_plate` and
+``subcell-scale segment`` are runs of one stage.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ._constants import Files, Keys, Status
+from ._settings import settings
+from ._version import __version__
+from .errors import ConfigError, ProfilingError
+from .runcheck import check_run
+from .runspec import record_description
+from .store import FieldId, ResultsStore, RunPath, parameters_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from distributed import Client
+
+    from .pipeline.field import FieldJob
+    from .runspec import RunSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Run", "embed", "evaluate", "make_profiles", "profile", "report", "segment"]
+
+
+class Run:
+    """A run being executed: its description, the inputs the checks opened, its client and its one manifest.
+
+    Made by :meth:`open`, never directly. The stages read everything from it; what they skip is
+    collected in :attr:`skipped` and what fails in :attr:`failed`, and :meth:`open` records both when
+    the run ends.
+
+    Attributes
+    ----------
+    spec
+        The run's description.
+    stages
+        The stages this run was opened for.
+    plates, plans, model, platemap, labels_in_run
+        What the checks opened and resolved (see :class:`subcell_scale.runcheck.CheckedInputs`).
+    store
+        The run directory's results store (None: a run kept in memory).
+    client
+        The Dask client of the field stages (None: in this process).
+    digest
+        The digest of the parameters that change embeddings (shards record it; resume compares it).
+    """
+
+    def __init__(self, spec: RunSpec, stages: Sequence[str], checked: Any, store: ResultsStore | None,
+                 scratch: Path) -> None:
+        self.spec = spec
+        self.stages = tuple(stages)
+        self.plates = checked.plates
+        self.plans = checked.plans
+        self.model = checked.model
+        self.platemap = checked.platemap
+        self.labels_in_run = checked.labels_in_run
+        self.store = store
+        self.scratch = scratch
+        self.client: Client | None = None
+        self.timings: dict[str, float] = {}
+        self.skipped: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        self.digest = "" if self.model is None else parameters_digest(
+            {**spec.params.embedding_parameters(), "model": self.model.identity,
+             "segment_if_missing": bool(spec.segment_if_missing)})
+
+    # -- opening and closing ------------------------------------------------------------------------
+    @classmethod
+    @contextmanager
+    def open(cls, spec: RunSpec, *, stages: Sequence[str] = ("embed",), client: Client | None = None,
+             start_cluster: bool = False) -> Iterator[Run]:
+        """Check the run, then hold its directory for the stages (see the module docstring).
+
+        Parameters
+        ----------
+        spec
+            The run's description (:func:`subcell_scale.runspec.describe_run`).
+        stages
+            The stages that will run.
+        client
+            A client to use; None: the one the description asks for (``scheduler`` / ``cluster``), or
+            this process. A client made here is closed at the end.
+        start_cluster
+            Start a cluster (``settings.cluster``) when the description names none.
+
+        Raises
+        ------
+        SubcellScaleError
+            Anything :func:`subcell_scale.runcheck.check_run` finds, before a file is written.
+        """
+        checked = check_run(spec, stages)
+        for line in spec.params.report_lines(checked.plans[0] if checked.plans else None):
+            log.info("%s", line)
+        with ExitStack() as stack:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="subcell-scale-")))
+            store = None
+            if spec.out is not None:
+                store = ResultsStore(spec.out, storage_options=spec.out_storage_options or spec.storage_options)
+                stack.enter_context(store.lock())  # refuse at once when another run writes here
+            run = cls(spec, stages, checked, store, scratch)
+            if store is not None and run.model is not None:
+                store.check_compatible(run.digest, spec.params.to_dict())
+            run._begin()
+            try:
+                if client is None and (start_cluster or spec.scheduler is not None or spec.cluster is not None):
+                    from .distributed import get_client
+
+                    client = get_client(spec.cluster or settings.cluster, scheduler=spec.scheduler,
+                                        n_workers=spec.n_workers)
+                    stack.callback(_close, client)
+                run.client = client
+                yield run
+            except KeyboardInterrupt:
+                run._end(Status.INTERRUPTED)
+                raise
+            except BaseException as exc:
+                run._end(Status.FAILED, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+                raise
+            run._end()
+
+    @property
+    def root(self) -> RunPath | None:
+        """The run directory (None: a run kept in memory)."""
+        return None if self.store is None else self.store.root
+
+    def _begin(self) -> None:
+        if self.store is None:
+            return
+        record_description(self.spec, self.plans, self.store.root)
+        labels = {name: f"{Files.LABELS}/{name}" for name in sorted(self.labels_in_run)}
+        self.store.update("run", {"status": Status.RUNNING, "stages": list(self.stages), "started": _now(),
+                                  "options": self.spec.options(), **({"labels": labels} if labels else {})})
+
+    def _end(self, status: str | None = None, *, error: str | None = None) -> None:
+        if self.store is None:
+            return
+        if status is None:
+            status = Status.INCOMPLETE if (self.failed or self.skipped) else Status.DONE
+        record = dict(self.store.manifest.get("run") or {})
+        record.update(status=status, ended=_now(), timings={k: round(v, 2) for k, v in self.timings.items()},
+                      skipped=dict(self.skipped), error=error)
+        self.store.update("run", record)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage and record it in the manifest's ``run`` section."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - started
+
+    def skip(self, step: str, why: str) -> None:
+        """A step that could not run: named in the summary and the manifest, and the exit status is 4."""
+        log.warning("%s skipped: %s", step, why)
+        self.skipped[step] = why
+
+    # -- the run's fields ---------------------------------------------------------------------------
+    def jobs(self, *, embedding: bool = True) -> list[FieldJob]:
+        """One job per field of the run's plates, in plate, well, field order."""
+        from .pipeline.jobs import plan_jobs
+
+        plans = self.plans or [None] * len(self.plates)  # segmentation alone reads no model channels
+        batch_size = settings.batch_size if self.spec.batch_size is None else self.spec.batch_size
+        return plan_jobs(self.plates, plans, self.spec.params, root=self.root, scratch=self.scratch,
+                         digest=self.digest, batch_size=batch_size, crop_on=self.spec.crop_on,
+                         segment_if_missing=self.spec.segment_if_missing, overwrite=self.spec.overwrite,
+                         labels_in_run=self.labels_in_run, embedding=embedding)
+
+
+# -- the stages -----------------------------------------------------------------------------------------
+def segment(run: Run) -> dict[FieldId, dict[str, Any]]:
+    """Segment the run's fields that lack labels (every field with ``overwrite``) and store the labels.
+
+    Labels go into each plate, or into the run directory for a plate that cannot take them. A rerun
+    skips the fields whose labels exist. Returns one record per field (see
+    :func:`subcell_scale.pipeline.execute.segment_fields`); failed fields are in :attr:`Run.failed`.
+    """
+    from .pipeline.execute import segment_fields
+
+    with run.stage("segment"):
+        records = segment_fields(run.jobs(embedding=False), run.client, run.store, retries=run.spec.retries,
+                                 progress=run.spec.progress)
+    run.failed.update({fid.key: r["error"] for fid, r in records.items() if r["status"] == Status.FAILED})
+    return records
+
+
+def embed(run: Run) -> AnnData:
+    """Embed every cell of the run's plates: the cells AnnData (streamed into ``cells.zarr`` with an ``out``).
+
+    Fields without labels are segmented on the way (the labels stored as :func:`segment` stores
+    them). Finished fields of an earlier run into the same directory are read back, not computed.
+    """
+    from .cellstore import RunContext, assemble, cells_name, stream_cells
+    from .pipeline.execute import run_fields
+    from .pipeline.jobs import fields_per_task
+
+    spec, params = run.spec, run.spec.params
+    batch_size = settings.batch_size if spec.batch_size is None else spec.batch_size
+    with run.stage("embed"):
+        jobs = run.jobs()
+        context = RunContext(run.plates, run.plans, params, run.model, run.platemap)
+        per_task = spec.fields_per_task or fields_per_task(run.plates, run.plans, params, batch_size)
+        store = run.store
+        if store is not None:
+            store.begin(inputs=_inputs(run), parameters=params.to_dict(), model=run.model.identity,
+                        versions=_versions(), digest=run.digest)
+        started = time.perf_counter()
+        results = run_fields(jobs, run.model, run.client, store, scratch=run.scratch, device=spec.device,
+                             retries=spec.retries, progress=spec.progress, fields_per_task=per_task)
+        failed = [fid.key for fid in results.failed]
+        run.failed.update({fid.key: error for fid, error in results.failed.items()})
+        if store is None:
+            fields = [(j.fid, results.shards[j.fid]) for j in jobs if j.fid in results.shards]
+            return assemble(fields, context, failed)
+        fields = [(j.fid, j.shard_path) for j in jobs if j.fid not in results.failed]
+        cells = stream_cells(fields, context, failed, store.root, spec.format)
+        store.summarize(seconds=round(time.perf_counter() - started, 3), cells=cells_name(spec.format))
+        store.flush(force=True)
+    if results.failed:
+        log.warning("%d of %d fields failed (see %s); rerun with the same out to retry them",
+                    len(results.failed), len(jobs), store.manifest_path)
+    return cells
+
+
+def profile(run: Run, cells: AnnData) -> AnnData | None:
+    """Well profiles of the run's cells as its description says (``profiles.h5ad``, ``profiles.parquet``).
+
+    Returns None (and names the step as skipped) when no cell was embedded; profiles that could not
+    be post-processed (no negative controls to fit on, ...) are written aggregated, the step named.
+    """
+    from .cellstore import cells_path
+    from .profiles import write_parquet
+
+    with run.stage("profiles"):
+        if cells.n_obs == 0:
+            run.skip("profiles", "no cells were embedded")
+            return None
+        out = run.root.local
+        profiles, why = make_profiles(cells_path(out, run.spec.format), run.spec.params.profiling)
+        if why:
+            run.skip("postprocess", why)
+        profiles.write_h5ad(out / Files.PROFILES)
+        write_parquet(profiles, out / Files.PROFILES_PARQUET)
+    return profiles
+
+
+def evaluate(run: Run, profiles: AnnData | None) -> dict[str, pd.DataFrame]:
+    """The run's evaluation of its profiles, written as ``metrics/*.csv``; skipped (and named) when it cannot run."""
+    with run.stage("metrics"):
+        if profiles is None:
+            return {}
+        tables, why = evaluate_profiles_for(profiles, run.spec.params.design, run.root.local / Files.METRICS)
+        if why:
+            run.skip("metrics", why)
+    return tables
+
+
+def report(run: Run, cells: AnnData, profiles: AnnData | None, tables: Mapping[str, pd.DataFrame]) -> Path | None:
+    """The run's figures (``figures/*.png``) and ``report.html``; a figure that cannot be drawn is named."""
+    from .report import build_report
+
+    with run.stage("figures"):
+        draw_figures(run, cells, profiles, tables)
+    run.store.update("run", {**run.store.manifest["run"], "timings": {k: round(v, 2) for k, v in run.timings.items()},
+                             "skipped": dict(run.skipped)})
+    return build_report(run.root.local)
+
+
+# -- profiles and metrics, as the description says ------------------------------------------------------
+def make_profiles(cells: Any, recipe: Any) -> tuple[AnnData, str | None]:
+    """Well profiles from a cells AnnData: the recipe's aggregation, then its post-processing chain.
+
+    Returns the profiles and, when the chain could not run on them (no negative-control wells to fit
+    on, a single well, constant features), why: the aggregated profiles are returned then, so a run
+    still writes them, and says the post-processing was skipped.
+    """
+    from .profiles import aggregate, postprocess
+
+    profiles = aggregate(cells, **recipe.aggregation.kwargs())
+    if not recipe.postprocess:
+        return profiles, None
+    try:
+        return postprocess(profiles, steps=recipe.postprocess), None
+    except ProfilingError as exc:
+        log.warning("post-processing skipped: %s", exc)
+        return profiles, f"{exc} (profiles are the aggregated wells, not post-processed)"
+
+
+def evaluate_profiles_for(profiles: AnnData, design: Any, out_dir: str | Path | None = None
+                          ) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """The evaluation of well profiles with ``design`` (:func:`subcell_scale.metrics.evaluate_profiles`), or why not.
+
+    Returns the tables (written as CSV into ``out_dir``, with ``design.json``: the design used) and,
+    when nothing could be evaluated (no compounds in the platemap, fewer than two, no pairs), the
+    reason: a run names the step as skipped instead of failing.
+    """
+    from .metrics import evaluate_profiles
+
+    column = design.pert_col
+    if column not in profiles.obs.columns:
+        return {}, (f"profiles have no {column!r} column (give a platemap with plate, well, {column}, moa, "
+                    "control_type)")
+    if profiles.obs[column].nunique() < 2:
+        return {}, f"fewer than two values of {column!r}"
+    try:
+        tables = evaluate_profiles(profiles, out_dir, design=design)
+    except ProfilingError as exc:
+        log.warning("evaluation skipped: %s", exc)
+        return {}, str(exc)
+    if out_dir is not None:
+        (Path(out_dir) / Files.DESIGN).write_text(json.dumps(design.to_dict(), indent=1, default=str))
+    return tables, None
+
+
+# -- figures ----------------------------------------------------------------------------------------------
+def draw_figures(run: Run, cells: AnnData, profiles: AnnData | None, tables: Mapping[str, pd.DataFrame],
+                 *, n_examples: int = 8) -> list[Path]:
+    """The report's figures, written to ``out/figures``; each is drawn only when its inputs exist.
+
+    Figures are drawn on their own ``Figure`` objects, so the caller's matplotlib backend is left as
+    it was. A figure that fails is named in :attr:`Run.skipped` (``figures``) and the others are drawn.
+    """
+    from matplotlib import pyplot as plt
+
+    from . import pl, tl
+
+    fig_dir = run.root.local / Files.FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    failed: list[str] = []
+
+    def save(name: str, draw: Any) -> None:
+        try:
+            fig = draw()
+        except (ProfilingError, ValueError, KeyError) as exc:
+            log.warning("figure %s not drawn: %s", name, exc)
+            failed.append(f"{name} ({exc})")
+            return
+        path = fig_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    if cells.n_obs:
+        save("cells_per_well", lambda: pl.cells_per_well(cells))
+        color = [c for c in ("compound", "moa") if c in cells.obs.columns]
+        if Keys.LOCALIZATION in cells.obsm and Keys.LOCALIZATION_CLASSES in cells.uns:
+            before = set(cells.obs.columns)
+            try:
+                tl.top_localization(cells)
+            except ConfigError as exc:
+                log.info("no top localization on the cells UMAP: %s", exc)
+            color += [c for c in cells.obs.columns if c not in before]
+        if cells.n_obs >= 10 and color:
+            tl.umap(cells)
+            save("umap_cells", lambda: pl.umap(cells, color, title="Cells"))
+        examples = _example_cells(run, cells, n_examples)
+        if examples is not None:
+            save("example_cells", lambda: pl.cell_gallery(**examples))
+    if profiles is not None and profiles.n_obs >= 6:
+        color = [c for c in ("compound", "moa") if c in profiles.obs.columns]
+        if color:
+            tl.umap(profiles, n_neighbors=min(15, profiles.n_obs - 1))
+            save("umap_profiles", lambda: pl.umap(profiles, color, title="Well profiles"))
+    maps = {d: tables[f"{d}_map"] for d in ("replicate", "moa") if len(tables.get(f"{d}_map", ()))}
+    if maps:
+        save("map_vs_q", lambda: pl.map_scatter(maps))
+        save("fraction_retrieved", lambda: pl.fraction_retrieved(maps))
+    curves = {f"{what} {cell_type}".strip(): table
+              for what, key in (("MoA", "moa_nn"), ("compound", "compound_nn")) if len(tables.get(key, ()))
+              for cell_type, table in _by_cell_type(tables[key])}
+    if curves:
+        save("nn_accuracy", lambda: pl.nn_accuracy(curves, title="Nearest-neighbour accuracy"))
+    if failed:
+        run.skip("figures", "; ".join(failed))
+    return written
+
+
+def _example_cells(run: Run, cells: AnnData, n: int) -> dict[str, Any] | None:
+    """Crops, pooling attention and localization of a few cells of one field, recomputed in-process."""
+    from .models import CLASS_NAMES
+    from .pipeline import field_crops
+
+    first = cells.obs.iloc[0]
+    path = (cells.uns.get(Keys.PROVENANCE, {}).get("plates") or {}).get(str(first["plate"]))
+    if path is None:
+        return None
+    instance = run.model.local("cpu")
+    plate = next((p for p in run.plates if p.name == str(first["plate"])), path)
+    crops, table = field_crops(plate, str(first["well"]), str(first["field"]), preset=run.spec.params,
+                               model_channels=instance.channels)
+    if not len(crops):
+        return None
+    crops = crops[:n, 0]  # first pass
+    size = (crops.shape[-1] // 16) * 16
+    outputs = instance.embed(crops[..., :size, :size], batch_size=n)
+    titles = [f"{first['well']} cell {int(lab)}" for lab in table["label"].to_numpy()[:n]]
+    return {"crops": crops[..., :size, :size], "pool_attention": outputs["pool_attention"],
+            "probabilities": outputs.get("probabilities"), "class_names": list(CLASS_NAMES),
+            "channel_names": list(instance.channels), "titles": titles}
+
+
+def _by_cell_type(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A table's rows per cell type; the name is empty when there is only one."""
+    if "cell_type" not in table.columns or table["cell_type"].nunique() < 2:
+        return [("", table)]
+    return [(str(name), part) for name, part in table.groupby("cell_type", sort=True)]
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+def _inputs(run: Run) -> dict[str, Any]:
+    platemap = run.spec.platemap
+    return {"plates": [{"name": p.name, "path": str(p.path), "version": getattr(p, "version", None),
+                        "wells": len(p.wells)} for p in run.plates],
+            "platemap": None if platemap is None or isinstance(platemap, pd.DataFrame) else str(platemap)}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"subcell_scale": __version__, "python": platform.python_version()}
+    for name in ("numpy", "torch", "dask", "distributed", "anndata", "zarr"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:  # pragma: no cover
+            continue
+    return out
+
+
+def _close(client: Any) -> None:
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
