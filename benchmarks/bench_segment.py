@@ -78,7 +78,7 @@ def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
     plate = open_plate(path)
     params = RunParams.resolve(preset)
     plan = params.plan(plate)
-    segmentation = {**params.segmentation, **overrides}
+    segmentation = {**params.segmentation.kwargs(), **overrides}
     spec = params.crop
     upper = None
     if spec.plate_upper_percentile is not None:  # the plate pass the pipeline makes once, before the fields
@@ -110,7 +110,7 @@ def measure(path: Path, preset: str, n_fields: int, overrides: dict) -> dict:
         f1.append(scores["f1"])
         iou.append(scores["mean_iou"])
         if overrides:
-            reference = segment_field(image, plate.channel_names, plate.pixel_size, **params.segmentation)
+            reference = segment_field(image, plate.channel_names, plate.pixel_size, **params.segmentation.kwargs())
             agreement = match_scores(labels, reference)
             agree_f1.append(agreement["f1"])
             agree_iou.append(agreement["mean_iou"])

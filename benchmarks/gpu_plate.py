@@ -251,7 +251,7 @@ def measure_segmentation(args: argparse.Namespace, plates: dict[str, Any]) -> tu
             w0, c0 = time.perf_counter(), time.process_time()
             image = plate.read_field(well, field)
             w1, c1 = time.perf_counter(), time.process_time()
-            labels = segment_field(image, plate.channel_names, plate.pixel_size, **params.segmentation)
+            labels = segment_field(image, plate.channel_names, plate.pixel_size, **params.segmentation.kwargs())
             w2, c2 = time.perf_counter(), time.process_time()
             filtered, _ = filter_cells(labels, plate.pixel_size, **params.cells.kwargs())
             w3, c3 = time.perf_counter(), time.process_time()

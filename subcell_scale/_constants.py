@@ -65,4 +65,13 @@ class Status:
     INTERRUPTED = "interrupted"  # a run stopped by the user (Ctrl-C)
 
 
+class DemoSize:
+    """Default size of generated demo plates: the demo, ``make-demo-plate`` and ``make_demo_plate`` share it,
+    small enough that the whole demo runs in minutes on a laptop."""
+
+    PLATES = 2
+    WELLS = 12
+    FIELDS = 1  # per well
+
+
 VAR_PREFIX = "subcell_"

@@ -44,6 +44,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+OBS_UNITS = {
+    Obs.LABEL: "value of the cell in the field's label image",
+    Obs.AREA: "pixels of the field at level 0 (square micrometres: area x pixel_size y x x)",
+    Obs.CENTROID_Y: "pixels of the field at level 0, from its top edge",
+    Obs.CENTROID_X: "pixels of the field at level 0, from its left edge",
+    Keys.SPATIAL: "obsm: micrometres (x, y) from the field's top-left corner",
+}
+"""Units of the per-cell columns, recorded in ``uns["subcell_scale"]["obs_units"]``: areas and centroids are
+in the field's own pixels (level 0), as the label image counts them; the cell filter's bounds
+(``min_area_um2``, ``max_area_um2``) and ``obsm["spatial"]`` are in micrometres."""
+
 FORMATS = ("zarr", "h5ad")
 """File formats of the cells AnnData in a run directory."""
 
@@ -226,6 +237,7 @@ def provenance(context: RunContext, failed: Sequence[str], width: int) -> dict[s
         "plates": {p.name: str(p.path) for p in context.plates},
         "label_name": params.label_name,
         "localization_layout": "pass-major: column p * 31 + k is class k of pass p",
+        "obs_units": dict(OBS_UNITS),
         "failed_fields": sorted(failed),
         "parameters": json.dumps(record, sort_keys=True),
     }

@@ -1,7 +1,9 @@
 """Named protocols: every parameter of a published way of running SubCell, overridable by keyword.
 
-This module holds the presets as data; :meth:`subcell_scale.params.RunParams.resolve` turns one, with
-overrides, into the typed parameters a run uses.
+This module holds the presets as data and is the only reader of them (:func:`get_preset`, and
+:func:`get_chain` and :func:`get_design` for the parts that ``profiles.postprocess`` and
+``metrics.evaluate_profiles`` take by preset name); :meth:`subcell_scale.params.RunParams.resolve`
+turns one, with overrides, into the typed parameters a run uses.
 
 Two presets ship:
 
@@ -106,7 +108,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["CHAINS", "DEFAULT_PRESET", "NEGCON_QUERY", "PRESETS", "get_chain", "get_preset", "preset_names"]
+__all__ = ["CHAINS", "DEFAULT_PRESET", "NEGCON_QUERY", "PRESETS", "get_chain", "get_design", "get_preset",
+           "preset_names"]
 
 NEGCON_QUERY = "control_type == 'negcon'"
 
@@ -249,3 +252,8 @@ def get_chain(name: str) -> list[dict[str, Any]]:
         return get_chain(chain) if isinstance(chain, str) else copy.deepcopy(chain)
     msg = f"unknown post-processing chain {name!r}; presets: {', '.join(PRESETS)}; chains: {', '.join(CHAINS)}"
     raise ConfigError(msg)
+
+
+def get_design(name: str) -> dict[str, Any]:
+    """A deep copy of a preset's evaluation design (fields of :class:`subcell_scale.metrics.EvaluationDesign`)."""
+    return dict(get_preset(name)["design"])

@@ -92,7 +92,7 @@ def check_run(spec: RunSpec, stages: Collection[str]) -> CheckedInputs:
         from .params import check_same_layout
 
         checked.model = resolve_model(spec.model, spec.classifiers, default_variant=params.variant,
-                                      variant=spec.variant_told, num_heads=spec.num_heads).with_channels(spec.device)
+                                      variant=spec.variant, num_heads=spec.num_heads).with_channels(spec.device)
         checked.plans = [params.plan(p, checked.model.variant or checked.model.channels) for p in plates]
         check_same_layout(checked.plans)
     segmenting = "segment" in stages or ("embed" in stages and spec.segment_if_missing)

@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._constants import Files
 from .errors import ConfigError
-from .params import RunParams
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+
+    from .params import RunParams
 
 __all__ = ["COMMANDS", "OPTIONS", "Option", "RunSpec", "describe_run", "load_config", "option_keywords",
            "read_description", "split_pairs"]
@@ -236,7 +237,7 @@ def load_config(path: str | os.PathLike[str], command: str = "run") -> dict[str,
     options = {str(k).replace("_", "-"): v for k, v in data.items()}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        params = sorted(k.replace("-", "_") for k in unknown if k.replace("-", "_") in _preset_keys())
+        params = sorted(k.replace("-", "_") for k in unknown if k.replace("-", "_") in preset_keys())
         hint = f"; preset parameters ({', '.join(params)}) go under 'set'" if params else ""
         msg = (f"config file {path}: unknown option(s) {unknown} for `subcell-scale {command}`{hint}; "
                f"options are {sorted(allowed)}")
@@ -274,7 +275,8 @@ def _relative_to(text: str, base: Path) -> str:
     return str(base / text)
 
 
-def _preset_keys() -> set[str]:
+def preset_keys() -> set[str]:
+    """The keys of every preset (what ``--set`` takes)."""
     from .presets import PRESETS
 
     return {k for preset in PRESETS.values() for k in preset}
@@ -287,7 +289,19 @@ def option_keywords(options: Mapping[str, Any]) -> dict[str, Any]:
     are, for :meth:`~subcell_scale.params.RunParams.resolve`; ``plates`` stays ``plates``.
     """
     out: dict[str, Any] = {}
-    for flag, value in options.items():
+    given: dict[str, str] = {}
+
+    def put(keyword: str, value: Any, flag: str) -> None:
+        said = f"--set {keyword}={value}" if flag == "set" else f"--{flag} {value}"
+        if keyword in out and out[keyword] != value:
+            from .errors import UsageError
+
+            msg = f"{given[keyword]} and {said} disagree; give one"
+            raise UsageError(msg)
+        out[keyword] = value
+        given[keyword] = said
+
+    for flag, value in sorted(options.items(), key=lambda item: item[0] == "set"):
         if value is None:
             continue
         if flag == "plates":
@@ -296,17 +310,18 @@ def option_keywords(options: Mapping[str, Any]) -> dict[str, Any]:
         option = OPTIONS[flag]
         if option.kind == "switch":
             if value:
-                out[option.keyword] = option.value
+                put(option.keyword, option.value, flag)
         elif option.kind == "pairs":
             pairs = value if isinstance(value, Mapping) else split_pairs(value, flag)
             if flag == "set":
-                out.update(pairs)
+                for key, entry in pairs.items():
+                    put(key, entry, flag)
             else:
-                out[option.keyword] = dict(pairs)
+                put(option.keyword, dict(pairs), flag)
         elif option.kind == "list":
-            out[option.keyword] = [value] if isinstance(value, str) else list(value)
+            put(option.keyword, [value] if isinstance(value, str) else list(value), flag)
         else:
-            out[option.keyword] = value
+            put(option.keyword, value, flag)
     return out
 
 
@@ -331,6 +346,9 @@ class RunSpec:
         The platemap file, or a DataFrame.
     model, classifiers, num_heads
         The model asked for (variant name, checkpoint, ``"random"``, a ``ModelSpec`` or a ``SubCell``).
+    variant
+        The published variant named by the user (``variant=``, ``--variant``): which variant a
+        checkpoint is, or the variant to use without a model; None when only the preset names one.
     segment_if_missing, overwrite
         Segment fields without labels; segment again those that have them.
     batch_size, retries, format, device, crop_on, fields_per_task, missing_chunks, progress
@@ -350,6 +368,7 @@ class RunSpec:
     model: Any = field(default=None, compare=False)
     classifiers: tuple[str, ...] = ()
     num_heads: int | None = None
+    variant: str | None = None
     segment_if_missing: bool = True
     overwrite: bool = False
     batch_size: int | None = None
@@ -367,11 +386,6 @@ class RunSpec:
     out_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     figures: bool = True
 
-    @property
-    def variant_told(self) -> str | None:
-        """The variant a checkpoint was said to be (the ``variant`` key, when overridden)."""
-        return self.params.variant if "variant" in self.params.overridden else None
-
     def options(self) -> dict[str, Any]:
         """The description as plain JSON (``run.json``); :func:`read_description` reads it back."""
         from .models.spec import describe_model
@@ -382,6 +396,7 @@ class RunSpec:
             "platemap": None if platemap is None else (os.fspath(platemap) if isinstance(platemap, str | os.PathLike)
                                                       else "<DataFrame>"),
             "model": describe_model(self.model), "classifiers": list(self.classifiers), "num_heads": self.num_heads,
+            "variant": self.variant,
             "segment_if_missing": self.segment_if_missing, "overwrite": self.overwrite,
             "batch_size": self.batch_size, "retries": self.retries, "format": self.format, "device": self.device,
             "crop_on": self.crop_on, "fields_per_task": self.fields_per_task, "missing_chunks": self.missing_chunks,
@@ -410,8 +425,11 @@ def describe_run(plates: Any = None, *, preset: str | RunParams | None = None, p
         No plate, a parameter that is unknown, of the wrong type or out of range (named), or a run
         option with a value it cannot take.
     """
-    options = {k: keywords.pop(k) for k in list(keywords) if k in _RUN_FIELDS}
+    from .params import RunParams
+
+    options = {k: keywords.pop(k) for k in list(keywords) if k in _RUN_FIELDS and k != "variant"}
     keywords.pop("config", None)
+    options["variant"] = keywords.get("variant")  # also the preset's key: the variant used without a model
     params = RunParams.resolve(preset, **keywords)
     plate_list = _plate_list(plates, plates_from)
     out = options.get("out")
@@ -540,6 +558,7 @@ def read_description(location: str | os.PathLike[str]) -> RecordedRun | None:
 
 def params_from_record(record: Mapping[str, Any]) -> RunParams:
     """The :class:`~subcell_scale.params.RunParams` a ``run.json`` (or ``RunParams.to_dict``) holds."""
+    from .params import RunParams
     from .presets import get_preset
 
     defaults = get_preset(record.get("preset"))

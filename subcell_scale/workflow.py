@@ -349,10 +349,11 @@ def segment_plate(
 
     Returns
     -------
-    ``{"plates", "plate", "label_name", "n_fields", "done", "skipped", "failed", "n_cells", "seconds",
-    "fields"}``: ``fields`` lists one record per field in plate order (``plate``, ``well``, ``field``,
-    ``status``, ``n_cells``, ``labels`` (``"plate"`` or ``"run"``), ``seconds``, ``error``);
-    ``plate`` is the first plate's path.
+    dict
+        ``plates`` (paths), ``plate`` (the first), ``label_name``, ``n_fields``, ``done``, ``skipped``,
+        ``failed``, ``n_cells``, ``seconds`` and ``fields``: one record per field in plate order
+        (``plate``, ``well``, ``field``, ``status``, ``n_cells``, ``labels``: ``"plate"`` or ``"run"``,
+        ``seconds``, ``error``).
     """
     from .presets import get_preset
 

@@ -142,14 +142,16 @@ def test_evaluate_profiles_writes_every_table(profiles, tmp_path):
 def test_every_entry_point_writes_the_same_bytes(profiles, tmp_path, capsys):
     """``evaluate_profiles``, ``subcell-scale evaluate`` and a run's evaluation: one path, identical tables."""
     from subcell_scale.params import RunParams
-    from subcell_scale.workflow import evaluate
+    from subcell_scale.stages import evaluate_profiles_for
 
     path = tmp_path / "profiles.h5ad"
     profiles.write_h5ad(path)
     evaluate_profiles(ad.read_h5ad(path), tmp_path / "api", preset="jump-cellpainting", null_size=300)
-    assert main(["evaluate", str(path), "--out", str(tmp_path / "cli"), "--set", "null_size=300"]) == 0
+    assert main(["evaluate", str(path), "--out", str(tmp_path / "cli"), "--preset", "jump-cellpainting", "--set",
+                 "null_size=300"]) == 0
     assert "replicate" in capsys.readouterr().out
-    evaluate(ad.read_h5ad(path), RunParams.resolve("jump-cellpainting").design, tmp_path / "run", null_size=300)
+    design = RunParams.resolve("jump-cellpainting", **{"design.null_size": 300}).design
+    evaluate_profiles_for(ad.read_h5ad(path), design, tmp_path / "run")
     for name in TABLES:
         api = (tmp_path / "api" / f"{name}.csv").read_bytes()
         assert api == (tmp_path / "cli" / f"{name}.csv").read_bytes() == (tmp_path / "run" / f"{name}.csv").read_bytes()
@@ -160,7 +162,7 @@ def test_cli_evaluate_errors_are_one_line(profiles, tmp_path, capsys):
     profiles.write_h5ad(path)
     out = tmp_path / "metrics"
     assert main(["evaluate", str(path), "--out", str(out), "--set", "pert_col=nope", "null_size=10"]) == 1
-    assert "obs has no column(s) ['nope']" in capsys.readouterr().err
+    assert "profiles have no 'nope' column" in capsys.readouterr().err
     assert main(["evaluate", str(path), "--out", str(out), "--set", "seeds=1"]) == 1
     assert "unknown parameter(s) ['seeds']" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.h5ad"), "--out", str(out)]) == 1

@@ -262,12 +262,12 @@ def test_the_command_line_refuses_what_it_cannot_tell_or_that_disagrees(cell_pai
     assert main(base + ["--model", str(named), "--variant", MT.name]) == 1
     assert f"its name says {ER.name} but variant={MT.name} was given" in capsys.readouterr().err
     assert main(_cli(cell_painting, "--out", str(tmp_path / "run"), "--model", str(named), "--variant", ER.name,
-                     sets=(f"variant={MT.name}",))) == 1
+                     sets=(f"variant={MT.name}",))) == 2  # a usage error: two options that contradict each other
     assert f"--variant {ER.name} and --set variant={MT.name} disagree" in capsys.readouterr().err
     assert main(base + ["--model", MT.name, "--variant", ER.name]) == 1
-    assert "name different published variants" in capsys.readouterr().err
+    assert f"variant={ER.name} was given, but model '{MT.name}' is {MT.name}" in capsys.readouterr().err
     assert main(base + ["--model", ER.name, "--num-heads", "4"]) == 1
-    assert "--num-heads applies to a checkpoint --model" in capsys.readouterr().err
+    assert "--num-heads (num_heads=) applies to a checkpoint --model" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ import torch
 from _shared import TINY
 
 from subcell_scale._constants import Files, Keys
-from subcell_scale.errors import ConfigError, PlatemapError, RunDirectoryError
+from subcell_scale.errors import ChannelMismatchError, ConfigError, PlatemapError, RunDirectoryError
 from subcell_scale.io.demo import make_demo_plate
 from subcell_scale.models import ModelSpec, SubCell
 from subcell_scale.models.config import ModelConfig
@@ -265,3 +265,105 @@ def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, 
     assert report(result) == ExitCode.STEPS_SKIPPED
     err = capsys.readouterr().err
     assert "step(s) skipped: postprocess:" in err and "metrics:" in err and "retry" not in err
+
+
+def test_evaluate_and_profile_on_a_run_reuse_its_description(finished, tmp_path):
+    """`subcell-scale evaluate RUN` writes the run's own tables byte for byte; an explicit preset wins and
+    is recorded with the tables; `profile RUN --out DIR` writes the run's profiles into a folder."""
+    out, _ = finished
+    assert _cli("evaluate", str(out), "--out", str(tmp_path / "again")).returncode == 0
+    for table in sorted((out / Files.METRICS).glob("*.csv")):
+        assert (tmp_path / "again" / table.name).read_bytes() == table.read_bytes(), table.name
+    assert json.loads((tmp_path / "again" / Files.DESIGN).read_text())["null_size"] == FAST["null_size"]
+    other = _cli("evaluate", str(out / Files.PROFILES), "--out", str(tmp_path / "jump"), "--preset",
+                 "jump-cellpainting", "--null-size", "50")
+    assert other.returncode == 0, other.stderr
+    assert "evaluating as preset jump-cellpainting with overrides" in other.stdout
+    design = json.loads((tmp_path / "jump" / Files.DESIGN).read_text())
+    assert (design["null_size"], design["seed"], design["nn_match"]) == (50, 42, "identical")
+    done = _cli("profile", str(out), "--out", str(tmp_path / "profiles"))
+    assert done.returncode == 0, done.stderr
+    mine = ad.read_h5ad(tmp_path / "profiles" / Files.PROFILES)
+    theirs = ad.read_h5ad(out / Files.PROFILES)
+    np.testing.assert_array_equal(mine.X, theirs.X)
+    assert (tmp_path / "profiles" / Files.PROFILES_PARQUET).exists()
+    assert "the run's description" in done.stdout
+
+
+@pytest.mark.parametrize(("overrides", "platemap_change", "error", "message"), [
+    ({"design": {"pert_col": "treatment"}}, None, PlatemapError, r"evaluation design: the platemap has no column \['treatment'\]"),
+    ({"postprocess": [{"step": "normalize", "method": "standardize", "by": "batch"}]}, None, PlatemapError,
+     r"postprocess step 0 \(normalize\): by=\['batch'\] is not a column of the platemap"),
+    ({"design": {"negcon": "kind == 'dmso'"}}, None, PlatemapError, "evaluation design: negcon: cannot evaluate"),
+    ({"channel_map": {"nucleus": "Hoechst"}}, None, ChannelMismatchError, "needs channel\\(s\\) \\['Hoechst'\\]"),
+    ({}, "duplicate", PlatemapError, "more than one row for"),
+    ({"design": {"no_such_field": 1}}, None, ConfigError, r"unknown parameter\(s\) \['no_such_field'\]"),
+])
+def test_a_mistake_is_named_before_the_first_field_and_writes_nothing(demo, spec, tmp_path, overrides,
+                                                                      platemap_change, error, message):
+    import time
+
+    platemap = demo["platemap"]
+    if platemap_change == "duplicate":
+        frame = pd.read_csv(platemap)
+        pd.concat([frame, frame.iloc[:1]]).to_csv(tmp_path / "platemap.csv", index=False)
+        platemap = tmp_path / "platemap.csv"
+    started = time.perf_counter()
+    with pytest.raises(error, match=message):
+        run(demo["plates"], out=tmp_path / "out", platemap=platemap, model=spec, client=None, progress=False,
+            **{**FAST, **overrides})
+    print(f"named after {time.perf_counter() - started:.2f} s")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_error_or_an_interrupt_leaves_the_manifest_saying_what_happened(finished, demo, spec, tmp_path):
+    out, _ = finished
+    with pytest.raises(PlatemapError):
+        run(demo["plates"], out=out, platemap=tmp_path / "nope.csv", model=spec, client=None, **FAST)
+    assert json.loads((out / Files.MANIFEST).read_text())["run"]["status"] == "done"  # nothing ran: as it was
+    from subcell_scale.runspec import describe_run
+    from subcell_scale.stages import Run
+
+    with pytest.raises(KeyboardInterrupt), Run.open(describe_run(demo["plates"], out=tmp_path / "stopped",
+                                                                 model=spec)):
+        raise KeyboardInterrupt
+    record = json.loads((tmp_path / "stopped" / Files.MANIFEST).read_text())["run"]
+    assert record["status"] == "interrupted" and record["ended"]
+    with pytest.raises(RuntimeError), Run.open(describe_run(demo["plates"], out=tmp_path / "broken", model=spec)):
+        raise RuntimeError("a stage broke")
+    record = json.loads((tmp_path / "broken" / Files.MANIFEST).read_text())["run"]
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: a stage broke"
+
+
+def test_figures_leave_the_callers_matplotlib_backend_alone(demo, spec, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        result = run(demo["plates"][:1], out=tmp_path / "out", platemap=demo["platemap"], model=spec, client=None,
+                     progress=False, **FAST)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "out" / Files.FIGURES / "cells_per_well.png").read_bytes()[:4] == b"\x89PNG"
+    assert result.report is not None
+
+
+def test_the_demo_banner_keeps_the_command_on_one_line(capsys):
+    from subcell_scale.workflow import banner
+
+    command = "subcell-scale download all_channels_MAE-CellS-ProtS-Pool"
+    banner("No published SubCell weights in the model cache: the demo uses random weights. " * 2, command)
+    lines = capsys.readouterr().err.splitlines()
+    assert any(command in line for line in lines)
+    assert len({len(line) for line in lines}) == 1  # a frame
+
+
+def test_random_weights_from_the_command_line(demo, tmp_path):
+    done = _cli("embed", demo["plates"][0], "--out", str(tmp_path / "out"), "--model", "random", "--set", "out_size=32",
+                "--no-progress")
+    assert done.returncode == 0, done.stderr
+    cells = ad.read_zarr(tmp_path / "out" / Files.CELLS_ZARR)
+    assert cells.n_obs > 0 and cells.n_vars == 1536
+    assert json.loads((tmp_path / "out" / Files.MANIFEST).read_text())["embed"]["model"]["source"] == "random"

@@ -75,8 +75,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         _add_common(p, argparse.SUPPRESS)
         if command in (None, module.NAME):
             module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, command=module.NAME)
     return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; a command's options and plates may come in any order."""
+    from ._options import split_several
+
+    argv = split_several(argv)
+    names = {importlib.import_module(f"{__name__}.{m}").NAME for m in COMMANDS}
+    at = next((i for i, a in enumerate(argv) if a in names), None)
+    parser = build_parser(argv[at] if at is not None else "")
+    if at is None:
+        return parser.parse_args(argv)
+    head = parser.parse_args(argv[:at])  # --help, --version, -v before the command
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[at]]
+    args = command.parse_intermixed_args(argv[at + 1:])
+    args.verbose = getattr(head, "verbose", 0) + getattr(args, "verbose", 0)
+    args.traceback = getattr(head, "traceback", False) or getattr(args, "traceback", False)
+    return args
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -86,17 +104,11 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._options import split_several
-
-    argv = split_several(sys.argv[1:] if argv is None else list(argv))
-    names = {importlib.import_module(f"{__name__}.{m}").NAME for m in COMMANDS}
-    command = next((a for a in argv if a in names), None)
-    parser = build_parser(command or "")
-    args = parser.parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else list(argv))
     args.verbose = getattr(args, "verbose", 0)
     args.traceback = getattr(args, "traceback", False)
     if not getattr(args, "command", None):
-        parser.print_help()
+        build_parser("").print_help()
         return ExitCode.USAGE
     # before distributed is imported, so the scheduler and every worker process it spawns keep quiet
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if args.verbose < 1 else "info")

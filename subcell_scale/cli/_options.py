@@ -101,6 +101,10 @@ def add_run_options(parser: argparse.ArgumentParser, command: str, *, skip: Sequ
             continue
         option = OPTIONS[flag]
         text = (helps or {}).get(flag, option.help)
+        if flag == "batch-size":
+            from .._settings import settings
+
+            text = text.replace("settings.batch_size", f"settings.batch_size, now {settings.batch_size}")
         dest = flag.replace("-", "_")
         if option.kind == "switch":
             group.add_argument(f"--{flag}", dest=dest, action="store_const", const=True, default=None, help=text)

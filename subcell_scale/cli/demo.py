@@ -11,16 +11,15 @@ HELP = "generate demo plates and run segmentation, embedding, profiles, metrics 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..io.demo import make_demo_plate
-    from ._options import default_of
+    from .._constants import DemoSize
 
     plates = parser.add_argument_group("demo plates (the same defaults as make-demo-plate)")
     plates.add_argument("--plates", dest="n_plates", type=positive_int, default=None, metavar="N",
-                        help=f"demo plates (default {default_of(make_demo_plate, 'n_plates')})")
+                        help=f"demo plates (default {DemoSize.PLATES})")
     plates.add_argument("--wells", dest="n_wells", type=positive_int, default=None, metavar="N",
-                        help=f"wells per plate (default {default_of(make_demo_plate, 'n_wells')})")
+                        help=f"wells per plate (default {DemoSize.WELLS})")
     plates.add_argument("--fields", dest="n_fields", type=positive_int, default=None, metavar="N",
-                        help="fields per well (default 1)")
+                        help=f"fields per well (default {DemoSize.FIELDS})")
     plates.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed of the plates and of random weights, as make-demo-plate's (default 0; the mAP "
                              "null's seed is --set design.seed=N)")

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "out": "folder for the metrics/*.csv tables and design.json",
         "preset": "evaluate as this preset's design does (hpa, jump-cellpainting); default: the run's recorded "
                   "description, else hpa",
-        "set": "preset parameters, e.g. design.null_size=1000 design.nn_match=any (see "
+        "set": "preset parameters, or evaluation design fields by name, e.g. null_size=1000 nn_match=any (see "
                "subcell_scale.metrics.EvaluationDesign; values as JSON)"})
 
 
@@ -50,6 +50,18 @@ def description(location: Path, preset: str | None, overrides: dict[str, Any]) -
     return params, f"preset {params.preset} (no run description found)" + (" with overrides" if overrides else "")
 
 
+def design_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
+    """``--set null_size=1000`` as ``design.null_size``: for this command, a design field may go by its name."""
+    import dataclasses
+
+    from ..metrics import EvaluationDesign
+    from ..runspec import preset_keys
+
+    fields = {f.name for f in dataclasses.fields(EvaluationDesign)}
+    keys = preset_keys()
+    return {f"design.{k}" if k in fields and k not in keys else k: v for k, v in keywords.items()}
+
+
 def run(args: argparse.Namespace) -> int:
     from .._constants import Files
     from ..errors import ProfilingError
@@ -65,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         msg = f"{path}: no such profiles file or run directory"
         raise ProfilingError(msg)
-    keywords = option_keywords({k: v for k, v in options.items() if k != "out"})
+    keywords = design_keywords(option_keywords({k: v for k, v in options.items() if k != "out"}))
     params, source = description(Path(args.profiles), keywords.pop("preset", None), keywords)
     print(f"evaluating as {source}")
     tables, why = evaluate_profiles_for(read_profiles(path), params.design, out)

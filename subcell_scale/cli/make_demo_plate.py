@@ -11,8 +11,7 @@ HELP = ("write synthetic OME-Zarr plates (HPA-like, or Cell Painting with --cell
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..io.demo import make_demo_plate
-    from ._options import default_of
+    from .._constants import DemoSize
 
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for <plate>.zarr and platemap.csv")
     parser.add_argument("--cellpainting", action="store_true",
@@ -22,13 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="demo: small quick fields (default); jump: JUMP Cell Painting fields (1080 px at "
                              "0.598 um/px, ~250 cells, 9 per well; implies --cellpainting); hpa: HPA Cell Atlas "
                              "confocal fields (2048 px at 0.08 um/px, ~20 cells, 4 per well)")
-    parser.add_argument("--plates", type=int, default=default_of(make_demo_plate, "n_plates"), metavar="N",
+    parser.add_argument("--plates", type=int, default=DemoSize.PLATES, metavar="N",
                         help="plates to write (default: %(default)s, as the demo)")
-    parser.add_argument("--wells", type=int, default=default_of(make_demo_plate, "n_wells"), metavar="N",
+    parser.add_argument("--wells", type=int, default=DemoSize.WELLS, metavar="N",
                         help="wells per plate, filling rows A.. of a 96-well plate, 384 above 96 (default: "
                              "%(default)s, as the demo)")
     parser.add_argument("--fields", type=int, default=None, metavar="N",
-                        help="fields per well (default: 1, as the demo; 9 for --geometry jump, 4 for --geometry hpa)")
+                        help=f"fields per well (default: {DemoSize.FIELDS}, as the demo; 9 for --geometry jump, 4 "
+                             "for --geometry hpa)")
     parser.add_argument("--size", type=int, default=None, metavar="PX",
                         help="field width and height (default: 512; 1080 for jump, 2048 for hpa)")
     parser.add_argument("--cells", type=int, default=None, metavar="N",

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._constants import Files
+from .._constants import DemoSize, Files
 from ..errors import ConfigError
 from . import synthetic
 from .synthetic import Phenotype
@@ -119,7 +119,7 @@ class DemoLayout:
     render: Callable[[synthetic.CellLayout, Phenotype, float, np.random.Generator], np.ndarray]
     cell_shape: CellShape = CellShape()
     field_size: int = 512
-    fields_per_well: int = 1
+    fields_per_well: int = DemoSize.FIELDS
     max_chunk: int = 1024
 
 
@@ -387,8 +387,8 @@ class _FieldJob:
 def make_demo_plate(
     out_dir: str | Path,
     *,
-    n_plates: int = 2,
-    n_wells: int = 12,
+    n_plates: int = DemoSize.PLATES,
+    n_wells: int = DemoSize.WELLS,
     n_fields: int | None = None,
     field_size: int | None = None,
     cells_per_field: int | None = None,

@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRESET_KEY = "design"
-"""Key of a preset holding the :class:`EvaluationDesign` fields used by :func:`evaluate_profiles`."""
-
 ALL_CELL_TYPES = "all"
 """``cell_type`` value of the tables when ``obs`` has no cell-type column."""
 
@@ -134,6 +131,12 @@ class EvaluationDesign:
             base["moa_table"] = mapping.moa_table
         base.update(overrides)
         check_fields(cls, base, "evaluation design")
+        for name in ("summary_k", "moa_nn_exclude", "compound_nn_exclude"):  # one form, whatever was given
+            if base.get(name) is not None:
+                base[name] = tuple(base[name])
+        for name in ("replicate_rules", "moa_rules"):
+            if base.get(name) is not None:
+                base[name] = {k: list(v) for k, v in base[name].items()}
         design = cls(**base)
         design.check()
         return design
@@ -219,7 +222,9 @@ def evaluate_profiles(
         of its tables with a warning.
     """
     if preset is not None:
-        base = preset_design(preset)
+        from ..presets import get_design
+
+        base = get_design(preset)
         if design is not None:
             base.update(dict(design) if not isinstance(design, EvaluationDesign) else dataclasses.asdict(design))
         design = base
@@ -238,18 +243,6 @@ def evaluate_profiles(
     if out_dir is not None:
         write_tables(out, out_dir)
     return out
-
-
-def preset_design(name: str) -> dict[str, Any]:
-    """The ``"design"`` entry of a preset, as a dict of :class:`EvaluationDesign` fields."""
-    from ..presets import get_preset
-
-    entry = get_preset(name).get(PRESET_KEY)
-    if not isinstance(entry, Mapping):
-        msg = (f"preset {name!r} has no {PRESET_KEY!r} entry (EvaluationDesign fields); pass design={{...}} or "
-               f"add one under {PRESET_KEY!r} in the preset")
-        raise ConfigError(msg)
-    return dict(entry)
 
 
 def usable_moa_table(meta: pd.DataFrame, *, pert_col: str = "compound", moa_col: str = "moa",

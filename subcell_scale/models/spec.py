@@ -281,6 +281,10 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
     if isinstance(model, str | os.PathLike):
         chosen = get_variant(os.fspath(model))  # raises with the known names
         _agree(chosen.name, variant, f"model {chosen.name!r}")
+        if num_heads is not None:
+            msg = ("--num-heads (num_heads=) applies to a checkpoint --model whose width is not a multiple of 64; "
+                   f"the published {chosen.name} has 12 heads")
+            raise ConfigError(msg)
         spec = _with_options(ModelSpec("variant", variant=chosen.name), None, num_heads)
         return ResolvedModel(spec, None, tuple(chosen.channels), _spec_identity(spec))
     if hasattr(model, "embed") and hasattr(model, "channels"):
