@@ -118,3 +118,12 @@ def test_help_loads_no_heavy_library():
             "print(*[m in sys.modules for m in ('torch', 'dask', 'distributed', 'zarr', 'anndata')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-5:] == ["False"] * 5
+
+
+def test_the_package_speaks_of_itself_only():
+    """Docstrings point to files of this repository, never to a design document that is not in it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "subcell_scale"
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "DESIGN" in p.read_text()]
+    assert offenders == []
