@@ -41,6 +41,7 @@ class Files:
     FIGURES = "figures"
     REPORT = "report.html"
     MANIFEST = "manifest.json"
+    RECORDS = "records"  # folder: the records of each plate's fields, records/<plate>.json
     SHARDS = "shards"
     LOCK = ".lock"
     PLATES = "plates"

@@ -58,6 +58,10 @@ class Settings:
     memory_budget
         Bytes of cell embeddings the client may hold at once while assembling a run's cells store
         (an int, or a string such as ``"2GB"``).
+    lazy_obs
+        Cells above which a run's cells store is opened with ``obs`` left in the store (read when a
+        column is used), so the client holds nothing per cell (:func:`subcell_scale.read_cells`);
+        below it ``obs`` is read into memory, as scanpy expects.
     verbosity
         Level of the ``subcell_scale`` logger (``"WARNING"``, ``"INFO"``, ``"DEBUG"`` or a number).
     """
@@ -71,6 +75,7 @@ class Settings:
         self._batch_size = 64
         self._worker_timeout = 600.0
         self._memory_budget = 2 << 30
+        self._lazy_obs = 2_000_000
 
     # -- model weights --------------------------------------------------------------------------------
     @property
@@ -162,6 +167,17 @@ class Settings:
         self._memory_budget = _positive_int("memory_budget", value)
 
     @property
+    def lazy_obs(self) -> int:
+        return self._lazy_obs
+
+    @lazy_obs.setter
+    def lazy_obs(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            msg = f"settings.lazy_obs must be a number of cells >= 0, got {value!r}"
+            raise ConfigError(msg)
+        self._lazy_obs = value
+
+    @property
     def verbosity(self) -> int:
         return logging.getLogger("subcell_scale").getEffectiveLevel()
 
@@ -178,7 +194,7 @@ class Settings:
     def override(self, **values: Any) -> Iterator[Settings]:
         """Change settings inside a ``with`` block only (tests, one-off runs)."""
         names = ("model_cache", "offline", "base_url", "cluster", "progress", "batch_size", "worker_timeout",
-                 "memory_budget", "verbosity")
+                 "memory_budget", "lazy_obs", "verbosity")
         unknown = sorted(set(values) - set(names))
         if unknown:
             msg = f"unknown setting(s) {unknown}; settings are {list(names)}"
@@ -198,7 +214,8 @@ class Settings:
         return (f"Settings(model_cache={str(self.model_cache)!r}, offline={self.offline}, "
                 f"base_url={self.base_url!r}, cluster={self.cluster!r}, progress={self.progress}, "
                 f"batch_size={self.batch_size}, worker_timeout={self.worker_timeout}, "
-                f"memory_budget={self.memory_budget}, verbosity={logging.getLevelName(self.verbosity)})")
+                f"memory_budget={self.memory_budget}, lazy_obs={self.lazy_obs}, "
+                f"verbosity={logging.getLevelName(self.verbosity)})")
 
 
 def _bool(name: str, value: Any) -> bool:

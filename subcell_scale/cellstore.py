@@ -1,28 +1,29 @@
-"""The cells AnnData: how fields' shards become one AnnData, and how it is written and read back.
+"""The cells AnnData: what it holds, how its rows and ``obs`` are made, and how a run's store is read back.
 
-This module holds the contract scanpy users rely on (DESIGN.md, "Cells AnnData"):
+This module holds the contract scanpy users rely on (the cells AnnData):
 
 - ``X`` float32 embeddings (passes concatenated), ``var_names`` ``subcell_0000`` ... (multi-pass:
   ``subcell_<pass>_0000`` ...);
 - ``obs_names`` ``"{plate}_{well}_{field}_{label}"``; ``obs``: plate, well, row, column, field
-  (categoricals), label, area, centroid_y, centroid_x (pixels), then the platemap's columns;
+  (categoricals), label, area, centroid_y, centroid_x (pixels at level 0), then the platemap's columns;
 - ``obsm["spatial"]`` (x, y) in micrometres, ``obsm["localization"]`` (n, 31 x passes, pass-major),
-  ``uns["localization_classes"]``, ``uns["subcell_scale"]`` (provenance).
+  ``uns["localization_classes"]``, ``uns["subcell_scale"]`` (provenance, the unit of each column, and
+  each plate's rows).
 
 Rows follow the fields in plate, well, field order and cells by label within a field, whatever order
-the fields were computed in, so a resumed or distributed run gives the same AnnData.
+the fields were computed in, so a resumed or distributed run gives the same AnnData. ``obs`` has the
+same columns, categories and dtypes however its rows are made (all at once, a chunk at a time, one
+plate at a time): they come from the run's plates and platemap (:class:`ObsSchema`), not from the
+cells. :mod:`subcell_scale.cellwriter` writes the store.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ import pandas as pd
 
 from ._constants import VAR_PREFIX, Files, Keys, Obs
 from ._version import __version__
-from .errors import ConfigError, RunDirectoryError
+from .errors import RunDirectoryError
 from .store import FieldId, RunPath, Shard
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .params import PlatePlan, RunParams
 
 log = logging.getLogger(__name__)
+
+FORMATS = ("zarr", "h5ad")
+"""File formats of the cells AnnData in a run directory."""
 
 OBS_UNITS = {
     Obs.LABEL: "value of the cell in the field's label image",
@@ -55,8 +59,8 @@ OBS_UNITS = {
 in the field's own pixels (level 0), as the label image counts them; the cell filter's bounds
 (``min_area_um2``, ``max_area_um2``) and ``obsm["spatial"]`` are in micrometres."""
 
-FORMATS = ("zarr", "h5ad")
-"""File formats of the cells AnnData in a run directory."""
+PLATE_ROWS = "plate_rows"
+"""Key of ``uns["subcell_scale"]`` holding each plate's rows, ``{plate: [start, stop]}``."""
 
 
 @dataclass(frozen=True)
@@ -81,131 +85,176 @@ def var_names(width: int, pass_names: Sequence[str]) -> list[str]:
     return [f"{VAR_PREFIX}{name}_{i:04d}" for name in pass_names for i in range(per)]
 
 
-class ObsBuilder:
-    """The obs rows of a run, gathered field by field as plain arrays and made a DataFrame once.
+class ObsSchema:
+    """The columns of a run's ``obs``, their categories and dtypes, from its plates and platemap alone.
 
-    A run may hold a million cells: per-field DataFrames concatenated at the end would need the obs
-    twice over; arrays per column, joined once, keep the client at about the size of ``obs`` itself.
+    Known before a cell is read, so ``obs`` can be written a chunk of rows at a time (a screen's obs
+    never has to be in memory) and every way of making it gives the same columns and dtypes:
+    ``plate``, ``well``, ``row``, ``column`` and ``field`` are categoricals over the run's plates,
+    wells and fields; the platemap's columns are joined per well (text as categoricals).
+
+    Parameters
+    ----------
+    plates
+        The run's plates (metadata only).
+    pixel_sizes
+        Plate name -> (y, x) micrometres per pixel, for ``obsm["spatial"]``.
+    platemap
+        A platemap (file or frame), or None.
     """
 
-    def __init__(self, context: RunContext) -> None:
-        self.context = context
-        self._plates = {p.name: p for p in context.plates}
-        self._fields: list[FieldId] = []
-        self._counts: list[int] = []
-        self._columns: dict[str, list[np.ndarray]] = {Obs.LABEL: [], Obs.AREA: [], Obs.CENTROID_Y: [],
-                                                      Obs.CENTROID_X: []}
-
-    def add(self, fid: FieldId, cells: pd.DataFrame) -> np.ndarray:
-        """Add one field's cells (in label order); returns the order that sorts the shard's rows so."""
-        order = np.argsort(cells[Obs.LABEL].to_numpy(), kind="stable")
-        self._fields.append(fid)
-        self._counts.append(len(order))
-        self._columns[Obs.LABEL].append(cells[Obs.LABEL].to_numpy()[order].astype(np.int64))
-        self._columns[Obs.AREA].append(cells[Obs.AREA].to_numpy()[order])
-        for col in (Obs.CENTROID_Y, Obs.CENTROID_X):
-            self._columns[col].append(cells[col].to_numpy(dtype=np.float64)[order])
-        return order
-
-    def build(self) -> tuple[pd.DataFrame, np.ndarray]:
-        """``obs`` (categoricals for plate, well, row, column and field; platemap joined) and ``spatial``.
-
-        Names and micrometre positions are written field by field into arrays of the final size,
-        and each column's per-field pieces are released once joined, so building needs little more
-        than the result (and can be done once).
-        """
-        counts = np.asarray(self._counts, dtype=np.int64)
-        total = int(counts.sum())
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        names = np.empty(total, dtype=object)
-        spatial = np.empty((total, 2), dtype=np.float64)
-        for fid, pieces_y, pieces_x, labels, lo, hi in zip(
-                self._fields, self._columns[Obs.CENTROID_Y], self._columns[Obs.CENTROID_X],
-                self._columns[Obs.LABEL], starts[:-1], starts[1:], strict=True):
-            names[lo:hi] = [f"{fid.obs_prefix}_{label}" for label in labels]
-            py, px = self.context.plan_of(fid.plate).pixel_size
-            spatial[lo:hi, 0] = pieces_x * px
-            spatial[lo:hi, 1] = pieces_y * py
-        columns = {}
-        for column, pieces in self._columns.items():
-            dtype = np.float64 if column in (Obs.CENTROID_Y, Obs.CENTROID_X) else np.int64
-            columns[column] = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
-            pieces.clear()
-        rows_columns = [self._plates[f.plate].row_column(f.well) for f in self._fields]
-        obs = pd.DataFrame({
-            Obs.PLATE: self._categorical([f.plate for f in self._fields], counts),
-            Obs.WELL: self._categorical([f.well for f in self._fields], counts),
-            Obs.ROW: self._categorical([row for row, _ in rows_columns], counts),
-            Obs.COLUMN: self._categorical([int(column) for _, column in rows_columns], counts),
-            Obs.FIELD: self._categorical([f.field for f in self._fields], counts),
-            **columns,
-        }, index=pd.Index(names, copy=False))
-        del names, columns
-        if self.context.platemap is not None:
+    def __init__(self, plates: Sequence[Plate], pixel_sizes: Mapping[str, Sequence[float]],
+                 platemap: Any = None) -> None:
+        wells = [(p.name, w) for p in plates for w in p.wells]
+        rows_columns = {(p.name, w): p.row_column(w) for p in plates for w in p.wells}
+        self.pixel_sizes = {k: tuple(float(v) for v in vals) for k, vals in pixel_sizes.items()}
+        self.categories: dict[str, list[Any]] = {
+            Obs.PLATE: sorted({p for p, _ in wells}),
+            Obs.WELL: sorted({w for _, w in wells}),
+            Obs.ROW: sorted({r for r, _ in rows_columns.values()}),
+            Obs.COLUMN: sorted({int(c) for _, c in rows_columns.values()}),
+            Obs.FIELD: sorted({str(f) for p in plates for w in p.wells for f in p.fields(w)}),
+        }
+        self._index = {name: {v: i for i, v in enumerate(values)} for name, values in self.categories.items()}
+        self._row_column = {key: (self._index[Obs.ROW][r], self._index[Obs.COLUMN][int(c)])
+                            for key, (r, c) in rows_columns.items()}
+        table = pd.DataFrame(wells, columns=[Obs.PLATE, Obs.WELL])
+        if platemap is not None:
             from .io.platemap import join_platemap, read_platemap
 
-            joined = join_platemap(obs, read_platemap(self.context.platemap), plates=list(self.context.plates))
-            joined.index = obs.index
-            obs = joined
-        return obs, spatial
+            table = join_platemap(table, read_platemap(platemap), plates=list(plates))
+        self.extra = [c for c in table.columns if c not in (Obs.PLATE, Obs.WELL)]
+        self._wells = table[self.extra].reset_index(drop=True)
+        self._well_row = {key: i for i, key in enumerate(wells)}
 
-    @staticmethod
-    def _categorical(per_field: list[Any], counts: np.ndarray) -> pd.Categorical:
-        categories = _ordered_unique(per_field)
-        codes = pd.Index(categories).get_indexer(per_field) if per_field else np.zeros(0, np.int64)
-        return pd.Categorical.from_codes(np.repeat(codes, counts), categories=categories)
+    @property
+    def columns(self) -> list[str]:
+        """The obs columns, in order."""
+        return [Obs.PLATE, Obs.WELL, Obs.ROW, Obs.COLUMN, Obs.FIELD, Obs.LABEL, Obs.AREA, Obs.CENTROID_Y,
+                Obs.CENTROID_X, *self.extra]
+
+    def dtype(self, column: str) -> Any:
+        """The pandas dtype of an obs column."""
+        if column in self.categories:
+            return pd.CategoricalDtype(self.categories[column])
+        if column == Obs.LABEL:
+            return np.dtype(np.int64)
+        if column == Obs.AREA:
+            return np.dtype(np.int64)
+        if column in (Obs.CENTROID_Y, Obs.CENTROID_X):
+            return np.dtype(np.float64)
+        return self._wells[column].dtype
+
+    def frame(self, pieces: Iterable[tuple[FieldId, pd.DataFrame]]) -> tuple[pd.DataFrame, np.ndarray]:
+        """``obs`` and ``obsm["spatial"]`` of the cells of ``pieces`` (a field and its cells, in label order).
+
+        Rows are the pieces' cells in the order given; a field may be given in parts (the rows of a
+        chunk), each part's names and values are those of its cells.
+        """
+        pieces = [(fid, cells) for fid, cells in pieces]
+        counts = np.asarray([len(cells) for _, cells in pieces], dtype=np.int64)
+        n = int(counts.sum())
+        per_field = {
+            Obs.PLATE: [self._index[Obs.PLATE][f.plate] for f, _ in pieces],
+            Obs.WELL: [self._index[Obs.WELL][f.well] for f, _ in pieces],
+            Obs.ROW: [self._row_column[(f.plate, f.well)][0] for f, _ in pieces],
+            Obs.COLUMN: [self._row_column[(f.plate, f.well)][1] for f, _ in pieces],
+            Obs.FIELD: [self._index[Obs.FIELD][f.field] for f, _ in pieces],
+        }
+        columns: dict[str, Any] = {}
+        for name, codes in per_field.items():
+            codes = np.repeat(np.asarray(codes, dtype=np.int32), counts) if pieces else np.zeros(0, np.int32)
+            columns[name] = pd.Categorical.from_codes(codes, dtype=self.dtype(name))
+        labels = [cells[Obs.LABEL].to_numpy(dtype=np.int64) for _, cells in pieces]
+        columns[Obs.LABEL] = np.concatenate(labels) if pieces else np.zeros(0, np.int64)
+        columns[Obs.AREA] = (np.concatenate([cells[Obs.AREA].to_numpy(dtype=np.int64) for _, cells in pieces])
+                             if pieces else np.zeros(0, np.int64))
+        spatial = np.empty((n, 2), dtype=np.float64)
+        names = np.empty(n, dtype=object)
+        lo = 0
+        for (fid, cells), label in zip(pieces, labels, strict=True):
+            hi = lo + len(cells)
+            py, px = self.pixel_sizes[fid.plate]
+            y = cells[Obs.CENTROID_Y].to_numpy(dtype=np.float64)
+            x = cells[Obs.CENTROID_X].to_numpy(dtype=np.float64)
+            spatial[lo:hi, 0], spatial[lo:hi, 1] = x * px, y * py
+            names[lo:hi] = [f"{fid.obs_prefix}_{v}" for v in label]
+            lo = hi
+        for name in (Obs.CENTROID_Y, Obs.CENTROID_X):
+            columns[name] = (np.concatenate([cells[name].to_numpy(dtype=np.float64) for _, cells in pieces])
+                             if pieces else np.zeros(0, np.float64))
+        if self.extra:
+            rows = np.repeat(np.asarray([self._well_row[(f.plate, f.well)] for f, _ in pieces], dtype=np.int64),
+                             counts) if pieces else np.zeros(0, np.int64)
+            for name in self.extra:
+                columns[name] = self._wells[name].take(rows).array  # the platemap's dtype, categoricals included
+        return pd.DataFrame(columns, index=pd.Index(names, dtype=object, copy=False)), spatial
+
+
+def sorted_cells(cells: pd.DataFrame) -> np.ndarray:
+    """The order that sorts a field's cell table by label (the order of its rows in the AnnData)."""
+    return np.argsort(cells[Obs.LABEL].to_numpy(), kind="stable")
+
+
+def schema_of(context: RunContext) -> ObsSchema:
+    """The :class:`ObsSchema` of a run."""
+    return ObsSchema(context.plates, {p.name: p.pixel_size for p in context.plans}, context.platemap)
 
 
 def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, failed: Sequence[str]) -> AnnData:
     """Concatenate the fields' shards, in the order given, into the cells AnnData (held in memory)."""
-    builder = ObsBuilder(context)
-    emb, probs = [], []
+    pieces, emb, probs = [], [], []
     for fid, shard in fields:
-        order = builder.add(fid, shard.cells)
+        order = sorted_cells(shard.cells)
+        pieces.append((fid, shard.cells.iloc[order].reset_index(drop=True)))
         emb.append(shard.embedding[order])
         if shard.probabilities is not None:
             probs.append(shard.probabilities[order])
-    width = int(emb[0].shape[1]) if emb else _default_width(context)
+    width = int(emb[0].shape[1]) if emb else default_width(context)
     X = np.concatenate(emb).astype(np.float32, copy=False) if emb else np.zeros((0, width), np.float32)
     localization = np.concatenate(probs).astype(np.float32, copy=False) if probs and len(probs) == len(emb) else None
-    return _anndata(builder, X, localization, width, context, failed, classes=localization is not None)
+    obs, spatial = schema_of(context).frame(pieces)
+    return cells_anndata(obs, spatial, X, localization, width, context, failed, classes=localization is not None)
 
 
-def _default_width(context: RunContext) -> int:
+def default_width(context: RunContext) -> int:
+    """Width of ``X`` from the model and the passes, for a run without a single cell."""
     return context.model.embedding_dim * len(context.plans[0].passes)
 
 
-def _anndata(builder: ObsBuilder, X: np.ndarray | None, localization: np.ndarray | None, width: int,
-             context: RunContext, failed: Sequence[str], *, classes: bool) -> AnnData:
-    """The cells AnnData around ``X`` and ``localization``, with the obs the builder gathered.
+def cells_anndata(obs: pd.DataFrame, spatial: np.ndarray, X: Any, localization: Any, width: int,
+                  context: RunContext, failed: Sequence[str], *, classes: bool,
+                  plate_rows: Mapping[str, Sequence[int]] | None = None) -> AnnData:
+    """The cells AnnData around ``X`` and ``localization`` (either may be None: a store writes them itself).
 
-    ``X`` None leaves the matrix out (the streamed store writes it itself); ``classes`` records the
-    localization class names.
+    ``classes`` records the localization class names; ``plate_rows`` each plate's rows (default: from
+    ``obs["plate"]``, whose rows are contiguous per plate).
     """
     import anndata as ad
 
     from .models.registry import CLASS_NAMES
 
-    obs, spatial = builder.build()
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=var_names(width, context.plans[0].pass_names)))
-    adata.strings_to_categoricals()  # as writing would: the returned object equals the one read back
     adata.obsm[Keys.SPATIAL] = spatial
     if localization is not None:
         adata.obsm[Keys.LOCALIZATION] = localization
     if classes:
         adata.uns[Keys.LOCALIZATION_CLASSES] = list(CLASS_NAMES)
     adata.uns[Keys.PROVENANCE] = provenance(context, failed, width)
+    if plate_rows is None:
+        plate_rows = _plate_rows(obs)
+    adata.uns[Keys.PROVENANCE][PLATE_ROWS] = {k: [int(a), int(b)] for k, (a, b) in plate_rows.items()}
     return adata
 
 
-def _ordered_unique(values: Sequence[Any]) -> list[Any]:
-    seen: dict[Any, None] = {}
-    for v in values:
-        seen.setdefault(v, None)
-    try:
-        return sorted(seen)
-    except TypeError:  # pragma: no cover - mixed types
-        return list(seen)
+def _plate_rows(obs: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    codes = np.asarray(obs[Obs.PLATE].cat.codes)
+    out = {}
+    for i, name in enumerate(obs[Obs.PLATE].cat.categories):
+        rows = np.flatnonzero(codes == i)
+        if len(rows):
+            out[str(name)] = (int(rows[0]), int(rows[-1]) + 1)
+    return out
 
 
 def provenance(context: RunContext, failed: Sequence[str], width: int) -> dict[str, Any]:
@@ -253,267 +302,9 @@ def cells_path(root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
     return Path(root) / cells_name(fmt)
 
 
-CHUNK_BYTES = 16 << 20
-"""Target size of one row chunk of ``X`` in the cells store: big enough for fast reads, small enough
-that the few in flight while the store is written stay small beside the client's ``obs`` (measured
-on 200k cells of 4608 values: 32 MiB chunks copy ~10% faster but double the peak, ~240 MB)."""
-
-
-def stream_cells(fields: Sequence[tuple[FieldId, str | RunPath]], context: RunContext, failed: Sequence[str],
-                 root: str | os.PathLike[str] | RunPath, fmt: str = "zarr") -> AnnData:
-    """Write the cells AnnData of a run from its shards in one streamed pass, and open it backed.
-
-    Only ``obs`` is built in memory (from the shards' cell tables, the embeddings unread); ``X`` and
-    ``obsm["localization"]`` are lazy concatenations of the shards' arrays, copied into the store
-    one row chunk at a time by a few threads, so the memory used stays about
-    :attr:`subcell_scale.settings.memory_budget` whatever the number of cells. The store replaces an
-    older one only once it is whole. ``root`` may be a URL (:class:`~subcell_scale.store.RunPath`):
-    the store is written there through zarr's fsspec store and read back from it.
-
-    Returns
-    -------
-    The cells AnnData as :func:`read_cells` opens it: ``X`` and ``obsm["localization"]`` backed by
-    the store (dask arrays), everything else in memory.
-    """
-    from ._settings import settings
-    from .store import read_shard_cells
-
-    builder = ObsBuilder(context)
-    pieces = []
-    width = n_prob = None
-    for fid, path in fields:
-        cells, shapes = read_shard_cells(path)
-        order = builder.add(fid, cells)
-        width = shapes["embedding"][1]
-        n_prob = shapes["probabilities"][1] if "probabilities" in shapes else None
-        if len(order):
-            pieces.append((path, order))
-    width = width if width is not None else _default_width(context)
-    rows = max(1, CHUNK_BYTES // (4 * width))
-    matrices = {"X": ShardRows(tuple(pieces), "embedding", width, rows)}
-    if n_prob is not None:
-        matrices[f"obsm/{Keys.LOCALIZATION}"] = ShardRows(tuple(pieces), "probabilities", n_prob, rows)
-    adata = _anndata(builder, None, None, width, context, failed, classes=n_prob is not None)
-    del builder
-    threads = int(max(1, min(4, settings.memory_budget // (3 * CHUNK_BYTES))))
-    _return_large_blocks()
-    path = write_cells(adata, root, fmt, matrices=matrices, threads=threads)
-    if fmt == "h5ad":
-        return read_cells(path.local)
-    return _open_zarr(path, obs=adata.obs)  # obs as built, not read again: the client holds it once
-
-
-def _return_large_blocks() -> None:
-    """Have glibc hand blocks of 1 MiB and more back to the system when they are freed.
-
-    By default glibc raises its mmap threshold after each large block it frees, up to 32 MiB, so
-    the shards and chunks of a copy end up in the heap and stay in the process's memory after the
-    copy (measured: ~2 KB more per cell of a run). A fixed threshold keeps the client flat. Not
-    glibc (macOS, musl): nothing to do.
-    """
-    libc = _glibc()
-    if libc is not None:
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-
-
-def _trim_heap() -> None:
-    """Give the heap's free pages back to the system (once ``obs`` is written, and after each chunk).
-
-    Writing ``obs`` makes and frees a few small objects per cell, and each copy thread leaves freed
-    blocks in its own heap; glibc keeps those pages, and the copy's peak would stand on them
-    (measured: ~55 bytes per cell of a run, and a few MB more per 100k cells copied). Not glibc:
-    nothing to do.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _glibc() -> Any:
-    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None; looked up
-    once (``find_library`` asks ``ldconfig``), as the heap is trimmed after every chunk copied."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and libc.mallopt and libc.malloc_trim else None
-    except (OSError, AttributeError):
-        return None
-
-
-@dataclass(frozen=True)
-class ShardRows:
-    """A (cells x width) matrix made of the shards' ``name`` arrays, built one row chunk at a time.
-
-    Each chunk reads only the shards its rows come from, so writing the matrix holds a few chunks in
-    memory whatever the number of cells.
-    """
-
-    pieces: tuple[tuple[str | RunPath, np.ndarray], ...]  # shard path, the row order that sorts it by label
-    name: str
-    width: int
-    rows: int
-
-    @functools.cached_property
-    def starts(self) -> np.ndarray:
-        """First row of each piece, and the number of rows last."""
-        return np.cumsum([0] + [len(order) for _, order in self.pieces])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.starts[-1]), self.width
-
-    def spans(self) -> list[tuple[int, int]]:
-        """(first, stop) rows of every chunk."""
-        total = self.shape[0]
-        return [(lo, min(lo + self.rows, total)) for lo in range(0, total, self.rows)]
-
-    def chunk(self, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo:hi``, read from the shards that hold them."""
-        from .store import read_shard_array
-
-        starts = self.starts
-        first = int(np.searchsorted(starts, lo, side="right")) - 1
-        out = np.empty((hi - lo, self.width), np.float32)
-        for i in range(first, len(self.pieces)):
-            start = int(starts[i])
-            if start >= hi:
-                break
-            path, order = self.pieces[i]
-            a, b = max(lo, start), min(hi, start + len(order))
-            out[a - lo:b - lo] = read_shard_array(path, self.name)[order[a - start:b - start]]
-        return out
-
-
-_ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
-"""The objects at the root of a zarr store (v3, v2): written last, they make the store appear whole."""
-
-
-def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str = "zarr", *,
-                matrices: Mapping[str, ShardRows] | None = None, threads: int = 1) -> RunPath:
-    """Write the cells AnnData into a run directory, replacing an older one only once the new one is whole.
-
-    ``matrices`` (``"X"``, ``"obsm/localization"``) are written chunk by chunk from the shards, by
-    ``threads`` threads for zarr (each writes whole chunks: no chunk is written twice at once).
-
-    ``cells.zarr`` is laid out first in a local staging folder (everything but the matrices' chunks,
-    with the consolidated listing that names them), whose files are then moved into the store (renamed
-    on a local disk, uploaded together to object storage) except its root metadata; the chunks are
-    written straight into the store; the root metadata comes last. Until then ``cells.zarr`` opens as
-    no store at all, never as part of one (whose missing chunks zarr would read as zeros), on a file
-    system and on object storage alike, which has no rename. ``cells.h5ad`` (one file, written beside
-    and renamed) needs a local directory.
-    """
-    root = RunPath.of(root)
-    if fmt == "h5ad" and not root.is_local:
-        msg = f"{root}: cells.h5ad needs a local output directory; use format='zarr' on object storage"
-        raise ConfigError(msg)
-    root.mkdir()
-    path = root / cells_name(fmt)
-    matrices = dict(matrices or {})
-    if fmt == "h5ad":
-        tmp = root / f".{path.name}.tmp"
-        _write_h5ad(adata, tmp.local, matrices)
-        path.remove()
-        tmp.move(path)
-    else:
-        with _staging(root, path.name) as staging:
-            _write_layout(adata, staging, matrices)
-            _trim_heap()
-            path.remove()
-            path.put_tree(staging, skip=_ROOT_METADATA)
-            _write_rows(path, matrices, threads)
-            path.put_tree(staging)
-    log.info("cells written to %s (%d cells x %d)", path, adata.n_obs, adata.n_vars)
-    return path
-
-
-@contextmanager
-def _staging(root: RunPath, name: str) -> Iterator[Path]:
-    """A local folder to lay the store ``name`` out in: beside it in a local run directory (its files are
-    then renamed into place; one left by a killed run is cleared first), a temporary one for object storage."""
-    if not root.is_local:
-        with tempfile.TemporaryDirectory(prefix="subcell-scale-") as folder:
-            yield Path(folder)
-        return
-    folder = root / f".{name}.tmp"
-    folder.remove()
-    folder.local.mkdir()
-    try:
-        yield folder.local
-    finally:
-        folder.remove()
-
-
-def _write_layout(adata: AnnData, folder: Path, matrices: dict[str, ShardRows]) -> None:
-    """Everything of a zarr cells store but the chunks of ``matrices``, with a consolidated listing."""
-    import anndata as ad
-    import zarr
-
-    from .io.consolidated import quiet_consolidation
-
-    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
-        adata.write_zarr(folder)
-    if not matrices:
-        return
-    group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
-    for name, source in matrices.items():
-        target = group.create_array(name, shape=source.shape, chunks=(source.rows, source.width), dtype="float32",
-                                    compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
-        target.attrs.update(_DENSE)
-    with quiet_consolidation():
-        zarr.consolidate_metadata(str(folder))  # the listing anndata wrote does not name the matrices
-
-
-def _write_rows(path: RunPath, matrices: dict[str, ShardRows], threads: int) -> None:
-    """The chunks of ``matrices``, copied from the shards into the store at ``path`` by ``threads`` threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import zarr
-
-    if not matrices:
-        return
-    store = path.zarr_store(read_only=False)
-    work = []
-    for name, source in matrices.items():
-        target = zarr.open_array(store, path=name, mode="r+")
-        work += [(source, target, lo, hi) for lo, hi in source.spans()]
-
-    def copy(item: tuple[ShardRows, Any, int, int]) -> None:
-        source, target, lo, hi = item
-        target[lo:hi] = source.chunk(lo, hi)
-        _trim_heap()
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(copy, work))
-
-
-def _write_h5ad(adata: AnnData, path: Path, matrices: dict[str, ShardRows]) -> None:
-    import h5py
-
-    adata.write_h5ad(path)
-    if not matrices:
-        return
-    _trim_heap()
-    with h5py.File(path, "a") as handle:
-        for name, source in matrices.items():
-            target = handle.create_dataset(name, shape=source.shape, dtype="float32",
-                                           chunks=(max(1, min(source.rows, source.shape[0])), source.width))
-            target.attrs.update(_DENSE)
-            for lo, hi in source.spans():  # h5py writes from one thread
-                target[lo:hi] = source.chunk(lo, hi)
-
-
-_DENSE = {"encoding-type": "array", "encoding-version": "0.2.0"}
-"""anndata's encoding attributes of a dense matrix."""
-
-
-def read_cells(run: str | os.PathLike[str] | RunPath, *, load: bool = False,
-               storage_options: Mapping[str, Any] | None = None) -> AnnData:
+# -- reading a run's cells ------------------------------------------------------------------------------
+def read_cells(run: str | os.PathLike[str] | RunPath, *, plates: Sequence[str] | None = None, load: bool = False,
+               lazy: bool | None = None, storage_options: Mapping[str, Any] | None = None) -> AnnData:
     """The cells AnnData of a run directory (or a ``cells.zarr`` / ``cells.h5ad`` path).
 
     Parameters
@@ -521,6 +312,9 @@ def read_cells(run: str | os.PathLike[str] | RunPath, *, load: bool = False,
     run
         The run directory, or the cells store itself: a local path or an fsspec URL
         (``s3://bucket/run``), as :func:`subcell_scale.embed_plate` wrote it.
+    plates
+        Open only these plates' rows (their ``obs`` read, ``X`` sliced): a screen's store is opened
+        one plate at a time with memory for one plate's ``obs``.
     load
         Read everything into memory. By default ``X`` and ``obsm["localization"]`` stay in the store
         (dask arrays for ``cells.zarr``, anndata's backed mode for ``cells.h5ad``): the object opens
@@ -528,13 +322,18 @@ def read_cells(run: str | os.PathLike[str] | RunPath, *, load: bool = False,
         read it in chunks, and ``adata.to_memory()`` loads it when it fits. The object reads the
         store as it is on disk: a later run into the same directory replaces the store, so load a
         copy first to keep the cells of an earlier run.
+    lazy
+        Leave ``obs`` in the store too (anndata's lazy reading: ``obs`` columns read when used), so
+        opening a screen's store holds nothing per cell. Default: for stores of more than
+        :attr:`subcell_scale.settings.lazy_obs` cells.
     storage_options
         fsspec options of a URL (credentials, endpoint).
 
     Raises
     ------
     RunDirectoryError
-        The directory holds no cells AnnData (the run did not finish its first step).
+        The directory holds no cells AnnData (the run did not finish its first step), or ``plates``
+        names a plate it does not hold.
     """
     import anndata as ad
 
@@ -547,12 +346,13 @@ def read_cells(run: str | os.PathLike[str] | RunPath, *, load: bool = False,
         path = candidates[0]
     if path.name.endswith(".h5ad"):
         with path.local_copy() as local:  # a cells.h5ad on object storage is read whole
-            if load or not path.is_local:
-                return ad.read_h5ad(local)
-            return ad.read_h5ad(local, backed="r")
+            adata = ad.read_h5ad(local) if load or not path.is_local else ad.read_h5ad(local, backed="r")
+        return adata if plates is None else _plates_of(adata, plates, path)
+    if plates is not None:
+        return open_zarr(path, plates=plates, load=load)
     if load:
         return ad.read_zarr(path.zarr_store(read_only=True))
-    return _open_zarr(path)
+    return open_zarr(path, lazy=lazy)
 
 
 def _is_zarr(path: RunPath) -> bool:
@@ -560,24 +360,79 @@ def _is_zarr(path: RunPath) -> bool:
     return (path / "zarr.json").exists() or (path / ".zgroup").exists()
 
 
-def _open_zarr(path: RunPath, obs: pd.DataFrame | None = None) -> AnnData:
-    """A zarr cells store with its matrices as dask arrays over the store's row chunks (and ``obs``
-    as given, when the caller holds it already)."""
+def _plates_of(adata: AnnData, plates: Sequence[str], path: RunPath) -> AnnData:
+    rows = _rows_of(adata.uns.get(Keys.PROVENANCE, {}), plates, path)
+    return adata[np.concatenate([np.arange(a, b) for a, b in rows]) if rows else []]
+
+
+def _rows_of(provenance: Mapping[str, Any], plates: Sequence[str], path: Any) -> list[tuple[int, int]]:
+    known = {str(k): (int(v[0]), int(v[1])) for k, v in (provenance.get(PLATE_ROWS) or {}).items()}
+    unknown = [p for p in plates if p not in known]
+    if unknown:
+        msg = f"{path}: no cells of plate(s) {unknown}; its plates are {sorted(known)}"
+        raise RunDirectoryError(msg)
+    return [known[p] for p in plates]
+
+
+def open_zarr(path: RunPath, obs: pd.DataFrame | None = None, *, plates: Sequence[str] | None = None,
+              lazy: bool | None = None, load: bool = False) -> AnnData:
+    """A zarr cells store with its matrices as dask arrays over the store's row chunks.
+
+    ``obs`` as given when the caller holds it already; only the rows of ``plates`` (``obs`` read for
+    those rows only); or ``obs`` left in the store (``lazy``).
+    """
     import anndata as ad
     import dask.array as da
     import zarr
     from anndata.io import read_elem
 
+    from ._settings import settings
+
     group = zarr.open_group(path.zarr_store(read_only=True), mode="r")
+    uns = read_elem(group["uns"]) if "uns" in group else {}
+    n_obs = int(group["obs"]["_index"].shape[0]) if "_index" in group["obs"] else None
+    if plates is None and obs is None and (lazy or (lazy is None and n_obs is not None and n_obs > settings.lazy_obs)):
+        from anndata.experimental import read_lazy
 
-    def lazy(node: Any) -> Any:
+        return read_lazy(path.zarr_store(read_only=True))
+    rows = None
+    if plates is not None:
+        spans = _rows_of(uns.get(Keys.PROVENANCE, {}), plates, path)
+        rows = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, np.int64)
+
+    def lazy_array(node: Any) -> Any:
         dense = isinstance(node, zarr.Array) and node.attrs.get("encoding-type") == "array" and node.ndim == 2
-        return da.from_zarr(node) if dense else read_elem(node)
+        value = da.from_zarr(node) if dense else read_elem(node)
+        return value if rows is None else value[rows]
 
-    obsm = {k: lazy(v) for k, v in group["obsm"].members()} if "obsm" in group else {}
+    obsm = {k: lazy_array(v) for k, v in group["obsm"].members()} if "obsm" in group else {}
     for key in (Keys.SPATIAL,):  # small: in memory, as users index it freely
         if key in obsm and isinstance(obsm[key], da.Array):
             obsm[key] = obsm[key].compute()
-    X = lazy(group["X"]) if "X" in group else None
-    return ad.AnnData(X=X, obs=read_elem(group["obs"]) if obs is None else obs, var=read_elem(group["var"]),
-                      uns=read_elem(group["uns"]) if "uns" in group else {}, obsm=obsm)
+    X = lazy_array(group["X"]) if "X" in group else None
+    if obs is None:
+        obs = read_elem(group["obs"]) if rows is None else _obs_rows(group["obs"], rows)
+    adata = ad.AnnData(X=X, obs=obs, var=read_elem(group["var"]), uns=uns, obsm=obsm)
+    return adata.to_memory() if load else adata
+
+
+def _obs_rows(group: Any, rows: np.ndarray) -> pd.DataFrame:
+    """The ``obs`` rows ``rows`` (contiguous runs) of a store, each column read for those rows only."""
+    from anndata.io import read_elem
+
+    order = list(group.attrs.get("column-order", []))
+    index_key = group.attrs.get("_index", "_index")
+    lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+    picked = rows - lo
+
+    def column(node: Any) -> Any:
+        if node.attrs.get("encoding-type") == "categorical":
+            categories = read_elem(node["categories"])
+            codes = np.asarray(node["codes"][lo:hi])[picked]
+            return pd.Categorical.from_codes(codes, categories=categories, ordered=bool(node.attrs.get("ordered")))
+        return np.asarray(node[lo:hi])[picked]
+
+    frame = pd.DataFrame({name: column(group[name]) for name in order},
+                         index=pd.Index(np.asarray(group[index_key][lo:hi])[picked].astype(object)))
+    return frame
+

@@ -20,7 +20,9 @@ import logging
 import platform
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 __all__ = ["Run", "embed", "evaluate", "make_profiles", "profile", "report", "segment"]
+
+PLAN_AHEAD = 2
+"""Plates planned ahead of the one whose fields are running (each may read its pixels once)."""
 
 
 class Run:
@@ -181,16 +186,57 @@ class Run:
         self.skipped[step] = why
 
     # -- the run's fields ---------------------------------------------------------------------------
-    def jobs(self, *, embedding: bool = True) -> list[FieldJob]:
-        """One job per field of the run's plates, in plate, well, field order."""
+    def plate_jobs(self, *, embedding: bool = True) -> Iterator[list[FieldJob]]:
+        """Each plate's field jobs, in run order, planned a few plates ahead in threads.
+
+        Planning a plate may read its pixels (a flat field estimated from it, its intensity histogram),
+        so later plates are planned while the fields of the first ones run.
+        """
         from .pipeline.jobs import plan_jobs
 
         plans = self.plans or [None] * len(self.plates)  # segmentation alone reads no model channels
         batch_size = settings.batch_size if self.spec.batch_size is None else self.spec.batch_size
-        return plan_jobs(self.plates, plans, self.spec.params, root=self.root, scratch=self.scratch,
-                         digest=self.digest, batch_size=batch_size, crop_on=self.spec.crop_on,
-                         segment_if_missing=self.spec.segment_if_missing, overwrite=self.spec.overwrite,
-                         labels_in_run=self.labels_in_run, embedding=embedding)
+
+        def plan(i: int) -> list[FieldJob]:
+            return plan_jobs([self.plates[i]], [plans[i]], self.spec.params, root=self.root, scratch=self.scratch,
+                             digest=self.digest, batch_size=batch_size, crop_on=self.spec.crop_on,
+                             segment_if_missing=self.spec.segment_if_missing, overwrite=self.spec.overwrite,
+                             labels_in_run=self.labels_in_run, embedding=embedding)
+
+        with ThreadPoolExecutor(max_workers=PLAN_AHEAD) as pool:
+            ahead: deque[Any] = deque()
+            for i in range(len(self.plates)):
+                ahead.append(pool.submit(plan, i))
+                if len(ahead) > PLAN_AHEAD:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    def jobs(self, *, embedding: bool = True) -> list[FieldJob]:
+        """One job per field of the run's plates, in plate, well, field order."""
+        return [job for jobs in self.plate_jobs(embedding=embedding) for job in jobs]
+
+    @property
+    def n_fields(self) -> int:
+        """Fields of the run's plates (metadata only)."""
+        return sum(len(p.fields(w)) for p in self.plates for w in p.wells)
+
+    def order(self, fid: FieldId) -> tuple[int, int, int]:
+        """Where a field stands in the run's row order (plate, well, field)."""
+        if not hasattr(self, "_order"):
+            self._order = {FieldId(p.name, w, str(f)): (i, j, k) for i, p in enumerate(self.plates)
+                           for j, w in enumerate(p.wells) for k, f in enumerate(p.fields(w))}
+        return self._order[fid]
+
+    def done_fields(self) -> Iterator[tuple[FieldId, RunPath, int]]:
+        """The run's finished fields in plate, well, field order: id, shard and cell count (from the records)."""
+        for plate in self.plates:
+            for well in plate.wells:
+                for fld in plate.fields(well):
+                    fid = FieldId(plate.name, well, str(fld))
+                    record = self.store.field(fid)
+                    if record.get("status") == Status.DONE:
+                        yield fid, self.store.shard_path(fid), int(record.get("n_cells") or 0)
 
 
 # -- the stages -----------------------------------------------------------------------------------------
@@ -214,16 +260,18 @@ def embed(run: Run) -> AnnData:
     """Embed every cell of the run's plates: the cells AnnData (streamed into ``cells.zarr`` with an ``out``).
 
     Fields without labels are segmented on the way (the labels stored as :func:`segment` stores
-    them). Finished fields of an earlier run into the same directory are read back, not computed.
+    them). Finished fields of an earlier run into the same directory are read back, not computed;
+    plates are planned while the first fields run. When the run goes on to profiles, each plate's
+    wells are aggregated from its shards as soon as its last field has ended (:meth:`Run.plate_ended`).
     """
-    from .cellstore import RunContext, assemble, cells_name, stream_cells
+    from .cellstore import RunContext, assemble, cells_name
+    from .cellwriter import DamagedShards, stream_cells
     from .pipeline.execute import run_fields
     from .pipeline.jobs import fields_per_task
 
     spec, params = run.spec, run.spec.params
     batch_size = settings.batch_size if spec.batch_size is None else spec.batch_size
     with run.stage("embed"):
-        jobs = run.jobs()
         context = RunContext(run.plates, run.plans, params, run.model, run.platemap)
         per_task = spec.fields_per_task or fields_per_task(run.plates, run.plans, params, batch_size)
         store = run.store
@@ -231,20 +279,31 @@ def embed(run: Run) -> AnnData:
             store.begin(inputs=_inputs(run), parameters=params.to_dict(), model=run.model.identity,
                         versions=_versions(), digest=run.digest)
         started = time.perf_counter()
-        results = run_fields(jobs, run.model, run.client, store, scratch=run.scratch, device=spec.device,
-                             retries=spec.retries, progress=spec.progress, fields_per_task=per_task)
+        results = run_fields(run.plate_jobs(), run.model, run.client, store, total=run.n_fields, scratch=run.scratch,
+                             device=spec.device, retries=spec.retries, progress=spec.progress,
+                             fields_per_task=per_task, on_plate=run.plate_ended if "profile" in run.stages else None)
         failed = [fid.key for fid in results.failed]
         run.failed.update({fid.key: error for fid, error in results.failed.items()})
         if store is None:
-            fields = [(j.fid, results.shards[j.fid]) for j in jobs if j.fid in results.shards]
-            return assemble(fields, context, failed)
-        fields = [(j.fid, j.shard_path) for j in jobs if j.fid not in results.failed]
-        cells = stream_cells(fields, context, failed, store.root, spec.format)
+            fields = [(fid, shard) for fid, shard in results.shards.items()]
+            return assemble(sorted(fields, key=lambda item: run.order(item[0])), context, failed)
+        try:
+            cells = stream_cells(run.done_fields, context, failed, store.root, spec.format)
+        except DamagedShards as damaged:  # changed since their fields were recorded: computed again
+            log.warning("%s", damaged)
+            for fid in damaged.fields:
+                store.set_pending([fid], force=True)
+            again = run_fields(run.plate_jobs(), run.model, run.client, store, total=run.n_fields,
+                               scratch=run.scratch, device=spec.device, retries=spec.retries, progress=spec.progress,
+                               fields_per_task=per_task, on_plate=None)
+            run.failed.update({fid.key: error for fid, error in again.failed.items()})
+            failed = sorted({*failed, *(fid.key for fid in again.failed)})
+            cells = stream_cells(run.done_fields, context, failed, store.root, spec.format)
         store.summarize(seconds=round(time.perf_counter() - started, 3), cells=cells_name(spec.format))
         store.flush(force=True)
     if results.failed:
         log.warning("%d of %d fields failed (see %s); rerun with the same out to retry them",
-                    len(results.failed), len(jobs), store.manifest_path)
+                    len(results.failed), run.n_fields, store.manifest_path)
     return cells
 
 

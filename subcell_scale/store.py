@@ -1,16 +1,18 @@
-"""The results store of an embedding run: one shard per field plus ``manifest.json``.
+"""The results store of a run: one shard per field, the fields' records per plate, and ``manifest.json``.
 
 Layout inside the output directory::
 
-    manifest.json                      inputs, effective parameters, versions, per-field status
+    manifest.json                      the run, its inputs, parameters, versions, one line per plate
+    records/<plate>.json               the record of each field of the plate (:mod:`subcell_scale.records`)
     shards/<plate>/<well>_<field>.npz  embeddings, probabilities and the cell table of one field
     .lock                              present while a run writes here
 
 Shards are written by the worker that computed the field, whole (to a temporary name then renamed on
 a file system, as one object on object storage), so a shard that exists is complete; each carries the
-digest of the parameters that made it, and a rerun skips the fields whose shard exists with the same
-digest (resume). The manifest is rewritten by the client as results stream in (also whole); it is a
-record for people and tools, the shards are the truth.
+digest of the parameters that made it, and its record keeps its size and sha256, so a rerun skips the
+fields whose shard is there as it was written (resume). The records and the manifest are written by
+the client as results stream in, a plate's file at a time; they are records for people and tools, the
+shards are the truth.
 
 The directory is a local folder (shared by the workers) or an fsspec URL such as ``s3://bucket/run``
 for clusters without a shared file system: :class:`RunPath` is the one way every part of a run reads
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 SHARD_FORMAT = 1
 """Version of the shard layout; shards of another version are recomputed."""
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 
 DONE, FAILED, PENDING = Status.DONE, Status.FAILED, Status.PENDING
 
@@ -408,13 +410,11 @@ class Shard:
         return int(self.embedding.shape[0])
 
 
-def write_shard(path: str | os.PathLike | RunPath, shard: Shard) -> Path | RunPath:
-    """Write ``shard`` whole to ``path`` (``.npz``); returns the file written (a :class:`~pathlib.Path`
-    when it is local, the :class:`RunPath` on object storage)."""
-    path = RunPath.of(path)
+def encode_shard(shard: Shard) -> bytes:
+    """The bytes of ``shard`` as a ``.npz`` file (what :func:`write_shard` writes; its sha256 goes into the field's record)."""
     n = shard.n_cells
     if len(shard.cells) != n or (shard.probabilities is not None and shard.probabilities.shape[0] != n):
-        msg = (f"shard {path}: {n} embeddings but {len(shard.cells)} cells"
+        msg = (f"{n} embeddings but {len(shard.cells)} cells"
                + ("" if shard.probabilities is None else f" and {shard.probabilities.shape[0]} probability rows"))
         raise ValueError(msg)
     meta = {**shard.meta, "format": SHARD_FORMAT, "n_cells": n,
@@ -429,7 +429,18 @@ def write_shard(path: str | os.PathLike | RunPath, shard: Shard) -> Path | RunPa
         arrays[f"cells_{col}"] = shard.cells[col].to_numpy()
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def write_shard(path: str | os.PathLike | RunPath, shard: Shard) -> Path | RunPath:
+    """Write ``shard`` whole to ``path`` (``.npz``); returns the file written (a :class:`~pathlib.Path`
+    when it is local, the :class:`RunPath` on object storage)."""
+    path = RunPath.of(path)
+    try:
+        data = encode_shard(shard)
+    except ValueError as exc:
+        raise ValueError(f"shard {path}: {exc}") from None
+    path.write_bytes(data)
     return path.local if path.is_local else path
 
 
@@ -515,16 +526,65 @@ def shard_meta(path: str | os.PathLike | RunPath) -> dict[str, Any] | None:
     return meta if meta.get("format") == SHARD_FORMAT else None
 
 
+def verify_shard(path: str | os.PathLike | RunPath, sha256: str | None = None) -> dict[str, Any] | None:
+    """The metadata of a shard read whole and found intact, else None (missing, damaged, another format).
+
+    Intact means: its bytes have the ``sha256`` its record kept, or (without one) every array it holds
+    reads back with its checksum. A shard damaged in the middle is caught here, where
+    :func:`shard_meta` (which reads the metadata alone) would not see it.
+    """
+    path = RunPath.of(path)
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        log.warning("shard %s is not what was written (sha256 differs); its field is recomputed", path)
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            meta = json.loads(arrays["meta"].tobytes().decode())
+            if sha256 is None:
+                for name in arrays.files:
+                    arrays[name]  # noqa: B018 - reading a member checks its CRC
+    except _SHARD_ERRORS:
+        log.warning("shard %s is damaged; its field is recomputed", path)
+        return None
+    if meta.get("format") != SHARD_FORMAT:
+        return None
+    return {**meta, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_field_records(run: str | os.PathLike | RunPath, storage_options: Mapping[str, Any] | None = None
+                       ) -> dict[str, dict[str, Any]]:
+    """Every field record of a run directory, by field key (``"<plate>/<well>/<field>"``), plate after plate.
+
+    What each plate's ``records/<plate>.json`` holds, gathered for people and tests; a run reads the
+    plates' records one at a time instead.
+    """
+    from .records import FieldRecords
+
+    root = RunPath.of(run, storage_options)
+    try:
+        manifest = json.loads((root / Files.MANIFEST).read_bytes())
+    except FileNotFoundError:
+        return {}
+    records = FieldRecords(root)
+    return {key: record for name in manifest.get("plates", {}) for key, record in records.plate(name).fields.items()}
+
+
 class ResultsStore:
-    """An output directory holding shards and the manifest of one embedding run (see module doc).
+    """An output directory holding the shards, the field records and the manifest of one run (see module doc).
 
     Parameters
     ----------
     root
         The output directory (created if missing): a local path or an fsspec URL (``s3://bucket/run``).
     flush_interval
-        Seconds between manifest rewrites while results stream in; every status change is written at
-        the latest on :meth:`flush` (called at the end of a run).
+        Seconds between rewrites of the manifest and of a plate's records while results stream in;
+        every change is written at the latest on :meth:`flush` with ``force`` (called at the end of a
+        stage). Each write costs the size of the manifest (one line per plate) or of one plate's
+        records, never of the whole run.
     storage_options
         fsspec options of a URL ``root`` (credentials, endpoint); workers receive them with each
         shard's :class:`RunPath`.
@@ -532,6 +592,8 @@ class ResultsStore:
 
     def __init__(self, root: str | os.PathLike | RunPath, *, flush_interval: float = 2.0,
                  storage_options: Mapping[str, Any] | None = None) -> None:
+        from .records import FieldRecords
+
         self.root = RunPath.of(root, storage_options)  # local: absolute, so workers elsewhere read the same
         try:
             self.root.mkdir()
@@ -541,7 +603,11 @@ class ResultsStore:
         self.flush_interval = flush_interval
         self._last_flush = 0.0
         self._dirty = False
+        self.records = FieldRecords(self.root, flush_interval=flush_interval)
         self.manifest: dict[str, Any] = self._read_manifest()
+        if "fields" in self.manifest:  # written before field records were kept per plate
+            self.records.adopt(self.manifest.pop("fields"))
+            self._dirty = True
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -605,7 +671,7 @@ class ResultsStore:
         embed = self.manifest.get("embed", {})
         previous = embed.get("digest")
         if previous is not None and previous != digest and any(
-                f.get("status") == DONE for f in self.manifest.get("fields", {}).values()):
+                p.get(DONE) for p in self.manifest.get("plates", {}).values()):
             changed = sorted(k for k in set(parameters) | set(embed.get("parameters", {}))
                              if parameters.get(k) != embed.get("parameters", {}).get(k))
             msg = (f"output directory {self.root} holds results made with other parameters "
@@ -618,56 +684,74 @@ class ResultsStore:
         (:meth:`check_compatible`)."""
         self.check_compatible(digest, parameters)
         now = _now()
-        self.manifest.setdefault("format", MANIFEST_FORMAT)
+        self.manifest["format"] = MANIFEST_FORMAT
         self.manifest.setdefault("created", now)
         self.manifest["updated"] = now
         self.manifest["embed"] = {"digest": digest, "inputs": dict(inputs), "parameters": dict(parameters),
                                   "model": dict(model), "versions": dict(versions), "started": now}
-        self.manifest.setdefault("fields", {})
+        self.manifest.setdefault("plates", {})
         self.flush(force=True)
 
+    # -- field records ------------------------------------------------------------------------------
     def field(self, fid: FieldId) -> dict[str, Any]:
-        """The manifest record of a field (empty when the manifest does not know it)."""
-        return dict(self.manifest.get("fields", {}).get(fid.key, {}))
+        """The record of a field (empty when the run directory does not know it)."""
+        return self.records.field(fid)
 
-    def set_pending(self, fids: list[FieldId]) -> None:
-        """Mark fields that have no finished result yet as pending (failed ones keep their last error)."""
-        fields = self.manifest.setdefault("fields", {})
+    def fields(self) -> Iterator[tuple[FieldId, dict[str, Any]]]:
+        """Every field record of the run directory, plate after plate (each plate's file read once)."""
+        names = list(dict.fromkeys([*self.manifest.get("plates", {}), *self.records.known()]))
+        for name in names:
+            for key, record in self.records.plate(name).fields.items():
+                yield FieldId.from_key(key), dict(record)
+
+    def set_pending(self, fids: Sequence[FieldId], *, force: bool = False) -> None:
+        """Mark fields that have no finished result yet as pending (failed ones keep their last error);
+        with ``force``, done ones too (a shard found damaged)."""
         for fid in fids:
-            if fields.get(fid.key, {}).get("status") not in (DONE, FAILED):
-                fields[fid.key] = {"status": PENDING}
+            if force or self.records.field(fid).get("status") not in (DONE, FAILED):
+                self.records.set(fid, {"status": PENDING})
         self._dirty = True
 
-    def record_done(self, fid: FieldId, *, n_cells: int, dropped: Mapping[str, int], seconds: float | None) -> None:
-        """A field finished: its shard exists with ``n_cells`` cells."""
-        self.manifest.setdefault("fields", {})[fid.key] = {
-            "status": DONE, "n_cells": int(n_cells), "dropped": {k: int(v) for k, v in dropped.items()},
-            "seconds": None if seconds is None else round(float(seconds), 3), "shard": fid.shard, "error": None}
+    def record_done(self, fid: FieldId, *, n_cells: int, dropped: Mapping[str, int], seconds: float | None,
+                    **facts: Any) -> None:
+        """A field finished: its shard exists with ``n_cells`` cells; ``facts`` are kept with it (shard
+        ``size`` and ``sha256``, ``fingerprint`` of its pixels, parameter ``digest``, ``segmented``, ...)."""
+        self.records.set(fid, {"status": DONE, "n_cells": int(n_cells),
+                               "dropped": {k: int(v) for k, v in dropped.items()},
+                               "seconds": None if seconds is None else round(float(seconds), 3), "shard": fid.shard,
+                               "error": None, **{k: v for k, v in facts.items() if v is not None}})
         self._dirty = True
         self.flush()
 
     def record_failed(self, fid: FieldId, *, error: str, seconds: float | None = None, attempts: int = 1) -> None:
         """A field failed after its retries; ``error`` is the message a user needs to fix it."""
-        self.manifest.setdefault("fields", {})[fid.key] = {
-            "status": FAILED, "n_cells": None, "dropped": {}, "error": error, "attempts": int(attempts),
-            "seconds": None if seconds is None else round(float(seconds), 3), "shard": None}
+        self.records.set(fid, {"status": FAILED, "n_cells": None, "dropped": {}, "error": error,
+                               "attempts": int(attempts), "seconds": None if seconds is None else round(float(seconds), 3),
+                               "shard": None})
         self._dirty = True
         self.flush()
 
     def record_segmented(self, fid: FieldId, record: Mapping[str, Any]) -> None:
         """The segmentation stage ended for a field (done, skipped because it had labels, or failed)."""
-        section = self.manifest.setdefault("segment", {}).setdefault("fields", {})
-        section[fid.key] = dict(record)
+        self.records.set_segmented(fid, record)
         self._dirty = True
         self.flush()
 
+    def close_plate(self, plate: str, fids: Sequence[FieldId]) -> bool:
+        """Every field of ``plate`` has ended: mark it complete when all are done; returns whether it is."""
+        complete = self.records.plate(plate).close([f.key for f in fids])
+        self._dirty = True
+        self.flush()
+        return complete
+
     def summarize(self, **extra: Any) -> dict[str, Any]:
-        """Counts of done / failed / pending fields and cells, written into the manifest."""
-        fields = self.manifest.get("fields", {})
-        statuses = [f.get("status") for f in fields.values()]
-        summary = {"fields": len(fields), DONE: statuses.count(DONE), FAILED: statuses.count(FAILED),
-                   PENDING: statuses.count(PENDING),
-                   "n_cells": int(sum(f.get("n_cells") or 0 for f in fields.values())), **extra}
+        """Counts of done / failed / pending fields and cells over the plates, written into the manifest."""
+        self._sync_plates()
+        plates = self.manifest.get("plates", {}).values()
+        summary = {"fields": sum(p["fields"] for p in plates),
+                   **{s: sum(p[s] for p in plates) for s in (DONE, FAILED, PENDING)},
+                   "n_cells": int(sum(p["n_cells"] for p in plates)), "plates": len(plates),
+                   "complete_plates": sum(bool(p.get("complete")) for p in plates), **extra}
         self.manifest.setdefault("embed", {})["summary"] = summary
         self._dirty = True
         return summary
@@ -678,12 +762,23 @@ class ResultsStore:
         self._dirty = True
         self.flush(force=True)
 
+    def _sync_plates(self) -> None:
+        """The manifest's line per plate, from the plates whose records this run touched."""
+        plates = self.manifest.setdefault("plates", {})
+        for name in self.records.known():
+            record = self.records.plate(name)
+            plates[name] = {**record.counts(), "complete": record.complete,
+                            "record": f"{Files.RECORDS}/{name}.json"}
+
     def flush(self, *, force: bool = False) -> None:
-        """Rewrite the manifest if something changed and ``flush_interval`` has passed (or ``force``)."""
+        """Write what changed: the plates' records and the manifest, each at most every ``flush_interval``
+        seconds (or now with ``force``)."""
+        self.records.flush(force=force)
         if not (self._dirty or force):
             return
         if not force and time.monotonic() - self._last_flush < self.flush_interval:
             return
+        self._sync_plates()
         self.manifest["updated"] = _now()
         text = json.dumps(self.manifest, indent=1, sort_keys=False, default=_json_default)
         self.manifest_path.write_bytes(text.encode())

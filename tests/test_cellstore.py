@@ -7,7 +7,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from subcell_scale import cellstore
+from subcell_scale import cellstore, cellwriter
 from subcell_scale._constants import Files, Keys
 from subcell_scale.cellstore import read_cells
 from subcell_scale import embed_plate
@@ -41,7 +41,7 @@ def _same(expected: ad.AnnData, got: ad.AnnData) -> None:
 
 @pytest.mark.parametrize("rows", [7, 10_000])  # chunks spanning several shards; one chunk for everything
 def test_the_streamed_store_equals_the_in_memory_anndata(demo, tiny_model, in_memory, tmp_path, monkeypatch, rows):
-    monkeypatch.setattr(cellstore, "CHUNK_BYTES", rows * 4 * in_memory.n_vars)
+    monkeypatch.setattr(cellwriter, "CHUNK_BYTES", rows * 4 * in_memory.n_vars)
     cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False, **SMALL)
     assert isinstance(cells.X, da.Array) and isinstance(cells.obsm[Keys.LOCALIZATION], da.Array)
     assert cells.X.chunks[0][0] == min(rows, cells.n_obs)
@@ -86,6 +86,6 @@ def test_a_directory_without_cells_is_named(tmp_path):
 @pytest.mark.parametrize("fmt", ["zarr", "h5ad"])
 def test_cells_are_written_into_a_folder_that_does_not_exist_yet(in_memory, tmp_path, fmt):
     """A user's own AnnData goes into a new run folder (parents made), and reads back the same."""
-    path = cellstore.write_cells(in_memory, tmp_path / "new" / "run", fmt)
+    path = cellwriter.write_cells(in_memory, tmp_path / "new" / "run", fmt)
     assert path.local == tmp_path / "new" / "run" / cellstore.cells_name(fmt)
     _same(in_memory, read_cells(tmp_path / "new" / "run", load=True))

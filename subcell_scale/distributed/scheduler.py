@@ -91,7 +91,7 @@ class _Task:
 
 def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client | None = None,
               key: Callable[[Any], str] = str, retries: int = 1, batch: int | None = None,
-              total: int | None = None, done: int = 0, progress: bool | None = None,
+              total: int | None = None, done: int = 0, progress: bool | Any = None,
               desc: str = "fields") -> Iterator[Outcome]:
     """Run the chain ``stages`` on every item and yield each item's :class:`Outcome` as it finishes.
 
@@ -99,12 +99,15 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
     :mod:`subcell_scale.errors` class that says the same input fails again) runs again, alone, up to
     ``retries`` more times, whether it ran alone or in a batch, in this process or on a cluster.
 
+    ``items`` may be a generator: items are taken from it as the window has room, so a screen's later
+    plates are planned while its first fields run, and only the items in flight are held.
+
     Parameters
     ----------
     stages
         The functions of one item's chain, in order.
     items
-        Small, picklable descriptions of the work (field jobs).
+        Small, picklable descriptions of the work (field jobs), a sequence or an iterator.
     client
         A ``distributed.Client``; None runs the items one after the other in this process.
     key
@@ -117,9 +120,11 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
         many items (stages take a tuple of items; the last returns one result per item, a
         :class:`Failure` for an item that failed alone), so that small fields fill a model's batches.
     total, done
-        Size of the progress bar and how much of it was done before (a resumed run).
+        Size of the progress bar (default: the number of items, when they are a sequence) and how much
+        of it was done before (a resumed run).
     progress
-        Show a progress bar over items (default :attr:`subcell_scale.settings.progress`).
+        Show a progress bar over items (default :attr:`subcell_scale.settings.progress`), or a bar to
+        advance (a ``tqdm`` the caller also advances).
     desc
         Label of the progress bar.
     """
@@ -134,34 +139,51 @@ def map_tasks(stages: Sequence[Stage], items: Iterable[Any], *, client: Client |
     if batch is not None and int(batch) < 1:
         msg = f"batch must be None or >= 1, got {batch}"
         raise ConfigError(msg)
-    items = list(items)
-    size = 1 if batch is None else int(batch)
-    tasks = [_Task(tuple(range(i, min(i + size, len(items))))) for i in range(0, len(items), size)]
+    if total is None and isinstance(items, Sequence):
+        total = done + len(items)
+    own = progress is None or isinstance(progress, bool)
     show = settings.progress if progress is None else progress
-    bar = tqdm(total=done + len(items) if total is None else total, initial=done, unit="field", desc=desc,
-               disable=not show)
-    run = _Runner(stages, items, key, int(retries), batched=batch is not None)
+    bar = tqdm(total=total, initial=done, unit="field", desc=desc, disable=not show) if own else progress
+    run = _Runner(stages, iter(items), key, int(retries), batch=batch)
     try:
-        outcomes = run.in_process(tasks) if client is None else run.on_cluster(tasks, client, size)
+        outcomes = run.in_process() if client is None else run.on_cluster(client)
         for outcome in outcomes:
             bar.update(1)
             yield outcome
     finally:
-        bar.close()
+        if own:
+            bar.close()
 
 
 class _Runner:
-    """Tasks of items through the stages; each item's end becomes an :class:`Outcome`, a retry a new task."""
+    """Tasks of items through the stages; each item's end becomes an :class:`Outcome`, a retry a new task.
 
-    def __init__(self, stages: Sequence[Stage], items: list[Any], key: Callable[[Any], str], retries: int, *,
-                 batched: bool) -> None:
-        self.stages, self.items, self.key, self.retries, self.batched = stages, items, key, retries, batched
+    Items are taken from their iterator only as tasks are made, and dropped once they have ended, so
+    the runner holds the items in flight, never the whole run.
+    """
+
+    def __init__(self, stages: Sequence[Stage], items: Iterator[Any], key: Callable[[Any], str], retries: int, *,
+                 batch: int | None) -> None:
+        self.stages, self.key, self.retries = stages, key, retries
+        self.batched, self.size = batch is not None, 1 if batch is None else int(batch)
+        self._source = items
+        self._items: dict[int, Any] = {}
+        self._counter = itertools.count()
+
+    def next_task(self) -> _Task | None:
+        """A new task of up to ``size`` items taken from the iterator, or None when it is exhausted."""
+        taken = list(itertools.islice(self._source, self.size))
+        if not taken:
+            return None
+        indices = tuple(next(self._counter) for _ in taken)
+        self._items.update(zip(indices, taken, strict=True))
+        return _Task(indices)
 
     def argument(self, task: _Task) -> Any:
-        return tuple(self.items[i] for i in task.items) if self.batched else self.items[task.items[0]]
+        return tuple(self._items[i] for i in task.items) if self.batched else self._items[task.items[0]]
 
     def name(self, task: _Task) -> str:
-        first = self.key(self.items[task.items[0]])
+        first = self.key(self._items[task.items[0]])
         return first if len(task.items) == 1 else f"{first}+{len(task.items) - 1}"
 
     def settle(self, task: _Task, result: Any = None, error: BaseException | None = None
@@ -173,20 +195,24 @@ class _Runner:
             per_item = list(result) if self.batched else [result]
         outcomes, again = [], []
         for index, value in zip(task.items, per_item, strict=True):
-            item = self.items[index]
+            item = self._items[index]
             if not isinstance(value, Failure):
                 outcomes.append(Outcome(item, result=value, attempts=task.attempt))
             elif task.attempt <= self.retries and retriable(value.error):
                 log.warning("%s failed (%s), retrying", self.key(item), _one_line(value.error))
                 again.append(_Task((index,), task.attempt + 1))
+                continue
             else:
                 outcomes.append(Outcome(item, error=value.error, attempts=task.attempt))
+            del self._items[index]
         return outcomes, again
 
-    def in_process(self, tasks: list[_Task]) -> Iterator[Outcome]:
-        queue = list(reversed(tasks))
-        while queue:
-            task = queue.pop()
+    def in_process(self) -> Iterator[Outcome]:
+        queue: list[_Task] = []
+        while True:
+            task = queue.pop() if queue else self.next_task()
+            if task is None:
+                return
             argument = self.argument(task)
             try:
                 result = self.stages[0].func(argument)
@@ -199,14 +225,13 @@ class _Runner:
             queue.extend(reversed(again))
             yield from outcomes
 
-    def on_cluster(self, tasks: list[_Task], client: Client, size: int) -> Iterator[Outcome]:
+    def on_cluster(self, client: Client) -> Iterator[Outcome]:
         from distributed import as_completed
 
         resources = [_usable_resources(client, stage.resources) for stage in self.stages]
         token = uuid.uuid4().hex[:8]  # keys of this call never meet a finished task of an earlier one
         threads = sum(client.nthreads().values()) or 1
-        window = max(2, math.ceil(max(4, 2 * threads) / max(1, size)))
-        pending = iter(tasks)
+        window = max(2, math.ceil(max(4, 2 * threads) / self.size))
         running: dict[Any, tuple[_Task, list[Any]]] = {}
 
         def submit(task: _Task) -> Any:
@@ -222,7 +247,8 @@ class _Runner:
             running[futures[-1]] = (task, futures)
             return futures[-1]
 
-        queue = as_completed([submit(task) for task in itertools.islice(pending, window)])
+        first = [task for task in (self.next_task() for _ in range(window)) if task is not None]
+        queue = as_completed([submit(task) for task in first])
         for future in queue:
             task, futures = running.pop(future)
             if future.status == "finished":
@@ -234,7 +260,7 @@ class _Runner:
                 queue.add(submit(retry))
             yield from outcomes
             if not again:
-                nxt = next(pending, None)
+                nxt = self.next_task()
                 if nxt is not None:
                     queue.add(submit(nxt))
 

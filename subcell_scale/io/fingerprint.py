@@ -11,6 +11,7 @@ the content), so the fingerprint changes; reading the plate does not.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -85,3 +86,52 @@ def field_fingerprint(plate: Plate, well: str, field: str | int, *, labels: str 
         msg = f"{plate.path} {well}/{field}: cannot list the field's files ({type(exc).__name__}: {exc})"
         raise PlateFormatError(msg) from exc
     return digest.hexdigest()
+
+
+def plate_fingerprints(plate: Plate, sites: Sequence[tuple[str, str]], *, labels: str | Sequence[str] = (),
+                       level: int = 0) -> dict[tuple[str, str], str]:
+    """:func:`field_fingerprint` of many fields of a plate from one listing of the plate's store.
+
+    A resumed screen checks every finished field of a plate this way with one recursive listing (a
+    few requests per thousand objects on object storage) instead of one listing per field. The
+    digests equal :func:`field_fingerprint`'s.
+
+    Raises
+    ------
+    PlateFormatError
+        The store cannot be listed.
+    """
+    import fsspec.core
+
+    from .plate import local_path
+
+    names = [labels] if isinstance(labels, str) else list(labels)
+    path = plate.path if "://" in plate.path and not plate.path.startswith("file://") else local_path(plate.path)
+    try:
+        fs, root = fsspec.core.url_to_fs(path, **(plate.storage_options or {}))
+        root = root.rstrip("/")
+        listing = sorted(fs.find(root, detail=True).items())
+    except OSError as exc:
+        msg = f"{plate.path}: cannot list the plate's files ({type(exc).__name__}: {exc})"
+        raise PlateFormatError(msg) from exc
+    keys = [name for name, _ in listing]
+    out = {}
+    for well, field in sites:
+        arrays = [("image", plate.level_path(well, field, level))]
+        existing = set(plate.label_names(well, field))
+        for name in names:
+            arrays.append((f"labels/{name}", plate.level_path(well, field, level, label=name)
+                           if name in existing else None))
+        digest = hashlib.sha256()
+        for what, array in arrays:
+            digest.update(f"{what}={array}\n".encode())
+            if array is None:
+                continue
+            prefix = f"{root}/{array}"
+            lo = bisect.bisect_left(keys, prefix + "/")
+            hi = bisect.bisect_left(keys, prefix + "0")  # "0" sorts just after "/"
+            for name, info in listing[lo:hi]:
+                digest.update(f"{name[len(prefix):]}\t{info.get('size')}\t{_stamp(info)}\n".encode())
+        out[(well, str(field))] = digest.hexdigest()
+    return out
+

@@ -12,16 +12,18 @@ the same way, recorded per field in the manifest's ``segment`` section.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._constants import Files, Status
+from .._settings import settings
 from ..distributed.scheduler import Stage, map_tasks
-from ..store import FieldId, ResultsStore, RunPath, Shard, shard_meta
-from .field import FieldJob, embed_group, job_fingerprint, open_job_plate, prepare_group, segment_group, write_group
+from ..store import FieldId, ResultsStore, RunPath, Shard, verify_shard
+from .field import (FieldJob, embed_group, job_fingerprint, label_stamp, open_job_plate, prepare_group, segment_group,
+                    write_group)
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
@@ -39,13 +41,19 @@ class FieldResults:
     failed: dict[FieldId, str] = field(default_factory=dict)
 
 
-def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | None, store: ResultsStore | None, *,
-               scratch: Path, device: str | None, retries: int, progress: bool | None,
-               fields_per_task: int = 1) -> FieldResults:
-    """Embed every field of ``jobs`` that has no finished shard; record each in ``store``.
+def run_fields(plates: Iterable[Sequence[FieldJob]], model: ResolvedModel, client: Client | None,
+               store: ResultsStore | None, *, total: int, scratch: Path, device: str | None, retries: int,
+               progress: bool | None, fields_per_task: int = 1,
+               on_plate: Callable[[str, Sequence[FieldJob]], None] | None = None) -> FieldResults:
+    """Embed every field without a finished shard, plate after plate; record each; say when a plate ends.
 
     Parameters
     ----------
+    plates
+        Each plate's jobs, in run order; an iterator is consumed as the fields run (a screen's later
+        plates are planned and checked for finished fields while its first ones are embedded).
+    total
+        Fields in all (the progress bar).
     scratch
         Where a model instance is saved for the workers when there is no run directory.
     device
@@ -54,17 +62,15 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
         Extra attempts of a field whose error could go away (a field is retried on its own).
     fields_per_task
         Fields embedded together, so that small fields fill the model's batches.
+    on_plate
+        Called with a plate's name and jobs when its last field has ended (finished fields of a resumed
+        run included), after its record is closed: a plate's products can be made then.
     """
+    from tqdm.auto import tqdm
+
     results = FieldResults()
-    finished = _finished(jobs, store)
-    todo = [job for job in jobs if job.fid not in finished]
-    if store is not None:
-        store.set_pending([j.fid for j in todo])
-        store.flush(force=True)
-    if len(todo) < len(jobs):
-        log.info("resuming: %d of %d fields already done", len(jobs) - len(todo), len(jobs))
-    if not todo:
-        return results
+    show = settings.progress if progress is None else progress
+    bar = tqdm(total=total, unit="field", desc="embedding", disable=not show)
     plugin = None
     if client is None:
         instance = model.local(device)
@@ -76,20 +82,52 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
 
         folder = (store.root if store is not None else RunPath(scratch)) / Files.MODEL
         plugin = register_model(client, model.for_workers(folder))
-        plans = {id(job.plan): replace(job.plan, model_plugin=plugin) for job in todo}
-        todo = [replace(job, plan=plans[id(job.plan)]) for job in todo]
         stages = [Stage(prepare_group, name="prepare"), Stage(embed_group, resources={GPU_RESOURCE: 1}, name="embed"),
                   Stage(write_group, name="write")]
+    open_plates: dict[str, tuple[Sequence[FieldJob], list[int]]] = {}  # plate -> its jobs, fields still to end
+
+    def end_plate(name: str) -> None:
+        jobs, _ = open_plates.pop(name)
+        if store is not None:
+            store.close_plate(name, [j.fid for j in jobs])
+        if on_plate is not None:
+            on_plate(name, jobs)
+
+    def todo() -> Iterator[FieldJob]:
+        for jobs in plates:
+            if not jobs:
+                continue
+            finished = _finished(jobs, store)
+            pending = [job for job in jobs if job.fid not in finished]
+            bar.update(len(jobs) - len(pending))
+            if finished:
+                log.info("plate %s: %d of %d fields already done", jobs[0].fid.plate, len(finished), len(jobs))
+            if store is not None:
+                store.set_pending([j.fid for j in pending])
+            name = jobs[0].fid.plate
+            open_plates[name] = (jobs, [len(pending)])
+            if not pending:
+                end_plate(name)
+                continue
+            if plugin is not None:
+                shared = replace(pending[0].plan, model_plugin=plugin)
+                pending = [replace(job, plan=shared) for job in pending]
+            yield from pending
+
     try:
-        for outcome in map_tasks(stages, todo, client=client, key=lambda job: job.fid.key, retries=retries,
-                                 batch=max(1, int(fields_per_task)), total=len(jobs), done=len(jobs) - len(todo),
-                                 progress=progress, desc="embedding"):
+        for outcome in map_tasks(stages, todo(), client=client, key=lambda job: job.fid.key, retries=retries,
+                                 batch=max(1, int(fields_per_task)), progress=bar):
             job = outcome.item
             if outcome.ok:
                 _record_done(job, outcome.result, store, results)
             else:
                 _record_failed(job, outcome.error, outcome.attempts, store, results)
+            left = open_plates[job.fid.plate][1]
+            left[0] -= 1
+            if left[0] == 0:
+                end_plate(job.fid.plate)
     finally:
+        bar.close()
         if store is not None:
             store.flush(force=True)
     return results
@@ -124,7 +162,8 @@ def segment_fields(jobs: Sequence[FieldJob], client: Client | None, store: Resul
 
 def _record_done(job: FieldJob, summary: dict[str, Any], store: ResultsStore | None, results: FieldResults) -> None:
     if store is not None:
-        store.record_done(job.fid, n_cells=summary["n_cells"], dropped=summary["dropped"], seconds=summary["seconds"])
+        store.record_done(job.fid, n_cells=summary["n_cells"], dropped=summary["dropped"], seconds=summary["seconds"],
+                          **summary.get("facts", {}))
     else:
         results.shards[job.fid] = summary["result"]
 
@@ -143,36 +182,90 @@ def _message(error: BaseException) -> str:
 
 
 def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None) -> set[FieldId]:
-    """The fields whose shard exists with this run's digest and an unchanged fingerprint.
+    """The fields of one plate whose shard holds them as this run would compute them.
 
-    Shards' metadata and fingerprints (listings of each field's files) are read in threads: milliseconds
-    each locally, one request each on object storage; a finished field the manifest does not know
-    yet is recorded.
+    A field is finished when its record says done with this run's parameter digest, its pixels and
+    labels have the fingerprint it was made from (one listing of the plate gives every field's), and
+    its shard is there with the size the record kept (one listing of the plate's shards). A complete
+    plate is recognised from that alone, without reading a shard; in a plate that was not complete,
+    each finished field's shard is also read whole and checked against the sha256 of its record, so
+    a shard damaged since is recomputed. Fields without a record (a run directory from before
+    records, or a record lost) are checked from their shards, and recorded.
     """
-    if store is None:
+    if store is None or not jobs:
         return set()
+    from ..io.fingerprint import plate_fingerprints
 
-    def finished_meta(job: FieldJob) -> dict[str, Any] | None:
-        """The shard's metadata when it holds the field as this run would compute it, else None."""
-        meta = shard_meta(job.shard_path)
+    plate_name = jobs[0].fid.plate
+    record = store.records.plate(plate_name)
+    plate = open_job_plate(jobs[0])
+    fingerprints = plate_fingerprints(plate, [(j.fid.well, j.fid.field) for j in jobs], labels=jobs[0].plan.label_name)
+    run_labels = _run_label_stamps(jobs)
+    sizes = _shard_sizes(jobs[0].shard_path)
+
+    def fingerprint(job: FieldJob) -> str:
+        return job_fingerprint(plate, job, fingerprints[(job.fid.well, job.fid.field)], run_labels)
+
+    def check(job: FieldJob) -> dict[str, Any] | None:
+        """The facts of a finished field (for its record), or None when it must be computed."""
+        known = record.fields.get(job.fid.key, {})
+        if known.get("status") == Status.DONE and known.get("sha256") and known.get("digest") == job.plan.digest:
+            if known.get("fingerprint") != fingerprint(job):
+                log.warning("field %s: its pixels or labels changed on disk since its shard was written; "
+                            "recomputing it", job.fid)
+                return None
+            if sizes.get(job.shard_path.name) != known.get("size"):
+                return None  # deleted or truncated since
+            if record.complete:
+                return known
+            return known if verify_shard(job.shard_path, known["sha256"]) is not None else None
+        meta = verify_shard(job.shard_path) if job.shard_path.name in sizes else None
         if meta is None or meta.get("digest") != job.plan.digest:
             return None
-        if "fingerprint" not in meta:
-            return meta
-        if job_fingerprint(open_job_plate(job), job) != meta["fingerprint"]:
+        if "fingerprint" in meta and meta["fingerprint"] != fingerprint(job):
             log.warning("field %s: its pixels or labels changed on disk since its shard was written; "
                         "recomputing it", job.fid)
             return None
-        return meta
+        return {"n_cells": meta["n_cells"], "seconds": meta.get("seconds"),
+                "dropped": {k: len(v) for k, v in meta.get("dropped", {}).items()},
+                **{k: meta.get(k) for k in ("size", "sha256", "digest", "fingerprint", "segmented", "labels")},
+                "recorded": False}
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        metas = list(pool.map(finished_meta, jobs))
+    if record.complete:
+        facts = [check(job) for job in jobs]  # no shard is read: listings and the record only
+    else:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            facts = list(pool.map(check, jobs))
     done = set()
-    for job, meta in zip(jobs, metas, strict=True):
-        if meta is None:
+    for job, fact in zip(jobs, facts, strict=True):
+        if fact is None:
             continue
         done.add(job.fid)
-        if store.field(job.fid).get("status") != Status.DONE:
-            store.record_done(job.fid, n_cells=meta["n_cells"], seconds=meta.get("seconds"),
-                              dropped={k: len(v) for k, v in meta.get("dropped", {}).items()})
+        if fact.get("recorded", True) is False:
+            fact = {k: v for k, v in fact.items() if k != "recorded"}
+            store.record_done(job.fid, **fact)
     return done
+
+
+def _shard_sizes(path: RunPath) -> dict[str, int]:
+    """Name -> size of the shards in the folder of ``path`` (one listing; empty when there is none)."""
+    folder = RunPath(path.url.rsplit("/", 1)[0] if not path.is_local else str(Path(path.url).parent),
+                     path.storage_options)
+    try:
+        listing = folder.fs.ls(folder.url if folder.is_local else folder.fs._strip_protocol(folder.url), detail=True)
+    except FileNotFoundError:
+        return {}
+    return {str(info["name"]).rstrip("/").rsplit("/", 1)[-1]: int(info.get("size") or 0) for info in listing
+            if info.get("type") == "file"}
+
+
+def _run_label_stamps(jobs: Sequence[FieldJob]) -> dict[str, str]:
+    """Name -> stamp of the label files a plate keeps in the run directory (one listing)."""
+    folder = jobs[0].plan.labels
+    if folder is None:
+        return {}
+    try:
+        listing = folder.fs.ls(folder.url if folder.is_local else folder.fs._strip_protocol(folder.url), detail=True)
+    except FileNotFoundError:
+        return {}
+    return {str(info["name"]).rstrip("/").rsplit("/", 1)[-1]: label_stamp(info) for info in listing}

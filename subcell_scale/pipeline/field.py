@@ -35,7 +35,7 @@ import pandas as pd
 from .._constants import Obs, Status
 from ..distributed.scheduler import Failure
 from ..errors import PlateNotFoundError
-from ..store import FieldId, RunPath, Shard, write_shard
+from ..store import FieldId, RunPath, Shard, encode_shard
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
@@ -212,7 +212,7 @@ def prepare_field(job: FieldJob) -> PreparedField:
     pixel_size = tuple(float(v) for v in plate.pixel_size)
     prepared = PreparedField(cells=None, dropped={k: list(v) for k, v in dropped.items()}, seconds=0.0,
                              pixel_size=pixel_size, segmented=segmented,
-                             meta={"fingerprint": job_fingerprint(plate, job)})
+                             meta={"fingerprint": job_fingerprint(plate, job), "labels": labels_place(plate, job)})
     if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
@@ -303,21 +303,35 @@ def labels_place(plate: Any, job: FieldJob) -> str:
     return "plate" if in_plate else "run"
 
 
-def job_fingerprint(plate: Any, job: FieldJob) -> str:
+def job_fingerprint(plate: Any, job: FieldJob, fingerprint: str | None = None,
+                    run_labels: dict[str, str] | None = None) -> str:
     """The fingerprint of the field's image and label files (:func:`subcell_scale.io.field_fingerprint`),
-    with the run directory's label file when the labels are kept there."""
+    with the run directory's label file when the labels are kept there.
+
+    ``fingerprint`` (the field's, from :func:`~subcell_scale.io.fingerprint.plate_fingerprints`) and
+    ``run_labels`` (name -> stamp of the plate's files in the run directory) save a listing per field
+    when a whole plate is checked.
+    """
     from ..io import field_fingerprint
 
-    fingerprint = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.plan.label_name)
+    if fingerprint is None:
+        fingerprint = field_fingerprint(plate, job.fid.well, job.fid.field, labels=job.plan.label_name)
     path = job.labels_path
     if path is None or job.plan.label_name in plate.label_names(job.fid.well, job.fid.field):
         return fingerprint
-    try:
-        info = path.fs.info(path.url if path.is_local else path.fs._strip_protocol(path.url))
-    except FileNotFoundError:
-        info = {}
-    stamp = f"{info.get('size')}:{info.get('mtime') or info.get('ETag') or info.get('LastModified')}"
+    if run_labels is None:
+        try:
+            stamp = label_stamp(path.fs.info(path.url if path.is_local else path.fs._strip_protocol(path.url)))
+        except FileNotFoundError:
+            stamp = label_stamp({})
+    else:
+        stamp = run_labels.get(path.name, label_stamp({}))
     return hashlib.sha256(f"{fingerprint}\n{path.name}\t{stamp}".encode()).hexdigest()
+
+
+def label_stamp(info: dict[str, Any]) -> str:
+    """Size and modification stamp of a label file in the run directory, from its listing entry."""
+    return f"{info.get('size')}:{info.get('mtime') or info.get('ETag') or info.get('LastModified')}"
 
 
 # -- stages of a batch of fields ----------------------------------------------------------------------
@@ -414,8 +428,8 @@ def write_group(shards: list[Shard | Failure], group: FieldGroup) -> list[dict[s
     """Last stage of a group, off the GPU: each field's shard written (or returned without a run directory).
 
     Returns one summary per field: ``n_cells``, ``dropped`` (counts per reason), ``seconds``, ``shard``
-    (path or None) and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`; or the field's
-    :class:`Failure`.
+    (path or None), ``facts`` for its record (parameter digest, fingerprint, shard size and sha256)
+    and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`; or the field's :class:`Failure`.
     """
     out: list[dict[str, Any] | Failure] = []
     for job, shard in zip(group, shards, strict=True):
@@ -423,10 +437,13 @@ def write_group(shards: list[Shard | Failure], group: FieldGroup) -> list[dict[s
             out.append(shard)
             continue
         summary: dict[str, Any] = {"n_cells": shard.n_cells, "dropped": {k: len(v) for k, v in shard.dropped.items()},
-                                   "seconds": shard.meta["seconds"], "shard": job.shard_path}
+                                   "seconds": shard.meta["seconds"], "shard": job.shard_path,
+                                   "facts": {k: shard.meta.get(k) for k in ("digest", "fingerprint", "segmented", "labels")}}
         try:
             if job.shard_path is not None:
-                write_shard(job.shard_path, shard)
+                data = encode_shard(shard)
+                job.shard_path.write_bytes(data)
+                summary["facts"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
             else:
                 summary["result"] = shard
         except Exception as exc:  # noqa: BLE001 - a shard that cannot be written fails its field alone
