@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ._constants import Files, Obs, Status
+from ._folders import make_folder
 from .errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,15 @@ class RunPath:
         return bool(self.fs.exists(self._key))
 
     def mkdir(self) -> None:
-        """Create the folder (locally; object storage has no folders, keys are made by writing)."""
+        """Create the folder (locally; object storage has no folders, keys are made by writing).
+
+        Raises
+        ------
+        RunDirectoryError
+            The path, or a folder above it, is a file.
+        """
         if self.is_local:
-            Path(self.url).mkdir(parents=True, exist_ok=True)
+            make_folder(self.url)
 
     def read_bytes(self) -> bytes:
         """The whole file (one GET on object storage). Raises FileNotFoundError when it is missing."""
@@ -535,6 +542,8 @@ class ResultsStore:
         self.root = RunPath.of(root, storage_options)  # local: absolute, so workers elsewhere read the same
         try:
             self.root.mkdir()
+        except RunDirectoryError:
+            raise
         except OSError as exc:
             msg = f"output directory {self.root}: cannot be created ({exc})"
             raise RunDirectoryError(msg) from exc

@@ -137,3 +137,48 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     (tmp_path / Files.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     with store.lock():
         assert json.loads((tmp_path / Files.LOCK).read_text())["pid"] == os.getpid()
+
+
+TINY_ENCODER = os.path.join(os.path.dirname(__file__), "data", "subcell", "tiny_rybg", "encoder.pth")
+
+
+@pytest.mark.parametrize("command", ["embed", "run", "demo", "make-demo-plate"])
+def test_an_out_that_is_a_file_is_named_as_one(demo_plates, tmp_path, capsys, command):
+    """`--out somefile`: exit 1 with one line naming the path, not the system's "File exists"."""
+    from subcell_scale.cli import main
+
+    demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    model = ["--model", TINY_ENCODER, "--num-heads", "4", "--no-progress"]
+
+    def argv(out) -> list[str]:
+        return {"embed": ["embed", demo["plate"], "--out", str(out), *model],
+                "run": ["run", demo["plate"], "--platemap", demo["platemap"], "--out", str(out), *model],
+                "demo": ["demo", "--out", str(out)],
+                "make-demo-plate": ["make-demo-plate", str(out)]}[command]
+
+    somefile = tmp_path / "somefile"
+    somefile.write_text("notes")
+    for out in (somefile, somefile / "run"):  # the folder itself, or one above it
+        assert main(argv(out)) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"subcell-scale {command}: error: "), err
+        assert str(out) in err and f"{somefile} is a file" in err, err
+        assert "File exists" not in err and "Not a directory" not in err
+    assert somefile.read_text() == "notes"
+
+
+def test_cells_and_report_refuse_a_file_for_a_folder(tmp_path):
+    import anndata as ad
+
+    from subcell_scale.cellstore import write_cells
+    from subcell_scale.report import build_report
+
+    out = tmp_path / "somefile"
+    out.write_text("notes")
+    with pytest.raises(RunDirectoryError, match=f"^output directory {out} is a file, not a folder$"):
+        ResultsStore(out)
+    with pytest.raises(RunDirectoryError, match=f"^output directory {out} is a file, not a folder$"):
+        write_cells(ad.AnnData(np.zeros((2, 3), np.float32)), out)
+    with pytest.raises(RunDirectoryError, match=f"^run directory {out} is a file, not a folder$"):
+        build_report(out)
+    assert out.read_text() == "notes"

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._folders import make_folder
 from ..errors import PlateFormatError, PlateNotFoundError, RunDirectoryError, WellNameError
 from .wells import normalize_well_name
 from .writer import PlateWriter
@@ -192,7 +193,7 @@ def convert_images(
         msg = (f"{what} already; converting would replace it with its labels: give --overwrite "
                "(overwrite=True) to replace it, or another output folder")
         raise RunDirectoryError(msg)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "output folder")
     written = []
     for plate in plates:
         plate_rows = [r for r in rows if r["plate"] == plate]
