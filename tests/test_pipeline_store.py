@@ -182,3 +182,37 @@ def test_cells_and_report_refuse_a_file_for_a_folder(tmp_path):
     with pytest.raises(RunDirectoryError, match=f"^run directory {out} is a file, not a folder$"):
         build_report(out)
     assert out.read_text() == "notes"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_files_of_a_run_follow_the_umask(demo_plates, tiny_model, tmp_path, umask):
+    """manifest, run description, shards, cells store, the model saved for workers and the report:
+    0644 under umask 022 and 0640 under 027, as any file the user makes, so collaborators can read a run."""
+    import stat
+
+    from subcell_scale import embed_plate
+    from subcell_scale.models import resolve_model
+    from subcell_scale.report import build_report
+    from subcell_scale.store import RunPath
+
+    demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    runs = tmp_path / "runs"
+    previous = os.umask(umask)
+    try:
+        embed_plate(demo["plates"], tiny_model, out=runs / "zarr", platemap=demo["platemap"], progress=False,
+                    out_size=32)
+        embed_plate(demo["plate"], tiny_model, out=runs / "h5ad", format="h5ad", progress=False, out_size=32)
+        resolve_model(tiny_model).for_workers(RunPath(runs / "zarr") / Files.MODEL)  # what a cluster run saves
+        build_report(runs / "zarr")
+    finally:
+        os.umask(previous)
+    files = {p.relative_to(runs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in runs.rglob("*") if p.is_file()}
+    folders = {p.relative_to(runs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in runs.rglob("*") if p.is_dir()}
+    for name in (Files.MANIFEST, Files.RUN, "shards/demo-plate-1/A01_0.npz", "cells.zarr/zarr.json",
+                 "cells.zarr/X/c/0/0", f"{Files.MODEL}/encoder.pth", Files.REPORT):
+        assert f"zarr/{name}" in files, name
+    assert "h5ad/cells.h5ad" in files and "h5ad/manifest.json" in files
+    assert not [n for n in files if n.endswith(".tmp") or n.endswith(Files.LOCK)]
+    wrong = {n: oct(m) for n, m in files.items() if m != 0o666 & ~umask}
+    assert not wrong, f"files not {oct(0o666 & ~umask)}: {wrong}"
+    assert all(m == 0o777 & ~umask for m in folders.values()), {n: oct(m) for n, m in folders.items()}
