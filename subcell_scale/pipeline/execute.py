@@ -92,6 +92,10 @@ def run_fields(jobs: Sequence[FieldJob], model: ResolvedModel, client: Client | 
     finally:
         if store is not None:
             store.flush(force=True)
+        if plugin is not None:  # the run's model leaves the cluster with it: a worker joining later loads nothing
+            from ..distributed.plugin import unregister_model
+
+            unregister_model(client, plugin)
     return results
 
 
