@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import anndata as ad
 import dask.array as da
 import numpy as np
 import pytest
+from _shared import TINY
 
 from subcell_scale import cellstore
 from subcell_scale._constants import Files, Keys
@@ -74,6 +80,48 @@ def test_the_backed_anndata_goes_through_the_readme_quickstart(demo, tiny_model,
     expected = aggregate(in_memory, by=["plate", "well"])
     np.testing.assert_array_equal(by_store.X, expected.X)
     np.testing.assert_array_equal(by_path.X, expected.X)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_quickstart() -> str:
+    """The README's Python quickstart, as written (the first ``python`` block under its heading)."""
+    text = README.read_text()
+    section = text[text.index("## Python quickstart"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_as_a_script(tmp_path):
+    """The quickstart saved as a file and run with ``python``, on a local cluster of worker processes.
+
+    Only sizes change (fewer, smaller wells; the tiny random model at 32 px; the neighbour graph
+    without a numba compile): the code, its imports and its ``__main__`` guard are the README's.
+    """
+    code = _readme_quickstart()
+    assert 'if __name__ == "__main__":' in code
+    smaller = {
+        'n_wells=24)': "n_wells=10, field_size=384, cells_per_field=16)",
+        '"all_channels_MAE-CellS-ProtS-Pool"': f"ss.ModelSpec('random', config={TINY!r}, seed=0, n_classifiers=1)",
+        "platemap=demo.platemap)": "platemap=demo.platemap, out_size=32, progress=False)",
+        "sc.pp.neighbors(cells)": "sc.pp.neighbors(cells, n_neighbors=5, method='gauss')",
+        "ss.get_client()": "ss.get_client(n_workers=1, threads_per_worker=1)",
+    }
+    for old, new in smaller.items():
+        assert code.count(old) == 1, f"the README quickstart no longer has {old!r}"
+        code = code.replace(old, new)
+    (tmp_path / "quickstart.py").write_text(code)
+    root = str(README.parent)
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mean_average_precision" in done.stdout and "compound" in done.stdout
+    cells = read_cells(tmp_path / "run")
+    assert cells.n_obs > 0 and cells.uns["subcell_scale"]["plates"].keys() == {"demo-plate-1", "demo-plate-2"}
+    assert (tmp_path / "umap.png").stat().st_size > 0
 
 
 def test_a_directory_without_cells_is_named(tmp_path):
