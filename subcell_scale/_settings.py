@@ -58,6 +58,13 @@ class Settings:
     memory_budget
         Bytes of cell embeddings the client may hold at once while assembling a run's cells store
         (an int, or a string such as ``"2GB"``).
+    tune_allocator
+        While a run's cells store is written, have glibc return freed blocks of 1 MiB and more to the
+        system at once (its mmap threshold), which keeps the client's memory flat in the number of
+        cells. glibc cannot go back to its adaptive threshold afterwards: the threshold is then
+        glibc's initial 128 KiB. False leaves the allocator alone (more memory held after a large
+        run); so does an mmap threshold chosen when the process started (``MALLOC_MMAP_THRESHOLD_``,
+        ``GLIBC_TUNABLES``).
     verbosity
         Level of the ``subcell_scale`` logger (``"WARNING"``, ``"INFO"``, ``"DEBUG"`` or a number).
     """
@@ -71,6 +78,7 @@ class Settings:
         self._batch_size = 64
         self._worker_timeout = 600.0
         self._memory_budget = 2 << 30
+        self._tune_allocator = True
 
     # -- model weights --------------------------------------------------------------------------------
     @property
@@ -162,6 +170,14 @@ class Settings:
         self._memory_budget = _positive_int("memory_budget", value)
 
     @property
+    def tune_allocator(self) -> bool:
+        return self._tune_allocator
+
+    @tune_allocator.setter
+    def tune_allocator(self, value: bool) -> None:
+        self._tune_allocator = _bool("tune_allocator", value)
+
+    @property
     def verbosity(self) -> int:
         return logging.getLogger("subcell_scale").getEffectiveLevel()
 
@@ -178,7 +194,7 @@ class Settings:
     def override(self, **values: Any) -> Iterator[Settings]:
         """Change settings inside a ``with`` block only (tests, one-off runs)."""
         names = ("model_cache", "offline", "base_url", "cluster", "progress", "batch_size", "worker_timeout",
-                 "memory_budget", "verbosity")
+                 "memory_budget", "tune_allocator", "verbosity")
         unknown = sorted(set(values) - set(names))
         if unknown:
             msg = f"unknown setting(s) {unknown}; settings are {list(names)}"
@@ -198,7 +214,8 @@ class Settings:
         return (f"Settings(model_cache={str(self.model_cache)!r}, offline={self.offline}, "
                 f"base_url={self.base_url!r}, cluster={self.cluster!r}, progress={self.progress}, "
                 f"batch_size={self.batch_size}, worker_timeout={self.worker_timeout}, "
-                f"memory_budget={self.memory_budget}, verbosity={logging.getLevelName(self.verbosity)})")
+                f"memory_budget={self.memory_budget}, tune_allocator={self.tune_allocator}, "
+                f"verbosity={logging.getLevelName(self.verbosity)})")
 
 
 def _bool(name: str, value: Any) -> bool:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -296,25 +297,64 @@ def stream_cells(fields: Sequence[tuple[FieldId, str | RunPath]], context: RunCo
     adata = _anndata(builder, None, None, width, context, failed, classes=n_prob is not None)
     del builder
     threads = int(max(1, min(4, settings.memory_budget // (3 * CHUNK_BYTES))))
-    _return_large_blocks()
-    path = write_cells(adata, root, fmt, matrices=matrices, threads=threads)
+    with _large_blocks_returned():
+        path = write_cells(adata, root, fmt, matrices=matrices, threads=threads)
     if fmt == "h5ad":
         return read_cells(path.local)
     return _open_zarr(path, obs=adata.obs)  # obs as built, not read again: the client holds it once
 
 
-def _return_large_blocks() -> None:
-    """Have glibc hand blocks of 1 MiB and more back to the system when they are freed.
+_M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number of the mmap threshold."""
+_GLIBC_MMAP_THRESHOLD = 128 << 10
+"""glibc's initial mmap threshold (``DEFAULT_MMAP_THRESHOLD_MIN``)."""
+_WRITER_MMAP_THRESHOLD = 1 << 20
+"""The mmap threshold while a cells store is written: blocks of 1 MiB and more go back when freed."""
+_tuning = {"writers": 0}
+_tuning_lock = threading.Lock()
 
-    By default glibc raises its mmap threshold after each large block it frees, up to 32 MiB, so
-    the shards and chunks of a copy end up in the heap and stay in the process's memory after the
-    copy (measured: ~2 KB more per cell of a run). A fixed threshold keeps the client flat. Not
-    glibc (macOS, musl): nothing to do.
+
+@contextmanager
+def _large_blocks_returned() -> Iterator[None]:
+    """Inside the block, glibc hands blocks of 1 MiB and more back to the system when they are freed.
+
+    By default glibc raises its mmap threshold after each large block it frees, up to 32 MiB, so the
+    shards and chunks of a copy end up in the heap and stay in the process's memory after the copy
+    (measured with ``benchmarks/bench_cells_store.py``: ~1.8 KB more peak memory per cell of a run,
+    ~1.7 KB held after it, against ~0.5 and ~0.3 with the fixed threshold). The streaming writer
+    therefore fixes the threshold at 1 MiB while it copies, and sets it back when the last writer of
+    the process ends.
+
+    glibc has no getter for the threshold and no way back to its adaptive threshold once one is set:
+    "back" is glibc's initial threshold (128 KiB, fixed from then on: freed blocks of 128 KiB and more
+    are returned at once, as in a process that has freed no large block yet). Nothing is changed when
+    :attr:`subcell_scale.settings.tune_allocator` is False, when the threshold was chosen for the
+    process (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``), or when
+    the C library is not glibc (macOS, musl).
     """
+    from ._settings import settings
+
     libc = _glibc()
-    if libc is not None:
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 1 << 20)
+    if libc is None or not settings.tune_allocator or _threshold_chosen():
+        yield
+        return
+    with _tuning_lock:
+        _tuning["writers"] += 1
+        if _tuning["writers"] == 1:
+            libc.mallopt(_M_MMAP_THRESHOLD, _WRITER_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        with _tuning_lock:
+            _tuning["writers"] -= 1
+            if _tuning["writers"] == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
+
+
+def _threshold_chosen() -> bool:
+    """Whether the process was started with an mmap threshold of its own (glibc's environment variables)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return bool(os.environ.get("MALLOC_MMAP_THRESHOLD_", "").strip()) or "glibc.malloc.mmap_threshold=" in tunables
 
 
 def _trim_heap() -> None:

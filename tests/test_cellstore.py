@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,71 @@ def test_cells_are_written_into_a_folder_that_does_not_exist_yet(in_memory, tmp_
     path = cellstore.write_cells(in_memory, tmp_path / "new" / "run", fmt)
     assert path.local == tmp_path / "new" / "run" / cellstore.cells_name(fmt)
     _same(in_memory, read_cells(tmp_path / "new" / "run", load=True))
+
+
+ALLOCATOR = r"""
+import ctypes, ctypes.util, json, sys
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+
+def mmapped(size, n=16):  # how many of n blocks held together glibc mmapped (size over its threshold)
+    before = libc.mallinfo2().hblks
+    blocks = [libc.malloc(size) for _ in range(n)]
+    taken = libc.mallinfo2().hblks - before
+    for block in blocks:
+        libc.free(block)
+    return taken
+
+
+import subcell_scale as ss
+from subcell_scale import embed_plate
+from subcell_scale.models import ModelSpec
+
+plate, out, config, tune = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1"
+ss.settings.tune_allocator = tune
+model = ModelSpec("random", config=config, seed=0, n_classifiers=1).load("cpu")
+libc.free(libc.malloc(4 << 20))  # a large block freed: glibc's adaptive threshold rises over 4 MiB
+cells = embed_plate(plate, model, out=out, progress=False, out_size=32)  # the cells store is streamed
+print(json.dumps({"cells": cells.n_obs, "600K": mmapped(600 << 10), "2M": mmapped(2 << 20),
+                  "16M": mmapped(16 << 20)}))
+"""
+
+
+def _allocator_after_a_run(demo, tmp_path, *, tune: bool = True, env: dict | None = None) -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}),
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR, demo["plate"], str(tmp_path / "run"), json.dumps(TINY),
+                           "1" if tune else "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["cells"] > 0
+    return figures
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_allocator_tuning_ends_with_the_streaming_writer(demo, tmp_path):
+    """The writer's 1 MiB mmap threshold is not left behind: after a run the process has glibc's initial
+    threshold (128 KiB); with tune_allocator=False, or a threshold chosen for the process, nothing changes."""
+    libc = cellstore._glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc 2.33 or later (no mallinfo2 to observe the allocator with)")
+    tuned = _allocator_after_a_run(demo, tmp_path / "tuned")
+    # 128 KiB: blocks over it are mmapped, once the heap's free blocks are used up (1 MiB left: none at 600K)
+    assert tuned["600K"] >= 8 and tuned["2M"] >= 8, tuned
+    untouched = _allocator_after_a_run(demo, tmp_path / "off", tune=False)
+    assert untouched["600K"] == untouched["2M"] == 0, untouched  # glibc's adaptive threshold, risen over 4 MiB
+    chosen = _allocator_after_a_run(demo, tmp_path / "chosen", env={"MALLOC_MMAP_THRESHOLD_": str(8 << 20)})
+    assert chosen["2M"] == 0 and chosen["16M"] >= 8, chosen  # the process's own 8 MiB, kept
