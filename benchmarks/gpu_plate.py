@@ -1,7 +1,7 @@
 """One prepared GPU run: what a JUMP plate costs on one GPU, measured in one go, printed and saved as JSON.
 
-On a bare CUDA machine (H100/H200 with 16 cores; the project's dependencies carried as wheels, see
-``benchmarks/README.md``) this script measures, in this order, all in one run:
+On a CUDA machine with the project installed (``pip install -e ".[gpu]"``; see ``benchmarks/README.md``)
+this script measures, in this order, all in one run:
 
 1. plates: realistic synthetic plates without label images (``make_demo_plate(geometry="jump" | "hpa",
    labels=False, processes=<cores>)``), so segmentation runs inside the runs, as on a published JUMP plate;
@@ -18,18 +18,18 @@ On a bare CUDA machine (H100/H200 with 16 cores; the project's dependencies carr
    on a one-worker local cluster with the ``GPU`` resource (warmed up on a small plate first), using
    the fastest eager engine option; the ratio to the bare model at the preset's crop size (target >=
    0.8) and the GPU busy fraction while the run lasts (NVML utilisation sampled every 0.1 s);
-6. engine, optional rows as the time budget allows: ``torch.compile`` (default mode, and
+6. engine, optional rows while ``--budget-s`` allows: ``torch.compile`` (default mode, and
    ``"reduce-overhead"`` with CUDA graphs and padded batches), and an fp8 row (torchao float8 dynamic
    activations and weights on the MLP and attention-output linears, compiled) when torchao imports;
 7. projection: the wall time of one JUMP plate of 1M cells (3 passes at 478 px) on one GPU and on 8
    (linear over one worker per GPU), and what would break the linear scaling.
 
-The JSON (``--out DIR`` or ``$OUT``: ``gpu_plate.json``) is rewritten after every step, so a run cut
-short still returns what it measured. Sizes are flags; the defaults fit about 7 minutes on an H200 with
-16 cores. ``--smoke`` runs everything on the CPU with a tiny model and tiny plates in well under a
-minute, to check the script (the test suite does).
+The JSON (``--out DIR``: ``DIR/gpu_plate.json``) is rewritten after every step, so a run cut short
+keeps what it measured. Sizes are flags; the defaults take about 7 minutes on an H200 with 16 cores.
+``--smoke`` runs everything on the CPU with a tiny model and tiny plates in well under a minute, to
+check the script (the test suite does).
 
-    python3 benchmarks/gpu_plate.py --out "$OUT"          # on a CUDA machine
+    python3 benchmarks/gpu_plate.py --out gpu-plate       # on a CUDA machine
     python3 benchmarks/gpu_plate.py --smoke --out /tmp/x  # anywhere
 """
 
@@ -454,7 +454,7 @@ def best_eager(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def optional_rows(engine: Engine, clock: Clock, eager: list[dict[str, Any]], smoke_compile: bool) -> list[dict[str, Any]]:
-    """torch.compile rows and the fp8 row, while the time budget lasts (about a minute each on an H200).
+    """torch.compile rows and the fp8 row, while ``--budget-s`` lasts (about a minute each on an H200).
 
     CUDA graphs first (most likely to help a launch-bound forward), then fp8, then the default compile
     mode with and without the fastest eager option.
@@ -739,7 +739,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model and plates: checks the script")
     parser.add_argument("--smoke-compile", action="store_true", help="with --smoke, also run the compile rows")
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_plate.json (default $OUT)")
+    parser.add_argument("--out", default=None, help="folder for gpu_plate.json (default: the summary is only printed)")
     parser.add_argument("--batch", type=int, default=None, help="crops per forward pass (default 256; smoke 8)")
     parser.add_argument("--size", type=int, default=448, help="engine-table crop side in px")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1,
@@ -775,7 +775,7 @@ def run_steps(args: argparse.Namespace, report: Report, clock: Clock, root: Path
     def attempt(section: str, step: Callable[[], Any]) -> Any:
         try:
             return step()
-        except Exception as exc:  # noqa: BLE001 - one lease, one run: keep every figure that can be had
+        except Exception as exc:  # noqa: BLE001 - one long run: keep every figure that can be had
             report.set(section, {"note": f"failed: {_error(exc)}"})
             log(f"{section} failed: {_error(exc)}")
             return None
@@ -814,7 +814,7 @@ def run_steps(args: argparse.Namespace, report: Report, clock: Clock, root: Path
     if plates is not None:
         attempt("end_to_end", lambda: end_to_end(args, plates, root, chosen["options"], device,
                                                  lambda partial: report.set("end_to_end", partial)))
-    # projected now, in case the optional rows run past the call's limit; again once they are in
+    # projected now, in case the run is stopped during the optional rows; again once they are in
     attempt("projection", lambda: report.set("projection", projection(report.data, args.cores)))
     if engine is not None:
         rows.extend(optional_rows(engine, clock, rows, args.smoke_compile))

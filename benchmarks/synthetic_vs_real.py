@@ -2,12 +2,13 @@
 
 Run::
 
-    python benchmarks/synthetic_vs_real.py --realdata /work/shared/realdata --out /tmp/compare
+    python benchmarks/synthetic_vs_real.py --realdata DIR --out /tmp/compare
 
-Real fields: the two JUMP sites of ``jump_rab30_mini`` (384-px crops, cpg0016), the Opera Phenix Cell
-Painting field of ``cellpainting_pca_BR00143976`` (1080 px) and the five HPA fields of
-``hpa_scc_trainandgain`` (2048-3072 px, with the HPA segmenter's cell masks); pixel sizes are taken as
-0.598 and 0.08 um/px (neither is stated in those files). Synthetic: fields of
+Real fields from public data, each set in a folder of ``DIR`` named as here: the two JUMP sites of
+``jump_rab30_mini`` (384-px crops, cpg0016), the Opera Phenix Cell Painting field of
+``cellpainting_pca_BR00143976`` (1080 px) and the five HPA fields of ``hpa_scc_trainandgain``
+(2048-3072 px, with the HPA segmenter's cell masks); pixel sizes are taken as 0.598 and 0.08 um/px
+(neither is stated in those files). Synthetic: fields of
 ``make_demo_plate(geometry="jump")`` and ``geometry="hpa"`` (DMSO / nuclear-import wells).
 
 The same measurements on both, all from the images (no ground truth needed): nuclei per 100 x 100 um
@@ -137,7 +138,7 @@ def montage(tiles: list[list[np.ndarray]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--realdata", required=True, help="the shared realdata folder")
+    parser.add_argument("--realdata", required=True, help="folder holding the real fields' folders (see above)")
     parser.add_argument("--out", default=None, help="folder for montage PNGs (default: none)")
     parser.add_argument("--fields", type=int, default=2, help="synthetic fields per geometry (default: 2)")
     args = parser.parse_args()

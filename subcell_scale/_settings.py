@@ -62,6 +62,13 @@ class Settings:
         Cells above which a run's cells store is opened with ``obs`` left in the store (read when a
         column is used), so the client holds nothing per cell (:func:`subcell_scale.read_cells`);
         below it ``obs`` is read into memory, as scanpy expects.
+    tune_allocator
+        While a run's cells store is written, have glibc return freed blocks of 1 MiB and more to the
+        system at once (its mmap threshold), which keeps the client's memory flat in the number of
+        cells. glibc cannot go back to its adaptive threshold afterwards: the threshold is then
+        glibc's initial 128 KiB. False leaves the allocator alone (more memory held after a large
+        run); so does an mmap threshold chosen when the process started (``MALLOC_MMAP_THRESHOLD_``,
+        ``GLIBC_TUNABLES``).
     verbosity
         Level of the ``subcell_scale`` logger (``"WARNING"``, ``"INFO"``, ``"DEBUG"`` or a number).
     """
@@ -76,6 +83,7 @@ class Settings:
         self._worker_timeout = 600.0
         self._memory_budget = 2 << 30
         self._lazy_obs = 2_000_000
+        self._tune_allocator = True
 
     # -- model weights --------------------------------------------------------------------------------
     @property
@@ -178,6 +186,14 @@ class Settings:
         self._lazy_obs = value
 
     @property
+    def tune_allocator(self) -> bool:
+        return self._tune_allocator
+
+    @tune_allocator.setter
+    def tune_allocator(self, value: bool) -> None:
+        self._tune_allocator = _bool("tune_allocator", value)
+
+    @property
     def verbosity(self) -> int:
         return logging.getLogger("subcell_scale").getEffectiveLevel()
 
@@ -194,7 +210,7 @@ class Settings:
     def override(self, **values: Any) -> Iterator[Settings]:
         """Change settings inside a ``with`` block only (tests, one-off runs)."""
         names = ("model_cache", "offline", "base_url", "cluster", "progress", "batch_size", "worker_timeout",
-                 "memory_budget", "lazy_obs", "verbosity")
+                 "memory_budget", "lazy_obs", "tune_allocator", "verbosity")
         unknown = sorted(set(values) - set(names))
         if unknown:
             msg = f"unknown setting(s) {unknown}; settings are {list(names)}"
@@ -215,6 +231,7 @@ class Settings:
                 f"base_url={self.base_url!r}, cluster={self.cluster!r}, progress={self.progress}, "
                 f"batch_size={self.batch_size}, worker_timeout={self.worker_timeout}, "
                 f"memory_budget={self.memory_budget}, lazy_obs={self.lazy_obs}, "
+                f"tune_allocator={self.tune_allocator}, "
                 f"verbosity={logging.getLevelName(self.verbosity)})")
 
 

@@ -460,6 +460,11 @@ def cell_gallery(
 # UMAP
 
 
+def _is_top_localization(key: str) -> bool:
+    """``top_localization``, or a pass's ``top_localization_<pass>``: drawn in the class colours."""
+    return key == TOP_LOCALIZATION or key.startswith(f"{TOP_LOCALIZATION}_")
+
+
 def umap(
     adata: AnnData,
     color: str | Sequence[str],
@@ -479,7 +484,8 @@ def umap(
         The cells AnnData or the profiles AnnData, with ``obsm[basis]``.
     color
         ``obs`` column(s) to colour by (``"compound"``, ``"moa"``, ...). ``"top_localization"`` (set by
-        :func:`subcell_scale.tl.top_localization`) is drawn in the class colours. Numeric columns get a
+        :func:`subcell_scale.tl.top_localization`; ``"top_localization_<pass>"`` for a multi-pass run)
+        is drawn in the class colours. Numeric columns get a
         colour bar; categorical ones a legend outside the panel.
     basis
         ``obsm`` key of the coordinates (``"X_umap"``, as scanpy and :func:`subcell_scale.tl.umap` write it).
@@ -494,7 +500,7 @@ def umap(
         raise ConfigError(msg)
     for key in keys:
         if key not in adata.obs.columns:
-            hint = ("; run subcell_scale.tl.top_localization(adata) first" if key == TOP_LOCALIZATION else "")
+            hint = ("; run subcell_scale.tl.top_localization(adata) first" if _is_top_localization(key) else "")
             msg = (f"umap: colour key {key!r} is not an obs column{hint}; available: "
                    f"{', '.join(map(str, adata.obs.columns))}")
             raise ConfigError(msg)
@@ -510,10 +516,10 @@ def umap(
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     order = np.random.default_rng(random_state).permutation(n)  # no category always drawn on top
     for ax, key in zip(axes, keys, strict=False):
-        if key == TOP_LOCALIZATION:
+        if _is_top_localization(key):
             values = adata.obs[key].astype("category")
             palette = _class_colors(list(values.cat.categories))
-            label = "top localization"
+            label = key.replace("_", " ")
         else:
             values = adata.obs[key]
             palette = None

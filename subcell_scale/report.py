@@ -545,7 +545,7 @@ def build_report(run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str]
     """
     root = Path(run_dir)
     if not root.is_dir():
-        msg = f"run directory {root} does not exist or is not a directory"
+        msg = f"run directory {root} {'is a file, not a folder' if root.exists() else 'does not exist'}"
         raise RunDirectoryError(msg)
     run = _Run(root=root)
     _read_manifest(run)

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ._constants import Files, Obs, Status
+from ._folders import make_folder
 from .errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
@@ -240,9 +241,15 @@ class RunPath:
         return bool(self.fs.exists(self._key))
 
     def mkdir(self) -> None:
-        """Create the folder (locally; object storage has no folders, keys are made by writing)."""
+        """Create the folder (locally; object storage has no folders, keys are made by writing).
+
+        Raises
+        ------
+        RunDirectoryError
+            The path, or a folder above it, is a file.
+        """
         if self.is_local:
-            Path(self.url).mkdir(parents=True, exist_ok=True)
+            make_folder(self.url)
 
     def read_bytes(self) -> bytes:
         """The whole file (one GET on object storage). Raises FileNotFoundError when it is missing."""
@@ -273,12 +280,16 @@ class RunPath:
         and busy disks): after a power cut a shard may be empty, which :func:`shard_meta` treats as
         missing, so the field is simply recomputed. For object storage a local temporary file, then
         one upload (for writers that stream, such as ``torch.save`` of large weights).
+
+        The file gets the permissions of any file the user creates (``0666`` less the umask: ``0644``
+        under umask 022), so the people who may read the folder may read the run.
         """
         target = Path(self.url) if self.is_local else None
-        folder = target.parent if target is not None else None
-        if folder is not None:
+        folder = target.parent if target is not None else Path(tempfile.gettempdir())
+        if target is not None:
             folder.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{self.name}.", suffix=".tmp", delete=False)
+        # the upload's local copy stays private in the shared temporary folder
+        temporary, handle = _new_file(folder, f".{self.name}.", 0o666 if target is not None else 0o600)
         try:
             try:
                 with handle as fh:
@@ -289,11 +300,11 @@ class RunPath:
                 # a failed write (disk full, file-size limit) names no file; say which one could not be written
                 raise OSError(exc.errno, f"{exc.strerror or exc} writing", self.url) from exc
             if target is not None:
-                os.replace(handle.name, target)
+                os.replace(temporary, target)
             else:
-                self.fs.put_file(handle.name, self._key)
+                self.fs.put_file(str(temporary), self._key)
         finally:
-            Path(handle.name).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
 
     def create(self, data: bytes) -> None:
         """Write the file only if it does not exist (see :meth:`ResultsStore.lock` for what this guarantees).
@@ -304,7 +315,7 @@ class RunPath:
             The file exists already (or, on object storage, another writer's content is what reads back).
         """
         if self.is_local:
-            fd = os.open(self.url, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(self.url, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             return
@@ -379,6 +390,24 @@ class RunPath:
 
         options = {"use_listings_cache": False, **(self.storage_options or {})}
         return FsspecStore.from_url(self.url, storage_options=options, read_only=read_only)
+
+
+def _new_file(folder: Path, prefix: str, mode: int) -> tuple[Path, BinaryIO]:
+    """A new, uniquely named ``<prefix>XXXXXXXX.tmp`` file in ``folder``: its path, and the file open
+    for writing.
+
+    Created with ``mode`` less the process's umask: ``0o666`` gives what ``open()`` gives any new file,
+    where ``tempfile.NamedTemporaryFile`` makes every file private (``0600``) whatever the umask, and
+    a file renamed into a run would stay unreadable to everyone else who reads the run's folder.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        path = folder / f"{prefix}{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            fd = os.open(path, flags, mode)
+        except FileExistsError:  # pragma: no cover - 32 random bits taken already
+            continue
+        return path, os.fdopen(fd, "wb")
 
 
 @dataclass
@@ -597,6 +626,8 @@ class ResultsStore:
         self.root = RunPath.of(root, storage_options)  # local: absolute, so workers elsewhere read the same
         try:
             self.root.mkdir()
+        except RunDirectoryError:
+            raise
         except OSError as exc:
             msg = f"output directory {self.root}: cannot be created ({exc})"
             raise RunDirectoryError(msg) from exc

@@ -3,7 +3,7 @@
 As in scanpy, each function takes ``adata`` first, writes its result into it (``key_added``) and
 returns None, or works on and returns a copy with ``copy=True``::
 
-    ss.tl.top_localization(cells)                 # obs["top_localization"]
+    ss.tl.top_localization(cells)                 # obs["top_localization"] (per pass: "top_localization_Mito", ...)
     ss.tl.umap(cells)                             # obsm["X_umap"]
     ss.pl.umap(cells, ["compound", "top_localization"])
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ._anndata import representation
-from ._constants import Keys
+from ._constants import VAR_PREFIX, Keys
 from .errors import ConfigError
 from .models.registry import CLASS_NAMES
 
@@ -31,22 +31,39 @@ UMAP = "X_umap"
 __all__ = ["TOP_LOCALIZATION", "UMAP", "top_localization", "umap"]
 
 
-def top_localization(adata: AnnData, *, key_added: str = TOP_LOCALIZATION, copy: bool = False) -> AnnData | None:
+def top_localization(adata: AnnData, *, pass_: str | None = None, key_added: str = TOP_LOCALIZATION,
+                     copy: bool = False) -> AnnData | None:
     """The most probable localization class of each cell, from ``obsm['localization']``.
 
     Categories keep the classifier's class order, so legends list classes the way the model does.
-    Multi-pass runs (JUMP: 31 classes per pass) have one block of classes per pass; take one pass's
-    block into its own AnnData first.
+
+    A multi-pass run (``jump-cellpainting``: the ER-DNA-protein model once per Cell Painting stain in
+    the protein channel, Mito, AGP and RNA) holds one block of classes per pass, pass after pass
+    (``uns['subcell_scale']['localization_layout']``). Each pass then gets its own column,
+    ``obs[f"{key_added}_{pass}"]`` (``top_localization_Mito``, ``top_localization_AGP``, ...): the
+    passes show the model different stains, so their top classes are not merged into one. Pass names
+    are read from ``uns['subcell_scale']['passes']``, else from the var names
+    (``subcell_<pass>_0000``), else numbered (``pass1``, ...).
+
+    Parameters
+    ----------
+    pass_
+        With a multi-pass run, the one pass whose top class goes into ``obs[key_added]`` (e.g.
+        ``"Mito"``), instead of a column per pass.
+    key_added
+        ``obs`` key of the result (single pass, or ``pass_``), or the prefix of the per-pass columns.
 
     Returns
     -------
-    None, or a copy with ``copy=True``; sets ``obs[key_added]`` (categorical class names).
+    None, or a copy with ``copy=True``; sets ``obs[key_added]``, or one ``obs[f"{key_added}_{pass}"]``
+    per pass of a multi-pass run (categorical class names).
 
     Raises
     ------
     ConfigError
-        No ``obsm['localization']`` (embedded without classifiers), or one whose width is not the
-        number of classes in ``uns['localization_classes']``.
+        No ``obsm['localization']`` (embedded without classifiers), one whose width is not a whole
+        number of blocks of the classes in ``uns['localization_classes']``, or a ``pass_`` the run
+        does not have.
     """
     adata = adata.copy() if copy else adata
     if Keys.LOCALIZATION not in adata.obsm:
@@ -55,13 +72,45 @@ def top_localization(adata: AnnData, *, key_added: str = TOP_LOCALIZATION, copy:
         raise ConfigError(msg)
     probs = np.asarray(adata.obsm[Keys.LOCALIZATION])
     classes = list(adata.uns.get(Keys.LOCALIZATION_CLASSES, CLASS_NAMES))
-    if probs.ndim != 2 or probs.shape[1] != len(classes):
+    if probs.ndim != 2 or not classes or probs.shape[1] % len(classes) or not probs.shape[1]:
         msg = (f"obsm['{Keys.LOCALIZATION}'] has shape {probs.shape} but uns['{Keys.LOCALIZATION_CLASSES}'] "
-               f"names {len(classes)} classes")
+               f"names {len(classes)} classes (one block of them per pass)")
         raise ConfigError(msg)
-    top = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
-    adata.obs[key_added] = pd.Categorical(top, categories=[c for c in classes if c in set(top)])
+    n_passes = probs.shape[1] // len(classes)
+    if n_passes == 1:
+        if pass_ is not None:
+            msg = f"top_localization: pass_={pass_!r}, but this AnnData holds the classes of one pass only"
+            raise ConfigError(msg)
+        adata.obs[key_added] = _top(probs, classes)
+        return adata if copy else None
+    passes = _pass_names(adata, n_passes)
+    if pass_ is not None and pass_ not in passes:
+        msg = f"top_localization: no pass {pass_!r}; this run's passes are {passes}"
+        raise ConfigError(msg)
+    width = len(classes)
+    for i, name in enumerate(passes):
+        if pass_ is None or name == pass_:
+            key = key_added if pass_ is not None else f"{key_added}_{name}"
+            adata.obs[key] = _top(probs[:, i * width:(i + 1) * width], classes)
     return adata if copy else None
+
+
+def _top(probs: np.ndarray, classes: list[str]) -> pd.Categorical:
+    top = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+    return pd.Categorical(top, categories=[c for c in classes if c in set(top)])
+
+
+def _pass_names(adata: AnnData, n_passes: int) -> list[str]:
+    """The names of a multi-pass run's passes: from the provenance, the var names, or numbered."""
+    recorded = adata.uns.get(Keys.PROVENANCE, {}).get("passes")
+    if recorded is not None and len(recorded) == n_passes:
+        return [str(p) for p in recorded]
+    from_vars = list(dict.fromkeys(
+        name[len(VAR_PREFIX):].rsplit("_", 1)[0] for name in map(str, adata.var_names)
+        if name.startswith(VAR_PREFIX) and name.count("_") >= 2))
+    if len(from_vars) == n_passes:
+        return from_vars
+    return [f"pass{i + 1}" for i in range(n_passes)]
 
 
 def umap(adata: AnnData, *, use_rep: str = "X", n_neighbors: int = 15, random_state: int = 0,

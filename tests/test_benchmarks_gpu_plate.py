@@ -1,7 +1,7 @@
 """The prepared GPU run (``benchmarks/gpu_plate.py``) works end to end: its CPU smoke run writes every section.
 
-A GPU session gets one short lease, so the script must not fail there for a reason the CPU could have
-shown: the smoke run goes through every step (plates, segmentation, crops, engine table, both presets
+A GPU run is long and costly, so the script must not fail there for a reason the CPU could have shown:
+the smoke run goes through every step (plates, segmentation, crops, engine table, both presets
 in-process and on a one-worker cluster, projection) with a tiny model and tiny plates.
 """
 
@@ -88,3 +88,40 @@ def test_projection_of_a_jump_plate(report):
     assert p["eight_gpus_s"] == pytest.approx(p["one_gpu_s"] / 8)
     assert p["fields"] == round(1_000_000 / p["kept_cells_per_field"])
     assert "CPU cores" in p["scaling"] and "scheduler" in p["scaling"] and "histogram" in p["scaling"]
+
+
+PARSE = """
+import json, runpy, shlex, sys
+parse_args = runpy.run_path({script!r}, run_name="gpu_plate")["parse_args"]
+for command in json.loads({commands!r}):
+    parse_args(shlex.split(command))
+print("parsed")
+"""
+
+
+def test_the_benchmarks_readme_runs_it_from_the_projects_own_install():
+    """benchmarks/README.md installs the project as the top README does (same torch, an extra pyproject
+    declares) and names only commands and flags the scripts take."""
+    import re
+    import tomllib
+
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    section = text[text.index("## The GPU plate run (`gpu_plate.py`)"):]
+    pins = set(re.findall(r"pip install torch==([\w.+-]+)", section))
+    assert pins and pins == set(re.findall(r"pip install torch==([\w.+-]+)", (ROOT / "README.md").read_text()))
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    installed = re.findall(r'pip install -e "\.\[([\w,]+)\]"', section)
+    assert installed and all(set(e.split(",")) <= extras for e in installed) and "gpu" in installed[0].split(",")
+
+    commands = [line.split("benchmarks/gpu_plate.py", 1)[1].split("2>&1")[0].split("#")[0].strip()
+                for line in section.splitlines() if "python3 benchmarks/gpu_plate.py" in line]
+    assert any("--out" in c for c in commands) and any("--smoke" in c for c in commands)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", PARSE.format(script=str(SCRIPT), commands=json.dumps(commands))],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "parsed", done.stderr[-2000:]
+    helps = "".join(subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--help"], env=env,
+                                   capture_output=True, text=True, timeout=120, check=True).stdout
+                    for name in ("gpu_plate.py", "gpu_engine.py"))
+    unknown = sorted({flag for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section) if flag not in helps})
+    assert not unknown, f"flags the README names that neither script takes: {unknown}"

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import anndata as ad
 import dask.array as da
 import numpy as np
 import pytest
+from _shared import TINY
 
 from subcell_scale import cellstore, cellwriter
 from subcell_scale._constants import Files, Keys
@@ -76,6 +83,48 @@ def test_the_backed_anndata_goes_through_the_readme_quickstart(demo, tiny_model,
     np.testing.assert_array_equal(by_path.X, expected.X)
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_quickstart() -> str:
+    """The README's Python quickstart, as written (the first ``python`` block under its heading)."""
+    text = README.read_text()
+    section = text[text.index("## Python quickstart"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_as_a_script(tmp_path):
+    """The quickstart saved as a file and run with ``python``, on a local cluster of worker processes.
+
+    Only sizes change (fewer, smaller wells; the tiny random model at 32 px; the neighbour graph
+    without a numba compile): the code, its imports and its ``__main__`` guard are the README's.
+    """
+    code = _readme_quickstart()
+    assert 'if __name__ == "__main__":' in code
+    smaller = {
+        'n_wells=24)': "n_wells=10, field_size=384, cells_per_field=16)",
+        '"all_channels_MAE-CellS-ProtS-Pool"': f"ss.ModelSpec('random', config={TINY!r}, seed=0, n_classifiers=1)",
+        "platemap=demo.platemap)": "platemap=demo.platemap, out_size=32, progress=False)",
+        "sc.pp.neighbors(cells)": "sc.pp.neighbors(cells, n_neighbors=5, method='gauss')",
+        "ss.get_client()": "ss.get_client(n_workers=1, threads_per_worker=1)",
+    }
+    for old, new in smaller.items():
+        assert code.count(old) == 1, f"the README quickstart no longer has {old!r}"
+        code = code.replace(old, new)
+    (tmp_path / "quickstart.py").write_text(code)
+    root = str(README.parent)
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mean_average_precision" in done.stdout and "compound" in done.stdout
+    cells = read_cells(tmp_path / "run")
+    assert cells.n_obs > 0 and cells.uns["subcell_scale"]["plates"].keys() == {"demo-plate-1", "demo-plate-2"}
+    assert (tmp_path / "umap.png").stat().st_size > 0
+
+
 def test_a_directory_without_cells_is_named(tmp_path):
     from subcell_scale.errors import RunDirectoryError
 
@@ -89,3 +138,71 @@ def test_cells_are_written_into_a_folder_that_does_not_exist_yet(in_memory, tmp_
     path = cellwriter.write_cells(in_memory, tmp_path / "new" / "run", fmt)
     assert path.local == tmp_path / "new" / "run" / cellstore.cells_name(fmt)
     _same(in_memory, read_cells(tmp_path / "new" / "run", load=True))
+
+
+ALLOCATOR = r"""
+import ctypes, ctypes.util, json, sys
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+
+def mmapped(size, n=16):  # how many of n blocks held together glibc mmapped (size over its threshold)
+    before = libc.mallinfo2().hblks
+    blocks = [libc.malloc(size) for _ in range(n)]
+    taken = libc.mallinfo2().hblks - before
+    for block in blocks:
+        libc.free(block)
+    return taken
+
+
+import subcell_scale as ss
+from subcell_scale import embed_plate
+from subcell_scale.models import ModelSpec
+
+plate, out, config, tune = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1"
+ss.settings.tune_allocator = tune
+model = ModelSpec("random", config=config, seed=0, n_classifiers=1).load("cpu")
+libc.free(libc.malloc(4 << 20))  # a large block freed: glibc's adaptive threshold rises over 4 MiB
+cells = embed_plate(plate, model, out=out, progress=False, out_size=32)  # the cells store is streamed
+print(json.dumps({"cells": cells.n_obs, "600K": mmapped(600 << 10), "2M": mmapped(2 << 20),
+                  "16M": mmapped(16 << 20)}))
+"""
+
+
+def _allocator_after_a_run(demo, tmp_path, *, tune: bool = True, env: dict | None = None) -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}),
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR, demo["plate"], str(tmp_path / "run"), json.dumps(TINY),
+                           "1" if tune else "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["cells"] > 0
+    return figures
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_allocator_tuning_ends_with_the_streaming_writer(demo, tmp_path):
+    """The writer's 1 MiB mmap threshold is not left behind: after a run the process has glibc's initial
+    threshold (128 KiB); with tune_allocator=False, or a threshold chosen for the process, nothing changes."""
+    libc = cellstore._glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc 2.33 or later (no mallinfo2 to observe the allocator with)")
+    tuned = _allocator_after_a_run(demo, tmp_path / "tuned")
+    # 128 KiB: blocks over it are mmapped, once the heap's free blocks are used up (1 MiB left: none at 600K)
+    assert tuned["600K"] >= 8 and tuned["2M"] >= 8, tuned
+    untouched = _allocator_after_a_run(demo, tmp_path / "off", tune=False)
+    assert untouched["600K"] == untouched["2M"] == 0, untouched  # glibc's adaptive threshold, risen over 4 MiB
+    chosen = _allocator_after_a_run(demo, tmp_path / "chosen", env={"MALLOC_MMAP_THRESHOLD_": str(8 << 20)})
+    assert chosen["2M"] == 0 and chosen["16M"] >= 8, chosen  # the process's own 8 MiB, kept

@@ -139,7 +139,7 @@ def test_kubernetes_spec_gpu_on_workers_only():
     for part in (worker_group, scheduler_part):
         assert part["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "subcell-scale-data"
     assert worker["volumeMounts"] == scheduler["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
-    assert {"name": "SUBCELL_SCALE_CACHE", "value": "/data/models"} in worker["env"]
+    assert {"name": "SUBCELL_SCALE_HOME", "value": "/data/models"} in worker["env"]
 
 
 def test_kubernetes_spec_dumps_as_plain_yaml():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 import pytest
 
 from subcell_scale.distributed import GPU_RESOURCE, get_client
@@ -105,3 +107,68 @@ def test_cluster_from_a_config_file_is_closed_with_its_client(tmp_path):
     finally:
         c.close()
     assert cluster.status.name == "closed"
+
+
+def _model_plugins_here(dask_worker) -> list[str]:
+    return [name for name in dask_worker.plugins if name.startswith("subcell-model")]
+
+
+def test_a_worker_that_joins_after_a_run_loads_no_model(demo_plates, tiny_spec, tmp_path):
+    """The run's model plugin leaves the cluster when its embedding ends; the next run registers it again."""
+    from subcell_scale import embed_plate
+    from subcell_scale.distributed import loads_per_worker
+
+    demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    c = get_client("local", n_workers=1, threads_per_worker=1, dashboard=False)
+    try:
+        cells = embed_plate(demo["plate"], tiny_spec, client=c, out=tmp_path / "run", progress=False, out_size=32)
+        assert cells.n_obs > 0
+        (first,) = c.scheduler_info(n_workers=-1)["workers"]
+        assert [list(v.values()) for v in c.run(loads_per_worker).values()] == [[1]]  # once per worker and run
+        assert not [n for n in c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+                    if n.startswith("subcell-model")]
+        assert c.run(_model_plugins_here) == {first: []}
+
+        c.cluster.scale(2)
+        c.wait_for_workers(2, timeout=120)
+        loads = c.run(loads_per_worker)
+        (late,) = set(loads) - {first}
+        assert loads[late] == {} and c.run(_model_plugins_here)[late] == []  # it loaded nothing
+
+        again = embed_plate(demo["plate"], tiny_spec, client=c, out=tmp_path / "again", progress=False, out_size=32)
+        np.testing.assert_array_equal(np.asarray(again.X), np.asarray(cells.X))
+        assert sorted(list(v.values()) for v in c.run(loads_per_worker).values()) == [[1], [1]]  # the next run's
+    finally:
+        c.close()
+
+
+def test_a_worker_without_the_gpu_resource_builds_the_model_only_when_a_task_needs_it(demo_plates, tiny_spec,
+                                                                                         tmp_path):
+    """A GPU cluster with a CPU-only helper: the helper never holds the model unless a task asks for it."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    from subcell_scale import embed_plate
+    from subcell_scale.distributed import loads_per_worker, register_model, unregister_model, worker_model
+
+    demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU_RESOURCE: 1}}},
+               "cpu": {"cls": Nanny, "options": {"nthreads": 1}}}
+    with SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                     silence_logs=False) as cluster, Client(cluster) as c:
+        c.wait_for_workers(2, timeout=120)
+        info = c.scheduler_info(n_workers=-1)["workers"]
+        gpu = next(a for a, w in info.items() if w["resources"])
+        cpu = next(a for a, w in info.items() if not w["resources"])
+
+        cells = embed_plate(demo["plate"], tiny_spec, client=c, out=tmp_path / "run", progress=False, out_size=32)
+        assert cells.n_obs > 0
+        loads = c.run(loads_per_worker)
+        assert list(loads[gpu].values()) == [1] and list(loads[cpu].values()) == [0]
+
+        name = register_model(c, tiny_spec)
+        assert c.run(loads_per_worker) == {gpu: {name: 1}, cpu: {name: 0}}  # built at once where it embeds
+        assert c.submit(lambda: worker_model(name).embedding_dim, workers=[cpu], pure=False).result() > 0
+        assert c.run(loads_per_worker) == {gpu: {name: 1}, cpu: {name: 1}}  # and on first use elsewhere
+        unregister_model(c, name)
+        assert c.run(_model_plugins_here) == {gpu: [], cpu: []}
+        assert c.run(loads_per_worker) == {gpu: {name: 1}, cpu: {name: 1}}  # the counts outlive the plugin

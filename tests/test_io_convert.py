@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 
@@ -213,3 +214,31 @@ def test_without_imagecodecs_the_error_says_what_to_install(tmp_path):
     assert line.startswith("subcell-scale convert: error: "), done.stderr
     assert "r07c01f02p01-ch1sk1fk1fl1.tiff (plate BR00123947, well G01, field 1)" in line
     assert "pip install imagecodecs" in line
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_an_existing_plate_is_replaced_only_when_asked(pngs, capsys, version):
+    """convert into a folder holding the plate: refused, nothing touched, unless --overwrite."""
+    from subcell_scale.cli import main
+    from subcell_scale.errors import RunDirectoryError
+    from subcell_scale.io.labels import write_labels
+
+    index = _index(pngs, [["P", "A1", "0", "dna", "", "", "a.png"]])
+    (path,) = convert_images(index, pngs / "out", pixel_size=1, version=version)
+    plate = open_plate(path)
+    write_labels(plate, "A01", "0", "cells", np.ones((16, 16), np.uint32))  # labels a user made since
+    files = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirectoryError, match=rf"plate {re.escape(str(path))} exists already; .*--overwrite"):
+        convert_images(index, pngs / "out", pixel_size=1)
+    assert main(["convert", str(index), str(pngs / "out"), "--pixel-size", "1", "--version", version]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("subcell-scale convert: error: plate ") and str(path) in err
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} == files  # untouched
+    assert open_plate(path).label_names("A01", "0") == ["cells"]
+
+    assert main(["convert", str(index), str(pngs / "out"), "--pixel-size", "1", "--version", version,
+                 "--overwrite"]) == 0
+    assert capsys.readouterr().out.split() == [str(path)]
+    assert open_plate(path).label_names("A01", "0") == []  # replaced: the labels went with the old plate
+    (again,) = convert_images(index, pngs / "out", pixel_size=1, version=version, overwrite=True)
+    np.testing.assert_array_equal(open_plate(again).read_field("A01", "0"), np.full((1, 16, 16), 7, np.uint8))

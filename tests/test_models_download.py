@@ -85,6 +85,26 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     assert dest.read_bytes() == (TINY / "encoder.pth").read_bytes() and not part.exists()
 
 
+def test_a_failed_download_that_kept_nothing_says_so(server, tmp_path):
+    """No byte arrived (nothing listens; or the connection closed before the body): no part file is named."""
+    import socket
+
+    base, bucket = server
+    with socket.socket() as sock:  # a port nothing listens on: the connection is refused
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/models"
+    dest = tmp_path / VARIANT.encoder_filename
+    part = dest.with_name(dest.name + ".part")
+    with pytest.raises(DownloadError, match=r"failed after 1 attempt.*; nothing was kept; run the download again$"):
+        download_file(closed + "/" + VARIANT.encoder_filename, dest, retries=0, progress=False)
+    assert not part.exists() and not dest.exists()
+    bucket.files["/models/one.pth"] = b"x"
+    bucket.drop_once.add("/models/one.pth")  # headers, then the connection closes before the first byte
+    with pytest.raises(DownloadError, match=r"connection ended at 0 of 1 bytes\); nothing was kept") as error:
+        download_file(base + "/one.pth", tmp_path / "one.pth", retries=0, progress=False)
+    assert "bytes kept" not in str(error.value) and not (tmp_path / "one.pth.part").exists()
+
+
 def test_a_dropped_connection_is_resumed_within_one_run(server, tmp_path):
     base, bucket = server
     path = "/models/" + VARIANT.encoder_filename

@@ -1,7 +1,8 @@
 """The user notebooks: 01 and 02 executed with nbclient on small data, 03 checked against the API.
 
-01 and 02 run in a real Jupyter kernel, with their parameters cell rewritten (tiny model, 2 plates of
-10 wells, one field each, 64-px crops, a temporary output folder); 02 reads the cells that 01 wrote.
+01 and 02 run in a real Jupyter kernel, in a temporary working folder, with their parameters cell rewritten
+(tiny model, 2 plates of 10 wells, one field each, 64-px crops; their own output folders); 02 reads the
+cells that 01 wrote, and what they leave behind must be git-ignored where they are kept.
 Their outputs are then checked against direct computations on the files they wrote: the well
 profiles against numpy medians and DMSO standardisation, the replicate mAP against copairs, the MoA
 nearest-neighbour accuracy against a numpy cosine search.
@@ -71,20 +72,30 @@ def _n_images(nb: nbformat.NotebookNode) -> int:
     return sum("image/png" in o.get("data", {}) for o in _outputs(nb))
 
 
+def _defaults(name: str) -> dict:
+    """The values of a notebook's parameters cell, as saved."""
+    namespace: dict = {}
+    exec(compile(_parameters_cell(nbformat.read(NOTEBOOKS / name, as_version=4)).source, name, "exec"),  # noqa: S102
+         namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> dict:
-    """01 then 02, in one working folder, as a user runs them."""
+    """01 then 02, in one working folder, as a user runs them, writing where they write by default."""
     cwd = tmp_path_factory.mktemp("notebooks")
+    out, run_dir = _defaults(QUICKSTART)["OUT"], _defaults(PROFILING)["RUN_DIR"]
+    assert run_dir == f"{out}/run"  # 02 reads what 01 wrote
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")  # kernels and Dask workers on a shared machine
         quickstart = _execute(QUICKSTART, {
-            "OUT": "qs", "N_PLATES": N_PLATES, "N_WELLS": N_WELLS, "N_FIELDS": 1, "FIELD_SIZE": 384,
+            "OUT": out, "N_PLATES": N_PLATES, "N_WELLS": N_WELLS, "N_FIELDS": 1, "FIELD_SIZE": 384,
             "MODEL_SIZE": "tiny", "PRETRAINED": None, "OUT_SIZE": 64, "CLUSTER": "local", "N_WORKERS": 1,
             "N_NEIGHBORS": 10, "NEIGHBORS_METHOD": "gauss", "SEED": 0}, cwd)
         profiling = _execute(PROFILING, {
-            "RUN_DIR": "qs/run", "NULL_SIZE": 2000, "SEED": 0, "N_PLATES": N_PLATES, "N_WELLS": N_WELLS,
+            "RUN_DIR": run_dir, "NULL_SIZE": 2000, "SEED": 0, "N_PLATES": N_PLATES, "N_WELLS": N_WELLS,
             "N_FIELDS": 1, "FIELD_SIZE": 384, "MODEL_SIZE": "tiny", "OUT_SIZE": 64}, cwd)
-    return {"run": cwd / "qs" / "run", "plates": cwd / "qs" / "plates", "01": quickstart, "02": profiling}
+    return {"run": cwd / run_dir, "plates": cwd / out / "plates", "cwd": cwd, "01": quickstart, "02": profiling}
 
 
 def test_quickstart_embeds_every_field_into_the_cells_anndata(executed):
@@ -184,6 +195,23 @@ def test_moa_nearest_neighbour_accuracy_matches_a_direct_search(executed):
     assert len(row) == 1 and row["n_queries"].iloc[0] == len(queries)
     assert row["accuracy"].iloc[0] == pytest.approx(expected)
     assert _n_images(executed["02"]) >= 4  # cells per well, mAP vs q, fraction retrieved, NN accuracy
+
+
+def test_running_the_notebooks_in_place_leaves_git_status_clean(executed):
+    """Everything 01 and 02 write where they run, and where 03 writes by default, is git-ignored in notebooks/."""
+    import shutil
+    import subprocess
+
+    repo = NOTEBOOKS.parent
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(repo), "rev-parse"],
+                                                     capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    written = [p.name + ("/" if p.is_dir() else "") for p in sorted(executed["cwd"].iterdir())]
+    assert written  # the runs, at least
+    written.append(_defaults(SCALING)["OUT"].rstrip("/") + "/")
+    tracked = [name for name in written if subprocess.run(
+        ["git", "-C", str(repo), "check-ignore", "-q", "--no-index", f"notebooks/{name}"]).returncode != 0]
+    assert not tracked, f"running the notebooks in notebooks/ leaves untracked {tracked}"
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, str]]:

@@ -23,9 +23,10 @@ from zarr.storage import FsspecStore
 
 from subcell_scale._constants import Files, Keys, Status
 from subcell_scale.cellstore import read_cells
-from subcell_scale.distributed.plugin import loads_per_worker
+from subcell_scale.distributed.plugin import loads_per_worker, plugin_name
 from subcell_scale.errors import ConfigError, RunDirectoryError
 from subcell_scale import embed_plate
+from subcell_scale.models import resolve_model
 from subcell_scale.profiles import aggregate
 from subcell_scale.store import ResultsStore, RunPath
 
@@ -159,10 +160,11 @@ def test_a_model_instance_is_saved_into_the_bucket_and_the_workers_load_it_from_
     _same(cells, reference)
     saved = set(s3.fs.find(f"{BUCKET}/instance/{Files.MODEL}"))
     assert saved == {f"{BUCKET}/instance/{Files.MODEL}/encoder.pth", f"{BUCKET}/instance/{Files.MODEL}/classifier_0.pth"}
-    paths = client.run(lambda dask_worker: [p.spec.encoder_path for n, p in dask_worker.plugins.items()
-                                            if n.startswith("subcell-model")])
-    assert all(p == [f"s3://{BUCKET}/instance/{Files.MODEL}/encoder.pth"] for p in paths.values())
-    assert all(list(n.values()) == [1] for n in client.run(loads_per_worker).values())  # once per worker
+    # the spec the workers were given reads the bucket (the plugin's name is a digest of the spec, paths included)
+    spec = resolve_model(tiny_model).for_workers(RunPath(f"s3://{BUCKET}/instance", s3.options) / Files.MODEL)
+    assert spec.encoder_path == f"s3://{BUCKET}/instance/{Files.MODEL}/encoder.pth"
+    loads = client.run(loads_per_worker)
+    assert all(n == {plugin_name(spec): 1} for n in loads.values())  # loaded from there, once per worker
 
 
 def test_a_half_written_manifest_object_is_kept_aside_and_rebuilt(run, reference, demo, tiny_spec, s3, cluster):

@@ -137,3 +137,82 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     (tmp_path / Files.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     with store.lock():
         assert json.loads((tmp_path / Files.LOCK).read_text())["pid"] == os.getpid()
+
+
+TINY_ENCODER = os.path.join(os.path.dirname(__file__), "data", "subcell", "tiny_rybg", "encoder.pth")
+
+
+@pytest.mark.parametrize("command", ["embed", "run", "demo", "make-demo-plate"])
+def test_an_out_that_is_a_file_is_named_as_one(demo_plates, tmp_path, capsys, command):
+    """`--out somefile`: exit 1 with one line naming the path, not the system's "File exists"."""
+    from subcell_scale.cli import main
+
+    demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    model = ["--model", TINY_ENCODER, "--num-heads", "4", "--no-progress"]
+
+    def argv(out) -> list[str]:
+        return {"embed": ["embed", demo["plate"], "--out", str(out), *model],
+                "run": ["run", demo["plate"], "--platemap", demo["platemap"], "--out", str(out), *model],
+                "demo": ["demo", "--out", str(out)],
+                "make-demo-plate": ["make-demo-plate", str(out)]}[command]
+
+    somefile = tmp_path / "somefile"
+    somefile.write_text("notes")
+    for out in (somefile, somefile / "run"):  # the folder itself, or one above it
+        assert main(argv(out)) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"subcell-scale {command}: error: "), err
+        assert str(out) in err and f"{somefile} is a file" in err, err
+        assert "File exists" not in err and "Not a directory" not in err
+    assert somefile.read_text() == "notes"
+
+
+def test_cells_and_report_refuse_a_file_for_a_folder(tmp_path):
+    import anndata as ad
+
+    from subcell_scale.cellstore import write_cells
+    from subcell_scale.report import build_report
+
+    out = tmp_path / "somefile"
+    out.write_text("notes")
+    with pytest.raises(RunDirectoryError, match=f"^output directory {out} is a file, not a folder$"):
+        ResultsStore(out)
+    with pytest.raises(RunDirectoryError, match=f"^output directory {out} is a file, not a folder$"):
+        write_cells(ad.AnnData(np.zeros((2, 3), np.float32)), out)
+    with pytest.raises(RunDirectoryError, match=f"^run directory {out} is a file, not a folder$"):
+        build_report(out)
+    assert out.read_text() == "notes"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_files_of_a_run_follow_the_umask(demo_plates, tiny_model, tmp_path, umask):
+    """manifest, run description, shards, cells store, the model saved for workers and the report:
+    0644 under umask 022 and 0640 under 027, as any file the user makes, so collaborators can read a run."""
+    import stat
+
+    from subcell_scale import embed_plate
+    from subcell_scale.models import resolve_model
+    from subcell_scale.report import build_report
+    from subcell_scale.store import RunPath
+
+    demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
+    runs = tmp_path / "runs"
+    previous = os.umask(umask)
+    try:
+        embed_plate(demo["plates"], tiny_model, out=runs / "zarr", platemap=demo["platemap"], progress=False,
+                    out_size=32)
+        embed_plate(demo["plate"], tiny_model, out=runs / "h5ad", format="h5ad", progress=False, out_size=32)
+        resolve_model(tiny_model).for_workers(RunPath(runs / "zarr") / Files.MODEL)  # what a cluster run saves
+        build_report(runs / "zarr")
+    finally:
+        os.umask(previous)
+    files = {p.relative_to(runs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in runs.rglob("*") if p.is_file()}
+    folders = {p.relative_to(runs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in runs.rglob("*") if p.is_dir()}
+    for name in (Files.MANIFEST, Files.RUN, "shards/demo-plate-1/A01_0.npz", "cells.zarr/zarr.json",
+                 "cells.zarr/X/c/0/0", f"{Files.MODEL}/encoder.pth", Files.REPORT):
+        assert f"zarr/{name}" in files, name
+    assert "h5ad/cells.h5ad" in files and "h5ad/manifest.json" in files
+    assert not [n for n in files if n.endswith(".tmp") or n.endswith(Files.LOCK)]
+    wrong = {n: oct(m) for n, m in files.items() if m != 0o666 & ~umask}
+    assert not wrong, f"files not {oct(0o666 & ~umask)}: {wrong}"
+    assert all(m == 0o777 & ~umask for m in folders.values()), {n: oct(m) for n, m in folders.items()}

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", default=None, metavar="A,B,C",
                         help="channel order of the plates (default: order of first appearance in the index)")
     parser.add_argument("--levels", type=int, default=2, help="resolution levels per field (default: 2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace plates that exist at OUT_DIR/<plate>.zarr, labels included (default: refuse)")
     parser.add_argument("--validate", action="store_true",
                         help="validate every written plate (ome-zarr-models and subcell-scale's own checks)")
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
     paths = convert_images(args.index, args.out_dir, pixel_size=args.pixel_size, version=args.version,
-                           channels=channels, levels=args.levels)
+                           channels=channels, levels=args.levels, overwrite=args.overwrite)
     for path in paths:
         if args.validate:
             validate_plate(path)

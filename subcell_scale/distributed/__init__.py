@@ -19,6 +19,7 @@ _LAZY = {
     "SubCellPlugin": "plugin",
     "loads_per_worker": "plugin",
     "register_model": "plugin",
+    "unregister_model": "plugin",
     "worker_model": "plugin",
     "load_cluster_config": "deploy",
     "render_kubernetes_spec": "deploy",
@@ -34,7 +35,14 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:  # pragma: no cover
     from .cluster import GPU_RESOURCE, count_gpus, get_client
     from .deploy import load_cluster_config, render_kubernetes_spec, render_slurm_job_script
-    from .plugin import PLUGIN_NAME, SubCellPlugin, loads_per_worker, register_model, worker_model
+    from .plugin import (
+        PLUGIN_NAME,
+        SubCellPlugin,
+        loads_per_worker,
+        register_model,
+        unregister_model,
+        worker_model,
+    )
     from .scheduler import Failure, Outcome, Stage, map_tasks
 
 

@@ -15,6 +15,10 @@ label      for a label image (integer mask) instead: the label image's name, e.g
 path       the file, relative to the index file's folder (or ``base_dir``)
 ========== ==================================================================================
 
+A plate that exists at ``<out_dir>/<plate>.zarr`` is left alone, and nothing is written, unless
+``overwrite=True`` (``--overwrite``) replaces it, its label images included (a plate whose conversion
+stopped part-way is simply redone).
+
 Every field of a plate must provide the same channels; their order is the order of first
 appearance in the index unless ``channels=`` fixes it. A missing file, a field lacking a channel,
 channels of different shapes, or an unreadable well name stop the conversion with the plate, well,
@@ -33,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import PlateFormatError, PlateNotFoundError, WellNameError
+from .._folders import make_folder
+from ..errors import PlateFormatError, PlateNotFoundError, RunDirectoryError, WellNameError
 from .wells import normalize_well_name
 from .writer import PlateWriter
 
@@ -112,6 +117,7 @@ def convert_images(
     levels: int = 2,
     chunks: Sequence[int] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write one NGFF HCS plate ``<out_dir>/<plate>.zarr`` per plate named in ``index``.
 
@@ -132,11 +138,19 @@ def convert_images(
     base_dir
         Folder relative paths are resolved against (default: the index file's folder, or the
         working directory for a DataFrame).
+    overwrite
+        Replace plates that exist already (with their label images). By default an existing
+        ``<out_dir>/<plate>.zarr`` stops the conversion before anything is written.
 
     Returns
     -------
     list of pathlib.Path
         The written plates, in order of first appearance in the index.
+
+    Raises
+    ------
+    RunDirectoryError
+        A plate exists at its output path and ``overwrite`` is False.
     """
     frame, base, where = _read_index(index, base_dir)
     frame.columns = [str(c).strip().lower() for c in frame.columns]
@@ -172,13 +186,37 @@ def convert_images(
         raise PlateFormatError(msg)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    plates = list(dict.fromkeys(r["plate"] for r in rows))
+    existing = [str(out / f"{plate}.zarr") for plate in plates if _is_plate(out / f"{plate}.zarr")]
+    if existing and not overwrite:
+        what = f"plate {existing[0]} exists" if len(existing) == 1 else f"plates {', '.join(existing)} exist"
+        msg = (f"{what} already; converting would replace it with its labels: give --overwrite "
+               "(overwrite=True) to replace it, or another output folder")
+        raise RunDirectoryError(msg)
+    make_folder(out, "output folder")
     written = []
-    for plate in dict.fromkeys(r["plate"] for r in rows):
+    for plate in plates:
         plate_rows = [r for r in rows if r["plate"] == plate]
         written.append(_convert_plate(plate, plate_rows, out, pixel_size=pixel_size, version=version,
                                       channels=channels, levels=levels, chunks=chunks))
     return written
+
+
+def _is_plate(path: Path) -> bool:
+    """Whether ``path`` holds a finished plate (its plate metadata written); a conversion that stopped
+    part-way leaves none, and is redone without asking."""
+    import json
+
+    for name, keys in (("zarr.json", ("attributes", "ome", "plate")), (".zattrs", ("plate",))):
+        try:
+            node = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
 
 
 def _convert_plate(plate: str, rows: list[dict], out: Path, *, pixel_size: float | Sequence[float], version: str,

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .._constants import DemoSize, Files
+from .._folders import make_folder
 from ..errors import ConfigError
 from . import synthetic
 from .synthetic import Phenotype
@@ -453,8 +454,7 @@ def make_demo_plate(
     cells = layout.cells_per_field if cells_per_field is None else cells_per_field
     _check_counts(n_plates=n_plates, n_wells=n_wells, n_fields=n_fields, field_size=field_size,
                   cells_per_field=cells, version=version, processes=processes)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "output folder")
     platemap = design_platemap(layout, n_plates=n_plates, n_wells=n_wells, seed=seed)
     n_rows, n_cols = _plate_format(n_wells)
     chunk = min(field_size, layout.max_chunk)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import representation, rows_matching
+from .._folders import make_folder
 from .._typecheck import check_fields
 from ..errors import ConfigError, ProfilingError
 from .map import average_precision, fraction_retrieved, mean_average_precision
@@ -280,8 +281,7 @@ def usable_moa_table(meta: pd.DataFrame, *, pert_col: str = "compound", moa_col:
 
 def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike) -> list[Path]:
     """Write each table as ``<name>.csv`` (lists and tuples joined by ``"|"``); same tables, same bytes."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(out_dir, "output folder")
     written = []
     for name, table in tables.items():
         frame = table.copy()

@@ -299,8 +299,13 @@ def download_file(url: str, dest: str | Path, *, expected_sha256: str | None = N
             attempt += 1
             have = part.stat().st_size if part.exists() else 0
             if attempt > retries:
+                if have:
+                    kept = f"{have} bytes kept in {part}, run the download again to resume"
+                else:  # nothing arrived: no part file to resume from (an empty one is removed)
+                    part.unlink(missing_ok=True)
+                    kept = "nothing was kept; run the download again"
                 msg = (f"{url}: download of {dest.name} failed after {attempt} attempt(s) ({type(exc).__name__}: "
-                       f"{exc}); {have} bytes kept in {part}, run the download again to resume")
+                       f"{exc}); {kept}")
                 raise DownloadError(msg) from exc
             logger.warning("%s: %s; resuming from byte %d (attempt %d of %d)", url, exc, have, attempt + 1, retries + 1)
             time.sleep(min(2.0 ** (attempt - 1), 30.0))  # 1, 2, 4, ... s between attempts

@@ -130,6 +130,10 @@ def run_fields(plates: Iterable[Sequence[FieldJob]], model: ResolvedModel, clien
         bar.close()
         if store is not None:
             store.flush(force=True)
+        if plugin is not None:  # the run's model leaves the cluster with it: a worker joining later loads nothing
+            from ..distributed.plugin import unregister_model
+
+            unregister_model(client, plugin)
     return results
 
 
