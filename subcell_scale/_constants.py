@@ -51,6 +51,7 @@ class Files:
     FLATFIELD = "flatfield"  # folder: one flat field per plate, <plate>.npy
     INTENSITY = "intensity"  # folder: one raw-pixel histogram per plate, <plate>.npy (plate percentiles)
     MODEL = "model"  # folder: a model instance saved for the workers
+    WELLS = "wells"  # folder: each plate's wells aggregated from its shards as it ended, wells/<plate>.h5ad
     LABELS = "labels"  # folder: labels of plates that cannot take them, labels/<plate>/<well>_<field>_<name>.npz
 
 

@@ -217,6 +217,39 @@ def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, faile
     return cells_anndata(obs, spatial, X, localization, width, context, failed, classes=localization is not None)
 
 
+def plate_cells(fields: Sequence[tuple[FieldId, Any, int]], plate: Plate, pixel_size: Sequence[float],
+                pass_names: Sequence[str] = (), platemap: Any = None) -> AnnData:
+    """The cells of one plate as the cells store holds them, ``X`` left in the shards.
+
+    ``obs`` is built from the shards' cell tables (in memory: one plate's worth), ``X`` is a dask array
+    reading each field's shard when its rows are asked for: what a plate's well profiles are
+    aggregated from as soon as its last field has ended, without the run's cells store.
+    """
+    import anndata as ad
+    import dask
+    import dask.array as da
+
+    from .store import read_shard_array, read_shard_cells
+
+    pieces, blocks = [], []
+    for fid, path, n in fields:
+        if not n:
+            continue
+        cells, shapes = read_shard_cells(path)
+        order = sorted_cells(cells)
+        pieces.append((fid, cells.iloc[order].reset_index(drop=True)))
+        rows = dask.delayed(_sorted_rows)(read_shard_array, path, order)
+        blocks.append(da.from_delayed(rows, shape=(len(order), shapes["embedding"][1]), dtype=np.float32))
+    obs, spatial = ObsSchema([plate], {plate.name: pixel_size}, platemap).frame(pieces)
+    X = da.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+    var = pd.DataFrame(index=var_names(int(X.shape[1]), pass_names))
+    return ad.AnnData(X=X, obs=obs, var=var, obsm={Keys.SPATIAL: spatial})
+
+
+def _sorted_rows(read: Any, path: Any, order: np.ndarray) -> np.ndarray:
+    return read(path, "embedding")[order]
+
+
 def default_width(context: RunContext) -> int:
     """Width of ``X`` from the model and the passes, for a run without a single cell."""
     return context.model.embedding_dim * len(context.plans[0].passes)

@@ -207,10 +207,11 @@ def _write_zarr_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     with _aside(root, path) as (staging, target):
         _write_skeleton(layout, context, failed, staging)
         target.put_tree(staging, skip=_ROOT_METADATA)
-        group = zarr.open_group(target.zarr_store(read_only=False), mode="r+", use_consolidated=False)
-        x = group["X"]
-        loc = group["obsm"][Keys.LOCALIZATION] if layout.n_prob is not None else None
-        obs = _ObsWriter(group["obs"], group["obsm"][Keys.SPATIAL], layout.schema)
+        store = target.zarr_store(read_only=False)  # the root metadata is not there yet: nodes by path
+        x = zarr.open_array(store, path="X", mode="r+")
+        loc = zarr.open_array(store, path=f"obsm/{Keys.LOCALIZATION}", mode="r+") if layout.n_prob is not None else None
+        obs = _ObsWriter(zarr.open_group(store, path="obs", mode="r+", use_consolidated=False),
+                         zarr.open_array(store, path=f"obsm/{Keys.SPATIAL}", mode="r+"), layout.schema)
         damaged: dict[FieldId, str] = {}
 
         def copy(lo: int, hi: int, pieces: list[_Piece]) -> tuple[list[tuple[FieldId, pd.DataFrame]], dict]:

@@ -90,6 +90,8 @@ class Run:
         self.timings: dict[str, float] = {}
         self.skipped: dict[str, str] = {}
         self.failed: dict[str, str] = {}
+        self._wells: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.digest = "" if self.model is None else parameters_digest(
             {**spec.params.embedding_parameters(), "model": self.model.identity,
              "segment_if_missing": bool(spec.segment_if_missing)})
@@ -128,6 +130,7 @@ class Run:
                 store = ResultsStore(spec.out, storage_options=spec.out_storage_options or spec.storage_options)
                 stack.enter_context(store.lock())  # refuse at once when another run writes here
             run = cls(spec, stages, checked, store, scratch)
+            stack.callback(run._close_pool)
             if store is not None and run.model is not None:
                 store.check_compatible(run.digest, spec.params.to_dict())
             run._begin()
@@ -147,6 +150,10 @@ class Run:
                 run._end(Status.FAILED, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
                 raise
             run._end()
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     @property
     def root(self) -> RunPath | None:
@@ -215,6 +222,70 @@ class Run:
     def jobs(self, *, embedding: bool = True) -> list[FieldJob]:
         """One job per field of the run's plates, in plate, well, field order."""
         return [job for jobs in self.plate_jobs(embedding=embedding) for job in jobs]
+
+    # -- a plate's products, as soon as it ends -----------------------------------------------------
+    @property
+    def plate_products(self) -> bool:
+        """Whether each plate's wells are aggregated as it ends: the run goes on to profiles in a local
+        folder, and a profile groups cells of one plate only (``aggregation.by`` holds ``plate``)."""
+        return ("profile" in self.stages and self.store is not None and self.store.root.is_local
+                and "plate" in self.spec.params.profiling.aggregation.by)
+
+    def plate_ended(self, name: str, jobs: Sequence[FieldJob]) -> None:
+        """The last field of plate ``name`` has ended: aggregate its wells from its shards, on a worker
+        when there is a cluster (``wells/<plate>.h5ad``), unless they are there from an earlier run."""
+        if not self.plate_products:
+            return
+        record = self.store.records.plate(name)
+        target = self.root.local / Files.WELLS / f"{name}.h5ad"
+        stamp = self._wells_stamp(record)
+        if stamp is not None and _wells_stamp_of(target) == stamp:
+            return
+        plate = next(p for p in self.plates if p.name == name)
+        plan = next(p for p in self.plans if p.name == name)
+        fields = [(job.fid, job.shard_path, int(self.store.field(job.fid).get("n_cells") or 0)) for job in jobs
+                  if self.store.field(job.fid).get("status") == Status.DONE]
+        platemap = self.platemap
+        if platemap is not None and "plate" in platemap.columns:
+            platemap = platemap[platemap["plate"].astype(str) == name]  # each task carries its plate's rows only
+        arguments = (fields, plate, plan.pixel_size, plan.pass_names, platemap,
+                     self.spec.params.profiling.aggregation.kwargs(), str(target), stamp)
+        if self.client is not None:
+            self._wells[name] = self.client.submit(plate_wells, *arguments, key=f"wells-{name}", pure=False)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wells")
+            self._wells[name] = self._pool.submit(plate_wells, *arguments)
+
+    def _wells_stamp(self, record: Any) -> str | None:
+        """What a plate's wells were made from: its shards (when complete) and the aggregation."""
+        if not record.complete:
+            return None
+        from .store import parameters_digest
+
+        return parameters_digest({"shards": record.shards_digest,
+                                  "aggregation": self.spec.params.profiling.aggregation.kwargs()})
+
+    def plate_wells_files(self) -> list[Path] | None:
+        """Every plate's wells file, in plate name order, once each has been written; None when a plate
+        has none (it failed in part, or the run does not make them)."""
+        if not self.plate_products:
+            return None
+        for name, future in list(self._wells.items()):
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - the profiles are then aggregated from the cells store
+                log.warning("the wells of plate %s could not be aggregated from its shards (%s); the profiles "
+                            "come from the cells store", name, exc)
+                return None
+        files = []
+        for plate in sorted(self.plates, key=lambda p: p.name):
+            record = self.store.records.plate(plate.name)
+            target = self.root.local / Files.WELLS / f"{plate.name}.h5ad"
+            if not record.complete or _wells_stamp_of(target) != self._wells_stamp(record):
+                return None
+            files.append(target)
+        return files
 
     @property
     def n_fields(self) -> int:
@@ -308,10 +379,14 @@ def embed(run: Run) -> AnnData:
 
 
 def profile(run: Run, cells: AnnData) -> AnnData | None:
-    """Well profiles of the run's cells as its description says (``profiles.h5ad``, ``profiles.parquet``).
+    """Well profiles of the run's cells as its description says (``profiles.h5ad``, ``profiles.parquet``
+    partitioned by plate).
 
-    Returns None (and names the step as skipped) when no cell was embedded; profiles that could not
-    be post-processed (no negative controls to fit on, ...) are written aggregated, the step named.
+    Each plate's wells were aggregated from its shards as it ended (:meth:`Run.plate_ended`): they are
+    put together and post-processed across plates, with no pass over the cells store; otherwise
+    (a partial plate, an aggregation across plates) the cells store is aggregated. Returns None (and
+    names the step as skipped) when no cell was embedded; profiles that could not be post-processed
+    (no negative controls to fit on, ...) are written aggregated, the step named.
     """
     from .cellstore import cells_path
     from .profiles import write_parquet
@@ -321,12 +396,61 @@ def profile(run: Run, cells: AnnData) -> AnnData | None:
             run.skip("profiles", "no cells were embedded")
             return None
         out = run.root.local
-        profiles, why = make_profiles(cells_path(out, run.spec.format), run.spec.params.profiling)
+        files = run.plate_wells_files()
+        wells = _wells_together(files, cells) if files else cells_path(out, run.spec.format)
+        profiles, why = make_profiles(wells, run.spec.params.profiling, aggregated=files is not None)
         if why:
             run.skip("postprocess", why)
         profiles.write_h5ad(out / Files.PROFILES)
-        write_parquet(profiles, out / Files.PROFILES_PARQUET)
+        write_parquet(profiles, out / Files.PROFILES_PARQUET, partition_by="plate")
     return profiles
+
+
+def plate_wells(fields: Sequence[tuple[FieldId, Any, int]], plate: Any, pixel_size: Sequence[float],
+                pass_names: Sequence[str], platemap: Any, aggregation: Mapping[str, Any], target: str,
+                stamp: str | None) -> str:
+    """One plate's well profiles aggregated from its shards, written to ``target`` (a task of the run)."""
+    from .cellstore import plate_cells
+    from .profiles import aggregate
+
+    wells = aggregate(plate_cells(fields, plate, pixel_size, pass_names, platemap), **aggregation)
+    wells.uns[WELLS_STAMP] = stamp or ""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    new = Path(target).with_name(f".{Path(target).name}.new")
+    wells.write_h5ad(new)
+    new.replace(target)
+    return target
+
+
+WELLS_STAMP = "subcell_scale_wells"
+"""Key of a plate's wells file holding what it was made from (its shards and the aggregation)."""
+
+
+def _wells_stamp_of(path: Path) -> str | None:
+    """The stamp a plate's wells file was written with (None: no file)."""
+    if not path.exists():
+        return None
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return handle["uns"][WELLS_STAMP][()].decode() if WELLS_STAMP in handle.get("uns", {}) else None
+    except (OSError, KeyError):
+        return None
+
+
+def _wells_together(files: Sequence[Path], cells: AnnData) -> AnnData:
+    """The plates' wells as one AnnData, in plate order, with the categories of the run's ``obs``."""
+    import anndata as ad
+
+    parts = [ad.read_h5ad(path) for path in files]
+    wells = ad.concat(parts, merge="same", uns_merge="first", index_unique=None)
+    wells.uns.pop(WELLS_STAMP, None)
+    for column in wells.obs.columns:
+        if column in cells.obs.columns and isinstance(cells.obs[column].dtype, pd.CategoricalDtype):
+            wells.obs[column] = pd.Categorical(wells.obs[column].astype(object),
+                                               dtype=cells.obs[column].dtype)
+    return wells
 
 
 def evaluate(run: Run, profiles: AnnData | None) -> dict[str, pd.DataFrame]:
@@ -352,16 +476,17 @@ def report(run: Run, cells: AnnData, profiles: AnnData | None, tables: Mapping[s
 
 
 # -- profiles and metrics, as the description says ------------------------------------------------------
-def make_profiles(cells: Any, recipe: Any) -> tuple[AnnData, str | None]:
+def make_profiles(cells: Any, recipe: Any, *, aggregated: bool = False) -> tuple[AnnData, str | None]:
     """Well profiles from a cells AnnData: the recipe's aggregation, then its post-processing chain.
 
-    Returns the profiles and, when the chain could not run on them (no negative-control wells to fit
-    on, a single well, constant features), why: the aggregated profiles are returned then, so a run
-    still writes them, and says the post-processing was skipped.
+    ``aggregated`` says ``cells`` are the wells already (aggregated plate by plate). Returns the
+    profiles and, when the chain could not run on them (no negative-control wells to fit on, a single
+    well, constant features), why: the aggregated profiles are returned then, so a run still writes
+    them, and says the post-processing was skipped.
     """
     from .profiles import aggregate, postprocess
 
-    profiles = aggregate(cells, **recipe.aggregation.kwargs())
+    profiles = cells if aggregated else aggregate(cells, **recipe.aggregation.kwargs())
     if not recipe.postprocess:
         return profiles, None
     try:

@@ -196,7 +196,9 @@ def _allocator_after_a_run(demo, tmp_path, *, tune: bool = True, env: dict | Non
 def test_the_allocator_tuning_ends_with_the_streaming_writer(demo, tmp_path):
     """The writer's 1 MiB mmap threshold is not left behind: after a run the process has glibc's initial
     threshold (128 KiB); with tune_allocator=False, or a threshold chosen for the process, nothing changes."""
-    libc = cellstore._glibc()
+    from subcell_scale._allocator import _glibc
+
+    libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         pytest.skip("not glibc 2.33 or later (no mallinfo2 to observe the allocator with)")
     tuned = _allocator_after_a_run(demo, tmp_path / "tuned")

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from subcell_scale.store import read_field_records
 from subcell_scale._constants import VAR_PREFIX, Files, Keys, Obs
 from subcell_scale.distributed import loads_per_worker
 from subcell_scale.errors import (
@@ -139,6 +140,7 @@ def test_written_anndata_reads_back_and_runs_scanpy(reference):
 def test_every_ground_truth_cell_is_embedded_or_dropped_with_a_reason(demo, reference):
     out, adata = reference
     manifest = json.loads((out / Files.MANIFEST).read_text())
+    records = read_field_records(out)
     n_dropped = 0
     for path in demo["plates"]:
         plate = open_plate(path)
@@ -151,7 +153,7 @@ def test_every_ground_truth_cell_is_embedded_or_dropped_with_a_reason(demo, refe
                 dropped = [lab for labels in shard.dropped.values() for lab in labels]
                 assert embedded.isdisjoint(dropped) and len(dropped) == len(set(dropped))
                 assert embedded | set(dropped) == truth
-                record = manifest["fields"][f"{plate.name}/{well}/{fld}"]
+                record = records[f"{plate.name}/{well}/{fld}"]
                 assert record["status"] == "done" and record["n_cells"] == len(embedded)
                 assert record["dropped"] == {k: len(v) for k, v in shard.dropped.items()}
                 n_dropped += len(dropped)
@@ -202,7 +204,7 @@ def test_a_failed_field_is_recorded_and_a_rerun_finishes_only_it(demo, reference
     out = tmp_path / "run"
     first = embed_plate(plates, model, out=out, platemap=demo["platemap"], progress=False, retries=1, **SMALL)
     manifest = json.loads((out / Files.MANIFEST).read_text())
-    record = manifest["fields"]["demo-plate-2/A02/0"]
+    record = read_field_records(out)["demo-plate-2/A02/0"]
     assert record["status"] == "failed" and record["attempts"] == 2
     assert "A02" in record["error"]
     assert manifest["embed"]["summary"]["failed"] == 1 and manifest["embed"]["summary"]["done"] == 7
@@ -214,7 +216,7 @@ def test_a_failed_field_is_recorded_and_a_rerun_finishes_only_it(demo, reference
     stamps = {p: p.stat().st_mtime_ns for p in shards}
     second = embed_plate(plates, model, out=out, platemap=demo["platemap"], progress=False, **SMALL)
     assert all(p.stat().st_mtime_ns == stamps[p] for p in shards)  # finished fields were not recomputed
-    assert json.loads((out / Files.MANIFEST).read_text())["fields"]["demo-plate-2/A02/0"]["status"] == "done"
+    assert read_field_records(out)["demo-plate-2/A02/0"]["status"] == "done"
     _same(ref, second)
 
 

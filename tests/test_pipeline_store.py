@@ -21,6 +21,7 @@ from subcell_scale.store import (
     ResultsStore,
     Shard,
     parameters_digest,
+    read_field_records,
     read_shard,
     shard_meta,
     write_shard,
@@ -66,33 +67,55 @@ def test_damaged_shard_is_ignored_for_resume_and_named_when_read(tmp_path):
         read_shard(path)
 
 
-def test_manifest_records_fields_and_refuses_other_parameters(tmp_path):
+def test_fields_are_recorded_per_plate_and_other_parameters_refused(tmp_path):
     store = ResultsStore(tmp_path, flush_interval=3600)
     store.begin(inputs={"plates": ["a"]}, parameters={"out_size": 64}, model={"source": "random"},
                 versions={"numpy": np.__version__}, digest="d1")
-    fids = [FieldId("a", "B03", "0"), FieldId("a", "B03", "1")]
+    fids = [FieldId("a", "B03", "0"), FieldId("a", "B03", "1"), FieldId("b", "B03", "0")]
     keys = [f.key for f in fids]
     store.set_pending(fids)
-    store.record_done(fids[0], n_cells=4, dropped={"border": 2}, seconds=1.23456)
+    store.record_done(fids[0], n_cells=4, dropped={"border": 2}, seconds=1.23456, size=100, sha256="abc")
     store.record_failed(fids[1], error="PlateFormatError: chunk missing", seconds=0.5, attempts=2)
     store.summarize()
     store.flush(force=True)
     manifest = json.loads((tmp_path / Files.MANIFEST).read_text())
-    assert manifest["fields"][keys[0]] == {"status": DONE, "n_cells": 4, "dropped": {"border": 2}, "seconds": 1.235,
-                                           "shard": "shards/a/B03_0.npz", "error": None}
-    assert manifest["fields"][keys[1]]["status"] == FAILED
-    assert manifest["fields"][keys[1]]["error"] == "PlateFormatError: chunk missing"
-    assert manifest["embed"]["summary"] == {"fields": 2, DONE: 1, FAILED: 1, PENDING: 0, "n_cells": 4}
+    assert "fields" not in manifest  # the manifest has one line per plate, never one per field
+    assert manifest["plates"]["a"] == {"fields": 2, DONE: 1, FAILED: 1, PENDING: 0, "n_cells": 4, "complete": False,
+                                       "record": "records/a.json"}
+    assert manifest["plates"]["b"][PENDING] == 1
+    record = json.loads((tmp_path / Files.RECORDS / "a.json").read_text())
+    assert record["fields"][keys[0]] == {"status": DONE, "n_cells": 4, "dropped": {"border": 2}, "seconds": 1.235,
+                                         "shard": "shards/a/B03_0.npz", "error": None, "size": 100, "sha256": "abc"}
+    assert record["fields"][keys[1]]["error"] == "PlateFormatError: chunk missing"
+    assert read_field_records(tmp_path)[keys[1]]["status"] == FAILED
+    assert manifest["embed"]["summary"] == {"fields": 3, DONE: 1, FAILED: 1, PENDING: 1, "n_cells": 4, "plates": 2,
+                                            "complete_plates": 0}
     assert manifest["embed"]["parameters"] == {"out_size": 64}
+    # a plate whose fields are all done is complete, with the digest of its shards
+    assert not store.close_plate("a", fids[:2])
+    store.record_done(fids[1], n_cells=1, dropped={}, seconds=0.1, size=50, sha256="def")
+    assert store.close_plate("a", fids[:2])
+    store.flush(force=True)
+    assert json.loads((tmp_path / Files.RECORDS / "a.json").read_text())["complete"]
 
     again = ResultsStore(tmp_path)
     again.set_pending([*fids, FieldId("a", "C01", "0")])
-    assert again.manifest["fields"][keys[1]]["status"] == FAILED  # keeps the last error until retried
-    assert again.manifest["fields"]["a/C01/0"]["status"] == PENDING
+    assert again.field(fids[1])["status"] == DONE and again.field(FieldId("a", "C01", "0"))["status"] == PENDING
+    assert not again.records.plate("a").complete  # a field was added: the plate is open again
     with pytest.raises(RunDirectoryError, match="other parameters .*out_size"):
         again.begin(inputs={}, parameters={"out_size": 32}, model={}, versions={}, digest="d2")
     again.update("profiles", {"file": "profiles.h5ad"})
     assert json.loads((tmp_path / Files.MANIFEST).read_text())["profiles"] == {"file": "profiles.h5ad"}
+
+
+def test_a_manifest_that_held_every_field_is_read_into_records(tmp_path):
+    (tmp_path / Files.MANIFEST).write_text(json.dumps({"format": 1, "embed": {"digest": "d"}, "fields": {
+        "p/A01/0": {"status": DONE, "n_cells": 3}, "q/A01/0": {"status": FAILED, "error": "x"}}}))
+    store = ResultsStore(tmp_path)
+    store.flush(force=True)
+    assert read_field_records(tmp_path) == {"p/A01/0": {"status": DONE, "n_cells": 3},
+                                            "q/A01/0": {"status": FAILED, "error": "x"}}
+    assert "fields" not in json.loads((tmp_path / Files.MANIFEST).read_text())
 
 
 def test_digest_depends_on_values_not_order():
@@ -170,7 +193,7 @@ def test_an_out_that_is_a_file_is_named_as_one(demo_plates, tmp_path, capsys, co
 def test_cells_and_report_refuse_a_file_for_a_folder(tmp_path):
     import anndata as ad
 
-    from subcell_scale.cellstore import write_cells
+    from subcell_scale.cellwriter import write_cells
     from subcell_scale.report import build_report
 
     out = tmp_path / "somefile"

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from subcell_scale.store import read_field_records
 from subcell_scale._constants import VAR_PREFIX, Keys, Obs
 from subcell_scale.errors import ChannelMismatchError, ConfigError
 from subcell_scale.io import PlateWriter, open_plate
@@ -202,7 +203,7 @@ def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
     assert int(cells[Obs.LABEL].iloc[0]) == int(row[Obs.LABEL])
     np.testing.assert_allclose(crops[0], direct, atol=1e-5)  # float32 resize vs float64 here
     manifest = json.loads((tmp_path / "run" / Files.MANIFEST).read_text())
-    edge = sum(f["dropped"].get("edge", 0) for f in manifest["fields"].values())
+    edge = sum(f["dropped"].get("edge", 0) for f in read_field_records(tmp_path / "run").values())
     assert edge > 0 and (tmp_path / "run" / Files.INTENSITY / f"{plate.name}.npy").is_file()
     # crops cut on the model's device (torch) give the same cells, drops and embeddings
     on_device = embed_plate(cp_plate, model, preset=JUMP, out_size=48, progress=False, crop_on="device")

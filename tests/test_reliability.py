@@ -34,6 +34,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from subcell_scale.store import read_field_records
 from subcell_scale._constants import Files, Keys, Obs
 from subcell_scale.errors import PlateFormatError, WellNameError
 from subcell_scale.io import open_plate
@@ -169,7 +170,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_cell_is_embedded_once(dem
     assert killed and killed["shards"] < N_FIELDS, "the worker was not killed while fields were left"
     _same_cells(reference, adata)
     manifest = _manifest(out)
-    assert {f["status"] for f in manifest["fields"].values()} == {"done"}
+    assert {f["status"] for f in read_field_records(out).values()} == {"done"}
     assert manifest["embed"]["summary"]["n_cells"] == reference.n_obs
     # the nanny started a new worker process in place of the killed one
     assert _wait_for(lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 2, timeout=60)
@@ -234,7 +235,7 @@ def test_damaged_and_empty_fields_are_recorded_and_a_rerun_after_repair_complete
     assert done.returncode == 3, done.stderr[-3000:]
     assert "run incomplete" in done.stderr and "manifest.json" in done.stderr
     manifest = _manifest(out)
-    fields = manifest["fields"]
+    fields = read_field_records(out)
     name = open_plate(plate).name
     bad = {f"{name}/{w}/{f}" for w, f in (corrupt, unreadable)}
     assert {k for k, v in fields.items() if v["status"] == "failed"} == bad

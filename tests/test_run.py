@@ -14,6 +14,7 @@ import pytest
 import torch
 from _shared import TINY
 
+from subcell_scale.store import read_field_records
 from subcell_scale._constants import Files, Keys
 from subcell_scale.errors import ChannelMismatchError, ConfigError, PlatemapError, RunDirectoryError
 from subcell_scale.io.demo import make_demo_plate
@@ -101,9 +102,10 @@ def test_manifest_records_options_steps_and_fields(finished, demo):
     described = json.loads((out / Files.RUN).read_text())  # the run's description, as every stage used it
     assert described["parameters"]["overridden"] == ["design", "out_size"]
     assert described["parameters"]["out_size"] == 32 and described["parameters"]["design"]["null_size"] == 200
-    statuses = {f["status"] for f in manifest["fields"].values()}
+    records = read_field_records(out)
+    statuses = {f["status"] for f in records.values()}
     assert statuses == {"done"}
-    assert sum(f["n_cells"] for f in manifest["fields"].values()) == result.n_cells
+    assert sum(f["n_cells"] for f in records.values()) == result.n_cells
 
 
 def test_rerun_resumes_without_recomputing_fields(finished, demo, spec, client):

@@ -74,8 +74,15 @@ def from_dataframe(frame: pd.DataFrame, *, features: Sequence[str] | None = None
     return AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index([str(f) for f in features], dtype=str)))
 
 
-def write_parquet(adata: AnnData, path: str | os.PathLike) -> Path:
-    """Write :func:`to_dataframe` as parquet, with the profiling steps in the file's metadata."""
+def write_parquet(adata: AnnData, path: str | os.PathLike, *, partition_by: str | None = None) -> Path:
+    """Write :func:`to_dataframe` as parquet, with the profiling steps in the file's metadata.
+
+    With ``partition_by`` (an obs column, e.g. ``"plate"``), ``path`` is a folder holding one file per
+    value (``Metadata_plate=<name>/``), as a screen's profiles are read one plate at a time;
+    ``pandas.read_parquet`` and :func:`read_profiles` read the folder as one table.
+    """
+    import shutil
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -84,7 +91,14 @@ def write_parquet(adata: AnnData, path: str | os.PathLike) -> Path:
     steps = json.dumps(profiling_steps(adata), default=str)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_STEPS_KEY: steps.encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    if partition_by is None:
+        pq.write_table(table, path)
+    else:
+        pq.write_to_dataset(table, path, partition_cols=[f"{METADATA_PREFIX}{partition_by}"])
     logger.info("wrote %d profiles x %d features to %s", adata.n_obs, adata.n_vars, path)
     return path
 
@@ -101,7 +115,7 @@ def read_profiles(path: str | os.PathLike, *, features: Sequence[str] | None = N
     """Read profiles into AnnData: an ``.h5ad`` written here, or a table (parquet, CSV or CSV.gz) written
     here or by pycytominer (``Metadata_`` columns and features)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not (path.is_dir() and path.name.lower().endswith((".parquet", ".pq"))):
         raise ProfilingError(f"profile table not found: {path}")
     name = path.name.lower()
     steps = []
@@ -115,7 +129,7 @@ def read_profiles(path: str | os.PathLike, *, features: Sequence[str] | None = N
     if name.endswith(".parquet") or name.endswith(".pq"):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        table = pq.read_table(path)  # a folder partitioned by plate reads as one table
         frame = table.to_pandas()
         raw = (table.schema.metadata or {}).get(PARQUET_STEPS_KEY)
         steps = json.loads(raw) if raw else []
