@@ -94,7 +94,7 @@ class SubCellPlugin(WorkerPlugin):
 
     def teardown(self, worker: Worker | None = None) -> None:
         with self._lock:
-            on_gpu = self.model is not None and str(self.device or default_device()).startswith("cuda")
+            on_gpu = self.model is not None and getattr(self.model.device, "type", "cpu") == "cuda"
             self.model = None
         if on_gpu:  # give the run's GPU memory back to other work on this worker
             import torch
