@@ -1,13 +1,15 @@
 """What became of each field of a run, kept per plate so that no record grows with the screen.
 
-A screen has hundreds of plates and millions of fields. The run directory keeps one small file per
-plate, ``records/<plate>.json``, with the record of each of its fields (done with its cells, shard
-size and sha256, fingerprint of its pixels; failed with the error; pending); ``manifest.json`` keeps
-one summary per plate (counts, and whether the plate is complete). Writing a field's record rewrites
-its plate's file only (throttled), so the bytes written per field do not grow with the number of
-plates. When every field of a plate is done the plate is *complete*: its record says so with the
-digest of its shards, and a resumed run recognises it from that record, a listing of its shards and
-one listing of the plate's files, without reading a shard.
+A screen has hundreds of plates and millions of fields. The run directory keeps the records of each
+plate's fields apart, ``records/<plate>.json`` (done with its cells, shard size and sha256,
+fingerprint of its pixels; failed with the error; pending); ``manifest.json`` keeps one summary per
+plate (counts, and whether the plate is complete). While a plate's fields finish, their records are
+appended to its log (``records/<plate>.log``, or one small object per write on object storage), so
+the bytes written per field stay the same however large the plate or the screen; when the plate
+ends its records are written whole once (``records/<plate>.json``) and the log goes. When every field
+of a plate is done the plate is *complete*: its record says so with the digest of its shards, and a
+resumed run recognises it from that record, a listing of its shards and one listing of the plate's
+files, without reading a shard.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PlateRecord:
         self.segment: dict[str, dict[str, Any]] = dict(data.get("segment") or {})
         self.dirty = False
         self.written = 0.0
+        self.changes: list[dict[str, Any]] = []  # appended to the log at the next write
         self._counts = {"fields": 0, Status.DONE: 0, Status.FAILED: 0, Status.PENDING: 0, "n_cells": 0}
         for key, record in (data.get("fields") or {}).items():
             self.put(key, record)
@@ -72,7 +75,21 @@ class PlateRecord:
         self.fields[key] = dict(record)
         if record.get("status") != Status.DONE and self.complete:
             self.complete, self.shards_digest = False, None
+        self.changes.append({"field": key, "record": self.fields[key]})
         self.dirty = True
+
+    def put_segmented(self, key: str, record: Mapping[str, Any]) -> None:
+        """Set a field's segmentation record."""
+        self.segment[key] = dict(record)
+        self.changes.append({"segment": key, "record": self.segment[key]})
+        self.dirty = True
+
+    def replay(self, change: Mapping[str, Any]) -> None:
+        """Apply one line of the plate's log (a record written after its last whole write)."""
+        if "field" in change:
+            self.put(str(change["field"]), change["record"])
+        elif "segment" in change:
+            self.put_segmented(str(change["segment"]), change["record"])
 
     def counts(self) -> dict[str, int]:
         """Fields per status and the cells of the done ones."""
@@ -88,8 +105,7 @@ class PlateRecord:
         records = [self.fields.get(k, {}) for k in keys]
         complete = bool(keys) and all(r.get("status") == Status.DONE and r.get("sha256") for r in records)
         digest = _shards_digest(keys, records) if complete else None
-        if (complete, digest) != (self.complete, self.shards_digest):
-            self.complete, self.shards_digest, self.dirty = complete, digest, True
+        self.complete, self.shards_digest, self.dirty = complete, digest, True
         return complete
 
 
@@ -117,10 +133,18 @@ class FieldRecords:
     def path(self, plate: str) -> RunPath:
         return self.root / Files.RECORDS / f"{plate}.json"
 
+    def log_path(self, plate: str) -> RunPath:
+        return self.root / Files.RECORDS / f"{plate}.log"
+
     def plate(self, name: str) -> PlateRecord:
-        """The record of plate ``name`` (empty when there is none yet; a damaged one is kept aside)."""
+        """The record of plate ``name``: its last whole write, then its log (empty when there is none yet;
+        a damaged one is kept aside)."""
         if name not in self._plates:
-            self._plates[name] = PlateRecord(name, self._read(name))
+            record = PlateRecord(name, self._read(name))
+            for change in self._log(name):
+                record.replay(change)
+            record.changes, record.dirty = [], False
+            self._plates[name] = record
         return self._plates[name]
 
     def _read(self, name: str) -> dict[str, Any] | None:
@@ -143,6 +167,32 @@ class FieldRecords:
                     problem, aside.name)
         return None
 
+    def _log_parts(self, name: str) -> list[RunPath]:
+        """The plate's log: one file on a file system, one object per write on object storage (in order)."""
+        path = self.log_path(name)
+        if path.is_local:
+            return [path] if path.exists() else []
+        folder = self.root / Files.RECORDS
+        try:
+            keys = sorted(path.fs.glob(f"{folder._key}/{name}.log.*"))
+        except FileNotFoundError:
+            return []
+        return [folder / key.rsplit("/", 1)[-1] for key in keys]
+
+    def _log(self, name: str) -> Iterator[dict[str, Any]]:
+        for part in self._log_parts(name):
+            try:
+                text = part.read_bytes().decode(errors="replace")
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                try:
+                    change = json.loads(line)
+                except ValueError:  # the last line of a write cut short: that record was not written
+                    continue
+                if isinstance(change, dict) and "record" in change:
+                    yield change
+
     def known(self) -> Iterator[str]:
         """The plates whose records are loaded (those this run has touched)."""
         return iter(list(self._plates))
@@ -154,17 +204,31 @@ class FieldRecords:
         self.plate(fid.plate).put(fid.key, record)
 
     def set_segmented(self, fid: FieldId, record: Mapping[str, Any]) -> None:
-        plate = self.plate(fid.plate)
-        plate.segment[fid.key] = dict(record)
-        plate.dirty = True
+        self.plate(fid.plate).put_segmented(fid.key, record)
 
     def flush(self, *, force: bool = False) -> None:
-        """Write the plates' files that changed (each at most every ``flush_interval`` seconds unless ``force``)."""
+        """Append the records that changed to their plates' logs (each plate at most every ``flush_interval``
+        seconds unless ``force``): the bytes written are those of the new records only."""
         now = time.monotonic()
         for plate in self._plates.values():
-            if plate.dirty and (force or now - plate.written >= self.flush_interval):
-                self.path(plate.name).write_bytes(json.dumps(plate.to_dict(), indent=0, default=str).encode())
-                plate.dirty, plate.written = False, now
+            if plate.changes and (force or now - plate.written >= self.flush_interval):
+                lines = "".join(json.dumps(change, default=str) + "\n" for change in plate.changes).encode()
+                path = self.log_path(plate.name)
+                if path.is_local:
+                    path.local.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path.local, "ab") as handle:
+                        handle.write(lines)
+                else:
+                    (self.root / Files.RECORDS / f"{plate.name}.log.{time.time_ns():020d}").write_bytes(lines)
+                plate.changes, plate.dirty, plate.written = [], False, now
+
+    def compact(self, name: str) -> None:
+        """Write a plate's records whole (``records/<plate>.json``) and drop its log: when the plate ends."""
+        plate = self.plate(name)
+        self.path(name).write_bytes(json.dumps(plate.to_dict(), indent=0, default=str).encode())
+        for part in self._log_parts(name):
+            part.remove()
+        plate.changes, plate.dirty = [], False
 
     def adopt(self, fields: Mapping[str, Mapping[str, Any]]) -> None:
         """Take the ``fields`` of a manifest written before records were kept per plate."""

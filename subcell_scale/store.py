@@ -771,6 +771,7 @@ class ResultsStore:
     def close_plate(self, plate: str, fids: Sequence[FieldId]) -> bool:
         """Every field of ``plate`` has ended: mark it complete when all are done; returns whether it is."""
         complete = self.records.plate(plate).close([f.key for f in fids])
+        self.records.compact(plate)
         self._dirty = True
         self.flush()
         return complete

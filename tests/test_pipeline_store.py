@@ -83,11 +83,14 @@ def test_fields_are_recorded_per_plate_and_other_parameters_refused(tmp_path):
     assert manifest["plates"]["a"] == {"fields": 2, DONE: 1, FAILED: 1, PENDING: 0, "n_cells": 4, "complete": False,
                                        "record": "records/a.json"}
     assert manifest["plates"]["b"][PENDING] == 1
-    record = json.loads((tmp_path / Files.RECORDS / "a.json").read_text())
-    assert record["fields"][keys[0]] == {"status": DONE, "n_cells": 4, "dropped": {"border": 2}, "seconds": 1.235,
-                                         "shard": "shards/a/B03_0.npz", "error": None, "size": 100, "sha256": "abc"}
-    assert record["fields"][keys[1]]["error"] == "PlateFormatError: chunk missing"
-    assert read_field_records(tmp_path)[keys[1]]["status"] == FAILED
+    # while a plate's fields end, their records are appended to its log: the bytes written per field do
+    # not grow with the plate
+    log_lines = (tmp_path / Files.RECORDS / "a.log").read_text().splitlines()
+    assert [json.loads(line)["field"] for line in log_lines] == [keys[0], keys[1], keys[0], keys[1]]
+    records = read_field_records(tmp_path)
+    assert records[keys[0]] == {"status": DONE, "n_cells": 4, "dropped": {"border": 2}, "seconds": 1.235,
+                                "shard": "shards/a/B03_0.npz", "error": None, "size": 100, "sha256": "abc"}
+    assert records[keys[1]]["error"] == "PlateFormatError: chunk missing"
     assert manifest["embed"]["summary"] == {"fields": 3, DONE: 1, FAILED: 1, PENDING: 1, "n_cells": 4, "plates": 2,
                                             "complete_plates": 0}
     assert manifest["embed"]["parameters"] == {"out_size": 64}
@@ -96,9 +99,13 @@ def test_fields_are_recorded_per_plate_and_other_parameters_refused(tmp_path):
     store.record_done(fids[1], n_cells=1, dropped={}, seconds=0.1, size=50, sha256="def")
     assert store.close_plate("a", fids[:2])
     store.flush(force=True)
-    assert json.loads((tmp_path / Files.RECORDS / "a.json").read_text())["complete"]
+    assert json.loads((tmp_path / Files.RECORDS / "a.json").read_text())["complete"]  # written whole as it ends
+    assert not (tmp_path / Files.RECORDS / "a.log").exists()
+    with open(tmp_path / Files.RECORDS / "b.log", "a") as log:  # a write cut short by a kill
+        log.write('{"field": "b/B03/0", "record": {"status": "do')
 
     again = ResultsStore(tmp_path)
+    assert again.field(fids[2]) == {"status": PENDING}  # the log up to its last whole line
     again.set_pending([*fids, FieldId("a", "C01", "0")])
     assert again.field(fids[1])["status"] == DONE and again.field(FieldId("a", "C01", "0"))["status"] == PENDING
     assert not again.records.plate("a").complete  # a field was added: the plate is open again

@@ -15,7 +15,7 @@ ATTEMPTS: dict[int, int] = {}
 _LOCK = threading.Lock()
 
 
-def _square(item: int) -> int:
+def _square(item: int) -> tuple[int, int]:
     if item == 3:
         raise ChannelMismatchError("item 3 lacks a channel")  # deterministic: never retried
     if item == 5:
@@ -24,11 +24,12 @@ def _square(item: int) -> int:
             first = ATTEMPTS[item] == 1
         if first:
             raise PlateFormatError("item 5: damaged chunk")  # retriable: the retry succeeds
-    return item * item
+    return item, item * item
 
 
-def _plus_one(previous: int, item: int) -> tuple[int, int]:
-    return item, previous + 1
+def _plus_one(previous: tuple[int, int]) -> tuple[int, int]:
+    item, square = previous
+    return item, square + 1
 
 
 SEEN: set[int] = set()
@@ -109,7 +110,7 @@ def _batch_square(batch: tuple[int, ...]) -> list:
     out = []
     for item in batch:
         try:
-            out.append(_square(item))
+            out.append(_square(item)[1])
         except Exception as exc:  # noqa: BLE001 - the item's failure travels in its place
             out.append(Failure(exc))
     return out

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 class Stage:
     """One function of an item's chain and the worker resources it holds while it runs.
 
-    The first stage is called as ``func(item)``, each later one as ``func(previous_result, item)``.
+    The first stage is called as ``func(item)``, each later one as ``func(previous_result)``: a stage
+    hands on what the next needs, so an item is sent to the cluster once, with its first task.
     """
 
     func: Callable[..., Any]
@@ -217,7 +218,7 @@ class _Runner:
             try:
                 result = self.stages[0].func(argument)
                 for stage in self.stages[1:]:
-                    result = stage.func(result, argument)
+                    result = stage.func(result)
             except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the others
                 outcomes, again = self.settle(task, error=exc)
             else:
@@ -234,35 +235,41 @@ class _Runner:
         window = max(2, math.ceil(max(4, 2 * threads) / self.size))
         running: dict[Any, tuple[_Task, list[Any]]] = {}
 
-        def submit(task: _Task) -> Any:
-            tag = self.name(task).replace("/", ":")
-            argument = self.argument(task)
-            futures: list[Any] = []
-            previous: tuple[Any, ...] = ()
+        def submit(tasks: list[_Task]) -> list[Any]:
+            """The tasks' chains, one graph per stage for all of them (a few messages, however many tasks)."""
+            if not tasks:
+                return []
+            previous: list[Any] = [self.argument(task) for task in tasks]
+            tags = [self.name(task).replace("/", ":") for task in tasks]
             for stage, res in zip(self.stages, resources, strict=True):
-                future = client.submit(stage.func, *previous, argument, key=f"{stage.name}-{tag}-{token}-{task.attempt}",
-                                       pure=False, resources=res)
-                futures.append(future)
-                previous = (future,)
-            running[futures[-1]] = (task, futures)
-            return futures[-1]
+                keys = [f"{stage.name}-{tag}-{token}-{task.attempt}" for tag, task in zip(tags, tasks, strict=True)]
+                previous = client.map(stage.func, previous, key=keys, pure=False, resources=res)
+            # only the last stage's futures are kept: the scheduler holds the others for their dependents
+            # and reports nothing of them to this client
+            for task, future in zip(tasks, previous, strict=True):
+                running[future] = (task, [future])
+            return previous
 
         first = [task for task in (self.next_task() for _ in range(window)) if task is not None]
-        queue = as_completed([submit(task) for task in first])
-        for future in queue:
-            task, futures = running.pop(future)
-            if future.status == "finished":
-                outcomes, again = self.settle(task, future.result())
-            else:
-                outcomes, again = self.settle(task, error=future.exception())
-            _release(futures)
-            for retry in again:
-                queue.add(submit(retry))
-            yield from outcomes
-            if not again:
-                nxt = self.next_task()
-                if nxt is not None:
-                    queue.add(submit(nxt))
+        queue = as_completed(submit(first))
+        for batch in queue.batches():  # what has ended meanwhile: its results fetched in one request
+            done = [future for future in batch if future.status == "finished"]
+            results = dict(zip(done, client.gather(done), strict=True)) if done else {}
+            more: list[_Task] = []
+            for future in batch:
+                task, futures = running.pop(future)
+                if future in results:
+                    outcomes, again = self.settle(task, results[future])
+                else:
+                    outcomes, again = self.settle(task, error=future.exception())
+                _release(futures)
+                more += again
+                yield from outcomes
+                if not again:
+                    nxt = self.next_task()
+                    if nxt is not None:
+                        more.append(nxt)
+            queue.update(submit(more))
 
 
 def _release(futures: list[Any]) -> None:

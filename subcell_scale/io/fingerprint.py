@@ -3,17 +3,20 @@
 A rerun that keeps finished fields must notice when their input changed on disk: a re-acquired
 field, a repaired chunk, labels written again by a new segmentation. Hashing the pixels would cost
 as much as reading them; instead :func:`field_fingerprint` digests the name, size and modification
-stamp of every object stored under the arrays the field reads (the image level and the label
-image level, chunk files and array metadata), which one listing per array returns on a local disk
-and on object storage alike. A rewrite changes the stamp (and on object storage the ETag, a hash of
-the content), so the fingerprint changes; reading the plate does not.
+stamp of every object stored under the field's group (its image at every level, and the label
+images named; other label images are left out, so adding one does not change the field), which one
+listing returns on a local disk and on object storage alike. A rewrite changes the stamp (and on
+object storage the ETag, a hash of the content), so the fingerprint changes; reading the plate does
+not. :func:`plate_fingerprints` gives every field's from one listing of the plate, reading no
+metadata, so a resumed screen checks a plate in a few requests.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-from collections.abc import Sequence
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PlateFormatError
@@ -30,9 +33,8 @@ def _stamp(info: dict[str, Any]) -> str:
     return ";".join(f"{key}={info[key]}" for key in _STAMPS if info.get(key) is not None)
 
 
-def field_fingerprint(plate: Plate, well: str, field: str | int, *, labels: str | Sequence[str] = (),
-                      level: int = 0) -> str:
-    """A hex digest that changes when a field's image or label files change on disk.
+def field_fingerprint(plate: Plate, well: str, field: str | int, *, labels: str | Sequence[str] = ()) -> str:
+    """A hex digest that changes when a field's image or its ``labels`` files change on disk.
 
     Parameters
     ----------
@@ -41,97 +43,90 @@ def field_fingerprint(plate: Plate, well: str, field: str | int, *, labels: str 
     well, field
         The field.
     labels
-        Label image name(s) whose level-``level`` array is included. A name the field does not have
-        yet is recorded as absent, so the fingerprint also changes when that label image appears.
-        Compute the fingerprint once the field's labels exist (after segmentation wrote them).
-    level
-        The resolution level the result was computed from (0: full resolution).
+        Label image name(s) whose files are included. A name the field does not have yet is recorded
+        as absent, so the fingerprint also changes when that label image appears. Compute the
+        fingerprint once the field's labels exist (after segmentation wrote them).
 
     Returns
     -------
     str
-        sha256 hex digest of (key, size, stamp) of every object under those arrays. Equal
-        fingerprints mean the same files with the same sizes and modification stamps; a rewrite
-        that keeps both (within the file system's timestamp resolution, and without an ETag) goes
-        unnoticed.
+        sha256 hex digest of (key, size, stamp) of every object under the field's group but other
+        label images. Equal fingerprints mean the same files with the same sizes and modification
+        stamps; a rewrite that keeps both (within the file system's timestamp resolution, and without
+        an ETag) goes unnoticed.
 
     Raises
     ------
     PlateFormatError
         The store cannot be listed.
     PlateNotFoundError
-        The well, field or level does not exist.
+        The well does not exist.
     """
-    import fsspec.core
-
-    from .plate import local_path
-
-    names = [labels] if isinstance(labels, str) else list(labels)
-    arrays = [("image", plate.level_path(well, field, level))]
-    existing = set(plate.label_names(well, field))
-    for name in names:
-        arrays.append((f"labels/{name}", plate.level_path(well, field, level, label=name) if name in existing else None))
-    path = plate.path if "://" in plate.path and not plate.path.startswith("file://") else local_path(plate.path)
-    digest = hashlib.sha256()
-    try:
-        fs, root = fsspec.core.url_to_fs(path, **(plate.storage_options or {}))
-        for what, array in arrays:
-            digest.update(f"{what}={array}\n".encode())
-            if array is None:
-                continue
-            prefix = f"{root.rstrip('/')}/{array}"
-            for name, info in sorted(fs.find(prefix, detail=True).items()):
-                digest.update(f"{name[len(prefix):]}\t{info.get('size')}\t{_stamp(info)}\n".encode())
-    except OSError as exc:
-        msg = f"{plate.path} {well}/{field}: cannot list the field's files ({type(exc).__name__}: {exc})"
-        raise PlateFormatError(msg) from exc
-    return digest.hexdigest()
+    if str(field) not in plate.fields(well):
+        plate.n_levels(well, field)  # raises, naming the field and the ones the well has
+    prefix = f"{plate.well_path(well)}/{field}"
+    return _digest(_listing(plate, prefix, where=f"{well}/{field}").get(prefix, []), labels)
 
 
-def plate_fingerprints(plate: Plate, sites: Sequence[tuple[str, str]], *, labels: str | Sequence[str] = (),
-                       level: int = 0) -> dict[tuple[str, str], str]:
+def plate_fingerprints(plate: Plate, sites: Iterable[tuple[str, str]], *, labels: str | Sequence[str] = ()
+                       ) -> dict[tuple[str, str], str]:
     """:func:`field_fingerprint` of many fields of a plate from one listing of the plate's store.
-
-    A resumed screen checks every finished field of a plate this way with one recursive listing (a
-    few requests per thousand objects on object storage) instead of one listing per field. The
-    digests equal :func:`field_fingerprint`'s.
 
     Raises
     ------
     PlateFormatError
         The store cannot be listed.
     """
-    import fsspec.core
+    sites = [(well, str(field)) for well, field in sites]
+    entries = _listing(plate, "", where="the plate")
+    return {(well, field): _digest(entries.get(f"{plate.well_path(well)}/{field}", []), labels)
+            for well, field in sites}
 
+
+def _digest(entries: list[tuple[str, Any, str]], labels: str | Sequence[str]) -> str:
+    """The digest of a field's (relative key, size, stamp) entries, other label images left out."""
+    names = [labels] if isinstance(labels, str) else list(labels)
+    wanted = tuple(f"labels/{name}/" for name in names)
+    digest = hashlib.sha256()
+    for name in names:  # a label image that appears or goes changes the fingerprint
+        present = any(rel.startswith(f"labels/{name}/") for rel, _, _ in entries)
+        digest.update(f"labels/{name}={'present' if present else 'absent'}\n".encode())
+    for rel, size, stamp in sorted(entries):
+        if rel.startswith("labels/") and not rel.startswith(wanted):
+            continue
+        digest.update(f"{rel}\t{size}\t{stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def _listing(plate: Plate, prefix: str, *, where: str) -> dict[str, list[tuple[str, Any, str]]]:
+    """Every object under ``prefix`` of the plate (one listing), grouped by field group (``row/col/field``):
+    field group -> (key relative to it, size, stamp)."""
     from .plate import local_path
 
-    names = [labels] if isinstance(labels, str) else list(labels)
-    path = plate.path if "://" in plate.path and not plate.path.startswith("file://") else local_path(plate.path)
+    fields: dict[str, list[tuple[str, Any, str]]] = defaultdict(list)
     try:
-        fs, root = fsspec.core.url_to_fs(path, **(plate.storage_options or {}))
-        root = root.rstrip("/")
-        listing = sorted(fs.find(root, detail=True).items())
-    except OSError as exc:
-        msg = f"{plate.path}: cannot list the plate's files ({type(exc).__name__}: {exc})"
-        raise PlateFormatError(msg) from exc
-    keys = [name for name, _ in listing]
-    out = {}
-    for well, field in sites:
-        arrays = [("image", plate.level_path(well, field, level))]
-        existing = set(plate.label_names(well, field))
-        for name in names:
-            arrays.append((f"labels/{name}", plate.level_path(well, field, level, label=name)
-                           if name in existing else None))
-        digest = hashlib.sha256()
-        for what, array in arrays:
-            digest.update(f"{what}={array}\n".encode())
-            if array is None:
-                continue
-            prefix = f"{root}/{array}"
-            lo = bisect.bisect_left(keys, prefix + "/")
-            hi = bisect.bisect_left(keys, prefix + "0")  # "0" sorts just after "/"
-            for name, info in listing[lo:hi]:
-                digest.update(f"{name[len(prefix):]}\t{info.get('size')}\t{_stamp(info)}\n".encode())
-        out[(well, str(field))] = digest.hexdigest()
-    return out
+        if "://" in plate.path and not plate.path.startswith("file://"):
+            import fsspec.core
 
+            fs, root = fsspec.core.url_to_fs(plate.path, **(plate.storage_options or {}))
+            base = f"{root.rstrip('/')}/{prefix}".rstrip("/")
+            for key, info in fs.find(base, detail=True).items():
+                _add(fields, key[len(root.rstrip("/")) + 1:], info.get("size"), _stamp(info))
+        else:
+            root = local_path(plate.path)
+            for folder, _, files in os.walk(os.path.join(root, prefix)):
+                for name in files:
+                    path = os.path.join(folder, name)
+                    stat = os.stat(path)
+                    _add(fields, os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size,
+                         _stamp({"mtime": stat.st_mtime}))
+    except OSError as exc:
+        msg = f"{plate.path} {where}: cannot list the field's files ({type(exc).__name__}: {exc})"
+        raise PlateFormatError(msg) from exc
+    return fields
+
+
+def _add(fields: dict[str, list[tuple[str, Any, str]]], key: str, size: Any, stamp: str) -> None:
+    parts = key.split("/")
+    if len(parts) > 3:  # row/col/field/...: a file of a field's group
+        fields["/".join(parts[:3])].append(("/".join(parts[3:]), size, stamp))

@@ -74,8 +74,7 @@ def run_fields(plates: Iterable[Sequence[FieldJob]], model: ResolvedModel, clien
     plugin = None
     if client is None:
         instance = model.local(device)
-        stages = [Stage(prepare_group), Stage(lambda prep, group: embed_group(prep, group, instance)),
-                  Stage(write_group)]
+        stages = [Stage(prepare_group), Stage(lambda previous: embed_group(previous, instance)), Stage(write_group)]
     else:
         from ..distributed.cluster import GPU_RESOURCE
         from ..distributed.plugin import register_model
@@ -202,10 +201,12 @@ def _finished(jobs: Sequence[FieldJob], store: ResultsStore | None) -> set[Field
 
     plate_name = jobs[0].fid.plate
     record = store.records.plate(plate_name)
+    sizes = _shard_sizes(jobs[0].shard_path)
+    if not sizes:  # no shard of this plate yet: nothing to check
+        return set()
     plate = open_job_plate(jobs[0])
     fingerprints = plate_fingerprints(plate, [(j.fid.well, j.fid.field) for j in jobs], labels=jobs[0].plan.label_name)
     run_labels = _run_label_stamps(jobs)
-    sizes = _shard_sizes(jobs[0].shard_path)
 
     def fingerprint(job: FieldJob) -> str:
         return job_fingerprint(plate, job, fingerprints[(job.fid.well, job.fid.field)], run_labels)

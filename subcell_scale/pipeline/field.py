@@ -365,19 +365,20 @@ def segment_group(group: FieldGroup) -> list[dict[str, Any] | Failure]:
     return out
 
 
-def prepare_group(group: FieldGroup) -> list[PreparedField | Failure]:
-    """CPU stage of a group: :func:`prepare_field` for each field, a failure kept as a :class:`Failure`."""
+def prepare_group(group: FieldGroup) -> tuple[list[PreparedField | Failure], FieldGroup]:
+    """CPU stage of a group: :func:`prepare_field` for each field, a failure kept as a :class:`Failure`;
+    handed on with the group, so the later stages need nothing else."""
     out: list[PreparedField | Failure] = []
     for job in group:
         try:
             out.append(prepare_field(job))
         except Exception as exc:  # noqa: BLE001 - one field's failure must not stop its group
             out.append(Failure(exc))
-    return out
+    return out, group
 
 
-def embed_group(prepared: list[PreparedField | Failure], group: FieldGroup,
-                model: SubCell | None = None) -> list[Shard | Failure]:
+def embed_group(previous: tuple[list[PreparedField | Failure], FieldGroup],
+                model: SubCell | None = None) -> tuple[list[Shard | Failure], FieldGroup]:
     """GPU stage of a group: crops cut on the device when asked, then every field's crops embedded
     together in full batches, and split back into one :class:`Shard` per field.
 
@@ -389,6 +390,7 @@ def embed_group(prepared: list[PreparedField | Failure], group: FieldGroup,
     model
         The model to use; None takes the worker plugin's (inside a Dask task).
     """
+    prepared, group = previous
     start = time.perf_counter()
     if model is None:
         from ..distributed.plugin import worker_model
@@ -421,16 +423,17 @@ def embed_group(prepared: list[PreparedField | Failure], group: FieldGroup,
                            {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.plan.digest,
                             "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta})
             row += n
-    return out  # type: ignore[return-value]
+    return out, group  # type: ignore[return-value]
 
 
-def write_group(shards: list[Shard | Failure], group: FieldGroup) -> list[dict[str, Any] | Failure]:
+def write_group(previous: tuple[list[Shard | Failure], FieldGroup]) -> list[dict[str, Any] | Failure]:
     """Last stage of a group, off the GPU: each field's shard written (or returned without a run directory).
 
     Returns one summary per field: ``n_cells``, ``dropped`` (counts per reason), ``seconds``, ``shard``
     (path or None), ``facts`` for its record (parameter digest, fingerprint, shard size and sha256)
     and, when ``job.shard_path`` is None, ``result``: the :class:`Shard`; or the field's :class:`Failure`.
     """
+    shards, group = previous
     out: list[dict[str, Any] | Failure] = []
     for job, shard in zip(group, shards, strict=True):
         if isinstance(shard, Failure):
