@@ -58,6 +58,7 @@ class SubCellPlugin(WorkerPlugin):
         self.n_loads = 0
         self._lock = threading.Lock()
         self._worker: Worker | None = None
+        self._device: str | None = None  # where the model was built
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "device": self.device}
@@ -85,6 +86,7 @@ class SubCellPlugin(WorkerPlugin):
                 torch.set_num_threads(int(self.spec.torch_threads))
             device = resolve_device(self.device)  # the worker's own GPU: dask-cuda makes it device 0
             self.model = load_spec(self.spec, device)
+            self._device = str(device)
             self.n_loads += 1
             if self._worker is not None:
                 _LOADS.setdefault(self._worker, {})[self.name] = self.n_loads
@@ -94,7 +96,7 @@ class SubCellPlugin(WorkerPlugin):
 
     def teardown(self, worker: Worker | None = None) -> None:
         with self._lock:
-            on_gpu = self.model is not None and getattr(self.model.device, "type", "cpu") == "cuda"
+            on_gpu = self.model is not None and (self._device or "").startswith("cuda")
             self.model = None
         if on_gpu:  # give the run's GPU memory back to other work on this worker
             import torch
