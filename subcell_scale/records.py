@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._constants import Files, Status
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import FieldId, RunPath
+    from .store import FieldId, RunPath  # the records know fields and paths by their names only
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,7 @@ class FieldRecords:
         plate.changes, plate.dirty = [], False
 
     def adopt(self, fields: Mapping[str, Mapping[str, Any]]) -> None:
-        """Take the ``fields`` of a manifest written before records were kept per plate."""
-        from .store import FieldId
-
+        """Take the ``fields`` of a manifest written before records were kept per plate (keys
+        ``"<plate>/<well>/<field>"``)."""
         for key, record in fields.items():
-            self.set(FieldId.from_key(key), record)
+            self.plate(str(key).split("/", 1)[0]).put(str(key), record)

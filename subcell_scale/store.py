@@ -584,12 +584,12 @@ def verify_shard(path: str | os.PathLike | RunPath, sha256: str | None = None) -
     return {**meta, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def read_field_records(run: str | os.PathLike | RunPath, storage_options: Mapping[str, Any] | None = None
-                       ) -> dict[str, dict[str, Any]]:
+def read_field_records(run: str | os.PathLike | RunPath, storage_options: Mapping[str, Any] | None = None, *,
+                       stage: str = "embed") -> dict[str, dict[str, Any]]:
     """Every field record of a run directory, by field key (``"<plate>/<well>/<field>"``), plate after plate.
 
-    What each plate's ``records/<plate>.json`` holds, gathered for people and tests; a run reads the
-    plates' records one at a time instead.
+    What each plate's records hold (``stage="embed"``: how its embedding ended; ``"segment"``: its
+    segmentation), gathered for people and tests; a run reads the plates' records one at a time.
     """
     from .records import FieldRecords
 
@@ -599,7 +599,9 @@ def read_field_records(run: str | os.PathLike | RunPath, storage_options: Mappin
     except FileNotFoundError:
         return {}
     records = FieldRecords(root)
-    return {key: record for name in manifest.get("plates", {}) for key, record in records.plate(name).fields.items()}
+    plates = [records.plate(name) for name in manifest.get("plates", {})]
+    return {key: record for plate in plates
+            for key, record in (plate.segment if stage == "segment" else plate.fields).items()}
 
 
 class ResultsStore:

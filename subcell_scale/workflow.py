@@ -163,8 +163,7 @@ def run(
         path = report(current, cells, profiles, tables) if spec.figures else None
         summary = tables.get("summary")
         current.summary = [] if summary is None else summary.to_dict("records")
-        fields = current.store.manifest.get("fields", {})
-        done = sum(1 for f in fields.values() if f.get("status") == Status.DONE)
+        done = current.store.summarize()[Status.DONE]
         result = RunResult(out=Path(spec.out), report=path, n_cells=int(cells.n_obs), fields_done=done,
                            fields_failed=len(current.failed), failed=dict(current.failed), summary=summary,
                            skipped=dict(current.skipped))

@@ -17,6 +17,7 @@ from subcell_scale._constants import Files
 from subcell_scale.errors import RunDirectoryError
 from subcell_scale.io import labels_writable, open_plate
 from subcell_scale.io.demo import make_demo_plate
+from subcell_scale.store import read_field_records
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -79,8 +80,7 @@ def test_the_segment_command_keeps_them_in_its_out(served, tmp_path, capsys):
 
     assert main(["segment", served["url"], "--out", str(tmp_path / "seg"), "--no-progress"]) == 0
     assert "4 fields segmented, 0 kept, 0 failed" in capsys.readouterr().out
-    manifest = json.loads((tmp_path / "seg" / Files.MANIFEST).read_text())
-    records = manifest["segment"]["fields"]
+    records = read_field_records(tmp_path / "seg", stage="segment")
     assert len(records) == 4 and {r["labels"] for r in records.values()} == {"run"}
     summary = segment_plate(served["url"], out=tmp_path / "seg", progress=False)  # a rerun keeps them
     assert summary["skipped"] == 4 and summary["done"] == 0

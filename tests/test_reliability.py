@@ -289,7 +289,7 @@ def test_a_chunk_that_cannot_be_read_fails_the_field(demo, spec, reference, tmp_
     adata = embed_plate(plate, spec, out=out, platemap=demo["platemap"], progress=False, retries=0, **SMALL)
     name = open_plate(plate).name
     assert list(adata.uns[Keys.PROVENANCE]["failed_fields"]) == [f"{name}/A02/1"]
-    error = _manifest(out)["fields"][f"{name}/A02/1"]["error"]
+    error = read_field_records(out)[f"{name}/A02/1"]["error"]
     assert "A02/1" in error and key in error
     _same_cells(_subset(reference, {f"{name}/{w}/{f}" for w in ("A01", "A02", "A03", "A04", "A05", "A06")
                                     for f in ("0", "1")} - {f"{name}/A02/1"}), adata)
@@ -347,7 +347,7 @@ def test_a_full_disk_on_the_workers_loses_nothing_and_a_rerun_completes(demo, sp
         filler.join()
         for pid in pids.values():
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    fields = _manifest(out)["fields"]
+    fields = read_field_records(out)
     failed = {k for k, v in fields.items() if v["status"] == "failed"}
     written = {p: p.stat().st_mtime_ns for p in _shards(out)}
     assert failed and len(written) == N_FIELDS - len(failed)
