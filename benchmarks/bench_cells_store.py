@@ -40,7 +40,8 @@ def make_run(root: Path, n_cells: int) -> dict:
     import pandas as pd
 
     from subcell_scale.io import PlateWriter
-    from subcell_scale.store import FieldId, Shard, write_shard
+    from subcell_scale.rundir import FieldId
+    from subcell_scale.store import Shard, write_shard
 
     n_fields = -(-n_cells // PER_FIELD)
     wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
@@ -79,7 +80,8 @@ from subcell_scale.cellstore import RunContext
 from subcell_scale.io import open_plate
 from subcell_scale.models import resolve_model, ModelSpec
 from subcell_scale.params import RunParams
-from subcell_scale.store import FieldId, read_shard
+from subcell_scale.rundir import FieldId
+from subcell_scale.store import read_shard
 import psutil
 
 plate = open_plate(spec["plate"])

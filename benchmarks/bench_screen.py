@@ -46,7 +46,8 @@ GPU_FIELDS_PER_S = 5.0
 
 def bookkeeping(root: Path, plates: int, fields: int) -> dict:
     """Seconds and bytes per field of recording a screen's fields (and flushing as a run does)."""
-    from subcell_scale.store import FieldId, ResultsStore
+    from subcell_scale.rundir import FieldId
+    from subcell_scale.store import ResultsStore
 
     out = root / f"book-{plates}"
     shutil.rmtree(out, ignore_errors=True)
@@ -82,7 +83,8 @@ def write_screen(root: Path, plates: int, fields: int, cells: int) -> dict:
     from subcell_scale.io import PlateWriter
     from subcell_scale.io.fingerprint import plate_fingerprints
     from subcell_scale.io import open_plate
-    from subcell_scale.store import FieldId, ResultsStore, Shard, encode_shard
+    from subcell_scale.rundir import FieldId
+    from subcell_scale.store import ResultsStore, Shard, encode_shard
 
     wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
     sites = [(wells[i % len(wells)], str(i // len(wells))) for i in range(fields)]
@@ -164,7 +166,7 @@ from subcell_scale.cellwriter import stream_cells
 from subcell_scale.io import open_plate
 from subcell_scale.models import ModelSpec, resolve_model
 from subcell_scale.params import RunParams
-from subcell_scale.store import FieldId, RunPath
+from subcell_scale.rundir import FieldId, RunPath
 
 ss.settings.lazy_obs = 0
 params = RunParams.resolve("jump-cellpainting")

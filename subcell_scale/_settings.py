@@ -24,6 +24,8 @@ ENV_OFFLINE = "SUBCELL_SCALE_OFFLINE"
 """Environment variable that, set to 1/true/yes, forbids downloading weights."""
 ENV_BASE_URL = "SUBCELL_SCALE_BASE_URL"
 """Environment variable naming where published weights are downloaded from (a mirror, a test server)."""
+BASE_URL = "https://czi-subcell-public.s3.amazonaws.com/models"
+"""Public bucket of the published checkpoints, used unless a setting, the variable or ``--base-url`` names another."""
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -114,8 +116,6 @@ class Settings:
         env = os.environ.get(ENV_BASE_URL, "").strip()
         if env:
             return _url(f"${ENV_BASE_URL}", env)
-        from .models.registry import BASE_URL
-
         return BASE_URL
 
     @base_url.setter

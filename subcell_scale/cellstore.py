@@ -34,7 +34,8 @@ import pandas as pd
 from ._constants import VAR_PREFIX, Files, Keys, Obs
 from ._version import __version__
 from .errors import RunDirectoryError
-from .store import FieldId, RunPath, Shard
+from .rundir import FieldId, RunPath
+from .store import Shard
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

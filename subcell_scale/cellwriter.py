@@ -34,7 +34,8 @@ from ._constants import Keys
 from .cellstore import (ObsSchema, RunContext, cells_anndata, cells_name, default_width, open_zarr, read_cells,
                         schema_of, sorted_cells)
 from .errors import ConfigError, RunDirectoryError
-from .store import FieldId, RunPath, read_shard, read_shard_cells
+from .rundir import FieldId, RunPath
+from .store import read_shard, read_shard_cells
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

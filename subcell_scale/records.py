@@ -20,12 +20,10 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._constants import Files, Status
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import FieldId, RunPath  # the records know fields and paths by their names only
+from .rundir import FieldId, RunPath
 
 log = logging.getLogger(__name__)
 

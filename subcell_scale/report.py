@@ -32,7 +32,7 @@ import pandas as pd
 from ._constants import Files, Keys, Obs, Status
 from ._version import __version__
 from .errors import RunDirectoryError
-from .store import FieldId
+from .rundir import FieldId
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ._constants import Obs
 from ._anndata import rows_matching
+from ._constants import Obs
 from .errors import ConfigError, PlatemapError, ProfilingError, RunDirectoryError
-from .store import is_url
+from .rundir import is_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io import Plate

@@ -434,7 +434,7 @@ def describe_run(plates: Any = None, *, preset: str | RunParams | None = None, p
     plate_list = _plate_list(plates, plates_from)
     out = options.get("out")
     if out is not None:
-        from .store import RunPath
+        from .rundir import RunPath
 
         out = RunPath(os.fspath(out)).url  # local paths absolute: workers resolve nothing elsewhere
     options["out"] = out
@@ -510,7 +510,7 @@ def _check_options(options: Mapping[str, Any]) -> None:
 # -- the recorded description -------------------------------------------------------------------------
 def record_description(spec: RunSpec, plans: Sequence[Any], root: Any) -> None:
     """Write ``run.json`` into the run directory: the options, the parameters and each plate's plan."""
-    from .store import RunPath
+    from .rundir import RunPath
 
     record = {"format": DESCRIPTION_FORMAT, "options": spec.options(), "parameters": spec.params.to_dict(),
               "plates": [plan.to_dict() for plan in plans],

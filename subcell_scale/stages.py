@@ -4,7 +4,7 @@
 only then takes the run directory's lock, records the description (``run.json``) and holds the one
 manifest (:class:`~subcell_scale.store.ResultsStore`) every stage writes. The field stages (segment,
 embed) go through the one scheduler (:func:`subcell_scale.distributed.scheduler.map_tasks`), keyed
-by :class:`~subcell_scale.store.FieldId`, with its one retry policy; the others run on the client.
+by :class:`~subcell_scale.rundir.FieldId`, with its one retry policy; the others run on the client.
 When the run ends, however it ends, the manifest says so: ``done``, ``incomplete`` (fields failed or
 steps were skipped), ``failed`` (with the error) or ``interrupted``.
 
@@ -35,7 +35,8 @@ from ._version import __version__
 from .errors import ConfigError, ProfilingError
 from .runcheck import check_run
 from .runspec import record_description
-from .store import FieldId, ResultsStore, RunPath, parameters_digest
+from .rundir import FieldId, RunPath
+from .store import ResultsStore, parameters_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData

@@ -220,7 +220,7 @@ def embed_plate(
         in memory. A local path is made absolute here (every worker must see it: a shared file
         system); an fsspec URL (``s3://bucket/run``) suits clusters without one: the workers write
         their shards there, and everything else the run keeps goes there too (see
-        :class:`~subcell_scale.store.RunPath` for what object storage guarantees).
+        :class:`~subcell_scale.rundir.RunPath` for what object storage guarantees).
     preset
         ``"hpa"`` (default) or ``"jump-cellpainting"`` (see :mod:`subcell_scale.presets`), or parameters
         resolved earlier with :meth:`subcell_scale.params.RunParams.resolve`.

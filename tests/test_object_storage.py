@@ -29,7 +29,8 @@ from subcell_scale.errors import ConfigError, RunDirectoryError
 from subcell_scale import embed_plate
 from subcell_scale.models import resolve_model
 from subcell_scale.profiles import aggregate
-from subcell_scale.store import ResultsStore, RunPath
+from subcell_scale.rundir import RunPath
+from subcell_scale.store import ResultsStore
 
 # a flat field estimated from the plate and a plate intensity percentile: files the run keeps in
 # out/flatfield and out/intensity, which the workers read back from the bucket

@@ -223,7 +223,7 @@ def test_the_files_of_a_run_follow_the_umask(demo_plates, tiny_model, tmp_path, 
     from subcell_scale import embed_plate
     from subcell_scale.models import resolve_model
     from subcell_scale.report import build_report
-    from subcell_scale.store import RunPath
+    from subcell_scale.rundir import RunPath
 
     demo = demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)
     runs = tmp_path / "runs"

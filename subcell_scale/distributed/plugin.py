@@ -119,7 +119,7 @@ def load_spec(spec: ModelSpec, device: str | None = None) -> SubCell:
     first (under their own names, which may tell the variant) and removed once the weights are read."""
     if spec.source != "checkpoint":
         return spec.load(device=device)
-    from ..store import RunPath
+    from ..rundir import RunPath
 
     with ExitStack() as files:
         encoder, *classifiers = (str(files.enter_context(RunPath(p, spec.storage_options).local_copy()))

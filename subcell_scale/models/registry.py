@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._settings import BASE_URL
 from ..errors import CheckpointError, ConfigError
 
 # Model slots, in the order the reference stacks them (HPA colours r, y, b, g).
@@ -21,9 +22,6 @@ NUCLEUS = "nucleus"
 PROTEIN = "protein"
 SLOTS: tuple[str, ...] = (MICROTUBULES, ER, NUCLEUS, PROTEIN)
 SLOT_LETTERS = {MICROTUBULES: "r", ER: "y", NUCLEUS: "b", PROTEIN: "g"}
-
-BASE_URL = "https://czi-subcell-public.s3.amazonaws.com/models"
-"""Public bucket of the published checkpoints; ``subcell-scale download --base-url`` replaces it."""
 
 N_CLASSIFIER_SEEDS = 10
 """Each variant ships ten MLP classifiers (seeds 0..9)."""

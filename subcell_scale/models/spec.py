@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..store import RunPath
+    from ..rundir import RunPath
     from .subcell import SubCell
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class ResolvedModel:
         """A spec every worker can follow; an instance is first saved as checkpoint files in ``folder``.
 
         ``folder`` is where every worker reads the run (``out/model`` as a
-        :class:`~subcell_scale.store.RunPath`: a shared folder, or a URL whose storage options go with
+        :class:`~subcell_scale.rundir.RunPath`: a shared folder, or a URL whose storage options go with
         the spec). Each file is written whole there, so a worker never reads half of one.
         """
         if self.spec is not None:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import PlateNotFoundError
 from ..params import RunParams
-from ..store import FieldId
+from ..rundir import FieldId
 from .field import prepare_field
 from .jobs import open_plates, plan_jobs
 

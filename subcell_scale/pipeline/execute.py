@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .._constants import Files, Status
 from .._settings import settings
 from ..distributed.scheduler import Stage, map_tasks
-from ..store import FieldId, ResultsStore, RunPath, Shard, verify_shard
+from ..rundir import FieldId, RunPath
+from ..store import ResultsStore, Shard, verify_shard
 from .field import (FieldJob, embed_group, job_fingerprint, label_stamp, open_job_plate, prepare_group, segment_group,
                     write_group)
 

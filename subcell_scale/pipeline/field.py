@@ -35,7 +35,8 @@ import pandas as pd
 from .._constants import Obs, Status
 from ..distributed.scheduler import Failure
 from ..errors import PlateNotFoundError
-from ..store import FieldId, RunPath, Shard, encode_shard
+from ..rundir import FieldId, RunPath
+from ..store import Shard, encode_shard
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._constants import Files
 from ..errors import ChannelMismatchError, ConfigError
-from ..store import FieldId, RunPath
+from ..rundir import FieldId, RunPath
 from .field import FieldJob, JobPlan
 
 if TYPE_CHECKING:  # pragma: no cover
