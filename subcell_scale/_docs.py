@@ -34,7 +34,7 @@ PARAMS: dict[str, str] = {
 plate
     An opened :class:`~subcell_scale.io.Plate`, or its local path or fsspec URL
     (``plate.zarr``, ``s3://bucket/plate.zarr``).""",
-    "plates": """\
+    "plate_list": """\
 plate
     A plate path (``plate.zarr``) or fsspec URL, an opened :class:`~subcell_scale.io.Plate`, or a
     list of them: several plates in one run give one AnnData (plate names must differ).""",
