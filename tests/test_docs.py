@@ -148,8 +148,8 @@ def test_sphinx_builds_a_page_per_name_and_the_notebooks_without_warnings(tmp_pa
     for name in ("subcell_scale.embed_plate", "subcell_scale.run", "RunParams", "evaluate_profiles", "postprocess",
                  "read_cells", "top_localization"):
         assert name in api, name
-    segment = (html / "generated" / "subcell_scale.segment.segment_plate.html").read_text()
-    assert "ignored for local paths" in segment and "{storage_options}" not in segment  # a shared text, filled
+    open_plate = (html / "generated" / "subcell_scale.open_plate.html").read_text()
+    assert "ignored for local paths" in open_plate and "{storage_options}" not in open_plate  # shared, filled
     quickstart = (html / "notebooks" / "01_quickstart.html").read_text()
     assert "Quickstart" in quickstart and "get_client" in quickstart  # markdown and code cells rendered
     assert "micrometres" in (html / "anndata.html").read_text()
