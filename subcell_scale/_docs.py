@@ -36,8 +36,8 @@ plate
     (``plate.zarr``, ``s3://bucket/plate.zarr``).""",
     "plate_list": """\
 plate
-    A plate path (``plate.zarr``) or fsspec URL, an opened :class:`~subcell_scale.io.Plate`, or a
-    list of them: several plates in one run give one AnnData (plate names must differ).""",
+    A plate path (``plate.zarr``) or fsspec URL, a glob, an opened :class:`~subcell_scale.io.Plate`,
+    or a list of them.""",
     "storage_options": """\
 storage_options
     fsspec options of a URL (credentials, anonymous access, ``client_kwargs={"endpoint_url": ...}``);
@@ -102,7 +102,8 @@ classifiers
     averaged).""",
     "device": """\
 device
-    ``"cuda"``, ``"cpu"``, ...; ``None`` picks CUDA when available.""",
+    ``"auto"`` or None (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    ``"mps"``.""",
     # -- AnnData in, AnnData out --------------------------------------------------------------------
     "copy": """\
 copy
