@@ -17,6 +17,7 @@ import pytest
 import subcell_scale
 from subcell_scale._constants import Keys, Obs
 from subcell_scale._docs import PARAMS, fill_docstring
+from subcell_scale.cellstore import OBS_UNITS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -113,6 +114,7 @@ def _table_rows(markdown: str) -> dict[str, list[str]]:
 def test_anndata_page_states_the_unit_of_every_column():
     rows = _table_rows((DOCS / "anndata.md").read_text())
     columns = [v for k, v in vars(Obs).items() if k.isupper() and isinstance(v, str)]
+    assert set(OBS_UNITS) <= {*columns, Keys.SPATIAL}  # the units the AnnData records are the ones listed here
     expected = ([f"`{c}`" for c in columns] + [f'`obsm["{Keys.SPATIAL}"]`', f'`obsm["{Keys.LOCALIZATION}"]`',
                                                f"`{Keys.N_CELLS}`", f"`{Keys.N_PROFILES}`"])
     for key in expected:
