@@ -279,6 +279,7 @@ def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, 
     assert "step(s) skipped: postprocess:" in err and "metrics:" in err and "retry" not in err
 
 
+@pytest.mark.processes
 def test_evaluate_and_profile_on_a_run_reuse_its_description(finished, tmp_path):
     """`subcell-scale evaluate RUN` writes the run's own tables byte for byte; an explicit preset wins and
     is recorded with the tables; `profile RUN --out DIR` writes the run's profiles into a folder."""
@@ -328,6 +329,7 @@ def test_a_mistake_is_named_before_the_first_field_and_writes_nothing(demo, spec
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.processes
 def test_an_input_error_or_an_interrupt_leaves_the_manifest_saying_what_happened(finished, demo, spec, tmp_path):
     out, _ = finished
     with pytest.raises(PlatemapError):
@@ -347,6 +349,7 @@ def test_an_input_error_or_an_interrupt_leaves_the_manifest_saying_what_happened
     assert record["status"] == "failed" and record["error"] == "RuntimeError: a stage broke"
 
 
+@pytest.mark.slow
 def test_figures_leave_the_callers_matplotlib_backend_alone(demo, spec, tmp_path):
     import matplotlib
 
@@ -372,6 +375,7 @@ def test_the_demo_banner_keeps_the_command_on_one_line(capsys):
     assert len({len(line) for line in lines}) == 1  # a frame
 
 
+@pytest.mark.slow
 def test_random_weights_from_the_command_line(demo, tmp_path):
     done = _cli("embed", demo["plates"][0], "--out", str(tmp_path / "out"), "--model", "random", "--set", "out_size=32",
                 "--no-progress")
