@@ -123,6 +123,7 @@ def _unregistered_cleanly(caplog) -> bool:
     return not [r for r in caplog.records if "could not unregister" in r.getMessage()]
 
 
+@pytest.mark.processes
 def test_a_worker_that_joins_after_a_run_loads_no_model(demo_plates, tiny_spec, tmp_path, caplog):
     """The run's model plugin leaves the cluster when its embedding ends; the next run registers it again."""
     from subcell_scale import embed_plate
@@ -154,6 +155,7 @@ def test_a_worker_that_joins_after_a_run_loads_no_model(demo_plates, tiny_spec, 
         c.close()
 
 
+@pytest.mark.processes
 def test_a_worker_without_the_gpu_resource_builds_the_model_only_when_a_task_needs_it(demo_plates, tiny_spec,
                                                                                          tmp_path, caplog):
     """A GPU cluster with a CPU-only helper: the helper never holds the model unless a task asks for it."""
