@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ._constants import VAR_PREFIX, Files, Keys, Obs
+from ._docs import doc_params
 from ._version import __version__
 from .errors import RunDirectoryError
 from .rundir import FieldId, RunPath
@@ -337,6 +338,7 @@ def cells_path(root: str | os.PathLike[str], fmt: str = "zarr") -> Path:
 
 
 # -- reading a run's cells ------------------------------------------------------------------------------
+@doc_params
 def read_cells(run: str | os.PathLike[str] | RunPath, *, plates: Sequence[str] | None = None, load: bool = False,
                lazy: bool | None = None, storage_options: Mapping[str, Any] | None = None) -> AnnData:
     """The cells AnnData of a run directory (or a ``cells.zarr`` / ``cells.h5ad`` path).
@@ -360,8 +362,7 @@ def read_cells(run: str | os.PathLike[str] | RunPath, *, plates: Sequence[str] |
         Leave ``obs`` in the store too (anndata's lazy reading: ``obs`` columns read when used), so
         opening a screen's store holds nothing per cell. Default: for stores of more than
         :attr:`subcell_scale.settings.lazy_obs` cells.
-    storage_options
-        fsspec options of a URL (credentials, endpoint).
+    {storage_options}
 
     Raises
     ------

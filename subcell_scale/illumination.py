@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._docs import doc_params
 from .errors import ChannelMismatchError, ConfigError, PlateFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,6 +141,7 @@ def _field_indices(n: int, max_fields: int | None) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, max_fields).round()})
 
 
+@doc_params
 def estimate_flatfield(
     plate: Plate | str | os.PathLike[str],
     *,
@@ -154,8 +156,7 @@ def estimate_flatfield(
 
     Parameters
     ----------
-    plate
-        A :class:`~subcell_scale.io.Plate` or its path.
+    {plate}
     channels
         Channel names or indices to estimate; the others get a plane of ones (left uncorrected).
     method, sigma_um, percentile, dark

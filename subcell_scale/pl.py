@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ._constants import Obs
+from ._docs import doc_params
 from .errors import ConfigError
 from .io.wells import normalize_well_name, parse_well_name, row_index, row_name
 from .models.registry import CLASS_COLORS, CLASS_NAMES
@@ -167,6 +168,7 @@ def plate_layout(wells: Sequence[str] | pd.Series) -> int:
     raise ConfigError(msg)
 
 
+@doc_params
 def plate_heatmap(
     data: AnnData | pd.DataFrame,
     value: str | None = None,
@@ -198,12 +200,14 @@ def plate_heatmap(
         Column names; without a plate column all rows are one plate.
     layout
         96, 384 or 1536 wells; by default the smallest that holds the wells present.
+    {title}
     label
         Colour-bar label; defaults to the value name.
+    cmap
+        Matplotlib colour map of the values.
     annotate
         Write the value into each well; by default only on 96-well plates where it stays readable.
-    save
-        Write the figure here (PNG, PDF, SVG by extension).
+    {save}
 
     Wells without data are light grey, so an empty well is never mistaken for a zero.
     """
@@ -301,8 +305,18 @@ def plate_heatmap(
     return _finish(fig, save)
 
 
+@doc_params
 def cells_per_well(adata: AnnData, *, layout: int | None = None, save: _PathLike | None = None) -> Figure:
-    """Cells per well on the plate grid, one panel per plate (the first QC look at a run)."""
+    """Cells per well on the plate grid, one panel per plate (the first QC look at a run).
+
+    Parameters
+    ----------
+    adata
+        The cells AnnData.
+    layout
+        96, 384 or 1536 wells; by default the smallest that holds the wells present.
+    {save}
+    """
     return plate_heatmap(adata, None, layout=layout, title="Cells per well", label="cells", save=save)
 
 
@@ -343,6 +357,7 @@ def _upsample(attention: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resize(attention, shape, order=1, mode="edge", anti_aliasing=False)
 
 
+@doc_params
 def cell_gallery(
     crops: np.ndarray,
     pool_attention: np.ndarray | None,
@@ -374,8 +389,11 @@ def cell_gallery(
         Name of each crop channel in order; picks its colour in the composite.
     titles
         One caption per cell (e.g. ``"B03/0 #17"``).
+    n_top
+        Localization classes written under each cell.
     max_cells, ncols
         How many cells, and cells per row of the gallery.
+    {save}
     """
     crops = np.asarray(crops)
     if crops.ndim != 4:
@@ -465,6 +483,7 @@ def _is_top_localization(key: str) -> bool:
     return key == TOP_LOCALIZATION or key.startswith(f"{TOP_LOCALIZATION}_")
 
 
+@doc_params
 def umap(
     adata: AnnData,
     color: str | Sequence[str],
@@ -493,6 +512,11 @@ def umap(
         Seed of the drawing order (no category is always drawn on top).
     point_size
         Marker area; by default scaled down as the number of points grows.
+    ncols
+        Panels per row.
+    {title}
+        By default it says how many cells or profiles are drawn.
+    {save}
     """
     keys = [color] if isinstance(color, str) else list(color)
     if not keys:
@@ -581,6 +605,7 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ConfigError(msg)
 
 
+@doc_params
 def map_scatter(
     results: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -599,9 +624,14 @@ def map_scatter(
         Output of ``mean_average_precision`` (columns ``mean_average_precision``,
         ``corrected_p_value``), or a mapping design name -> such table, or one long table split by
         ``by``.
+    {results_by}
     threshold
         q-value below which a group counts as retrieved; drawn as a dashed line. The panel title gives
         the fraction retrieved, the JUMP headline number.
+    map_col, q_col
+        Columns of the mAP and of its q-value (the corrected p-value).
+    {title}
+    {save}
     """
     tables = _tables(results, by, "map_scatter")
     fig = _new_figure(4.3 * len(tables) + 0.3, 4.0 + (0.3 if title else 0))
@@ -634,6 +664,7 @@ def map_scatter(
     return _finish(fig, save)
 
 
+@doc_params
 def fraction_retrieved(
     results: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -646,6 +677,18 @@ def fraction_retrieved(
     """Bar per design: the fraction of groups with q-value below ``threshold`` (JUMP's headline).
 
     Takes the same inputs as :func:`map_scatter`; each bar is labelled with the fraction and counts.
+
+    Parameters
+    ----------
+    results
+        As for :func:`map_scatter`.
+    {results_by}
+    threshold
+        q-value below which a group counts as retrieved.
+    q_col
+        Column of the q-value (the corrected p-value).
+    {title}
+    {save}
     """
     tables = _tables(results, by, "fraction_retrieved")
     names, fracs, counts = [], [], []
@@ -674,6 +717,7 @@ def fraction_retrieved(
     return _finish(fig, save)
 
 
+@doc_params
 def nn_accuracy(
     results: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -689,8 +733,11 @@ def nn_accuracy(
     results
         ``nn_accuracy`` output (columns ``k``, ``accuracy``), a mapping rule name -> such table, or a
         long table split by ``by`` (e.g. ``by="rule"``).
+    {results_by}
     chance
         Accuracy of guessing (e.g. the share of the most common MoA), drawn as a dotted line.
+    {title}
+    {save}
     """
     tables = _tables(results, by, "nn_accuracy")
     fig = _new_figure(7.0, 3.8)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ._anndata import representation
 from ._constants import VAR_PREFIX, Keys
+from ._docs import doc_params
 from .errors import ConfigError
 from .models.registry import CLASS_NAMES
 
@@ -31,6 +32,7 @@ UMAP = "X_umap"
 __all__ = ["TOP_LOCALIZATION", "UMAP", "top_localization", "umap"]
 
 
+@doc_params
 def top_localization(adata: AnnData, *, pass_: str | None = None, key_added: str = TOP_LOCALIZATION,
                      copy: bool = False) -> AnnData | None:
     """The most probable localization class of each cell, from ``obsm['localization']``.
@@ -47,11 +49,14 @@ def top_localization(adata: AnnData, *, pass_: str | None = None, key_added: str
 
     Parameters
     ----------
+    {tl_adata}
+        It needs ``obsm['localization']`` (embedded with classifiers).
     pass_
         With a multi-pass run, the one pass whose top class goes into ``obs[key_added]`` (e.g.
         ``"Mito"``), instead of a column per pass.
     key_added
         ``obs`` key of the result (single pass, or ``pass_``), or the prefix of the per-pass columns.
+    {tl_copy}
 
     Returns
     -------
@@ -113,6 +118,7 @@ def _pass_names(adata: AnnData, n_passes: int) -> list[str]:
     return [f"pass{i + 1}" for i in range(n_passes)]
 
 
+@doc_params
 def umap(adata: AnnData, *, use_rep: str = "X", n_neighbors: int = 15, random_state: int = 0,
          key_added: str = UMAP, copy: bool = False) -> AnnData | None:
     """UMAP coordinates of cells or well profiles, from a neighbour graph on ``use_rep``.
@@ -123,12 +129,16 @@ def umap(adata: AnnData, *, use_rep: str = "X", n_neighbors: int = 15, random_st
 
     Parameters
     ----------
+    {tl_adata}
     use_rep
         ``"X"`` (the embedding or profile features) or an ``obsm`` key.
     n_neighbors
         Neighbours of the graph (capped below the number of rows).
     random_state
         Seed of the graph and the layout.
+    key_added
+        ``obsm`` key of the result (scanpy's).
+    {tl_copy}
 
     Returns
     -------

@@ -17,6 +17,17 @@ import pandas as pd
 import pytest
 from _shared import COMPOUNDS, MOA, TINY
 
+HEAVY = ("slurm", "s3", "notebooks", "docs", "processes")
+"""Marks of heavy tests (see pyproject.toml and tests/README.md): each implies ``slow``."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items):
+    """A test marked with one of :data:`HEAVY` is also ``slow``: ``-m "not slow"`` leaves them all out."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in HEAVY):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _offline():

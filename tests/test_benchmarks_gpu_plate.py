@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.processes]
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_plate.py"
 SECTIONS = ("meta", "plates", "segmentation", "crops", "engine", "end_to_end", "projection")

@@ -46,6 +46,7 @@ def _same(expected: ad.AnnData, got: ad.AnnData) -> None:
     assert got.obs.drop(columns=[]).equals(expected.obs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", [7, 10_000])  # chunks spanning several shards; one chunk for everything
 def test_the_streamed_store_equals_the_in_memory_anndata(demo, tiny_model, in_memory, tmp_path, monkeypatch, rows):
     monkeypatch.setattr(cellwriter, "CHUNK_BYTES", rows * 4 * in_memory.n_vars)
@@ -68,6 +69,7 @@ def test_the_h5ad_store_opens_backed(demo, tiny_model, in_memory, tmp_path):
     _same(in_memory, ad.read_h5ad(tmp_path / Files.CELLS_H5AD))
 
 
+@pytest.mark.slow
 def test_the_backed_anndata_goes_through_the_readme_quickstart(demo, tiny_model, in_memory, tmp_path):
     import scanpy as sc
 

@@ -20,6 +20,8 @@ from subcell_scale._constants import Files
 from subcell_scale._settings import settings
 from subcell_scale import embed_plate
 
+pytestmark = [pytest.mark.processes]
+
 SMALL = {"out_size": 32}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 

@@ -55,6 +55,7 @@ def hpa_labels(hpa_plate) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]
 # the written plate
 
 
+@pytest.mark.slow
 def test_plate_structure_matches_the_contract(hpa_plate):
     path, platemap = hpa_plate
     assert path.name == "demo-plate-1.zarr"
@@ -74,6 +75,7 @@ def test_plate_structure_matches_the_contract(hpa_plate):
     assert set(plate.label_names("A01", "0")) == {"cells", "nuclei"}
 
 
+@pytest.mark.slow
 def test_every_cell_holds_exactly_its_own_nucleus(hpa_labels):
     n_cells = []
     for (well, field), (cells, nuclei) in hpa_labels.items():
@@ -91,6 +93,7 @@ def test_every_cell_holds_exactly_its_own_nucleus(hpa_labels):
     assert 8 <= np.median(n_cells) <= 15
 
 
+@pytest.mark.slow
 def test_touching_cells_and_cells_cut_by_the_border_exist(hpa_labels):
     touching_pairs = 0
     border_cells = 0
@@ -105,6 +108,7 @@ def test_touching_cells_and_cells_cut_by_the_border_exist(hpa_labels):
     assert border_cells >= n_fields
 
 
+@pytest.mark.slow
 def test_cell_sizes_are_hpa_like(hpa_plate):
     path, _ = hpa_plate
     plate = open_plate(path)
@@ -119,6 +123,7 @@ def test_cell_sizes_are_hpa_like(hpa_plate):
     assert np.all((nucleus_fraction > 0.05) & (nucleus_fraction < 0.45)), nucleus_fraction
 
 
+@pytest.mark.slow
 def test_protein_image_is_uint16_with_dark_level_and_noise(hpa_plate):
     path, _ = hpa_plate
     plate = open_plate(path)
@@ -131,6 +136,7 @@ def test_protein_image_is_uint16_with_dark_level_and_noise(hpa_plate):
     assert image.max() > 1000
 
 
+@pytest.mark.slow
 def test_platemap_file_is_read_back_by_the_io_reader(hpa_plate):
     path, _ = hpa_plate
     platemap = read_platemap(path.parent / "platemap.csv")
@@ -158,6 +164,7 @@ def _walk(group: zarr.Group, prefix: str = ""):
         yield from _walk(sub, f"{prefix}{name}/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cellpainting", [False, True])
 def test_same_seed_gives_byte_identical_plates(tmp_path, cellpainting):
     kwargs = {"n_plates": 1, "n_wells": 4, "n_fields": 1, "field_size": 128, "cellpainting": cellpainting}
@@ -262,6 +269,7 @@ def test_every_hpa_pattern_renders_and_compounds_of_a_moa_share_it():
         assert signal[3][geometry.labels > 0].mean() > 5 * signal[3][geometry.labels == 0].mean()
 
 
+@pytest.mark.slow
 def test_cellpainting_layout_and_phenotypes():
     assert CELLPAINTING.channels == ("DNA", "ER", "RNA", "AGP", "Mito")
     assert CELLPAINTING.pixel_size == 0.598
@@ -329,6 +337,7 @@ def jump_field():
                             field_size=JUMP.field_size, cells_per_field=JUMP.cells_per_field)
 
 
+@pytest.mark.slow
 def test_jump_fields_have_jump_cells(jump_field):
     image, cells, nuclei = jump_field
     assert image.shape == (5, 1080, 1080) and image.dtype == np.uint16
@@ -346,6 +355,7 @@ def test_jump_fields_have_jump_cells(jump_field):
     assert len(touching) > 0.6 * cells.max()
 
 
+@pytest.mark.slow
 def test_jump_er_and_rna_images_share_signal_like_jumps(jump_field):
     image, cells, _ = jump_field
     inside = cells > 0
@@ -368,6 +378,7 @@ def _pattern_cover(render, pixel_size: float, pattern: str) -> float:
     return float((signal[cytoplasm] > 0.5 * np.percentile(signal[cytoplasm], 99.5)).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", ["mitochondria", "vesicles"])
 def test_confocal_patterns_keep_their_density_per_square_micrometre(pattern):
     demo = _pattern_cover(synthetic.hpa_field, 0.32, pattern)
@@ -376,6 +387,7 @@ def test_confocal_patterns_keep_their_density_per_square_micrometre(pattern):
     assert 0.5 < confocal / demo < 2.0
 
 
+@pytest.mark.slow
 def test_hpa_confocal_fields_have_hpa_cells():
     effects = PlateEffects.draw(HPA_CONFOCAL, 1024, seed=0, plate_index=0)
     image, cells, nuclei = synthesize_field(HPA_CONFOCAL, phenotypes(HPA_CONFOCAL)["MIT-1"], effects,
@@ -387,6 +399,7 @@ def test_hpa_confocal_fields_have_hpa_cells():
     assert 10.0 < np.median(_equivalent_diameters_um(nuclei, 0.08)) < 20.0
 
 
+@pytest.mark.slow
 def test_plates_without_labels_and_from_several_processes_are_the_same(tmp_path):
     kwargs = {"n_plates": 1, "n_wells": 4, "n_fields": 2, "field_size": 128, "cells_per_field": 6,
               "geometry": "jump", "labels": False, "seed": 1}

@@ -214,6 +214,7 @@ def local_cluster_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.processes
 def test_local_cluster_starts_with_gpu_resource(local_cluster_file):
     from distributed import Client
 
@@ -231,6 +232,7 @@ def test_local_cluster_starts_with_gpu_resource(local_cluster_file):
         cluster.close()
 
 
+@pytest.mark.processes
 def test_cuda_kind_falls_back_to_cpu_with_a_warning(caplog):
     pytest.importorskip("distributed")
     if __import__("importlib").util.find_spec("dask_cuda") is not None:
@@ -249,6 +251,7 @@ def test_cuda_kind_falls_back_to_cpu_with_a_warning(caplog):
         cluster.close()
 
 
+@pytest.mark.processes
 def test_get_client_starts_the_cluster_of_a_file(local_cluster_file):
     from subcell_scale.distributed import get_client
 
@@ -278,6 +281,7 @@ def slurm(tmp_path_factory):
         yield {"env": env, "root": root}
 
 
+@pytest.mark.slurm
 def test_embed_plate_on_sbatch_started_workers_equals_the_in_process_run(slurm, tmp_path, one_torch_thread):
     import os
     import sys

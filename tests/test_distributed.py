@@ -28,6 +28,7 @@ def client():
     c.close()
 
 
+@pytest.mark.processes
 def test_local_cluster_offers_one_gpu_per_worker(client):
     workers = client.scheduler_info(n_workers=-1)["workers"]
     assert len(workers) == 2
@@ -35,6 +36,7 @@ def test_local_cluster_offers_one_gpu_per_worker(client):
     assert all(info["nthreads"] == 2 for info in workers.values())
 
 
+@pytest.mark.processes
 def test_gpu_tasks_never_overlap_on_a_worker_while_cpu_tasks_do(client):
     gpu = [client.submit(_timed, "gpu", 0.3, resources={GPU_RESOURCE: 1}, pure=False) for _ in range(6)]
     cpu = [client.submit(_timed, "cpu", 0.3, pure=False) for _ in range(6)]
@@ -68,6 +70,7 @@ def test_dashboard_link_is_printed(capsys):
     assert c.status == "closed"
 
 
+@pytest.mark.processes
 def test_connects_to_a_running_scheduler(client):
     other = get_client(scheduler=client.scheduler.address, dashboard=False)
     try:
@@ -96,6 +99,7 @@ def test_cuda_cluster_without_dask_cuda_says_why():
         get_client("cuda", dashboard=False)
 
 
+@pytest.mark.processes
 def test_cluster_from_a_config_file_is_closed_with_its_client(tmp_path):
     cfg = tmp_path / "one.yaml"
     cfg.write_text("kind: local\nworkers: 1\nthreads_per_worker: 1\nlocal:\n  dashboard_address: ':0'\n")
@@ -119,6 +123,7 @@ def _unregistered_cleanly(caplog) -> bool:
     return not [r for r in caplog.records if "could not unregister" in r.getMessage()]
 
 
+@pytest.mark.processes
 def test_a_worker_that_joins_after_a_run_loads_no_model(demo_plates, tiny_spec, tmp_path, caplog):
     """The run's model plugin leaves the cluster when its embedding ends; the next run registers it again."""
     from subcell_scale import embed_plate
@@ -150,6 +155,7 @@ def test_a_worker_that_joins_after_a_run_loads_no_model(demo_plates, tiny_spec, 
         c.close()
 
 
+@pytest.mark.processes
 def test_a_worker_without_the_gpu_resource_builds_the_model_only_when_a_task_needs_it(demo_plates, tiny_spec,
                                                                                          tmp_path, caplog):
     """A GPU cluster with a CPU-only helper: the helper never holds the model unless a task asks for it."""

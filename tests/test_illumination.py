@@ -111,6 +111,7 @@ def test_bad_estimate_input():
         flatfield_from_fields([np.ones((1, 8, 8)), np.ones((1, 8, 9))], 0.5)
 
 
+@pytest.mark.slow
 def test_estimate_flatfield_on_a_demo_plate_with_known_vignetting(tmp_path):
     """The demo plate's per-plate illumination is known; DNA has the most background to see it in."""
     from subcell_scale.io import demo, make_demo_plate, open_plate

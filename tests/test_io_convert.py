@@ -198,6 +198,7 @@ def test_compressed_microscope_tiffs_convert_out_of_the_box(tmp_path, compressio
     np.testing.assert_array_equal(plate.read_field("G01", "1"), stack)
 
 
+@pytest.mark.slow
 def test_without_imagecodecs_the_error_says_what_to_install(tmp_path):
     """A broken install (imagecodecs absent) gets one clear line, not a traceback from tifffile."""
     import subprocess

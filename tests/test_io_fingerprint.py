@@ -78,6 +78,7 @@ def test_works_through_fsspec_urls(written):
     assert field_fingerprint(plate, "A02", "0", labels="cells") != first
 
 
+@pytest.mark.s3
 def test_works_on_an_s3_server(written, s3_server):
     """A real S3 protocol server on loopback (moto), read through s3fs as on a cluster without shared disk."""
     fs = s3_server.fs

@@ -142,7 +142,9 @@ def _by_metadata_writers(path, version):
 WRITERS = {"PlateWriter": _by_writer, "write_image": _by_write_image, "metadata_writers": _by_metadata_writers}
 
 
-@pytest.fixture(scope="module", params=[(w, v) for w in WRITERS for v in ("0.5", "0.4")],
+# plates of the other writers (ome-zarr, hand-written metadata) are part of the slow matrix
+@pytest.fixture(scope="module", params=[pytest.param((w, v), marks=() if w == "PlateWriter" else pytest.mark.slow)
+                                        for w in WRITERS for v in ("0.5", "0.4")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def plate_path(request, tmp_path_factory):
     writer, version = request.param

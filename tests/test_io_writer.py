@@ -46,6 +46,7 @@ def written(request, tmp_path_factory):
     return version, path, fields
 
 
+@pytest.mark.slow
 def test_layout_metadata_and_validation(written):
     version, path, _ = written
     root = zarr.open_group(str(path), mode="r")

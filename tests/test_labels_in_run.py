@@ -48,6 +48,7 @@ def test_a_plate_over_http_cannot_take_labels(served):
     assert labels_writable(open_plate(served["writable"]))
 
 
+@pytest.mark.slow
 def test_its_segmentation_goes_into_the_run_directory_and_is_found_again(served, tiny_spec, tmp_path):
     out = tmp_path / "run"
     cells = embed_plate(served["url"], tiny_spec, out=out, out_size=32, progress=False)

@@ -50,6 +50,7 @@ def oracle(profiles):
     return processed, reference.evaluate(processed, _usable(profiles))
 
 
+@pytest.mark.slow
 def test_postprocess_equals_the_reference_chain(ours, oracle):
     processed, _ = ours
     expected = oracle[0].set_index(["plate", "well"]).loc[list(zip(processed.obs["plate"], processed.obs["well"]))]

@@ -92,6 +92,7 @@ def test_linear_probe_is_out_of_fold(cells):
     assert out["accuracy"] == pytest.approx(skm.accuracy_score(y, classes[expected.argmax(axis=1)]))
 
 
+@pytest.mark.slow
 def test_probe_localization_learns_the_signal(cells):
     probe = evaluate_localization(cells, "hpa", probe=True, cv=3).set_index("metric")["value"]
     shuffled = cells.copy()

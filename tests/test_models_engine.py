@@ -207,6 +207,7 @@ def _ops(model: SubCell, x: torch.Tensor) -> set[str]:
     return {event.key for event in prof.key_averages()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "flash", "math"])
 def test_attention_backend_runs_its_kernel_and_gives_the_default_embeddings(model, crops, backend):
     pinned = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", attention_backend=backend)
@@ -259,6 +260,7 @@ def test_patch_embedding_modes_compute_the_published_convolution(model, crops, m
     np.testing.assert_allclose(out["pool_attention"], ref["pool_attention"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_padded_batches_run_few_shapes_and_give_identical_results(model, crops):
     padded = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", pad_batches=8)
     shapes: list[int] = []

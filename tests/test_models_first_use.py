@@ -147,6 +147,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
+@pytest.mark.slow
 def test_processes_starting_together_download_once(online, tmp_path):
     """Three processes ask for the variant at the same moment while the server sends slowly: one request per file."""
     bucket = online["bucket"]
@@ -189,6 +190,7 @@ def large_encoder(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_killed_download_is_resumed_by_the_next_process(online, large_encoder, tmp_path):
     """The lock dies with its process; the next one takes it and resumes the partial file with a Range request."""
     bucket, folder = online["bucket"], online["cache"] / VARIANT.name
@@ -232,6 +234,7 @@ def plate(demo_plates) -> str:
     return demo_plates(n_plates=2, n_wells=4, n_fields=1, field_size=384, cells_per_field=16, seed=0)["plate"]
 
 
+@pytest.mark.slow
 def test_embed_plate_downloads_a_variant_and_records_its_sha256(online, standard_model, plate, tmp_path):
     from subcell_scale import embed_plate
 
@@ -249,6 +252,7 @@ def test_embed_plate_downloads_a_variant_and_records_its_sha256(online, standard
     assert cells.uns["subcell_scale"]["variant"] == VARIANT.name
 
 
+@pytest.mark.processes
 def test_workers_with_their_own_cache_download_once_between_them(online, standard_model, plate, tmp_path,
                                                                  monkeypatch):
     """The client fetches into its cache; two workers whose cache (their environment's) is empty fetch once."""

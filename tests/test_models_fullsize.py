@@ -56,6 +56,7 @@ def test_full_size_layout_equals_the_published_204_keys(channels, n_params):
         assert total == n_params
 
 
+@pytest.mark.slow
 def test_one_full_size_forward_on_cpu():
     model = SubCell.random("DNA-Protein_MAE-CellS-ProtS-Pool", seed=0, n_classifiers=2, device="cpu")
     assert model.channels == ("nucleus", "protein")

@@ -205,6 +205,7 @@ def reference_cells(cell_painting, er_model):
     return embed_plate(cell_painting, er_model["model"], **JUMP)
 
 
+@pytest.mark.slow
 def test_an_er_checkpoint_named_so_runs_on_a_cell_painting_plate(cell_painting, er_model, reference_cells,
                                                                    tmp_path, caplog):
     from subcell_scale import embed_plate
@@ -234,6 +235,7 @@ def _cli(*args: str, sets: tuple[str, ...] = ()) -> list[str]:
     return ["embed", *args, "--preset", "jump-cellpainting", "--no-progress", "--set", "out_size=32", *sets]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("say", [{"args": ("--variant", ER.name)}, {"sets": (f"variant={ER.name}",)}],
                          ids=["variant", "set"])
 def test_the_command_line_says_which_variant_a_renamed_file_is(cell_painting, er_model, reference_cells, tmp_path,
@@ -271,6 +273,7 @@ def test_the_command_line_refuses_what_it_cannot_tell_or_that_disagrees(cell_pai
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_num_heads_on_the_command_line_for_a_non_standard_width(demo_plates, tmp_path, capsys):
     """The tiny fixture is 48 wide with 4 heads: --num-heads 4 gives the embeddings of that model."""
     import anndata as ad

@@ -29,6 +29,8 @@ from subcell_scale._constants import Files, Keys, Obs
 from subcell_scale.models.registry import CLASS_NAMES
 from subcell_scale.profiles import profiling_steps
 
+pytestmark = [pytest.mark.notebooks]
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 QUICKSTART = "01_quickstart.ipynb"
 PROFILING = "02_profiling_and_evaluation.ipynb"

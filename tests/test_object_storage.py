@@ -32,6 +32,8 @@ from subcell_scale.profiles import aggregate
 from subcell_scale.rundir import RunPath
 from subcell_scale.store import ResultsStore
 
+pytestmark = [pytest.mark.s3, pytest.mark.processes]
+
 # a flat field estimated from the plate and a plate intensity percentile: files the run keeps in
 # out/flatfield and out/intensity, which the workers read back from the bucket
 SMALL = {"out_size": 32, "illumination": "estimate", "plate_upper_percentile": 99.9}

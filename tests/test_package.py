@@ -129,3 +129,18 @@ def test_the_package_speaks_of_itself_only():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if re.search(r"DESIGN\.md|see DESIGN|\(DESIGN", p.read_text())]
     assert offenders == []
+
+
+def test_license_file_matches_the_declared_licence():
+    """pyproject's SPDX licence, the file it names, and that file's text agree (MIT)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    (name,) = project["license-files"]
+    text = (root / name).read_text()
+    assert text.startswith("MIT License\n")
+    assert "Permission is hereby granted, free of charge" in text
+    assert "subcell-scale developers" in text

@@ -161,6 +161,7 @@ def test_every_ground_truth_cell_is_embedded_or_dropped_with_a_reason(demo, refe
     assert manifest["embed"]["summary"]["n_cells"] == adata.n_obs
 
 
+@pytest.mark.processes
 def test_cluster_runs_are_bit_identical_to_in_process(demo, reference, spec, model, client, tmp_path):
     _, ref = reference
     two = embed_plate(demo["plates"], spec, client=client, out=tmp_path / "two", platemap=demo["platemap"],
@@ -177,6 +178,7 @@ def test_cluster_runs_are_bit_identical_to_in_process(demo, reference, spec, mod
     assert all(list(v.values()) == [1] for v in client.run(loads_per_worker).values())
 
 
+@pytest.mark.processes
 def test_one_worker_and_another_batch_size_give_the_same_embeddings(demo, reference, spec, client):
     _, ref = reference
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
@@ -192,6 +194,7 @@ def test_one_worker_and_another_batch_size_give_the_same_embeddings(demo, refere
     np.testing.assert_allclose(on_device.X, ref.X, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_failed_field_is_recorded_and_a_rerun_finishes_only_it(demo, reference, model, tmp_path):
     _, ref = reference
     plates = [str(shutil.copytree(p, tmp_path / Path(p).name)) for p in demo["plates"]]
@@ -225,6 +228,7 @@ def _embed_cmd(plates: list[str], out: Path, checkpoint: Path) -> list[str]:
             "--out", str(out), "--set", "out_size=64", "--no-progress", "--batch-size", "4"]
 
 
+@pytest.mark.slow
 def test_killed_cli_run_resumes_to_the_same_anndata(demo, reference, model, tmp_path):
     _, ref = reference
     ref = ref[ref.obs[Obs.PLATE] == "demo-plate-1"]
@@ -307,6 +311,7 @@ def test_bad_model_arguments_are_named(demo, model_arg, error, match, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_a_finished_field_whose_labels_changed_is_recomputed(demo, model, tmp_path):
     from subcell_scale.io import write_labels
 
@@ -329,6 +334,7 @@ def test_a_finished_field_whose_labels_changed_is_recomputed(demo, model, tmp_pa
     assert np.array_equal(np.asarray(again[kept].X), np.asarray(first[kept].X))
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("per_task", [3, 8])
 def test_fields_embedded_together_give_the_same_cells(demo, reference, spec, client, per_task, tmp_path):
     """Small fields share a GPU task to fill its batches; the cells and their embeddings do not change,

@@ -214,6 +214,7 @@ def test_cells_and_report_refuse_a_file_for_a_folder(tmp_path):
     assert out.read_text() == "notes"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_the_files_of_a_run_follow_the_umask(demo_plates, tiny_model, tmp_path, umask):
     """manifest, run description, shards, cells store, the model saved for workers and the report:

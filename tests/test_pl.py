@@ -186,6 +186,7 @@ def test_cell_gallery_checks_shapes():
 # -- UMAP -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_umap_panels_legends_and_colours(cells_with_umap, tmp_path):
     adata = cells_with_umap
     fig = pl.umap(adata, ["compound", "moa", tl.TOP_LOCALIZATION], ncols=3, save=tmp_path / "umap.png")
@@ -206,6 +207,7 @@ def test_umap_panels_legends_and_colours(cells_with_umap, tmp_path):
     assert handle_colors == [CLASS_COLORS[CLASS_NAMES.index(c)] for c in loc_legend]
 
 
+@pytest.mark.slow
 def test_umap_many_categories_drop_the_legend(cells_with_umap):
     adata = cells_with_umap.copy()
     adata.obs["cell_id"] = [f"id{i:03d}" for i in range(adata.n_obs)]
@@ -215,11 +217,13 @@ def test_umap_many_categories_drop_the_legend(cells_with_umap):
     assert adata.n_obs > pl.MAX_LEGEND_ENTRIES
 
 
+@pytest.mark.slow
 def test_umap_numeric_column_gets_a_colorbar(cells_with_umap):
     fig = pl.umap(cells_with_umap, "area")
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
 
 
+@pytest.mark.slow
 def test_umap_of_profiles(cells, tmp_path):
     frame = pd.DataFrame(cells.X, index=cells.obs_names)
     keys = [cells.obs["plate"].astype(str), cells.obs["well"].astype(str)]
@@ -233,6 +237,7 @@ def test_umap_of_profiles(cells, tmp_path):
     assert fig._suptitle.get_text() == f"UMAP of {profiles.n_obs} profiles"
 
 
+@pytest.mark.slow
 def test_umap_draws_only_what_tl_computed(cells, cells_with_umap):
     with pytest.raises(ConfigError, match="'dose' is not an obs column"):
         pl.umap(cells_with_umap, "dose")

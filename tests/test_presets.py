@@ -170,6 +170,7 @@ def test_missing_channel_names_the_channel_and_the_preset(hpa_plate):
         RunParams.resolve(JUMP).plan(open_plate(hpa_plate))
 
 
+@pytest.mark.slow
 def test_jump_embedding_three_passes_per_cell(cp_plate, tmp_path):
     config = ModelConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64, num_channels=3, pool_int_dim=16)
     model = SubCell.random(config, seed=3, n_classifiers=1, channels=YBG)

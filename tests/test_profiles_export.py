@@ -98,6 +98,7 @@ def test_profile_command_equals_the_api(cells, tmp_path, capsys):
     np.testing.assert_array_equal(read_profiles(tmp_path / "out" / "profiles.parquet").X, expected.X)
 
 
+@pytest.mark.slow
 def test_profile_command_errors_are_one_line(tmp_path):
     entry = "import sys; from subcell_scale.cli import main; sys.exit(main(sys.argv[1:]))"
     run = subprocess.run([sys.executable, "-c", entry, "profile", str(tmp_path / "none.zarr"),
@@ -107,6 +108,7 @@ def test_profile_command_errors_are_one_line(tmp_path):
     assert "no such cells file or run directory" in run.stderr and "none.zarr" in run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
 def test_profiles_from_an_embedded_demo_plate(tmp_path):
     """The cells store the pipeline writes (tiny random model) goes through the profile command:

@@ -150,6 +150,7 @@ def _run_cmd(demo: dict, out: Path, checkpoint: dict, client, *, plate: str | No
 
 
 # -- processes that die ------------------------------------------------------------------------------
+@pytest.mark.processes
 def test_a_worker_killed_mid_run_is_replaced_and_every_cell_is_embedded_once(demo, spec, reference, client, tmp_path):
     pids = client.run(os.getpid)
     assert len(pids) == 2
@@ -177,6 +178,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_cell_is_embedded_once(dem
     assert killed["pid"] not in client.run(os.getpid).values()
 
 
+@pytest.mark.processes
 def test_a_killed_client_resumes_and_a_second_run_into_the_same_directory_is_refused(
         demo, checkpoint, reference, client, tmp_path):
     out = tmp_path / "run"
@@ -215,6 +217,7 @@ def test_a_killed_client_resumes_and_a_second_run_into_the_same_directory_is_ref
 
 
 # -- damaged inputs ----------------------------------------------------------------------------------
+@pytest.mark.processes
 def test_damaged_and_empty_fields_are_recorded_and_a_rerun_after_repair_completes(
         demo, checkpoint, reference, client, tmp_path):
     plate = str(shutil.copytree(demo["plate"], tmp_path / Path(demo["plate"]).name))
@@ -269,6 +272,7 @@ def test_damaged_and_empty_fields_are_recorded_and_a_rerun_after_repair_complete
     assert _manifest(out)["run"]["status"] == "done"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["directory", "deleted"])
 def test_a_chunk_that_cannot_be_read_fails_the_field(demo, spec, reference, tmp_path, damage):
     plate = str(shutil.copytree(demo["plate"], tmp_path / Path(demo["plate"]).name))
@@ -295,6 +299,7 @@ def test_a_chunk_that_cannot_be_read_fails_the_field(demo, spec, reference, tmp_
                                     for f in ("0", "1")} - {f"{name}/A02/1"}), adata)
 
 
+@pytest.mark.processes
 def test_a_platemap_well_missing_from_the_plate_stops_the_run_before_any_work(demo, checkpoint, client, tmp_path):
     platemap = pd.read_csv(demo["platemap"])
     platemap = pd.concat([platemap, platemap.iloc[[0]].assign(well="H12")], ignore_index=True)
@@ -308,6 +313,7 @@ def test_a_platemap_well_missing_from_the_plate_stops_the_run_before_any_work(de
 
 
 # -- output that cannot be written -------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "embed"])
 def test_an_output_directory_inside_a_file_is_one_clear_error(demo, checkpoint, tmp_path, command):
     blocker = tmp_path / "results.txt"
@@ -328,6 +334,7 @@ def _ignore_file_size_signal() -> bool:
     return True
 
 
+@pytest.mark.processes
 def test_a_full_disk_on_the_workers_loses_nothing_and_a_rerun_completes(demo, spec, reference, client, tmp_path):
     pids = client.run(os.getpid)
     assert all(client.run(_ignore_file_size_signal).values())
@@ -364,6 +371,7 @@ def test_a_full_disk_on_the_workers_loses_nothing_and_a_rerun_completes(demo, sp
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())  # what was computed was kept
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_crash_are_detected_and_recomputed(demo, spec, reference, tmp_path, caplog):
     out = tmp_path / "run"
     embed_plate(demo["plate"], spec, out=out, platemap=demo["platemap"], progress=False, **SMALL)
@@ -419,6 +427,7 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.slow
 def test_embed_refuses_a_checkpoint_that_would_run_code(demo, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"

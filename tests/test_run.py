@@ -51,6 +51,7 @@ def finished(demo, spec, client, tmp_path_factory, one_torch_thread):
     return out, result
 
 
+@pytest.mark.processes
 def test_run_writes_every_output_of_the_run_directory(finished):
     out, result = finished
     assert result.ok, result.lines()
@@ -75,6 +76,7 @@ def test_run_writes_every_output_of_the_run_directory(finished):
         assert np.allclose(x.mean(axis=0), 0, atol=1e-4)
 
 
+@pytest.mark.processes
 def test_metrics_tables_and_figures_are_written(finished):
     out, result = finished
     summary = pd.read_csv(out / Files.METRICS / "summary.csv")
@@ -92,6 +94,7 @@ def test_metrics_tables_and_figures_are_written(finished):
     assert html.count("data:image/png;base64,") >= len(figures)
 
 
+@pytest.mark.processes
 def test_manifest_records_options_steps_and_fields(finished, demo):
     out, result = finished
     manifest = json.loads((out / Files.MANIFEST).read_text())
@@ -108,6 +111,7 @@ def test_manifest_records_options_steps_and_fields(finished, demo):
     assert sum(f["n_cells"] for f in records.values()) == result.n_cells
 
 
+@pytest.mark.processes
 def test_rerun_resumes_without_recomputing_fields(finished, demo, spec, client):
     out, first = finished
     shards = sorted((out / Files.SHARDS).rglob("*.npz"))
@@ -119,6 +123,7 @@ def test_rerun_resumes_without_recomputing_fields(finished, demo, spec, client):
     assert ad.read_h5ad(out / Files.PROFILES).n_obs > 0
 
 
+@pytest.mark.processes
 def test_a_bad_platemap_fails_before_any_work(demo, spec, client, tmp_path):
     bad = pd.read_csv(demo["platemap"])
     bad.loc[0, "well"] = "P24"
@@ -128,6 +133,7 @@ def test_a_bad_platemap_fails_before_any_work(demo, spec, client, tmp_path):
     assert not (tmp_path / "out" / Files.SHARDS).exists()
 
 
+@pytest.mark.processes
 def test_a_second_run_into_a_locked_directory_is_refused(demo, spec, client, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -172,6 +178,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["subcell-scale", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.processes
 def test_cli_run_from_a_config_file_with_checkpoint_files(demo, tmp_path, tiny_config):
     model = SubCell.random(tiny_config, seed=3, n_classifiers=1)
     torch.save(model.encoder_state_dict(), tmp_path / "encoder.pth")
@@ -192,6 +199,7 @@ def test_cli_run_from_a_config_file_with_checkpoint_files(demo, tmp_path, tiny_c
     assert manifest["embed"]["model"]["checkpoint_sha256"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -212,6 +220,7 @@ def test_cli_errors_are_one_line(demo, tmp_path, args, expected):
     assert expected in lines[0]
 
 
+@pytest.mark.processes
 def test_jump_cellpainting_run_end_to_end(client, tmp_path):
     plates = make_demo_plate(tmp_path / "plates", n_plates=2, n_wells=6, n_fields=1, field_size=192, seed=4,
                              cellpainting=True)
@@ -233,6 +242,7 @@ def test_jump_cellpainting_run_end_to_end(client, tmp_path):
     assert (tmp_path / "out" / Files.METRICS / "summary.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, capsys):
     """One well: the jump chain cannot be fitted and nothing can be evaluated; cells, profiles and the
     report are still written, the summary and the manifest name the skipped steps, exit status 4."""
@@ -269,6 +279,7 @@ def test_a_step_that_cannot_run_is_skipped_named_and_the_rest_written(tmp_path, 
     assert "step(s) skipped: postprocess:" in err and "metrics:" in err and "retry" not in err
 
 
+@pytest.mark.processes
 def test_evaluate_and_profile_on_a_run_reuse_its_description(finished, tmp_path):
     """`subcell-scale evaluate RUN` writes the run's own tables byte for byte; an explicit preset wins and
     is recorded with the tables; `profile RUN --out DIR` writes the run's profiles into a folder."""
@@ -318,6 +329,7 @@ def test_a_mistake_is_named_before_the_first_field_and_writes_nothing(demo, spec
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.processes
 def test_an_input_error_or_an_interrupt_leaves_the_manifest_saying_what_happened(finished, demo, spec, tmp_path):
     out, _ = finished
     with pytest.raises(PlatemapError):
@@ -337,6 +349,7 @@ def test_an_input_error_or_an_interrupt_leaves_the_manifest_saying_what_happened
     assert record["status"] == "failed" and record["error"] == "RuntimeError: a stage broke"
 
 
+@pytest.mark.slow
 def test_figures_leave_the_callers_matplotlib_backend_alone(demo, spec, tmp_path):
     import matplotlib
 
@@ -362,6 +375,7 @@ def test_the_demo_banner_keeps_the_command_on_one_line(capsys):
     assert len({len(line) for line in lines}) == 1  # a frame
 
 
+@pytest.mark.slow
 def test_random_weights_from_the_command_line(demo, tmp_path):
     done = _cli("embed", demo["plates"][0], "--out", str(tmp_path / "out"), "--model", "random", "--set", "out_size=32",
                 "--no-progress")

@@ -79,6 +79,7 @@ def test_a_screen_from_a_plates_file_killed_and_resumed_embeds_every_cell_once(s
     np.testing.assert_array_equal(np.asarray(one.X), reference[reference.obs[Obs.PLATE] == name].X)
 
 
+@pytest.mark.slow
 def test_finished_plates_are_recognised_without_reading_their_shards(screen, tiny_spec, tmp_path, monkeypatch):
     import shutil
 
@@ -115,6 +116,7 @@ def test_finished_plates_are_recognised_without_reading_their_shards(screen, tin
     assert {r["status"] for r in read_field_records(out).values()} == {"done"}
 
 
+@pytest.mark.slow
 def test_each_plates_wells_equal_the_cells_stores_and_per_plate_runs(screen, tiny_spec, tmp_path):
     plates = screen["plates"][:3]
     result = run(plates, out=tmp_path / "screen", platemap=screen["platemap"], model=tiny_spec, client=None,

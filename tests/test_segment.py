@@ -309,6 +309,7 @@ def test_segment_plate_reports_an_unreadable_field_and_checks_options_first(demo
         segment_plate(plate, nucleus_sigma=2)
 
 
+@pytest.mark.slow
 def test_segment_command(demo_plates, tmp_path, capsys):
     import shutil
     import subprocess
@@ -349,6 +350,7 @@ def test_li_threshold_keeps_more_of_the_dim_confocal_cytoplasm(demo_plates):
         segment_field(image, plate.channel_names, plate.pixel_size, cell_threshold="triangle")
 
 
+@pytest.mark.slow
 def test_jump_sized_nuclei_need_a_split_distance_to_match():
     """On a JUMP-geometry field (U2OS-like 12-20 um nuclei, confluent cells, 0.598 um/px) the default 5 um
     split distance cuts elongated nuclei in two; 10 um recovers the cells."""

@@ -32,6 +32,7 @@ import xarray as xr
 import zarr
 import zarr.errors
 
+from .._docs import doc_params
 from ..errors import PlateFormatError, PlateNotFoundError, SubcellScaleError, WellNameError
 from ._ngff import SUPPORTED_AXES, axis_names, dataset_scale, ngff_version, ome_attrs, um_per_unit
 from .consolidated import open_on_disk
@@ -627,6 +628,7 @@ def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         raise PlateFormatError(msg) from None
 
 
+@doc_params
 def open_plate(
     path: str | os.PathLike[str],
     *,
@@ -642,20 +644,12 @@ def open_plate(
     path
         A local path (``str`` or ``Path``), a ``file://`` URL or any fsspec URL (``s3://``,
         ``memory://``, ...).
-    storage_options
-        Passed to fsspec for URLs (credentials, anonymous access, ...).
+    {storage_options}
     z
         "max" (default) max-projects z stacks; an int selects that plane.
     t
         The time point to read (default 0).
-    missing_chunks
-        "raise" (default): reading an image whose chunks are not all in the store fails with a
-        :class:`PlateFormatError` naming the plate, well, field and the missing chunk keys, because
-        zarr would otherwise read them as the fill value (black pixels) and cells would be embedded
-        on them. "fill": read missing chunks as the fill value, for plates written sparsely on
-        purpose (zarr leaves out chunks that hold only the fill value unless told otherwise). Label
-        images are always read with fill values: an empty region of a label image is legitimately
-        not stored.
+    {missing_chunks}
 
     Raises
     ------

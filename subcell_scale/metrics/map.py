@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import rows_matching
+from .._docs import doc_params
 from ..errors import ProfilingError
 from ._pairs import (
     Rule,
@@ -181,6 +182,7 @@ def _blocks(n: int, rows_per: int, progress_bar: bool, what: str) -> Iterable[in
     return starts
 
 
+@doc_params
 def average_precision(
     meta: pd.DataFrame,
     feats: np.ndarray,
@@ -213,13 +215,9 @@ def average_precision(
         ``pos_sameby=[pert, ref]``, ``neg_diffby=[pert, ref]`` (copairs' convention).
         Any entry that is not a column is read as a pandas query (``"control_type != 'negcon'"``)
         selecting the profiles that take part; queries are ANDed and add no pairing constraint.
-    batch_size
-        Similarity values per block (query rows x profiles); ``None`` picks about 4 million. Unlike
-        copairs (pairs per batch) it bounds memory, not thread chunks.
-    distance
-        ``"cosine"`` (default), ``"abs_cosine"``, ``"correlation"``, ``"euclidean"``,
-        ``"manhattan"``, ``"chebyshev"``, any ``scipy.spatial.distance`` metric (similarity
-        ``1/(1+d)``, ``1-d`` for jaccard and hamming) or a callable on paired rows.
+    {similarity_batch_size}
+        Unlike copairs (pairs per batch) it bounds memory, not thread chunks.
+    {distance}
     progress_bar
         Show a tqdm bar over blocks (off by default, unlike copairs).
     multilabel_col

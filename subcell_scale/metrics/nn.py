@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .._docs import doc_params
 from ..errors import ProfilingError
 from ._pairs import as_list, check_columns, codes_of, label_matrix, parse_labels
 from ._similarity import Distance, Similarity, rows_per_block
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 NN_COLUMNS = ("k", "accuracy", "n_queries", "n_hits", "n_excluded_queries")
 
 
+@doc_params
 def nn_accuracy(
     meta: pd.DataFrame,
     feats: np.ndarray,
@@ -54,8 +56,7 @@ def nn_accuracy(
         Neighbours that share ANY of these columns' values with the query are skipped.
     k
         One or several neighbourhood sizes; one output row each.
-    distance
-        As in :func:`~subcell_scale.metrics.average_precision`.
+    {distance}
     mode
         ``"any"`` (default): a query is a hit at k when at least one of its k nearest allowed
         neighbours shares a label with it (the SubCell benchmark's k-NN accuracy; for k=1 the usual
@@ -75,8 +76,7 @@ def nn_accuracy(
     query_rows
         Boolean mask over ``meta`` of the rows that are queries; the others are only neighbours
         (e.g. negative controls kept in the pool). Default: every labelled row.
-    batch_size
-        Similarity values per block (query rows x profiles); ``None`` picks about 4 million.
+    {similarity_batch_size}
     sep
         Separator of several labels in a string.
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._docs import doc_params
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,6 +30,7 @@ RANDOM = "random"
 """The ``model`` name of seeded random weights (``--model random``)."""
 
 
+@doc_params
 @dataclass(frozen=True)
 class ModelSpec:
     """Recipe for a SubCell model that any process can follow.
@@ -55,9 +57,8 @@ class ModelSpec:
         (``precision``, ``channels``, ``num_heads``, ``variant`` for a checkpoint, ...).
     torch_threads
         ``torch.set_num_threads`` on the worker before loading (Dask starts workers with 1).
-    storage_options
-        fsspec options of URL checkpoint files (credentials, endpoint); not part of the model's
-        description (nor of the manifest).
+    {storage_options}
+        For URL checkpoint files; not part of the model's description (nor of the manifest).
     """
 
     source: str
@@ -215,6 +216,7 @@ class ResolvedModel:
         return _save_instance(self.instance, folder)
 
 
+@doc_params
 def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | ResolvedModel | None,
                   classifiers: Any = None, *, default_variant: str | None = None, variant: str | None = None,
                   num_heads: int | None = None) -> ResolvedModel:
@@ -226,14 +228,10 @@ def resolve_model(model: str | os.PathLike[str] | SubCell | ModelSpec | Resolved
 
     Parameters
     ----------
-    model
-        A published variant name (from the model cache, downloaded on first use), an encoder
-        checkpoint path, ``"random"`` (seeded random weights with the architecture of ``variant`` or
-        else ``default_variant``: to try a plate out before the weights are there), a
-        :class:`~subcell_scale.models.SubCell`, a :class:`ModelSpec`, or None for ``variant`` or else
-        ``default_variant``.
-    classifiers
-        Classifier checkpoint paths that go with an encoder path.
+    {model}
+        ``"random"`` and None both take ``variant``, or else ``default_variant``: random weights of
+        its architecture, or its published weights.
+    {classifiers}
     default_variant
         The preset's variant, used when neither ``model`` nor ``variant`` is given. It says nothing
         about a checkpoint: a preset's default is no statement about a file.

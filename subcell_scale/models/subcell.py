@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._docs import doc_params
 from ..errors import ChannelMismatchError, CheckpointError, ConfigError
 from .checkpoint import (check_state_dict, classifier_shapes, infer_config, load_state_dict_file,
                          sha256_file)
@@ -99,6 +100,7 @@ def _random_array(seed: int, name: str, shape: tuple[int, ...], kind: str, fan_i
     return values
 
 
+@doc_params
 class SubCell(nn.Module):
     """The SubCell model, ready for inference.
 
@@ -116,8 +118,7 @@ class SubCell(nn.Module):
         Model slots in input order; defaults to the variant's, else to the usual slots for the count.
     variant
         Published variant name, if these are (or stand in for) its weights.
-    device
-        ``"cuda"``, ``"cpu"``, ...; ``None`` picks CUDA when available.
+    {device}
     precision
         ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``. Reduced precision
         only applies on CUDA: there the backbone and pooler weights are cast to that dtype (at the first

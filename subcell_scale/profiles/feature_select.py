@@ -18,6 +18,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import median_abs_deviation
 
+from .._docs import doc_params
 from ..errors import ProfilingError
 from ._frame import dense_features, keep_features, query_rows, strata
 from ._steps import record_step
@@ -28,6 +29,7 @@ OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns", 
 CORRELATION_METHODS = ("pearson", "spearman", "kendall")
 
 
+@doc_params
 def feature_select(
     adata: AnnData,
     *,
@@ -61,8 +63,7 @@ def feature_select(
         column, pycytominer's format, also works). Required by the ``"blocklist"`` operation.
     samples
         pandas query on ``obs`` choosing the rows the statistics are computed on (``"all"``).
-    copy
-        Return a new AnnData (default) or, with ``False``, subset ``adata`` in place and return it.
+    {copy}
 
     Returns
     -------
@@ -174,6 +175,7 @@ def _read_blocklist(blocklist: Sequence[str] | str | os.PathLike | None) -> list
     return [str(name) for name in blocklist]
 
 
+@doc_params
 def select_variant_features(
     adata: AnnData,
     *,
@@ -203,8 +205,7 @@ def select_variant_features(
         obs column(s) of the strata, each of which must keep a feature; ``None``: one stratum.
     min_abs_coef_var
         Smallest ``|MAD / median|`` a feature may have in a stratum.
-    copy
-        Return a new AnnData (default) or subset ``adata`` in place.
+    {copy}
 
     Returns
     -------

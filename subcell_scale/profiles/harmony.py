@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import doc_params
 from ..errors import ProfilingError
 from ._frame import dense_features
 from ._steps import record_step
@@ -21,6 +22,7 @@ from ._steps import record_step
 logger = logging.getLogger(__name__)
 
 
+@doc_params
 def harmony(
     adata: AnnData,
     *,
@@ -45,8 +47,7 @@ def harmony(
         Harmony iterations (20 in the recipe).
     seed
         harmonypy's ``random_state`` (its k-means initialisation).
-    copy
-        Return a new AnnData (default) or change ``adata`` in place.
+    {copy}
 
     Returns
     -------

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from ..errors import ProfilingError
 from ._frame import dense_features, strata
 from ._steps import record_step
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 TIES = ("random", "average")
 
 
+@doc_params
 def rank_inverse_normal(
     adata: AnnData,
     *,
@@ -52,8 +54,7 @@ def rank_inverse_normal(
         Seed of the tie-breaking permutation, drawn afresh for each feature as in the recipe.
     by
         obs column(s) ranked separately; ``None`` (the recipe) ranks over all rows.
-    copy
-        Return a new AnnData (default) or change ``adata`` in place.
+    {copy}
 
     Returns
     -------

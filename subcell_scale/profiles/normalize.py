@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import doc_params
 from ..errors import ProfilingError
 from ._frame import dense_features, keep_features, query_rows, strata
 from ._steps import record_step
@@ -44,6 +45,7 @@ DEGENERATE = ("keep", "drop")
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 
 
+@doc_params
 def normalize(
     adata: AnnData,
     *,
@@ -110,8 +112,7 @@ def normalize(
         becomes 1; ``mad_robustize`` divides by ``mad_scale`` MAD + epsilon, so a zero MAD blows
         the feature up by 1/epsilon); ``"drop"`` removes them from every stratum. Sphering cannot
         whiten a constant feature: with ``"keep"`` it raises and names them.
-    copy
-        Return a new AnnData (default) or, with ``False``, change ``adata`` in place and return it.
+    {copy}
 
     Returns
     -------
