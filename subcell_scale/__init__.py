@@ -5,6 +5,7 @@ The public surface, as in scanpy::
     import subcell_scale as ss
 
     ss.run(...), ss.demo(...)                   the whole job into a run directory
+    ss.read_config(...)                         a config file's run as Python keywords
     ss.embed_plate(...), ss.read_cells(...)     plates -> cells AnnData
     ss.segment_plate(...)                       labels for plates that have none
     ss.open_plate(...), ss.field_crops(...)     plates and the crops the model sees
@@ -41,6 +42,7 @@ _LAZY = {
     "read_cells": "subcell_scale.cellstore",
     "run": "subcell_scale.workflow",
     "demo": "subcell_scale.workflow",
+    "read_config": "subcell_scale.runspec",
     "get_client": "subcell_scale.distributed",
 }
 _SUBMODULES = {"io", "models", "profiles", "metrics", "tl", "pl", "datasets", "distributed", "segment", "cells",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models import ModelSpec, SubCell
     from .params import RunParams
     from .pipeline import field_crops
+    from .runspec import read_config
     from .workflow import demo, embed_plate, run, segment_plate
 
 

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .params import RunParams
 
 __all__ = ["COMMANDS", "OPTIONS", "Option", "RunSpec", "describe_run", "load_config", "option_keywords",
-           "read_description", "split_pairs"]
+           "read_config", "read_description", "split_pairs"]
 
 DESCRIPTION_FORMAT = 1
 
@@ -280,6 +280,23 @@ def preset_keys() -> set[str]:
     from .presets import PRESETS
 
     return {k for preset in PRESETS.values() for k in preset}
+
+
+def read_config(path: str | os.PathLike[str], command: str = "run") -> dict[str, Any]:
+    """The Python keywords a config file describes, so a notebook runs what a command line runs::
+
+        result = ss.run(**ss.read_config("run.yaml"))
+        result = ss.run(**{**ss.read_config("run.yaml"), "out_size": 224})   # a keyword wins
+
+    ``command`` names whose options the file holds (``run``, ``embed``, ``segment``, ``demo``);
+    relative paths in the file are read from its folder, as ``--config`` reads them.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`load_config`: the file, its line, or the unknown key is named.
+    """
+    return option_keywords(load_config(path, command))
 
 
 def option_keywords(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,11 @@ def test_keywords_options_and_a_config_file_describe_the_same_run(tmp_path):
                       "workers: 2\nbatch_size: 16\nno-figures: true\nchannel-map: {protein: [Mito, AGP]}\n"
                       "label-name: nuclei\nno_segment: true\nset: {out_size: 224}\nnull-size: 1000\nseed: 7\n"
                       "channel-nucleus: DNA\n")
-    for other in (_cli_spec("run", argv), _cli_spec("run", ["--config", str(config)])):
+    import subcell_scale as ss
+
+    keywords = ss.read_config(config)  # a notebook's route to the same file
+    from_notebook = describe_run(keywords.pop("plates"), **keywords)
+    for other in (_cli_spec("run", argv), _cli_spec("run", ["--config", str(config)]), from_notebook):
         assert other.params == python.params
         assert other.options() == python.options()
     assert python.params.overridden == ("channel_map", "design", "label_name", "out_size", "segmentation")
