@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._docs import doc_params
 from ._typecheck import check_fields
 from .cells import SWITCH_KEYS, CropSpec
 from .errors import ChannelMismatchError, ConfigError
@@ -142,6 +143,7 @@ class PlatePlan:
                 "crop_window_px": list(self.window_px), "rescale": self.rescale}
 
 
+@doc_params
 @dataclass(frozen=True)
 class RunParams:
     """Every parameter of a run, resolved from a preset and overrides (see :mod:`subcell_scale.presets`).
@@ -156,14 +158,12 @@ class RunParams:
         The preset's name and one-line description.
     variant
         Published SubCell variant used when no model is given.
-    channel_map
-        Model slot -> plate channel name(s); a list means one pass per name.
+    {channel_map}
     crop
         Crop geometry, mask and normalisation.
     cells
         Which cells are embedded.
-    label_name
-        Label image holding the cells.
+    {label_name}
     segmentation
         How fields without labels are segmented (:func:`subcell_scale.segment.segment_field`).
     illumination
@@ -193,18 +193,18 @@ class RunParams:
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
+    @doc_params
     def resolve(cls, preset: str | RunParams | None = None, **overrides: Any) -> RunParams:
         """The parameters of ``preset`` (a name, None for ``"hpa"``, or a RunParams) after ``overrides``.
 
         Parameters
         ----------
-        preset
-            ``"hpa"``, ``"jump-cellpainting"``, None (``"hpa"``) or parameters resolved earlier.
-        **overrides
-            Any preset key (``out_size=224``, ``mask_mode="none"``, ``min_area_um2=30``, ...), or ``crop=``
-            a :class:`~subcell_scale.cells.CropSpec` or mapping of its fields. ``None`` values are ignored,
-            so callers pass optional arguments through unchanged; ``False`` switches off a key whose "off"
-            is None (``illumination=False``, ``plate_upper_percentile=False``, ``edge_padding=False``).
+        {preset}
+        {overrides}
+            Or ``crop=`` a :class:`~subcell_scale.cells.CropSpec` or mapping of its fields. ``None``
+            values are ignored, so callers pass optional arguments through unchanged; ``False``
+            switches off a key whose "off" is None (``illumination=False``,
+            ``plate_upper_percentile=False``, ``edge_padding=False``).
             The mappings ``segmentation``, ``aggregation`` and ``design`` are merged into the preset's
             (``design={"null_size": 1000}`` keeps the rest of the design); a dotted key sets one entry
             (``**{"design.null_size": 1000}``, ``--set design.null_size=1000``).

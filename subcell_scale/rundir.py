@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._constants import Files
+from ._docs import doc_params
 from ._folders import make_folder
 from .errors import RunDirectoryError
 
@@ -81,6 +82,7 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+@doc_params
 class RunPath:
     """A file or folder of a run directory: a local path, or a key under an fsspec URL (``s3://bucket/run``).
 
@@ -105,9 +107,7 @@ class RunPath:
     location
         A local path (made absolute here, so that workers started elsewhere resolve nothing against
         their own working directory), a ``file://`` URL, or any fsspec URL.
-    storage_options
-        fsspec options of a URL (credentials, ``client_kwargs={"endpoint_url": ...}``); ignored for
-        local paths.
+    {storage_options}
     """
 
     __slots__ = ("_fs", "storage_options", "url")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ._constants import Files, Status
+from ._docs import doc_params
 from .errors import UsageError
 from .runspec import describe_run
 from .stages import Run, embed, evaluate, profile, report, segment
@@ -82,6 +83,7 @@ class RunResult:
         return out
 
 
+@doc_params
 def run(
     plates: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     *,
@@ -116,15 +118,13 @@ def run(
     ----------
     plates
         OME-Zarr HCS plate paths or URLs, or globs (``"plates/*.zarr"``).
-    out
-        The run directory (``cells.zarr``, ``profiles.h5ad``, ``metrics/``, ``figures/``,
-        ``report.html``, ``manifest.json``, ``run.json``). Running again with the same ``out``
-        resumes: finished fields are not recomputed, the later steps are redone. A local folder: to
+    {out}
+        It holds ``cells.zarr``, ``profiles.h5ad``, ``metrics/``, ``figures/``, ``report.html``,
+        ``manifest.json`` and ``run.json``; the later steps are redone on each call. A local folder: to
         keep the cells on object storage, embed to the URL (:func:`embed_plate` or ``subcell-scale
         embed --out s3://...``) and profile what :func:`subcell_scale.read_cells` opens.
-    platemap
-        Well annotations (plate, well, compound, moa, control_type, ...); without one the run stops
-        after the cells and per-well profiles (metrics need perturbations).
+    {platemap}
+        Without one the run stops after the cells and per-well profiles (metrics need perturbations).
     model, classifiers, preset, channel_map, batch_size, format, retries, segment_if_missing, progress
         As in :func:`embed_plate`; ``model="random"`` runs seeded random weights of the preset's variant.
     client, scheduler, cluster, n_workers
@@ -138,8 +138,8 @@ def run(
         ``design.seed``.
     plates_from
         A text file naming plates, one path or URL a line.
-    **overrides
-        Preset parameters (``out_size=224``, ``mask_mode="none"``, ``design={"null_size": 1000}``, ...).
+    {overrides}
+        Mappings merge with the preset's: ``design={"null_size": 1000}``.
 
     Returns
     -------
@@ -170,6 +170,7 @@ def run(
     return result
 
 
+@doc_params
 def embed_plate(
     plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
     model: str | os.PathLike | SubCell | ModelSpec | ResolvedModel | None = None,
@@ -199,73 +200,51 @@ def embed_plate(
 
     Parameters
     ----------
-    plate
-        A plate path or URL (``plate.zarr``), a glob, an opened :class:`~subcell_scale.io.Plate`, or a
-        list of them: several plates in one run give one AnnData (plate names must differ).
-    model
-        A published variant name (loaded from the model cache), an encoder checkpoint path,
-        ``"random"`` (seeded random weights of the preset's variant), a
-        :class:`~subcell_scale.models.SubCell` instance or a :class:`~subcell_scale.models.ModelSpec`;
+    {plate_list}
+        Several plates in one run give one AnnData (plate names must differ).
+    {model}
         None uses the preset's variant. With a client, an instance is saved once to ``out/model/``
         (or a temporary folder) and every worker loads it from there (a worker fetches it once from
         object storage); it never travels inside the graph.
-    classifiers
-        Classifier checkpoint paths for an encoder checkpoint path (their sigmoids are averaged).
-    client
-        A ``distributed.Client`` (see :func:`subcell_scale.distributed.get_client`); None runs the
-        fields one after the other in this process.
-    out
-        Output directory: shards, ``manifest.json``, ``run.json`` and ``cells.zarr``. Called again
-        with the same directory, finished fields are read back, not recomputed. None keeps everything
+    {classifiers}
+    {client}
+    {out}
+        It holds the shards, ``manifest.json``, ``run.json`` and ``cells.zarr``; None keeps everything
         in memory. A local path is made absolute here (every worker must see it: a shared file
         system); an fsspec URL (``s3://bucket/run``) suits clusters without one: the workers write
         their shards there, and everything else the run keeps goes there too (see
         :class:`~subcell_scale.rundir.RunPath` for what object storage guarantees).
-    preset
-        ``"hpa"`` (default) or ``"jump-cellpainting"`` (see :mod:`subcell_scale.presets`), or parameters
-        resolved earlier with :meth:`subcell_scale.params.RunParams.resolve`.
-    channel_map
-        Model slot -> plate channel name(s); a list for one slot means one pass per name.
-    platemap
-        A platemap file or frame; its columns are joined to ``obs`` on (plate, well).
-    label_name
-        Label image holding the cells (the preset's, ``"cells"``, by default).
+    {preset}
+    {channel_map}
+    {platemap}
+    {label_name}
     segment_if_missing
         Segment fields that lack the labels (and write them into the plate, or into ``out/labels/``
         for a plate that cannot be written), instead of failing.
-    batch_size
-        Crops per forward pass (default :attr:`subcell_scale.settings.batch_size`); the embeddings do not
-        depend on it.
+    {batch_size}
     crop
         A :class:`~subcell_scale.cells.CropSpec` or a mapping of its fields, overriding the preset's.
-    device
-        In-process only: ``"auto"`` (CUDA when available), ``"cuda"``, ``"cuda:N"``, ``"cpu"``.
+    {device}
+        In-process only (a cluster's workers each use their own GPU).
     retries
         Extra attempts of a failing field before it is recorded as failed.
-    progress
-        Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
+    {progress}
     format
         ``"zarr"`` (``cells.zarr``) or ``"h5ad"`` (``cells.h5ad``, local ``out`` only), written with ``out``.
     crop_on
         ``"cpu"``, ``"device"`` or ``"auto"``: where crops are cut (:mod:`subcell_scale.pipeline.field`);
         ``"auto"`` cuts them on the GPU when the worker has one.
-    storage_options
-        fsspec options of plate URLs (credentials, ``client_kwargs={"endpoint_url": ...}``); also
-        used for an ``out`` URL unless ``out_storage_options`` is given.
+    {storage_options}
+        They serve the plates, and an ``out`` URL unless ``out_storage_options`` is given.
     out_storage_options
         fsspec options of an ``out`` URL, when they differ from the plates' (another store or other
-        credentials). Without options, fsspec takes credentials from the environment
-        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
-    missing_chunks
-        ``"raise"`` (default): a field whose image chunks are not all in the store fails, naming
-        them (zarr would read them as black pixels); ``"fill"``: accept fill values, for plates
-        written sparsely on purpose (see :func:`subcell_scale.open_plate`).
+        credentials).
+    {missing_chunks}
     fields_per_task
         Fields embedded together in one GPU task, so that small fields (HPA: 10-30 cells) fill the
         model's batches; default: enough to fill about one batch, from the first field's labels. The
         embeddings do not depend on it.
-    **overrides
-        Any preset parameter (``out_size=64``, ``mask_mode="none"``, ``min_area_um2=30``, ...).
+    {overrides}
 
     Returns
     -------
@@ -301,6 +280,7 @@ def embed_plate(
         return embed(current)
 
 
+@doc_params
 def segment_plate(
     plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
     *,
@@ -320,8 +300,7 @@ def segment_plate(
 
     Parameters
     ----------
-    plate
-        A plate path or URL, an opened :class:`~subcell_scale.io.Plate`, or a list of them.
+    {plate_list}
     out
         A run directory recording each field in its manifest; it also keeps the labels of a plate
         that cannot be written (``out/labels/<plate>/``), where later runs into it find them.
@@ -336,15 +315,14 @@ def segment_plate(
         rerun resumes where an interrupted one stopped.
     preset
         Whose segmentation parameters to start from (``"jump-cellpainting"`` splits nuclei at 10 um).
-    client
-        A ``distributed.Client``: one task per field, each worker reading and writing its own field,
-        through the same scheduler as embedding. None runs the fields in this process.
-    storage_options
-        fsspec options of remote plates, used by every worker that opens them.
+    {client}
+        One task per field, each worker reading and writing its own field, through the same
+        scheduler as embedding.
+    {storage_options}
+        Every worker that opens a plate uses them.
     retries
         Extra attempts of a field whose error may go away.
-    progress
-        Show a progress bar over fields (default :attr:`subcell_scale.settings.progress`).
+    {progress}
 
     Returns
     -------
