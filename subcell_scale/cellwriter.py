@@ -49,8 +49,10 @@ CHUNK_BYTES = 16 << 20
 that the few in flight while the store is written stay small (measured on 200k cells of 4608 values:
 32 MiB chunks copy ~10% faster but double the peak)."""
 
-OBS_CHUNK = 1 << 18
-"""Rows per chunk of each ``obs`` column (and ``obsm["spatial"]``) in the store."""
+OBS_CHUNK = 1 << 16
+"""Rows per chunk of each ``obs`` column (and ``obsm["spatial"]``) in the store, and rows of cell tables
+the writer holds (in flight and buffered) before it writes them: its peak memory is bounded by this, not by the run
+(``benchmarks/bench_screen.py``, section 3)."""
 
 _DENSE = {"encoding-type": "array", "encoding-version": "0.2.0"}
 """anndata's encoding attributes of a dense array."""
@@ -226,15 +228,19 @@ def _write_zarr_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
             return tables, bad
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            flight: deque[Any] = deque()
+            flight: deque[tuple[int, Any]] = deque()  # chunks in copy, their rows: their cell tables come back
+            in_flight = 0
             for lo, hi, pieces in _chunks(fields(), layout.chunk_rows):
-                flight.append(pool.submit(copy, lo, hi, pieces))
-                if len(flight) > 2 * threads:
-                    tables, bad = flight.popleft().result()
+                flight.append((hi - lo, pool.submit(copy, lo, hi, pieces)))
+                in_flight += hi - lo
+                while len(flight) > 2 * threads or (len(flight) > 1 and in_flight > OBS_CHUNK):
+                    rows, done = flight.popleft()
+                    in_flight -= rows
+                    tables, bad = done.result()
                     damaged.update(bad)
                     obs.add(tables)
-            while flight:
-                tables, bad = flight.popleft().result()
+            for _, done in flight:
+                tables, bad = done.result()
                 damaged.update(bad)
                 obs.add(tables)
         if damaged:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from _shared import TINY
 
+import subcell_scale as ss
 from subcell_scale import cellstore, cellwriter
 from subcell_scale._constants import Files, Keys
 from subcell_scale.cellstore import read_cells
@@ -59,6 +60,23 @@ def test_the_streamed_store_equals_the_in_memory_anndata(demo, tiny_model, in_me
     assert isinstance(loaded.X, np.ndarray)
     _same(in_memory, loaded)
     _same(in_memory, ad.read_zarr(tmp_path / Files.CELLS_ZARR))  # any anndata reader opens it
+
+
+def test_a_screen_store_opens_with_obs_left_in_it(demo, tiny_model, in_memory, tmp_path, monkeypatch):
+    """Above settings.lazy_obs cells, obs stays in the store (only the names are read); the cells read
+    from it, and loaded and written, are those of the in-memory AnnData."""
+    monkeypatch.setattr(ss.settings, "lazy_obs", 0)
+    cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False, **SMALL)
+    assert type(cells.obs).__name__ == "Dataset2D"
+    assert list(cells.obs_names) == list(in_memory.obs_names)
+    assert np.array_equal(np.asarray(cells.obs["area"]), in_memory.obs["area"].to_numpy())
+    some = in_memory.obs_names[[3, 0, 17]]
+    assert np.array_equal(np.asarray(cells[some].X), in_memory[some].X)
+    loaded = cells[:20].to_memory()
+    loaded.write_h5ad(tmp_path / "some.h5ad")
+    back = ad.read_h5ad(tmp_path / "some.h5ad")
+    assert list(back.obs_names) == list(in_memory.obs_names[:20])
+    np.testing.assert_array_equal(back.X, in_memory.X[:20])
 
 
 def test_the_h5ad_store_opens_backed(demo, tiny_model, in_memory, tmp_path):
