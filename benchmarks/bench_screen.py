@@ -187,7 +187,8 @@ before = psutil.Process().memory_info().rss
 adata = stream_cells(fields, context, [], root)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 held = psutil.Process().memory_info().rss - before
-print(json.dumps({"cells": int(adata.n_obs), "peak": peak - before, "held": held}))
+names = int(adata.obs_names.memory_usage(deep=True))
+print(json.dumps({"cells": int(adata.n_obs), "peak": peak - before, "held": held, "names": names}))
 """
 
 
@@ -209,7 +210,8 @@ def memory(screen: dict, cells: int, root: Path, repeats: int = 2) -> dict:
     added = large["cells"] - small["cells"]
     return {"sizes": rows, "peak": large["peak"], "held": large["held"], "cells": large["cells"],
             "peak_b_per_added_cell": (large["peak"] - small["peak"]) / added,
-            "held_b_per_added_cell": (large["held"] - small["held"]) / added}
+            "held_b_per_added_cell": (large["held"] - small["held"]) / added,
+            "names_b_per_cell": large["names"] / large["cells"]}
 
 
 def _free_port() -> int:
@@ -300,7 +302,8 @@ def main() -> None:
     for row in report["memory"]["sizes"]:
         print(f"   {row['cells']:>8} cells: peak +{row['peak'] / 1e6:.0f} MB, held +{row['held'] / 1e6:.0f} MB")
     row = report["memory"]
-    print(f"   per added cell: peak {row['peak_b_per_added_cell']:.1f} B, held {row['held_b_per_added_cell']:.1f} B")
+    print(f"   per added cell: peak {row['peak_b_per_added_cell']:.1f} B, held {row['held_b_per_added_cell']:.1f} B "
+          f"(of which the obs names anndata reads: {row['names_b_per_cell']:.1f} B)")
     print(f"4. scheduler ({args.scheduler_fields} tiny fields, {args.workers} worker processes, instant model)")
     report["scheduler"] = scheduler(root, args.scheduler_fields, args.workers)
     for row in report["scheduler"]:

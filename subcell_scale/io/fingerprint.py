@@ -113,17 +113,31 @@ def _listing(plate: Plate, prefix: str, *, where: str) -> dict[str, list[tuple[s
             for key, info in fs.find(base, detail=True).items():
                 _add(fields, key[len(root.rstrip("/")) + 1:], info.get("size"), _stamp(info))
         else:
-            root = local_path(plate.path)
-            for folder, _, files in os.walk(os.path.join(root, prefix)):
-                for name in files:
-                    path = os.path.join(folder, name)
-                    stat = os.stat(path)
-                    _add(fields, os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size,
-                         _stamp({"mtime": stat.st_mtime}))
+            for key, stat in _local_files(local_path(plate.path), prefix):
+                _add(fields, key, stat.st_size, _stamp({"mtime": stat.st_mtime}))
     except OSError as exc:
         msg = f"{plate.path} {where}: cannot list the field's files ({type(exc).__name__}: {exc})"
         raise PlateFormatError(msg) from exc
     return fields
+
+
+def _local_files(root: str, prefix: str) -> Iterable[tuple[str, os.stat_result]]:
+    """(key relative to ``root`` with ``/``, stat) of every file under ``root/prefix``: one scandir per
+    folder, keys built as the walk goes (a plate has thousands of chunk folders)."""
+    stack = [(os.path.join(root, prefix) if prefix else root, f"{prefix.strip('/')}/" if prefix.strip("/") else "")]
+    while stack:
+        folder, key = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if not entry.is_symlink():  # as os.walk: linked folders are not followed
+                        stack.append((entry.path, f"{key}{entry.name}/"))
+                else:
+                    yield f"{key}{entry.name}", entry.stat()
 
 
 def _add(fields: dict[str, list[tuple[str, Any, str]]], key: str, size: Any, stamp: str) -> None:
