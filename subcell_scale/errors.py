@@ -7,7 +7,7 @@ every message names the place (file, well, field, key) and what was expected.
 from __future__ import annotations
 
 __all__ = [
-    "ChannelMismatchError", "CheckpointError", "ConfigError", "DownloadError", "PlateFormatError",
+    "ChannelMismatchError", "CheckpointError", "ConfigError", "DownloadError", "NonFinitePixelsError", "PlateFormatError",
     "PlateNotFoundError", "PlatemapError", "ProfilingError", "RunDirectoryError", "SubcellScaleError", "UsageError",
     "WellNameError"
 ]
@@ -31,6 +31,12 @@ class PlateNotFoundError(SubcellScaleError, FileNotFoundError):
 
 class PlateFormatError(SubcellScaleError, ValueError):
     """A store exists but is not a readable NGFF HCS plate (metadata, axes, levels, chunks)."""
+
+
+class NonFinitePixelsError(PlateFormatError):
+    """A field holding NaN or infinite pixels, which would give NaN embeddings (``nonfinite="fail"``)."""
+
+    retriable = False
 
 
 class WellNameError(SubcellScaleError, ValueError):
