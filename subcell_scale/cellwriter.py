@@ -137,10 +137,13 @@ class _Layout:
             rows += int(n)
             span[1] = rows
             if first is None and n:
-                first = path
+                first = fid, path
         width, n_prob = default_width(context), None
         if first is not None:
-            _, shapes = read_shard_cells(first)
+            try:
+                _, shapes = read_shard_cells(first[1])
+            except RunDirectoryError as exc:
+                raise DamagedShards({first[0]: str(exc)}) from exc
             width = int(shapes["embedding"][1])
             n_prob = int(shapes["probabilities"][1]) if "probabilities" in shapes else None
         spans = {k: (a, b) for k, (a, b) in plate_rows.items() if b > a}
@@ -337,11 +340,17 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     """``cells.h5ad``: ``obs`` built in memory from the shards' cell tables, the matrices a chunk at a time."""
     import h5py
 
-    pieces = []
+    pieces, damaged = [], {}
     for fid, shard, n in fields():
         if n:
-            cells, _ = read_shard_cells(shard)
+            try:
+                cells, _ = read_shard_cells(shard)
+            except RunDirectoryError as exc:
+                damaged[fid] = str(exc)
+                continue
             pieces.append((fid, cells.iloc[sorted_cells(cells)].reset_index(drop=True)))
+    if damaged:
+        raise DamagedShards(damaged)
     obs, spatial = layout.schema.frame(pieces)
     del pieces
     adata = cells_anndata(obs, spatial, None, None, layout.width, context, failed,
@@ -350,7 +359,6 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     new = root / f".{path.name}.new"
     adata.write_h5ad(new.local)
     trim_heap()
-    damaged: dict[FieldId, str] = {}
     try:
         with h5py.File(new.local, "a") as handle:
             names = {"X": layout.width, **({f"obsm/{Keys.LOCALIZATION}": layout.n_prob} if layout.n_prob else {})}
