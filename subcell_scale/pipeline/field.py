@@ -34,7 +34,7 @@ import pandas as pd
 
 from .._constants import Obs, Status
 from ..distributed.scheduler import Failure
-from ..errors import PlateNotFoundError
+from ..errors import PlateFormatError, PlateNotFoundError
 from ..rundir import FieldId, RunPath
 from ..store import Shard, encode_shard
 
@@ -290,7 +290,16 @@ def read_field_labels(plate: Any, job: FieldJob) -> np.ndarray | None:
     cannot take labels), else None."""
     well, fld, name = job.fid.well, job.fid.field, job.plan.label_name
     if name in plate.label_names(well, fld):
-        return np.asarray(plate.read_labels(well, fld, name))
+        try:
+            return np.asarray(plate.read_labels(well, fld, name))
+        except (PlateFormatError, PlateNotFoundError) as exc:  # listed, but not whole on disk
+            if not (job.plan.segment_if_missing or job.plan.overwrite):
+                msg = (f"{job.where}: label image {name!r} is damaged ({exc}); `subcell-scale segment` on the "
+                       "plate writes it again")
+                raise PlateFormatError(msg) from exc
+            log.warning("%s: label image %r is damaged (%s); segmenting the field again", job.where, name, exc)
+            plate.forget_labels(well, fld, name)
+            return None
     path = job.labels_path
     if path is None:
         return None
