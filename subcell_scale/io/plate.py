@@ -102,7 +102,9 @@ class _NamedArray:
         stored = self._stored_keys()
         encode = self.array.metadata.encode_chunk_key
         missing = [encode(coords) for coords in itertools.product(*ranges) if encode(coords) not in stored]
-        if missing:
+        if missing:  # counted over the whole array: a read of one channel must not report its share only
+            every = [range(-(-n // size)) for n, size in zip(self.shape, grid)]
+            missing = [encode(coords) for coords in itertools.product(*every) if encode(coords) not in stored]
             path = self.array.path
             shown = ", ".join(f"{path}/{k}" for k in missing[:_SHOWN_KEYS])
             more = f" and {len(missing) - _SHOWN_KEYS} more" if len(missing) > _SHOWN_KEYS else ""
@@ -625,6 +627,11 @@ def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         raise PlateFormatError(msg) from None
     except (zarr.errors.NodeNotFoundError, FileNotFoundError) as exc:
         msg = f"{path}: no zarr group here ({exc})"
+        raise PlateFormatError(msg) from None
+    except ValueError as exc:  # json.JSONDecodeError: a metadata file cut short or overwritten
+        names = [n for n in ("zarr.json", ".zgroup", ".zattrs") if not _is_url(path)
+                 and (Path(local_path(path)) / n).is_file()] or ["zarr.json"]
+        msg = f"{path}/{names[0]}: the plate's metadata is not valid JSON ({exc})"
         raise PlateFormatError(msg) from None
 
 

@@ -1,0 +1,187 @@
+"""A catalogue of bad inputs and faults, each tried the way a demanding user would meet it.
+
+Bad inputs: one case each, run through the command line in this process; each asserts the exit status
+(1 input error, 2 usage, 3 fields failed) and that the one error line names the thing at fault (the key,
+file, well or channel), with no traceback. Faults: damaged and truncated shards, two processes writing the
+same plate's labels, a label image left half written, a file-size limit while the cells store is written;
+each asserts every cell once and results equal to a run nothing disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from subcell_scale import embed_plate
+from subcell_scale._constants import Files, Keys, Obs
+from subcell_scale.cli import main
+from subcell_scale.io import open_plate
+from subcell_scale.store import read_field_records
+
+SMALL = {"out_size": 32}
+PLATE = {"n_plates": 1, "n_wells": 4, "n_fields": 1, "field_size": 256, "cells_per_field": 8, "seed": 3}
+TRIALS = 3
+"""Rounds of two processes segmenting one plate at once."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs with one torch thread."""
+
+
+@pytest.fixture(scope="module")
+def demo(demo_plates) -> dict:
+    return demo_plates(**PLATE)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(tiny_model.encoder_state_dict(), folder / "encoder.pth")
+    torch.save(tiny_model.classifiers[0].state_dict(), folder / "classifier.pth")
+    return {"encoder": str(folder / "encoder.pth"), "classifier": str(folder / "classifier.pth")}
+
+
+@pytest.fixture(scope="module")
+def clean(demo, tiny_spec) -> ad.AnnData:
+    """A run nothing disturbed (one cell a batch: the same numbers whichever cells a batch holds)."""
+    return embed_plate(demo["plate"], tiny_spec, platemap=demo["platemap"], progress=False, batch_size=1, **SMALL)
+
+
+def _copy(demo: dict, tmp_path: Path) -> str:
+    return str(shutil.copytree(demo["plate"], tmp_path / Path(demo["plate"]).name))
+
+
+def _field_dir(plate: str, well: str, field: str = "0") -> Path:
+    return Path(plate) / open_plate(plate).well_path(well) / field
+
+
+# -- bad inputs ---------------------------------------------------------------------------------------
+def _embed(demo: dict, checkpoint: dict, out: Path, *extra: str, plate: str | None = None) -> list[str]:
+    return ["embed", plate or demo["plate"], "--model", checkpoint["encoder"], "--classifiers",
+            checkpoint["classifier"], "--out", str(out), "--no-progress", "--set", "out_size=32", *extra]
+
+
+def _run(demo: dict, checkpoint: dict, out: Path, *extra: str, platemap: str | None = None) -> list[str]:
+    return ["run", demo["plate"], "--platemap", platemap or demo["platemap"], "--model", checkpoint["encoder"],
+            "--classifiers", checkpoint["classifier"], "--out", str(out), "--no-progress", "--no-figures",
+            "--set", "out_size=32", *extra]
+
+
+def _platemap(demo: dict, tmp_path: Path, change) -> str:
+    frame = change(pd.read_csv(demo["platemap"]))
+    path = tmp_path / "platemap.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def _broken_yaml(tmp_path: Path) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: hpa\nset:\n  out_size: [32\nworkers: 1\n")
+    return str(path)
+
+
+def _broken_plate_json(demo: dict, tmp_path: Path) -> str:
+    plate = _copy(demo, tmp_path)
+    (Path(plate) / "zarr.json").write_text('{"attributes": {"ome": ')
+    return plate
+
+
+def _missing_chunks(demo: dict, tmp_path: Path) -> str:
+    plate = _copy(demo, tmp_path)
+    chunks = sorted(p for p in (_field_dir(plate, open_plate(plate).wells[0]) / "s0").rglob("*")
+                    if p.is_file() and p.name != "zarr.json")
+    for chunk in chunks[:2]:
+        chunk.unlink()
+    return plate
+
+
+def _folder(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
+def _junk(tmp_path: Path, name: str, data: bytes = b"not a checkpoint") -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+# id -> (arguments from (demo, checkpoint, out, tmp_path), exit status, words the error line must hold)
+BAD_INPUTS = {
+    "set-not-an-integer": (lambda d, c, o, t: _embed(d, c, o, "--set", "out_size=abc"), 1, ["out_size", "abc"]),
+    "set-word-for-integer": (lambda d, c, o, t: _embed(d, c, o, "--set", 'out_size="big"'), 1, ["out_size", "big"]),
+    "set-unknown-key": (lambda d, c, o, t: _embed(d, c, o, "--set", "outsize=32"), 1, ["outsize"]),
+    "set-nonfinite-value": (lambda d, c, o, t: _embed(d, c, o, "--set", "nonfinite=skip"), 1, ["nonfinite", "skip"]),
+    "device-tpu": (lambda d, c, o, t: _embed(d, c, o, "--device", "tpu"), 1, ["device", "tpu", "cuda:N"]),
+    "config-bad-yaml": (lambda d, c, o, t: _embed(d, c, o, "--config", _broken_yaml(t)), 1, ["run.yaml", "line"]),
+    "config-unknown-key": (lambda d, c, o, t: _embed(d, c, o, "--config", _junk(t, "c.yaml", b"colour: red\n")), 1,
+                           ["c.yaml", "colour"]),
+    "plate-json-invalid": (lambda d, c, o, t: _embed(d, c, o, plate=_broken_plate_json(d, t)), 1, ["zarr.json"]),
+    "plate-missing": (lambda d, c, o, t: _embed(d, c, o, plate=str(t / "nowhere.zarr")), 1, ["nowhere.zarr"]),
+    "plate-not-a-plate": (lambda d, c, o, t: _embed(d, c, o, plate=_folder(t / "empty.zarr")), 1, ["empty.zarr"]),
+    "workers-0": (lambda d, c, o, t: _run(d, c, o, "--workers", "0"), 2, ["--workers"]),
+    "batch-size-0": (lambda d, c, o, t: _embed(d, c, o, "--batch-size", "0"), 2, ["--batch-size"]),
+    "retries-negative": (lambda d, c, o, t: _embed(d, c, o, "--retries", "-1"), 2, ["--retries"]),
+    "channel-map-unknown-slot": (lambda d, c, o, t: _embed(d, c, o, "--channel-map", "nucleos=dna"), 1,
+                                 ["nucleos"]),
+    "channel-map-unknown-channel": (lambda d, c, o, t: _embed(d, c, o, "--channel-map", "nucleus=DAPI9"), 1,
+                                    ["DAPI9"]),
+    "channel-map-not-a-pair": (lambda d, c, o, t: _embed(d, c, o, "--channel-map", "nucleus="), 1,
+                               ["--channel-map"]),
+    "checkpoint-missing": (lambda d, c, o, t: ["embed", d["plate"], "--model", str(t / "nope.pth"), "--out", str(o)],
+                           1, ["nope.pth"]),
+    "checkpoint-junk": (lambda d, c, o, t: ["embed", d["plate"], "--model", _junk(t, "junk.pth"), "--out", str(o)],
+                        1, ["junk.pth"]),
+    "out-is-a-file": (lambda d, c, o, t: _embed(d, c, Path(_junk(t, "out.txt", b"x"))), 1, ["out.txt"]),
+    "preset-unknown": (lambda d, c, o, t: _embed(d, c, o, "--preset", "hpb"), 1, ["hpb"]),
+    "platemap-missing": (lambda d, c, o, t: _run(d, c, o, platemap=str(t / "map.csv")), 1, ["map.csv"]),
+    "platemap-no-well-column": (lambda d, c, o, t: _run(d, c, o, platemap=_platemap(
+        d, t, lambda f: f.rename(columns={"well": "position"}))), 1, ["platemap.csv", "well"]),
+    "platemap-duplicate-wells": (lambda d, c, o, t: _run(d, c, o, platemap=_platemap(
+        d, t, lambda f: pd.concat([f, f.iloc[:1]]))), 1, ["platemap.csv", "A01"]),
+    "platemap-unknown-well": (lambda d, c, o, t: _run(d, c, o, platemap=_platemap(
+        d, t, lambda f: pd.concat([f, f.iloc[:1].assign(well="H12")]))), 1, ["H12"]),
+    "label-name-absent-without-segmenting": (lambda d, c, o, t: _embed(d, c, o, "--label-name", "nuclei2",
+                                                                       "--no-segment"), 3, ["nuclei2"]),
+    "chunks-missing": (lambda d, c, o, t: _embed(d, c, o, "--retries", "0", plate=_missing_chunks(d, t)), 3,
+                       ["2 chunk"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_a_bad_input_gets_one_clear_line_naming_what_is_wrong(case, demo, checkpoint, tmp_path, capsys):
+    build, status, words = BAD_INPUTS[case]
+    out = tmp_path / "run"
+    argv = build(demo, checkpoint, out, tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == status, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    if status == 3:  # fields failed: the failed field's record names the fault
+        message = " ".join(r["error"] for r in read_field_records(out).values() if r.get("error"))
+    else:
+        lines = [line for line in err.strip().splitlines() if line.startswith(f"subcell-scale {argv[0]}:")
+                 or line.startswith("usage:") or ": error:" in line]
+        assert lines, err[-3000:]
+        message = lines[-1]
+        assert not list((out / Files.SHARDS).rglob("*.npz")), "a field was embedded before the input was checked"
+    for word in words:
+        assert word in message, message
