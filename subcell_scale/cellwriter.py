@@ -33,7 +33,7 @@ from ._allocator import large_blocks_returned, trim_heap
 from ._constants import Keys
 from .cellstore import (ObsSchema, RunContext, cells_anndata, cells_name, default_width, open_zarr, read_cells,
                         schema_of, sorted_cells)
-from .errors import ConfigError, RunDirectoryError
+from .errors import ConfigError, RunDirectoryError, resource_error
 from .rundir import FieldId, RunPath
 from .store import read_shard, read_shard_cells
 
@@ -100,6 +100,8 @@ def stream_cells(fields: FieldSource, context: RunContext, failed: Sequence[str]
     ------
     DamagedShards
         Shards that could not be read; nothing was replaced (their fields must be computed again).
+    ResourceError
+        The disk (space, quota, file size, permission) or memory ran short; the message names the store.
     """
     from ._settings import settings
 
@@ -109,11 +111,18 @@ def stream_cells(fields: FieldSource, context: RunContext, failed: Sequence[str]
         raise ConfigError(msg)
     layout = _Layout.of(fields, context)
     threads = int(max(1, min(4, settings.memory_budget // (3 * CHUNK_BYTES))))
-    with large_blocks_returned():
-        if fmt == "h5ad":
-            path = _write_h5ad_from_shards(layout, fields, context, failed, root)
-            return read_cells(path.local)
-        path = _write_zarr_from_shards(layout, fields, context, failed, root, threads)
+    try:
+        with large_blocks_returned():
+            if fmt == "h5ad":
+                path = _write_h5ad_from_shards(layout, fields, context, failed, root)
+                return read_cells(path.local)
+            path = _write_zarr_from_shards(layout, fields, context, failed, root, threads)
+    except (OSError, MemoryError) as exc:
+        error = resource_error(exc, root / cells_name(fmt), "writing the cells store (the shards and any earlier "
+                               "cells store are kept; a rerun with the same output writes it)")
+        if error is None:
+            raise
+        raise error from exc
     return open_zarr(path)
 
 

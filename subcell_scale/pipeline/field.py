@@ -34,7 +34,7 @@ import pandas as pd
 
 from .._constants import Obs, Status
 from ..distributed.scheduler import Failure
-from ..errors import PlateFormatError, PlateNotFoundError
+from ..errors import PlateFormatError, PlateNotFoundError, resource_error
 from ..rundir import FieldId, RunPath
 from ..store import Shard, encode_shard
 
@@ -530,7 +530,7 @@ def write_group(previous: tuple[list[Shard | Failure], FieldGroup]) -> list[dict
             else:
                 summary["result"] = shard
         except Exception as exc:  # noqa: BLE001 - a shard that cannot be written fails its field alone
-            out.append(Failure(exc))
+            out.append(Failure(resource_error(exc, job.shard_path, "writing the field's shard") or exc))
             continue
         out.append(summary)
     return out
