@@ -185,3 +185,148 @@ def test_a_bad_input_gets_one_clear_line_naming_what_is_wrong(case, demo, checkp
         assert not list((out / Files.SHARDS).rglob("*.npz")), "a field was embedded before the input was checked"
     for word in words:
         assert word in message, message
+
+
+# -- faults ---------------------------------------------------------------------------------------------
+def _same_cells(expected: ad.AnnData, got: ad.AnnData) -> None:
+    """Every cell exactly once, with the same embedding and localization."""
+    assert got.obs_names.is_unique
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert np.array_equal(np.asarray(got.X), np.asarray(expected.X)), "embeddings differ"
+    assert np.array_equal(np.asarray(got.obsm[Keys.LOCALIZATION]), np.asarray(expected.obsm[Keys.LOCALIZATION]))
+
+
+def _damage(out: Path, how: str) -> None:
+    shards = sorted((out / Files.SHARDS).rglob("*.npz"))
+    data = bytearray(shards[0].read_bytes())
+    if how == "bytes-in-the-middle":  # same size: only reading the whole file finds it
+        middle = len(data) // 2
+        data[middle:middle + 16] = bytes(16)
+        shards[0].write_bytes(bytes(data))
+    elif how == "truncated":
+        shards[0].write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "swapped":
+        other = shards[1].read_bytes()
+        shards[1].write_bytes(bytes(data))
+        shards[0].write_bytes(other)
+    elif how == "deleted":
+        shards[0].unlink()
+    elif how == "cells-store-deleted":
+        shutil.rmtree(out / Files.CELLS_ZARR)
+    elif how == "cells-store-metadata-deleted":
+        (out / Files.CELLS_ZARR / "zarr.json").unlink()
+
+
+@pytest.mark.parametrize("how", ["bytes-in-the-middle", "truncated", "swapped", "deleted", "cells-store-deleted",
+                                 "cells-store-metadata-deleted"])
+def test_a_damaged_run_directory_is_completed_by_a_rerun_with_every_cell_once(how, demo, tiny_spec, clean,
+                                                                               tmp_path):
+    out = tmp_path / "run"
+    run = {"platemap": demo["platemap"], "progress": False, "batch_size": 1, **SMALL}
+    _same_cells(clean, embed_plate(demo["plate"], tiny_spec, out=out, **run))
+    _damage(out, how)
+    _same_cells(clean, embed_plate(demo["plate"], tiny_spec, out=out, **run))
+    _same_cells(clean, ad.read_zarr(out / Files.CELLS_ZARR))
+    assert {r["status"] for r in read_field_records(out).values()} == {"done"}
+
+
+@pytest.fixture
+def file_size_limit():
+    """``limit(n)``: no file of this process grows past n bytes (a full disk without root); undone after."""
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+
+    def limit(n: int | None) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous if n is None else (n, previous[1]))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_cells_store_that_cannot_be_written_leaves_the_earlier_one_whole_and_says_where(
+        demo, checkpoint, clean, tmp_path, capsys, file_size_limit):
+    out = tmp_path / "run"
+    argv = _embed(demo, checkpoint, out, "--platemap", demo["platemap"], "--batch-size", "1")
+    assert main(argv) == 0
+    before = ad.read_zarr(out / Files.CELLS_ZARR)
+    _same_cells(clean, before)
+    _damage(out, "bytes-in-the-middle")  # the rerun computes that field again and rewrites the store
+    capsys.readouterr()
+    file_size_limit(20_000)  # a shard (a few kB) fits, the store's metadata (tens of kB) does not
+    try:
+        code = main(argv)
+    finally:
+        file_size_limit(None)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "file size limit reached writing the cells store" in err, err
+    assert str(out / Files.CELLS_ZARR) in err and "Traceback" not in err
+    _same_cells(clean, ad.read_zarr(out / Files.CELLS_ZARR))  # the earlier store, whole
+    assert main(argv) == 0
+    _same_cells(clean, ad.read_zarr(out / Files.CELLS_ZARR))
+
+
+def _labels(plate: str) -> dict[tuple[str, int], np.ndarray]:
+    """Every level of every field's cell labels (an incomplete image raises)."""
+    opened = open_plate(plate)
+    return {(well, level): opened.read_labels(well, "0", "cells", level=level) for well in opened.wells
+            for level in range(opened.n_levels(well, "0"))}
+
+
+@pytest.fixture(scope="module")
+def unlabelled(demo_plates) -> str:
+    return demo_plates(**PLATE, labels=False)["plate"]
+
+
+@pytest.fixture(scope="module")
+def segmented(unlabelled, tmp_path_factory) -> dict[tuple[str, int], np.ndarray]:
+    """The labels one `segment` command writes into the plate, nothing else running."""
+    plate = str(shutil.copytree(unlabelled, tmp_path_factory.mktemp("segmented") / "plate.zarr"))
+    assert main(["segment", plate, "--no-progress"]) == 0
+    return _labels(plate)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from subcell_scale.cli import main; sys.exit(main())", *args]
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("overwrite", [False, True], ids=["unlabelled", "overwrite"])
+def test_two_processes_segmenting_one_plate_leave_whole_identical_labels(overwrite, unlabelled, segmented,
+                                                                         tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for trial in range(TRIALS):
+        plate = str(shutil.copytree(unlabelled, tmp_path / f"trial-{trial}.zarr"))
+        if overwrite:  # both replace labels that are there
+            assert main(["segment", plate, "--no-progress"]) == 0
+        argv = _cli("segment", plate, "--no-progress", *(["--overwrite"] if overwrite else []))
+        procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+        labels = _labels(plate)
+        assert labels.keys() == segmented.keys()
+        for key, expected in segmented.items():
+            assert np.array_equal(labels[key], expected), f"trial {trial}: {key} differs"
+        leftovers = [p for p in Path(plate).rglob("labels/.writing-*")]
+        assert not leftovers, leftovers
+
+
+def test_a_half_written_label_image_is_segmented_again_without_overwrite(unlabelled, segmented, demo, checkpoint,
+                                                                         tmp_path, capsys):
+    plate = str(shutil.copytree(unlabelled, tmp_path / "plate.zarr"))
+    assert main(["segment", plate, "--no-progress"]) == 0
+    well = open_plate(plate).wells[0]
+    shutil.rmtree(_field_dir(plate, well) / "labels" / "cells" / "s1")  # listed, not on disk
+    with pytest.raises(Exception, match="missing"):
+        _labels(plate)
+    # a run that may not segment says what is wrong and what repairs it
+    out = tmp_path / "run"
+    assert main(_embed(demo, checkpoint, out, "--no-segment", "--retries", "0", plate=plate)) == 3
+    error = read_field_records(out)[f"{open_plate(plate).name}/{well}/0"]["error"]
+    assert "label image 'cells' is damaged" in error and "subcell-scale segment" in error, error
+    # the next segmenting run rewrites it, without --overwrite
+    assert main(["segment", plate, "--no-progress"]) == 0
+    labels = _labels(plate)
+    for key, expected in segmented.items():
+        assert np.array_equal(labels[key], expected), key

@@ -482,6 +482,24 @@ class Plate:
                 names.append(key)
         return list(dict.fromkeys(names))
 
+    def check_labels(self, well: str, field: str | int, name: str) -> None:
+        """Raise :class:`PlateFormatError` when a level the label image lists is not in the store (a write cut
+        short, by a crash or by another process): reading level 0 alone would not notice."""
+        for level in range(1, len(self._labels_meta(well, field, name)[1]["datasets"])):
+            self.labels(well, field, name, level)
+
+    def _labels_meta(self, well: str, field: str | int, name: str) -> tuple[str, dict[str, Any]]:
+        """The group path and the (cached) multiscales of a label image."""
+        well_name_, _ = self._field(well, field)
+        field = str(field)
+        group_path = f"{self._well_paths[well_name_]}/{field}/labels/{name}"
+        key = (well_name_, field, name)
+        if key not in self._label_meta:
+            group = self._group(group_path, f"labels {name!r}")
+            where = f"{self.path} {well_name_}/{field} labels {name!r}"
+            self._label_meta[key] = _image_meta(self.root, group_path, group, where)
+        return group_path, self._label_meta[key]
+
     def labels(self, well: str, field: str | int, name: str, level: int = 0) -> xr.DataArray:
         """A label image of a field as a dask-backed DataArray with dims ("y", "x")."""
         well_name_, _ = self._field(well, field)
@@ -490,13 +508,8 @@ class Plate:
             msg = (f"{self.path} {well_name_}/{field}: no label image {name!r} "
                    f"(labels: {self.label_names(well_name_, field)})")
             raise PlateNotFoundError(msg)
-        group_path = f"{self._well_paths[well_name_]}/{field}/labels/{name}"
-        key = (well_name_, field, name)
         where = f"{self.path} {well_name_}/{field} labels {name!r}"
-        if key not in self._label_meta:
-            group = self._group(group_path, f"labels {name!r}")
-            self._label_meta[key] = _image_meta(self.root, group_path, group, where)
-        meta = self._label_meta[key]
+        group_path, meta = self._labels_meta(well_name_, field, name)
         self._check_level(well_name_, field, meta, level)
         source = self._level_array(group_path, meta["datasets"][level], f"{where} level {level}")
         token = "plate-labels-" + tokenize(self.path, well_name_, field, name, meta["datasets"][level])

@@ -291,6 +291,7 @@ def read_field_labels(plate: Any, job: FieldJob) -> np.ndarray | None:
     well, fld, name = job.fid.well, job.fid.field, job.plan.label_name
     if name in plate.label_names(well, fld):
         try:
+            plate.check_labels(well, fld, name)
             return np.asarray(plate.read_labels(well, fld, name))
         except (PlateFormatError, PlateNotFoundError) as exc:  # listed, but not whole on disk
             if not (job.plan.segment_if_missing or job.plan.overwrite):
