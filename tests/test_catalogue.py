@@ -312,6 +312,33 @@ def test_two_processes_segmenting_one_plate_leave_whole_identical_labels(overwri
         assert not leftovers, leftovers
 
 
+_WRITER = """
+import sys, numpy as np
+from subcell_scale.io import open_plate, write_labels
+plate, labels = open_plate(sys.argv[1]), np.load(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    for well in plate.wells:
+        write_labels(plate, well, "0", "cells", labels[well])
+"""
+
+
+@pytest.mark.processes
+def test_two_processes_writing_one_plates_labels_again_and_again_leave_whole_images(unlabelled, segmented,
+                                                                                    tmp_path):
+    """The narrow race of segmenting runs made wide: each process rewrites every field's labels, three times."""
+    level0 = {well: image for (well, level), image in segmented.items() if level == 0}
+    np.savez(tmp_path / "labels.npz", **level0)
+    for trial in range(TRIALS):
+        plate = str(shutil.copytree(unlabelled, tmp_path / f"trial-{trial}.zarr"))
+        procs = [subprocess.Popen([sys.executable, "-c", _WRITER, plate, str(tmp_path / "labels.npz"), "3"],
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+        labels = _labels(plate)
+        for key, expected in segmented.items():
+            assert np.array_equal(labels[key], expected), f"trial {trial}: {key} differs"
+
+
 def test_a_half_written_label_image_is_segmented_again_without_overwrite(unlabelled, segmented, demo, checkpoint,
                                                                          tmp_path, capsys):
     plate = str(shutil.copytree(unlabelled, tmp_path / "plate.zarr"))
