@@ -71,6 +71,11 @@ class DamagedShards(RunDirectoryError):
         super().__init__(f"{len(self.fields)} shard(s) are damaged ({first}); their fields are computed again")
 
 
+def _reason(path: Any, exc: BaseException) -> str:
+    """What is wrong with a shard, without the advice to delete it (the run recomputes it itself)."""
+    return f"{path}: {exc.__cause__ or exc}"
+
+
 # -- from the shards ------------------------------------------------------------------------------------
 def stream_cells(fields: FieldSource, context: RunContext, failed: Sequence[str],
                  root: str | os.PathLike[str] | RunPath, fmt: str = "zarr") -> AnnData:
@@ -152,7 +157,7 @@ class _Layout:
             try:
                 _, shapes = read_shard_cells(first[1])
             except RunDirectoryError as exc:
-                raise DamagedShards({first[0]: str(exc)}) from exc
+                raise DamagedShards({first[0]: _reason(first[1], exc)}) from exc
             width = int(shapes["embedding"][1])
             n_prob = int(shapes["probabilities"][1]) if "probabilities" in shapes else None
         spans = {k: (a, b) for k, (a, b) in plate_rows.items() if b > a}
@@ -198,7 +203,11 @@ def _read_chunk(pieces: Sequence[_Piece], with_probabilities: bool
         try:
             shard = read_shard(piece.path)
         except RunDirectoryError as exc:
-            damaged[piece.fid] = str(exc)
+            damaged[piece.fid] = _reason(piece.path, exc)
+            continue
+        held = tuple(str(shard.meta.get(k)) for k in ("plate", "well", "field"))
+        if held != (piece.fid.plate, piece.fid.well, piece.fid.field):  # a shard copied or moved over another
+            damaged[piece.fid] = f"{piece.path}: holds the cells of {'/'.join(held)}"
             continue
         order = sorted_cells(shard.cells)[piece.a:piece.b]
         embeddings.append(shard.embedding[order])
@@ -267,7 +276,7 @@ def _write_skeleton(layout: _Layout, context: RunContext, failed: Sequence[str],
     obs, spatial = layout.schema.frame([])
     adata = cells_anndata(obs, spatial, None, None, layout.width, context, failed,
                           classes=layout.n_prob is not None, plate_rows=layout.plate_rows)
-    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
+    with quiet_consolidation(), ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
         adata.write_zarr(folder)
     group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
     n = layout.n_rows
@@ -281,8 +290,8 @@ def _write_skeleton(layout: _Layout, context: RunContext, failed: Sequence[str],
     spatial_array = group.create_array(f"obsm/{Keys.SPATIAL}", shape=(n, 2), chunks=(rows, 2), dtype="float64",
                                        overwrite=True)
     spatial_array.attrs.update(_DENSE)
-    _ObsWriter.create(group["obs"], layout.schema, n, rows)
-    with quiet_consolidation():
+    with quiet_consolidation():  # anndata's write_elem of the categories gives its autosharding notice
+        _ObsWriter.create(group["obs"], layout.schema, n, rows)
         zarr.consolidate_metadata(str(folder))
 
 
@@ -355,7 +364,7 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
             try:
                 cells, _ = read_shard_cells(shard)
             except RunDirectoryError as exc:
-                damaged[fid] = str(exc)
+                damaged[fid] = _reason(shard, exc)
                 continue
             pieces.append((fid, cells.iloc[sorted_cells(cells)].reset_index(drop=True)))
     if damaged:
@@ -412,7 +421,7 @@ def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str
         os.replace(new.local, path.local)
         return path
     with _aside(root, path) as (staging, target):
-        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
+        with quiet_consolidation(), ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
             adata.write_zarr(staging)
         target.put_tree(staging, skip=_ROOT_METADATA)
         target.put_tree(staging)

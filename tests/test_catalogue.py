@@ -205,10 +205,16 @@ def _damage(out: Path, how: str) -> None:
         shards[0].write_bytes(bytes(data))
     elif how == "truncated":
         shards[0].write_bytes(bytes(data[: len(data) // 2]))
-    elif how == "swapped":
+    elif how == "swapped":  # and the records' sizes made to match, as when both shards have one size
         other = shards[1].read_bytes()
         shards[1].write_bytes(bytes(data))
         shards[0].write_bytes(other)
+        records = next((out / Files.RECORDS).glob("*.json"))
+        record = json.loads(records.read_text())
+        for shard in shards[:2]:
+            key = next(k for k, v in record["fields"].items() if v["shard"].endswith(f"/{shard.name}"))
+            record["fields"][key]["size"] = shard.stat().st_size
+        records.write_text(json.dumps(record))
     elif how == "deleted":
         shards[0].unlink()
     elif how == "cells-store-deleted":
