@@ -363,3 +363,20 @@ def test_a_half_written_label_image_is_segmented_again_without_overwrite(unlabel
     labels = _labels(plate)
     for key, expected in segmented.items():
         assert np.array_equal(labels[key], expected), key
+
+
+@pytest.mark.processes
+def test_a_design_without_moa_tasks_runs_to_the_report(demo, checkpoint, local_client, tmp_path, capsys):
+    """Every compound its own MoA: no MoA retrieval task, so those tables and figures are left out, not a crash."""
+    platemap = _platemap(demo, tmp_path, lambda f: f.assign(moa=[f"moa-{i}" for i in range(len(f))]))
+    out = tmp_path / "run"
+    argv = _run(demo, checkpoint, out, "--null-size", "20", "--scheduler", local_client.scheduler.address,
+                platemap=platemap)
+    code = main([a for a in argv if a != "--no-figures"])
+    err = capsys.readouterr().err
+    assert code in (0, 4) and "Traceback" not in err, err[-3000:]
+    assert (out / Files.REPORT).is_file() and (out / Files.FIGURES).is_dir()
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    assert code == (4 if manifest["run"]["skipped"] else 0)
+    assert "moa_map" not in {p.stem for p in (out / Files.METRICS).glob("*.csv")} or \
+        pd.read_csv(out / Files.METRICS / "moa_map.csv").empty
