@@ -156,7 +156,7 @@ BAD_INPUTS = {
     "platemap-unknown-well": (lambda d, c, o, t: _run(d, c, o, platemap=_platemap(
         d, t, lambda f: pd.concat([f, f.iloc[:1].assign(well="H12")]))), 1, ["H12"]),
     "label-name-absent-without-segmenting": (lambda d, c, o, t: _embed(d, c, o, "--label-name", "nuclei2",
-                                                                       "--no-segment"), 3, ["nuclei2"]),
+                                                                       "--no-segment"), 1, ["nuclei2", "A01"]),
     "chunks-missing": (lambda d, c, o, t: _embed(d, c, o, "--retries", "0", plate=_missing_chunks(d, t)), 3,
                        ["2 chunk"]),
 }
