@@ -380,3 +380,18 @@ def test_a_design_without_moa_tasks_runs_to_the_report(demo, checkpoint, local_c
     assert code == (4 if manifest["run"]["skipped"] else 0)
     assert "moa_map" not in {p.stem for p in (out / Files.METRICS).glob("*.csv")} or \
         pd.read_csv(out / Files.METRICS / "moa_map.csv").empty
+
+
+@pytest.mark.processes
+def test_a_later_step_the_file_system_stops_is_named_and_the_exit_status_is_4(demo, checkpoint, local_client,
+                                                                             tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / Files.FIGURES).write_text("a file where the figures folder goes")
+    argv = _run(demo, checkpoint, out, "--null-size", "20", "--scheduler", local_client.scheduler.address)
+    code = main([a for a in argv if a != "--no-figures"])
+    captured = capsys.readouterr()
+    assert code == 4, captured.err[-3000:]
+    assert "step(s) skipped: report: " in captured.out + captured.err and "Traceback" not in captured.err
+    manifest = json.loads((out / Files.MANIFEST).read_text())
+    assert list(manifest["run"]["skipped"]) == ["report"] and (out / Files.PROFILES).is_file()
