@@ -34,7 +34,7 @@ import pandas as pd
 
 from .._constants import Obs, Status
 from ..distributed.scheduler import Failure
-from ..errors import PlateFormatError, PlateNotFoundError, resource_error
+from ..errors import NonFinitePixelsError, PlateFormatError, PlateNotFoundError, resource_error
 from ..rundir import FieldId, RunPath
 from ..store import Shard, encode_shard
 
@@ -213,8 +213,6 @@ def _finite(image: np.ndarray, plate: Any, job: FieldJob, when: str) -> tuple[np
     names = list(getattr(plate, "channel_names", None) or range(len(counts)))
     where = ", ".join(f"{n} in {names[c]}" for c, n in enumerate(counts.tolist()) if n)
     if job.plan.nonfinite != "zero":
-        from ..errors import NonFinitePixelsError
-
         msg = (f"{job.where}: {int(counts.sum())} pixel(s) are NaN or infinite{when} ({where}); repair the "
                "field, or read them as 0 and flag the cells with --set nonfinite=zero")
         raise NonFinitePixelsError(msg)
