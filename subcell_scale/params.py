@@ -338,8 +338,11 @@ class RunParams:
             resolved = resolve_channels(list(names), model, self.channel_map)
         except ChannelMismatchError as exc:
             missing = _missing_channels(self.channel_map, names)
-            what = f"channel(s) {missing} " if missing else ""
-            msg = f"preset {self.preset!r} needs {what}that plate {plate.name!r} ({plate.path}) lacks: {exc}"
+            if missing:
+                msg = (f"preset {self.preset!r} needs channel(s) {missing} that plate {plate.name!r} ({plate.path}) "
+                       f"lacks: {exc}")
+            else:  # a channel map the model cannot use, whatever the plate holds
+                msg = f"plate {plate.name!r} ({plate.path}) with preset {self.preset!r}: {exc}"
             raise ChannelMismatchError(msg) from exc
         multi = bool(resolved) and isinstance(resolved[0], list)
         passes = tuple(tuple(p) for p in resolved) if multi else (tuple(resolved),)

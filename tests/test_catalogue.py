@@ -137,7 +137,7 @@ BAD_INPUTS = {
     "batch-size-0": (lambda d, c, o, t: _embed(d, c, o, "--batch-size", "0"), 2, ["--batch-size"]),
     "retries-negative": (lambda d, c, o, t: _embed(d, c, o, "--retries", "-1"), 2, ["--retries"]),
     "channel-map-unknown-slot": (lambda d, c, o, t: _embed(d, c, o, "--channel-map", "nucleos=dna"), 1,
-                                 ["nucleos"]),
+                                 ["nucleos", "is not a channel of variant"]),
     "channel-map-unknown-channel": (lambda d, c, o, t: _embed(d, c, o, "--channel-map", "nucleus=DAPI9"), 1,
                                     ["DAPI9"]),
     "channel-map-not-a-pair": (lambda d, c, o, t: _embed(d, c, o, "--channel-map", "nucleus="), 1,
