@@ -345,6 +345,24 @@ def test_two_processes_writing_one_plates_labels_again_and_again_leave_whole_ima
             assert np.array_equal(labels[key], expected), f"trial {trial}: {key} differs"
 
 
+def test_a_killed_writers_leftover_is_cleared_by_the_next_write_and_a_live_ones_is_not(segmented, unlabelled,
+                                                                                       tmp_path):
+    from subcell_scale.io import write_labels
+    from subcell_scale.io.labels import STALE_SECONDS
+
+    plate = str(shutil.copytree(unlabelled, tmp_path / "plate.zarr"))
+    well = open_plate(plate).wells[0]
+    folder = _field_dir(plate, well) / "labels"
+    dead, live = folder / ".writing-dead", folder / ".writing-live"
+    for path in (dead, live):
+        (path / "cells" / "s0").mkdir(parents=True)
+    old = os.stat(dead).st_mtime - STALE_SECONDS - 60
+    os.utime(dead, (old, old))
+    write_labels(plate, well, "0", "cells", segmented[(well, 0)])
+    assert not dead.exists() and live.exists()
+    assert np.array_equal(open_plate(plate).read_labels(well, "0", "cells"), segmented[(well, 0)])
+
+
 def test_a_half_written_label_image_is_segmented_again_without_overwrite(unlabelled, segmented, demo, checkpoint,
                                                                          tmp_path, capsys):
     plate = str(shutil.copytree(unlabelled, tmp_path / "plate.zarr"))

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -160,6 +161,7 @@ def write_label_image(
             del labels_group[name]
         parent = labels_group
     else:  # written whole aside, then renamed into place (see _publish)
+        _clear_stale(folder)
         parent = labels_group.create_group(staging)
     group = parent.create_group(name)
     datasets = []
@@ -200,6 +202,20 @@ def _local_folder(group: zarr.Group) -> Path | None:
     """The folder of a group on a local file system, None elsewhere (object storage)."""
     root = getattr(group.store, "root", None)
     return None if root is None else Path(root) / group.path
+
+
+STALE_SECONDS = 3600.0
+"""Age after which a staging folder is the leftover of a writer that died (a live one renames it in seconds)."""
+
+
+def _clear_stale(folder: Path) -> None:
+    """Remove staging folders left in ``folder`` by writers that were killed."""
+    for path in folder.glob(f"{_STAGING}*"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except FileNotFoundError:
+            continue  # its writer finished meanwhile
 
 
 def _publish(folder: Path, staging: str, name: str, where: str) -> None:
