@@ -27,6 +27,7 @@ class Obs:
     AREA = "area"
     CENTROID_Y = "centroid_y"
     CENTROID_X = "centroid_x"
+    NONFINITE = "nonfinite_pixels"  # with nonfinite="zero": the cell's NaN or infinite pixels, read as 0
     CATEGORICAL = (PLATE, WELL, ROW, COLUMN, FIELD)
 
 

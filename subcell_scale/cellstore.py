@@ -103,10 +103,13 @@ class ObsSchema:
         Plate name -> (y, x) micrometres per pixel, for ``obsm["spatial"]``.
     platemap
         A platemap (file or frame), or None.
+    nonfinite
+        Keep each cell's count of NaN or infinite pixels read as 0 (a run with ``nonfinite="zero"``).
     """
 
     def __init__(self, plates: Sequence[Plate], pixel_sizes: Mapping[str, Sequence[float]],
-                 platemap: Any = None) -> None:
+                 platemap: Any = None, *, nonfinite: bool = False) -> None:
+        self.nonfinite = nonfinite
         wells = [(p.name, w) for p in plates for w in p.wells]
         rows_columns = {(p.name, w): p.row_column(w) for p in plates for w in p.wells}
         self.pixel_sizes = {k: tuple(float(v) for v in vals) for k, vals in pixel_sizes.items()}
@@ -133,7 +136,7 @@ class ObsSchema:
     def columns(self) -> list[str]:
         """The obs columns, in order."""
         return [Obs.PLATE, Obs.WELL, Obs.ROW, Obs.COLUMN, Obs.FIELD, Obs.LABEL, Obs.AREA, Obs.CENTROID_Y,
-                Obs.CENTROID_X, *self.extra]
+                Obs.CENTROID_X, *([Obs.NONFINITE] if self.nonfinite else []), *self.extra]
 
     def dtype(self, column: str) -> Any:
         """The pandas dtype of an obs column."""
@@ -141,7 +144,7 @@ class ObsSchema:
             return pd.CategoricalDtype(self.categories[column])
         if column == Obs.LABEL:
             return np.dtype(np.int64)
-        if column == Obs.AREA:
+        if column in (Obs.AREA, Obs.NONFINITE):
             return np.dtype(np.int64)
         if column in (Obs.CENTROID_Y, Obs.CENTROID_X):
             return np.dtype(np.float64)
@@ -185,6 +188,10 @@ class ObsSchema:
         for name in (Obs.CENTROID_Y, Obs.CENTROID_X):
             columns[name] = (np.concatenate([cells[name].to_numpy(dtype=np.float64) for _, cells in pieces])
                              if pieces else np.zeros(0, np.float64))
+        if self.nonfinite:
+            columns[Obs.NONFINITE] = np.concatenate(
+                [cells[Obs.NONFINITE].to_numpy(dtype=np.int64) if Obs.NONFINITE in cells
+                 else np.zeros(len(cells), np.int64) for _, cells in pieces]) if pieces else np.zeros(0, np.int64)
         if self.extra:
             rows = np.repeat(np.asarray([self._well_row[(f.plate, f.well)] for f, _ in pieces], dtype=np.int64),
                              counts) if pieces else np.zeros(0, np.int64)
@@ -200,7 +207,8 @@ def sorted_cells(cells: pd.DataFrame) -> np.ndarray:
 
 def schema_of(context: RunContext) -> ObsSchema:
     """The :class:`ObsSchema` of a run."""
-    return ObsSchema(context.plates, {p.name: p.pixel_size for p in context.plans}, context.platemap)
+    return ObsSchema(context.plates, {p.name: p.pixel_size for p in context.plans}, context.platemap,
+                     nonfinite=context.params.nonfinite == "zero")
 
 
 def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, failed: Sequence[str]) -> AnnData:

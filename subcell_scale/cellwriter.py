@@ -33,7 +33,7 @@ from ._allocator import large_blocks_returned, trim_heap
 from ._constants import Keys
 from .cellstore import (ObsSchema, RunContext, cells_anndata, cells_name, default_width, open_zarr, read_cells,
                         schema_of, sorted_cells)
-from .errors import ConfigError, RunDirectoryError
+from .errors import ConfigError, RunDirectoryError, resource_error
 from .rundir import FieldId, RunPath
 from .store import read_shard, read_shard_cells
 
@@ -73,6 +73,11 @@ class DamagedShards(RunDirectoryError):
         super().__init__(f"{len(self.fields)} shard(s) are damaged ({first}); their fields are computed again")
 
 
+def _reason(path: Any, exc: BaseException) -> str:
+    """What is wrong with a shard, without the advice to delete it (the run recomputes it itself)."""
+    return f"{path}: {exc.__cause__ or exc}"
+
+
 # -- from the shards ------------------------------------------------------------------------------------
 def stream_cells(fields: FieldSource, context: RunContext, failed: Sequence[str],
                  root: str | os.PathLike[str] | RunPath, fmt: str = "zarr") -> AnnData:
@@ -102,6 +107,8 @@ def stream_cells(fields: FieldSource, context: RunContext, failed: Sequence[str]
     ------
     DamagedShards
         Shards that could not be read; nothing was replaced (their fields must be computed again).
+    ResourceError
+        The disk (space, quota, file size, permission) or memory ran short; the message names the store.
     """
     from ._settings import settings
 
@@ -111,11 +118,18 @@ def stream_cells(fields: FieldSource, context: RunContext, failed: Sequence[str]
         raise ConfigError(msg)
     layout = _Layout.of(fields, context)
     threads = int(max(1, min(4, settings.memory_budget // (3 * CHUNK_BYTES))))
-    with large_blocks_returned():
-        if fmt == "h5ad":
-            path = _write_h5ad_from_shards(layout, fields, context, failed, root)
-            return read_cells(path.local)
-        path = _write_zarr_from_shards(layout, fields, context, failed, root, threads)
+    try:
+        with large_blocks_returned():
+            if fmt == "h5ad":
+                path = _write_h5ad_from_shards(layout, fields, context, failed, root)
+                return read_cells(path.local)
+            path = _write_zarr_from_shards(layout, fields, context, failed, root, threads)
+    except (OSError, MemoryError) as exc:
+        error = resource_error(exc, root / cells_name(fmt), "writing the cells store (the shards and any earlier "
+                               "cells store are kept; a rerun with the same output writes it)")
+        if error is None:
+            raise
+        raise error from exc
     return open_zarr(path)
 
 
@@ -139,10 +153,13 @@ class _Layout:
             rows += int(n)
             span[1] = rows
             if first is None and n:
-                first = path
+                first = fid, path
         width, n_prob = default_width(context), None
         if first is not None:
-            _, shapes = read_shard_cells(first)
+            try:
+                _, shapes = read_shard_cells(first[1])
+            except RunDirectoryError as exc:
+                raise DamagedShards({first[0]: _reason(first[1], exc)}) from exc
             width = int(shapes["embedding"][1])
             n_prob = int(shapes["probabilities"][1]) if "probabilities" in shapes else None
         spans = {k: (a, b) for k, (a, b) in plate_rows.items() if b > a}
@@ -188,7 +205,11 @@ def _read_chunk(pieces: Sequence[_Piece], with_probabilities: bool
         try:
             shard = read_shard(piece.path)
         except RunDirectoryError as exc:
-            damaged[piece.fid] = str(exc)
+            damaged[piece.fid] = _reason(piece.path, exc)
+            continue
+        held = tuple(str(shard.meta.get(k)) for k in ("plate", "well", "field"))
+        if held != (piece.fid.plate, piece.fid.well, piece.fid.field):  # a shard copied or moved over another
+            damaged[piece.fid] = f"{piece.path}: holds the cells of {'/'.join(held)}"
             continue
         order = sorted_cells(shard.cells)[piece.a:piece.b]
         embeddings.append(shard.embedding[order])
@@ -261,7 +282,7 @@ def _write_skeleton(layout: _Layout, context: RunContext, failed: Sequence[str],
     obs, spatial = layout.schema.frame([])
     adata = cells_anndata(obs, spatial, None, None, layout.width, context, failed,
                           classes=layout.n_prob is not None, plate_rows=layout.plate_rows)
-    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
+    with quiet_consolidation(), ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
         adata.write_zarr(folder)
     group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
     n = layout.n_rows
@@ -275,8 +296,8 @@ def _write_skeleton(layout: _Layout, context: RunContext, failed: Sequence[str],
     spatial_array = group.create_array(f"obsm/{Keys.SPATIAL}", shape=(n, 2), chunks=(rows, 2), dtype="float64",
                                        overwrite=True)
     spatial_array.attrs.update(_DENSE)
-    _ObsWriter.create(group["obs"], layout.schema, n, rows)
-    with quiet_consolidation():
+    with quiet_consolidation():  # anndata's write_elem of the categories gives its autosharding notice
+        _ObsWriter.create(group["obs"], layout.schema, n, rows)
         zarr.consolidate_metadata(str(folder))
 
 
@@ -343,11 +364,17 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     """``cells.h5ad``: ``obs`` built in memory from the shards' cell tables, the matrices a chunk at a time."""
     import h5py
 
-    pieces = []
+    pieces, damaged = [], {}
     for fid, shard, n in fields():
         if n:
-            cells, _ = read_shard_cells(shard)
+            try:
+                cells, _ = read_shard_cells(shard)
+            except RunDirectoryError as exc:
+                damaged[fid] = _reason(shard, exc)
+                continue
             pieces.append((fid, cells.iloc[sorted_cells(cells)].reset_index(drop=True)))
+    if damaged:
+        raise DamagedShards(damaged)
     obs, spatial = layout.schema.frame(pieces)
     del pieces
     adata = cells_anndata(obs, spatial, None, None, layout.width, context, failed,
@@ -356,7 +383,6 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     new = root / f".{path.name}.new"
     adata.write_h5ad(new.local)
     trim_heap()
-    damaged: dict[FieldId, str] = {}
     try:
         with h5py.File(new.local, "a") as handle:
             names = {"X": layout.width, **({f"obsm/{Keys.LOCALIZATION}": layout.n_prob} if layout.n_prob else {})}
@@ -401,7 +427,7 @@ def write_cells(adata: AnnData, root: str | os.PathLike[str] | RunPath, fmt: str
         os.replace(new.local, path.local)
         return path
     with _aside(root, path) as (staging, target):
-        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False), quiet_consolidation():
+        with quiet_consolidation(), ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
             adata.write_zarr(staging)
         target.put_tree(staging, skip=_ROOT_METADATA)
         target.put_tree(staging)

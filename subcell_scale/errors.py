@@ -6,10 +6,12 @@ every message names the place (file, well, field, key) and what was expected.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
-    "ChannelMismatchError", "CheckpointError", "ConfigError", "DownloadError", "PlateFormatError",
-    "PlateNotFoundError", "PlatemapError", "ProfilingError", "RunDirectoryError", "SubcellScaleError", "UsageError",
-    "WellNameError"
+    "ChannelMismatchError", "CheckpointError", "ConfigError", "DownloadError", "NonFinitePixelsError",
+    "PlateFormatError", "PlateNotFoundError", "PlatemapError", "ProfilingError", "ResourceError",
+    "RunDirectoryError", "SubcellScaleError", "UsageError", "WellNameError", "resource_error",
 ]
 
 
@@ -31,6 +33,12 @@ class PlateNotFoundError(SubcellScaleError, FileNotFoundError):
 
 class PlateFormatError(SubcellScaleError, ValueError):
     """A store exists but is not a readable NGFF HCS plate (metadata, axes, levels, chunks)."""
+
+
+class NonFinitePixelsError(PlateFormatError):
+    """A field holding NaN or infinite pixels, which would give NaN embeddings (``nonfinite="fail"``)."""
+
+    retriable = False
 
 
 class WellNameError(SubcellScaleError, ValueError):
@@ -77,3 +85,35 @@ class RunDirectoryError(SubcellScaleError, OSError):
 
 class ProfilingError(SubcellScaleError, ValueError):
     """Profiles or metrics asked for with inputs that cannot give them (no reference rows, no pairs)."""
+
+
+class ResourceError(SubcellScaleError, OSError):
+    """The machine ran short of something (disk space, quota, file size, permission, memory) at a named path."""
+
+
+_RESOURCES = {
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system", errno.EMFILE: "too many open files",
+}
+"""Errors of the machine rather than of the input: what ran short, in words."""
+
+
+def resource_error(exc: BaseException, path: object, doing: str) -> ResourceError | None:
+    """``exc`` as a :class:`ResourceError` naming what ran short and where, or None when it is not one.
+
+    ``doing`` says what was being done (``"writing the cells store"``); the path is the error's own file
+    when it names one, else ``path``.
+    """
+    if isinstance(exc, MemoryError):
+        what = "out of memory"
+    elif isinstance(exc, OSError) and exc.errno in _RESOURCES:
+        what = _RESOURCES[exc.errno]
+    else:
+        return None
+    where = getattr(exc, "filename", None) or path
+    msg = f"{what} {doing}" + (f": {where}" if where is not None else "")
+    error = ResourceError(msg)
+    error.errno = getattr(exc, "errno", None)
+    error.__cause__ = exc
+    return error

@@ -49,6 +49,8 @@ CROP_KEYS = ("crop_um", "model_pixel_size", "out_size", "mask_mode", "dilation",
 """Preset keys that are :class:`~subcell_scale.cells.CropSpec` fields."""
 _FILTER_KEYS = ("min_area_um2", "max_area_um2", "drop_border")
 _NOT_OVERRIDABLE = ("description", "alternatives")
+NONFINITE = ("fail", "zero")
+"""What a field's NaN or infinite pixels become (the ``nonfinite`` parameter)."""
 _MERGED = ("segmentation", "aggregation", "design")
 """Keys whose mapping overrides are merged into the preset's (the rest of the mapping is kept)."""
 _EMBEDDING_KEYS = ("crop", "channel_map", "label_name", *_FILTER_KEYS, "segmentation", "illumination")
@@ -164,6 +166,9 @@ class RunParams:
     cells
         Which cells are embedded.
     {label_name}
+    nonfinite
+        ``"fail"``: a field with NaN or infinite pixels fails, naming how many; ``"zero"``: they are
+        read as 0 and the cells that hold them are counted in ``obs["nonfinite_pixels"]``.
     segmentation
         How fields without labels are segmented (:func:`subcell_scale.segment.segment_field`).
     illumination
@@ -190,6 +195,7 @@ class RunParams:
     profiling: Profiling
     design: EvaluationDesign
     overridden: tuple[str, ...] = ()
+    nonfinite: str = "fail"
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -255,6 +261,9 @@ class RunParams:
             if not isinstance(values[key], str) or not values[key]:
                 raise ConfigError(f"{where}: {key} must be a non-empty string, got {values[key]!r}")
         get_variant(values["variant"])  # an unknown name fails now, listing the published ones
+        nonfinite = values.get("nonfinite", "fail")
+        if nonfinite not in NONFINITE:
+            raise ConfigError(f"{where}: nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
         return cls(
             preset=name, description=str(values.get("description", "")), variant=str(values["variant"]),
             channel_map=_channel_map(values.get("channel_map")), crop=CropSpec(**crop_values),
@@ -263,7 +272,7 @@ class RunParams:
             illumination=_illumination(values.get("illumination")),
             profiling=Profiling(aggregation=Aggregation.from_mapping(values.get("aggregation")),
                                 postprocess=resolve_chain(values.get("postprocess") or ())),
-            design=EvaluationDesign.from_mapping(values.get("design")), overridden=overridden)
+            design=EvaluationDesign.from_mapping(values.get("design")), overridden=overridden, nonfinite=nonfinite)
 
     def replace(self, **overrides: Any) -> RunParams:
         """A copy with ``overrides`` applied as :meth:`resolve` applies them to the preset's defaults."""
@@ -284,7 +293,7 @@ class RunParams:
         crop["crop_um"] = self.crop.side_um
         return {"description": self.description, "variant": self.variant,
                 "channel_map": copy.deepcopy(self.channel_map), **crop, "illumination": self.illumination,
-                "label_name": self.label_name, **self.cells.kwargs(),
+                "label_name": self.label_name, **self.cells.kwargs(), "nonfinite": self.nonfinite,
                 "segmentation": dataclasses.asdict(self.segmentation),
                 "aggregation": self.profiling.aggregation.kwargs(),
                 "postprocess": [s.to_dict() for s in self.profiling.postprocess], "design": self.design.to_dict()}
@@ -297,7 +306,10 @@ class RunParams:
     def embedding_parameters(self) -> dict[str, Any]:
         """The parameters that change embeddings, as plain JSON (a resumed run compares their digest)."""
         record = self.to_dict()
-        return {k: record[k] for k in _EMBEDDING_KEYS}
+        kept = {k: record[k] for k in _EMBEDDING_KEYS}
+        if self.nonfinite != "fail":  # the default leaves finite fields as they were: their shards still count
+            kept["nonfinite"] = self.nonfinite
+        return kept
 
     # -- per plate ----------------------------------------------------------------------------------
     def plan(self, plate: Plate, model_channels: Sequence[str] | str | None = None) -> PlatePlan:
@@ -326,8 +338,11 @@ class RunParams:
             resolved = resolve_channels(list(names), model, self.channel_map)
         except ChannelMismatchError as exc:
             missing = _missing_channels(self.channel_map, names)
-            what = f"channel(s) {missing} " if missing else ""
-            msg = f"preset {self.preset!r} needs {what}that plate {plate.name!r} ({plate.path}) lacks: {exc}"
+            if missing:
+                msg = (f"preset {self.preset!r} needs channel(s) {missing} that plate {plate.name!r} ({plate.path}) "
+                       f"lacks: {exc}")
+            else:  # a channel map the model cannot use, whatever the plate holds
+                msg = f"plate {plate.name!r} ({plate.path}) with preset {self.preset!r}: {exc}"
             raise ChannelMismatchError(msg) from exc
         multi = bool(resolved) and isinstance(resolved[0], list)
         passes = tuple(tuple(p) for p in resolved) if multi else (tuple(resolved),)

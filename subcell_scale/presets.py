@@ -83,6 +83,10 @@ illumination
     plate channel order or a mapping channel name -> path.
 label_name
     Label image of the plate holding the cells (``"cells"``).
+nonfinite
+    What a field holding NaN or infinite pixels becomes: ``"fail"`` (the field fails, its message counts
+    them) or ``"zero"`` (they are read as 0 and each cell's count of them is kept in
+    ``obs["nonfinite_pixels"]``).
 min_area_um2, max_area_um2, drop_border
     Cells filtered out before cropping (:func:`subcell_scale.segment.filter_cells`); each is recorded
     as dropped with its reason.
@@ -119,6 +123,7 @@ _COMMON: dict[str, Any] = {
     "min_area_um2": 20.0,
     "max_area_um2": 10_000.0,
     "drop_border": True,
+    "nonfinite": "fail",
     "segmentation": {},
 }
 

@@ -100,6 +100,8 @@ def check_run(spec: RunSpec, stages: Collection[str]) -> CheckedInputs:
         check_segmentation_channels(plates, params)
         checked.labels_in_run = label_destinations(plates, spec, params.label_name,
                                                    every_field="segment" in stages and spec.overwrite)
+    elif "embed" in stages:
+        check_labels_present(plates, spec, params.label_name)
     if checked.platemap is not None and ("profile" in stages or "evaluate" in stages):
         wells = wells_table(plates, checked.platemap)
         if "profile" in stages:
@@ -256,6 +258,33 @@ def check_segmentation_channels(plates: Sequence[Plate], params: RunParams) -> N
         except ChannelMismatchError as exc:
             msg = f"plate {plate.name} ({plate.path}): segmentation cannot run: {exc}"
             raise ChannelMismatchError(msg) from exc
+
+
+def check_labels_present(plates: Sequence[Plate], spec: RunSpec, label_name: str) -> None:
+    """A run that may not segment: each plate's first field has its label image (in the plate, or kept in the run
+    directory by an earlier run), else the run stops now rather than failing every field.
+
+    Raises
+    ------
+    PlateNotFoundError
+        A plate whose first field lacks the labels, naming the labels it has.
+    """
+    from ._constants import Files
+    from .errors import PlateNotFoundError
+
+    for plate in plates:
+        well = plate.wells[0]
+        first = plate.fields(well)[0]
+        found = plate.label_names(well, first)
+        if label_name in found:
+            continue
+        kept = (spec.out is not None and not is_url(spec.out)
+                and (Path(spec.out) / Files.LABELS / plate.name / f"{well}_{first}_{label_name}.npz").is_file())
+        if not kept:
+            msg = (f"plate {plate.name} ({plate.path}) well {well} field {first}: no label image {label_name!r} "
+                   f"(found {found}), and segmentation is off; segment the plate first (`subcell-scale segment`), "
+                   "name the labels it has (--label-name) or allow segmentation")
+            raise PlateNotFoundError(msg)
 
 
 def label_destinations(plates: Sequence[Plate], spec: RunSpec, label_name: str, *, every_field: bool) -> set[str]:

@@ -364,6 +364,7 @@ def embed(run: Run) -> AnnData:
         except DamagedShards as damaged:  # changed since their fields were recorded: computed again
             log.warning("%s", damaged)
             for fid in damaged.fields:
+                (store.root / fid.shard).remove()  # said once, here: the resume check then finds no shard
                 store.set_pending([fid], force=True)
             again = run_fields(run.plate_jobs(), run.model, run.client, store, total=run.n_fields,
                                scratch=run.scratch, device=spec.device, retries=spec.retries, progress=spec.progress,

@@ -106,8 +106,9 @@ def encode_shard(shard: Shard) -> bytes:
     }
     if shard.probabilities is not None:
         arrays["probabilities"] = np.ascontiguousarray(shard.probabilities, dtype=np.float32)
-    for col in _CELL_COLUMNS:
-        arrays[f"cells_{col}"] = shard.cells[col].to_numpy()
+    for col in (*_CELL_COLUMNS, Obs.NONFINITE):
+        if col in shard.cells:
+            arrays[f"cells_{col}"] = shard.cells[col].to_numpy()
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -128,6 +129,12 @@ def write_shard(path: str | os.PathLike | RunPath, shard: Shard) -> Path | RunPa
 _SHARD_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
+def _cell_table(data: Any) -> pd.DataFrame:
+    """The cell table of an opened shard (its count of non-finite pixels only when the run kept one)."""
+    optional = [Obs.NONFINITE] if f"cells_{Obs.NONFINITE}" in data.files else []
+    return pd.DataFrame({col: data[f"cells_{col}"] for col in (*_CELL_COLUMNS, *optional)})
+
+
 def read_shard(path: str | os.PathLike | RunPath) -> Shard:
     """Read a shard written by :func:`write_shard`.
 
@@ -142,7 +149,7 @@ def read_shard(path: str | os.PathLike | RunPath) -> Shard:
             meta = json.loads(data["meta"].tobytes().decode())
             embedding = data["embedding"]
             probabilities = data["probabilities"] if "probabilities" in data.files else None
-            cells = pd.DataFrame({col: data[f"cells_{col}"] for col in _CELL_COLUMNS})
+            cells = _cell_table(data)
     except _SHARD_ERRORS as exc:
         msg = f"results shard {path} is damaged or not a subcell-scale shard ({exc}); delete it to recompute the field"
         raise RunDirectoryError(msg) from exc
@@ -165,7 +172,7 @@ def read_shard_cells(path: str | os.PathLike | RunPath) -> tuple[pd.DataFrame, d
     try:
         with path.open_read() as fh:
             with np.load(fh, allow_pickle=False) as data:
-                cells = pd.DataFrame({col: data[f"cells_{col}"] for col in _CELL_COLUMNS})
+                cells = _cell_table(data)
             fh.seek(0)
             shapes = {}
             with zipfile.ZipFile(fh) as archive:

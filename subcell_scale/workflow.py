@@ -28,7 +28,7 @@ import pandas as pd
 
 from ._constants import Files, Status
 from ._docs import doc_params
-from .errors import UsageError
+from .errors import UsageError, resource_error
 from .runspec import describe_run
 from .stages import Run, embed, evaluate, profile, report, segment
 
@@ -158,9 +158,9 @@ def run(
     stages = ("embed", "profile", "evaluate", *(("report",) if spec.figures else ()))
     with Run.open(spec, stages=stages, client=client, start_cluster=True) as current:
         cells = embed(current)
-        profiles = profile(current, cells)
-        tables = evaluate(current, profiles)
-        path = report(current, cells, profiles, tables) if spec.figures else None
+        profiles = _later(current, "profile", lambda: profile(current, cells))
+        tables = _later(current, "evaluate", lambda: evaluate(current, profiles)) or {}
+        path = _later(current, "report", lambda: report(current, cells, profiles, tables)) if spec.figures else None
         summary = tables.get("summary")
         current.summary = [] if summary is None else summary.to_dict("records")
         done = current.store.summarize()[Status.DONE]
@@ -171,6 +171,17 @@ def run(
 
 
 @doc_params
+def _later(run: Run, step: str, call: Any) -> Any:
+    """A step after the cells: one the file system or memory stops is named and skipped (exit status 4), and
+    the cells and what earlier steps wrote are kept. Returns the step's result, or None."""
+    try:
+        return call()
+    except (OSError, MemoryError) as exc:
+        error = resource_error(exc, run.root, f"in the {step} step")
+        run.skip(step, " ".join(str(error or f"{type(exc).__name__}: {exc}").split()))
+        return None
+
+
 def embed_plate(
     plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
     model: str | os.PathLike | SubCell | ModelSpec | ResolvedModel | None = None,

@@ -24,6 +24,7 @@ from subcell_scale.errors import (
     ChannelMismatchError,
     CheckpointError,
     ConfigError,
+    PlateNotFoundError,
     RunDirectoryError,
 )
 from subcell_scale.io import open_plate
@@ -282,9 +283,8 @@ def test_in_memory_run_without_out(demo, reference, model):
 
 def test_fields_without_labels_are_segmented_and_the_labels_written_back(demo, model, tmp_path):
     plate_path = str(shutil.copytree(demo["plates"][0], tmp_path / "p.zarr"))
-    refused = embed_plate(plate_path, model, label_name="seg", segment_if_missing=False, progress=False,
-                          retries=0, **SMALL)
-    assert refused.n_obs == 0 and len(refused.uns[Keys.PROVENANCE]["failed_fields"]) == 4
+    with pytest.raises(PlateNotFoundError, match="well A01 field 0: no label image 'seg'.* segmentation is off"):
+        embed_plate(plate_path, model, label_name="seg", segment_if_missing=False, progress=False, **SMALL)
     out = tmp_path / "run"
     adata = embed_plate(plate_path, model, out=out, label_name="seg", progress=False, **SMALL)
     plate = open_plate(plate_path)

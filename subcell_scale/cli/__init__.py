@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 
 from .._version import __version__
-from ..errors import SubcellScaleError, UsageError
+from ..errors import SubcellScaleError, UsageError, resource_error
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"subcell-scale {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return ExitCode.ERROR
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
         if args.traceback:
             raise
+        resource = resource_error(exc, None, "while writing" if isinstance(exc, OSError) else "")
+        if resource is not None:  # the machine ran short, not the input: say what and where
+            print(f"subcell-scale {args.command}: error: {_one_line(resource)}", file=sys.stderr)
+            return ExitCode.ERROR
         print(f"subcell-scale {args.command}: error: {type(exc).__name__}: {_one_line(exc)} "
               "(rerun with --traceback for details)", file=sys.stderr)
         return ExitCode.ERROR

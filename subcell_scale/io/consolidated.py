@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 # zarr warns on every consolidation of a v3 hierarchy that the format does not specify it yet
 _V3_CONSOLIDATION_WARNING = r"Consolidated metadata is currently not part in the Zarr format 3 specification"
+_AUTOSHARDING_NOTICE = "zarr v3 autosharding will be the default"
 
 FIELD_DEPTH = 3
 """Path depth of a field group below the plate root ("row/column/field")."""
@@ -42,12 +43,15 @@ def quiet_consolidation() -> Iterator[None]:
 
     anndata consolidates every zarr store it writes, and so does :func:`repair_consolidated`; the
     warning then appears on every run although nothing is wrong and the user can do nothing about
-    it. Only that one warning is filtered, and only inside the ``with`` block, so the same warning
-    from a user's own code elsewhere is still shown, as is every other warning.
+    it. anndata's notice that zarr v3 autosharding will become its default is silenced too: the stores
+    written here choose their chunks themselves. Only those warnings are filtered, and only inside the
+    ``with`` block, so the same warnings from a user's own code elsewhere are still shown, as is every
+    other warning.
     """
     with warnings.catch_warnings():
         # zarr.errors.ZarrUserWarning (zarr >= 3.1) is a UserWarning, as the same warning was before
         warnings.filterwarnings("ignore", message=_V3_CONSOLIDATION_WARNING, category=UserWarning)
+        warnings.filterwarnings("ignore", message=_AUTOSHARDING_NOTICE, category=UserWarning)
         yield
 
 

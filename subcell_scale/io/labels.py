@@ -4,7 +4,9 @@ A label image gets the same number of levels as the field's image (nearest-neigh
 exactly the image's level shapes), the image's axes (non-spatial axes of length 1) and coordinate
 transformations, ``image-label`` metadata (a colour per label, optional per-label properties, the
 source image), and a ``labels`` group listing it with its version (ome-zarr-py leaves the version
-out for NGFF 0.5, which makes the whole plate invalid). Writing the same name again replaces it.
+out for NGFF 0.5, which makes the whole plate invalid). Writing the same name again replaces it; on a
+file system the new image is written aside and renamed into place, so two processes writing the same
+field at once leave one whole image, never a listing of levels that are not there.
 Groups are opened from their own metadata, never through a consolidated listing, so label images
 written by other tools since a plate was consolidated are seen and kept.
 """
@@ -12,9 +14,14 @@ written by other tools since a plate was consolidated are seen and kept.
 from __future__ import annotations
 
 import colorsys
+import errno
 import logging
 import os
+import shutil
+import time
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -146,10 +153,17 @@ def write_label_image(
     field.require_group("labels")
     # reopened from its own metadata: a consolidated listing would hide label images written since
     labels_group = open_on_disk(field.store, f"{field.path}/labels", mode="r+")
-    if name in labels_group:
-        logger.info("%s: replacing labels %r", where, name)
-        del labels_group[name]
-    group = labels_group.create_group(name)
+    folder = _local_folder(labels_group)
+    staging = f"{_STAGING}{uuid.uuid4().hex[:12]}"
+    if folder is None:  # object storage has no rename: replaced in place
+        if name in labels_group:
+            logger.info("%s: replacing labels %r", where, name)
+            del labels_group[name]
+        parent = labels_group
+    else:  # written whole aside, then renamed into place (see _publish)
+        _clear_stale(folder)
+        parent = labels_group.create_group(staging)
+    group = parent.create_group(name)
     datasets = []
     # dimension names spelled as the image's axes ("T", "C", ... in iohub plates), as NGFF 0.5 requires
     dimension_names = [str(a["name"] if isinstance(a, dict) else a) for a in axes]
@@ -162,19 +176,76 @@ def write_label_image(
 
     values = np.unique(labels)
     colors = [{"label-value": int(v), "rgba": label_color(int(v))} for v in values if v != 0]
-    write_label_metadata(labels_group, name, colors=colors, properties=_properties_list(properties, where),
+    write_label_metadata(parent, name, colors=colors, properties=_properties_list(properties, where),
                          fmt=fmt, source={"image": "../../"})
+    if folder is not None:
+        _publish(folder, staging, name, where)
+        labels_group = open_on_disk(field.store, f"{field.path}/labels", mode="r+")
     # ome-zarr-py appends the name even when it is listed already, and leaves out the 0.5 version;
     # iohub lists its label images in the image group only ({"labels": {"labels": [...]}}), so
     # the NGFF listing takes those in too, and iohub's listing learns the new name
     image_listing = image_meta.get("labels")
     iohub_names = image_listing.get("labels") if isinstance(image_listing, dict) else None
     attrs = ome_attrs(labels_group)
-    listed = list(dict.fromkeys([*(iohub_names or []), *attrs.get("labels", [])]))
+    listed = list(dict.fromkeys([*(iohub_names or []), *attrs.get("labels", []), name]))
     if listed != attrs.get("labels") or (fmt.version != "0.4" and attrs.get("version") != fmt.version):
         set_ome_attrs(labels_group, {"labels": listed}, version=fmt.version)
     if isinstance(iohub_names, list) and name not in iohub_names:
         set_ome_attrs(field, {"labels": {**image_listing, "labels": [*iohub_names, name]}}, version=fmt.version)
+
+
+_STAGING = ".writing-"
+"""Prefix of the group a label image is written in before it is renamed into place."""
+
+
+def _local_folder(group: zarr.Group) -> Path | None:
+    """The folder of a group on a local file system, None elsewhere (object storage)."""
+    root = getattr(group.store, "root", None)
+    return None if root is None else Path(root) / group.path
+
+
+STALE_SECONDS = 3600.0
+"""Age after which a staging folder is the leftover of a writer that died (a live one renames it in seconds)."""
+
+
+def _clear_stale(folder: Path) -> None:
+    """Remove staging folders left in ``folder`` by writers that were killed."""
+    for path in folder.glob(f"{_STAGING}*"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except FileNotFoundError:
+            continue  # its writer finished meanwhile
+
+
+def _publish(folder: Path, staging: str, name: str, where: str) -> None:
+    """Rename the label image written whole in ``folder/staging/name`` to ``folder/name``.
+
+    Renames are atomic, so a reader or a second writer sees the old image or a whole new one. When
+    another process publishes the same image meanwhile, one of the two whole images stays: the
+    store ends complete whoever wins, and every rename that loses is told so by the file system.
+    """
+    source, target = folder / staging / name, folder / name
+    try:
+        os.rename(source, target)  # nothing there yet
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+            raise
+        logger.info("%s: replacing labels %r", where, name)
+        old = folder / f"{staging}.old"
+        try:
+            os.rename(target, old)
+        except FileNotFoundError:
+            pass  # another writer moved it away first
+        try:
+            os.rename(source, target)
+        except OSError as again:
+            if again.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+                raise
+            logger.info("%s: labels %r were written by another process at the same time; keeping theirs",
+                        where, name)
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(folder / staging, ignore_errors=True)
 
 
 def write_labels(

@@ -102,7 +102,9 @@ class _NamedArray:
         stored = self._stored_keys()
         encode = self.array.metadata.encode_chunk_key
         missing = [encode(coords) for coords in itertools.product(*ranges) if encode(coords) not in stored]
-        if missing:
+        if missing:  # counted over the whole array: a read of one channel must not report its share only
+            every = [range(-(-n // size)) for n, size in zip(self.shape, grid)]
+            missing = [encode(coords) for coords in itertools.product(*every) if encode(coords) not in stored]
             path = self.array.path
             shown = ", ".join(f"{path}/{k}" for k in missing[:_SHOWN_KEYS])
             more = f" and {len(missing) - _SHOWN_KEYS} more" if len(missing) > _SHOWN_KEYS else ""
@@ -480,6 +482,24 @@ class Plate:
                 names.append(key)
         return list(dict.fromkeys(names))
 
+    def check_labels(self, well: str, field: str | int, name: str) -> None:
+        """Raise :class:`PlateFormatError` when a level the label image lists is not in the store (a write cut
+        short, by a crash or by another process): reading level 0 alone would not notice."""
+        for level in range(1, len(self._labels_meta(well, field, name)[1]["datasets"])):
+            self.labels(well, field, name, level)
+
+    def _labels_meta(self, well: str, field: str | int, name: str) -> tuple[str, dict[str, Any]]:
+        """The group path and the (cached) multiscales of a label image."""
+        well_name_, _ = self._field(well, field)
+        field = str(field)
+        group_path = f"{self._well_paths[well_name_]}/{field}/labels/{name}"
+        key = (well_name_, field, name)
+        if key not in self._label_meta:
+            group = self._group(group_path, f"labels {name!r}")
+            where = f"{self.path} {well_name_}/{field} labels {name!r}"
+            self._label_meta[key] = _image_meta(self.root, group_path, group, where)
+        return group_path, self._label_meta[key]
+
     def labels(self, well: str, field: str | int, name: str, level: int = 0) -> xr.DataArray:
         """A label image of a field as a dask-backed DataArray with dims ("y", "x")."""
         well_name_, _ = self._field(well, field)
@@ -488,13 +508,8 @@ class Plate:
             msg = (f"{self.path} {well_name_}/{field}: no label image {name!r} "
                    f"(labels: {self.label_names(well_name_, field)})")
             raise PlateNotFoundError(msg)
-        group_path = f"{self._well_paths[well_name_]}/{field}/labels/{name}"
-        key = (well_name_, field, name)
         where = f"{self.path} {well_name_}/{field} labels {name!r}"
-        if key not in self._label_meta:
-            group = self._group(group_path, f"labels {name!r}")
-            self._label_meta[key] = _image_meta(self.root, group_path, group, where)
-        meta = self._label_meta[key]
+        group_path, meta = self._labels_meta(well_name_, field, name)
         self._check_level(well_name_, field, meta, level)
         source = self._level_array(group_path, meta["datasets"][level], f"{where} level {level}")
         token = "plate-labels-" + tokenize(self.path, well_name_, field, name, meta["datasets"][level])
@@ -625,6 +640,11 @@ def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
         raise PlateFormatError(msg) from None
     except (zarr.errors.NodeNotFoundError, FileNotFoundError) as exc:
         msg = f"{path}: no zarr group here ({exc})"
+        raise PlateFormatError(msg) from None
+    except ValueError as exc:  # json.JSONDecodeError: a metadata file cut short or overwritten
+        names = [n for n in ("zarr.json", ".zgroup", ".zattrs") if not _is_url(path)
+                 and (Path(local_path(path)) / n).is_file()] or ["zarr.json"]
+        msg = f"{path}/{names[0]}: the plate's metadata is not valid JSON ({exc})"
         raise PlateFormatError(msg) from None
 
 

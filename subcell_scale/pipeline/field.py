@@ -34,7 +34,7 @@ import pandas as pd
 
 from .._constants import Obs, Status
 from ..distributed.scheduler import Failure
-from ..errors import PlateNotFoundError
+from ..errors import NonFinitePixelsError, PlateFormatError, PlateNotFoundError, resource_error
 from ..rundir import FieldId, RunPath
 from ..store import Shard, encode_shard
 
@@ -89,6 +89,8 @@ class JobPlan:
     plate_upper
         The plate's upper intensity bound per channel (``crop.plate_upper_percentile`` of its raw
         pixels, computed when the run was planned); None when the crop spec uses none.
+    nonfinite
+        What NaN or infinite pixels become: ``"fail"`` the field, or ``"zero"`` (see :func:`read_image`).
     """
 
     plate_path: str
@@ -108,6 +110,7 @@ class JobPlan:
     model_plugin: str | None = None
     flatfield_path: RunPath | None = None
     plate_upper: tuple[float, ...] | None = None
+    nonfinite: str = "fail"
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class PreparedField:
     pixel_size: tuple[float, float] = (1.0, 1.0)
     segmented: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    nonfinite: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -175,15 +179,58 @@ def _resolve_crop_on(crop_on: str) -> str:
     return "device" if resolve_device().startswith("cuda") else "cpu"
 
 
-def read_image(plate: Any, job: FieldJob) -> np.ndarray:
-    """A field's pixels as every stage sees them: flat-field corrected when the run corrects."""
-    image = plate.read_field(job.fid.well, job.fid.field)
+def read_image(plate: Any, job: FieldJob) -> tuple[np.ndarray, np.ndarray | None]:
+    """A field's pixels as every stage sees them: flat-field corrected when the run corrects, and finite.
+
+    NaN or infinite pixels (read, or made by the correction) would make every cell's embedding NaN:
+    they fail the field (``nonfinite="fail"``) or are read as 0 (``"zero"``). Returns the pixels and
+    the (y, x) mask of pixels replaced in any channel (None when none was).
+
+    Raises
+    ------
+    NonFinitePixelsError
+        ``nonfinite="fail"`` and the field holds such pixels; the message counts them per channel.
+    """
+    image, bad = _finite(plate.read_field(job.fid.well, job.fid.field), plate, job, "")
     if job.plan.flatfield_path is not None:
         from ..illumination import apply_flatfield
 
         image = apply_flatfield(image, _flatfield(job.plan.flatfield_path),
                                 rounded=not job.plan.crop.scales_intensity)
-    return image
+        image, made = _finite(image, plate, job, " after flat-field correction")
+        bad = made if bad is None else (bad if made is None else bad | made)
+    return image, bad
+
+
+def _finite(image: np.ndarray, plate: Any, job: FieldJob, when: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image`` with its non-finite pixels handled by the run's rule, and the mask of those replaced."""
+    if not np.issubdtype(np.asarray(image).dtype, np.floating):
+        return image, None  # integer pixels are always finite
+    bad = ~np.isfinite(image)
+    counts = bad.reshape(bad.shape[0], -1).sum(axis=1)
+    if not counts.any():
+        return image, None
+    names = list(getattr(plate, "channel_names", None) or range(len(counts)))
+    where = ", ".join(f"{n} in {names[c]}" for c, n in enumerate(counts.tolist()) if n)
+    if job.plan.nonfinite != "zero":
+        msg = (f"{job.where}: {int(counts.sum())} pixel(s) are NaN or infinite{when} ({where}); repair the "
+               "field, or read them as 0 and flag the cells with --set nonfinite=zero")
+        raise NonFinitePixelsError(msg)
+    log.warning("%s: %d pixel(s) NaN or infinite%s (%s) read as 0; the cells holding them are counted in "
+                "obs[%r]", job.where, int(counts.sum()), when, where, Obs.NONFINITE)
+    return np.where(bad, np.zeros((), image.dtype), image), bad.any(axis=0)
+
+
+def _flag_cells(table: pd.DataFrame, labels: np.ndarray, bad: np.ndarray | None, flagged: bool) -> pd.DataFrame:
+    """The cell table with each cell's count of replaced pixels (``nonfinite="zero"`` runs only)."""
+    if not flagged:
+        return table
+    table = table.copy()
+    counts = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
+    if bad is not None:
+        counts += np.bincount(np.asarray(labels)[bad].ravel(), minlength=counts.size)[:counts.size]
+    table[Obs.NONFINITE] = counts[table[Obs.LABEL].to_numpy(dtype=np.int64)]
+    return table
 
 
 def prepare_field(job: FieldJob) -> PreparedField:
@@ -207,19 +254,21 @@ def prepare_field(job: FieldJob) -> PreparedField:
     start = time.perf_counter()
     plan = job.plan
     plate = open_job_plate(job)
-    image = read_image(plate, job)
+    image, bad = read_image(plate, job)
     labels, segmented = field_labels(plate, job, image)
     kept, dropped = filter_cells(labels, plate.pixel_size, **plan.cells.kwargs())
     pixel_size = tuple(float(v) for v in plate.pixel_size)
     prepared = PreparedField(cells=None, dropped={k: list(v) for k, v in dropped.items()}, seconds=0.0,
                              pixel_size=pixel_size, segmented=segmented,
-                             meta={"fingerprint": job_fingerprint(plate, job), "labels": labels_place(plate, job)})
+                             meta={"fingerprint": job_fingerprint(plate, job), "labels": labels_place(plate, job)},
+                             nonfinite=bad)
     if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
         crops, table = extract_cells(image, kept, pixel_size, plan.crop, channels=plan.passes,
                                      plate_upper=plan.plate_upper, dropped=prepared.dropped)
-        prepared.crops, prepared.cells = crops, table[_CELL_COLUMNS].reset_index(drop=True)
+        prepared.crops = crops
+        prepared.cells = _flag_cells(table[_CELL_COLUMNS].reset_index(drop=True), kept, bad, plan.nonfinite == "zero")
     prepared.seconds = time.perf_counter() - start
     return prepared
 
@@ -239,7 +288,17 @@ def read_field_labels(plate: Any, job: FieldJob) -> np.ndarray | None:
     cannot take labels), else None."""
     well, fld, name = job.fid.well, job.fid.field, job.plan.label_name
     if name in plate.label_names(well, fld):
-        return np.asarray(plate.read_labels(well, fld, name))
+        try:
+            plate.check_labels(well, fld, name)
+            return np.asarray(plate.read_labels(well, fld, name))
+        except (PlateFormatError, PlateNotFoundError) as exc:  # listed, but not whole on disk
+            if not (job.plan.segment_if_missing or job.plan.overwrite):
+                msg = (f"{job.where}: label image {name!r} is damaged ({exc}); `subcell-scale segment` on the "
+                       "plate writes it again")
+                raise PlateFormatError(msg) from exc
+            log.warning("%s: label image %r is damaged (%s); segmenting the field again", job.where, name, exc)
+            plate.forget_labels(well, fld, name)
+            return None
     path = job.labels_path
     if path is None:
         return None
@@ -356,7 +415,7 @@ def segment_group(group: FieldGroup) -> list[dict[str, Any] | Failure]:
             labels = None if job.plan.overwrite else read_field_labels(plate, job)
             status = Status.SKIPPED if labels is not None else Status.DONE
             if labels is None:
-                labels = _segment(plate, job, read_image(plate, job))
+                labels = _segment(plate, job, read_image(plate, job)[0])
         except Exception as exc:  # noqa: BLE001 - one field's failure must not stop its group
             out.append(Failure(exc))
             continue
@@ -419,12 +478,31 @@ def embed_group(previous: tuple[list[PreparedField | Failure], FieldGroup],
         for i, (crops, cells, dropped) in zip(owners, parts, strict=True):
             job, prep, n = group[i], prepared[i], int(crops.shape[0])
             share = seconds * n / total
-            out[i] = Shard(embedding[row:row + n], None if probabilities is None else probabilities[row:row + n],
-                           cells, dropped,
+            emb, prob, cells = _finite_rows(embedding[row:row + n],
+                                            None if probabilities is None else probabilities[row:row + n],
+                                            cells, dropped, job)
+            out[i] = Shard(emb, prob, cells, dropped,
                            {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.plan.digest,
                             "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta})
             row += n
     return out, group  # type: ignore[return-value]
+
+
+def _finite_rows(embedding: np.ndarray, probabilities: np.ndarray | None, cells: pd.DataFrame,
+                 dropped: dict[str, list[int]], job: FieldJob) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
+    """A field's rows without the cells whose embedding or probabilities are not finite (never put in ``X``);
+    those are recorded as dropped for ``"nonfinite_embedding"``."""
+    ok = np.isfinite(embedding).all(axis=1)
+    if probabilities is not None:
+        ok &= np.isfinite(probabilities).all(axis=1)
+    if ok.all():
+        return embedding, probabilities, cells
+    lost = cells[Obs.LABEL].to_numpy()[~ok]
+    dropped.setdefault("nonfinite_embedding", []).extend(int(v) for v in lost)
+    log.warning("%s: %d cell(s) with NaN or infinite embeddings left out (labels %s)", job.where, lost.size,
+                lost[:10].tolist())
+    return (embedding[ok], None if probabilities is None else probabilities[ok],
+            cells[ok].reset_index(drop=True))
 
 
 def write_group(previous: tuple[list[Shard | Failure], FieldGroup]) -> list[dict[str, Any] | Failure]:
@@ -451,7 +529,7 @@ def write_group(previous: tuple[list[Shard | Failure], FieldGroup]) -> list[dict
             else:
                 summary["result"] = shard
         except Exception as exc:  # noqa: BLE001 - a shard that cannot be written fails its field alone
-            out.append(Failure(exc))
+            out.append(Failure(resource_error(exc, job.shard_path, "writing the field's shard") or exc))
             continue
         out.append(summary)
     return out
@@ -503,7 +581,9 @@ def _field_crops(prep: PreparedField, job: FieldJob, model: SubCell, arriving: A
     plan = job.plan
     tensor, table = extract_cells_torch(image, prep.labels, prep.pixel_size, plan.crop, channels=plan.passes,
                                         device=model.device, plate_upper=plan.plate_upper, dropped=dropped)
-    return tensor, table[_CELL_COLUMNS].reset_index(drop=True), dropped
+    table = _flag_cells(table[_CELL_COLUMNS].reset_index(drop=True), prep.labels, prep.nonfinite,
+                        plan.nonfinite == "zero")
+    return tensor, table, dropped
 
 
 def _stack(parts: list[Any]) -> Any:
