@@ -174,6 +174,9 @@ class RunParams:
         Aggregation and post-processing of well profiles.
     design
         What the evaluation computes (:func:`subcell_scale.metrics.evaluate_profiles`).
+    cellprofiler
+        cp_measure feature groups measured on each kept cell (empty: none; see
+        :mod:`subcell_scale.cellprofiler`).
     overridden
         Preset keys whose value was changed by an override.
     """
@@ -189,6 +192,7 @@ class RunParams:
     illumination: str | tuple[str, ...] | Mapping[str, str] | None
     profiling: Profiling
     design: EvaluationDesign
+    cellprofiler: tuple[str, ...] = ()
     overridden: tuple[str, ...] = ()
 
     # -- construction -------------------------------------------------------------------------------
@@ -241,6 +245,7 @@ class RunParams:
 
     @classmethod
     def _from_values(cls, name: str, values: Mapping[str, Any], overridden: tuple[str, ...]) -> RunParams:
+        from .cellprofiler import resolve_groups
         from .models.registry import get_variant
         from .profiles.postprocess import resolve_chain
 
@@ -263,7 +268,8 @@ class RunParams:
             illumination=_illumination(values.get("illumination")),
             profiling=Profiling(aggregation=Aggregation.from_mapping(values.get("aggregation")),
                                 postprocess=resolve_chain(values.get("postprocess") or ())),
-            design=EvaluationDesign.from_mapping(values.get("design")), overridden=overridden)
+            design=EvaluationDesign.from_mapping(values.get("design")),
+            cellprofiler=resolve_groups(values.get("cellprofiler")), overridden=overridden)
 
     def replace(self, **overrides: Any) -> RunParams:
         """A copy with ``overrides`` applied as :meth:`resolve` applies them to the preset's defaults."""
@@ -287,7 +293,8 @@ class RunParams:
                 "label_name": self.label_name, **self.cells.kwargs(),
                 "segmentation": dataclasses.asdict(self.segmentation),
                 "aggregation": self.profiling.aggregation.kwargs(),
-                "postprocess": [s.to_dict() for s in self.profiling.postprocess], "design": self.design.to_dict()}
+                "postprocess": [s.to_dict() for s in self.profiling.postprocess], "design": self.design.to_dict(),
+                "cellprofiler": list(self.cellprofiler) or False}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON record: the flat keys, ``preset``, ``overridden`` and the resolved ``crop`` geometry."""
@@ -297,7 +304,8 @@ class RunParams:
     def embedding_parameters(self) -> dict[str, Any]:
         """The parameters that change embeddings, as plain JSON (a resumed run compares their digest)."""
         record = self.to_dict()
-        return {k: record[k] for k in _EMBEDDING_KEYS}
+        keys = (*_EMBEDDING_KEYS, "cellprofiler") if self.cellprofiler else _EMBEDDING_KEYS  # older shards stay valid
+        return {k: record[k] for k in keys}
 
     # -- per plate ----------------------------------------------------------------------------------
     def plan(self, plate: Plate, model_channels: Sequence[str] | str | None = None) -> PlatePlan:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._constants import Obs, Status
+from .._constants import Keys, Obs, Status
 from ..distributed.scheduler import Failure
 from ..errors import PlateNotFoundError
 from ..rundir import FieldId, RunPath
@@ -89,6 +89,8 @@ class JobPlan:
     plate_upper
         The plate's upper intensity bound per channel (``crop.plate_upper_percentile`` of its raw
         pixels, computed when the run was planned); None when the crop spec uses none.
+    cellprofiler
+        cp_measure feature groups measured on each kept cell in the CPU stage (empty: none).
     """
 
     plate_path: str
@@ -108,6 +110,7 @@ class JobPlan:
     model_plugin: str | None = None
     flatfield_path: RunPath | None = None
     plate_upper: tuple[float, ...] | None = None
+    cellprofiler: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ class FieldJob:
 
 @dataclass
 class PreparedField:
-    """Output of :func:`prepare_field`: crops (CPU mode) or the raw field and kept labels (device mode)."""
+    """Output of :func:`prepare_field`: crops (CPU mode) or the raw field and kept labels (device mode),
+    and the views measured on the CPU (name -> one row per kept label)."""
 
     cells: pd.DataFrame | None
     dropped: dict[str, list[int]]
@@ -148,6 +152,7 @@ class PreparedField:
     pixel_size: tuple[float, float] = (1.0, 1.0)
     segmented: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=32)
@@ -175,9 +180,10 @@ def _resolve_crop_on(crop_on: str) -> str:
     return "device" if resolve_device().startswith("cuda") else "cpu"
 
 
-def read_image(plate: Any, job: FieldJob) -> np.ndarray:
-    """A field's pixels as every stage sees them: flat-field corrected when the run corrects."""
-    image = plate.read_field(job.fid.well, job.fid.field)
+def read_image(plate: Any, job: FieldJob, raw: np.ndarray | None = None) -> np.ndarray:
+    """A field's pixels as every stage sees them: flat-field corrected when the run corrects (``raw``: the
+    field as stored, when already read)."""
+    image = plate.read_field(job.fid.well, job.fid.field) if raw is None else raw
     if job.plan.flatfield_path is not None:
         from ..illumination import apply_flatfield
 
@@ -207,13 +213,16 @@ def prepare_field(job: FieldJob) -> PreparedField:
     start = time.perf_counter()
     plan = job.plan
     plate = open_job_plate(job)
-    image = read_image(plate, job)
+    raw = np.asarray(plate.read_field(job.fid.well, job.fid.field))
+    image = read_image(plate, job, raw)
     labels, segmented = field_labels(plate, job, image)
     kept, dropped = filter_cells(labels, plate.pixel_size, **plan.cells.kwargs())
     pixel_size = tuple(float(v) for v in plate.pixel_size)
     prepared = PreparedField(cells=None, dropped={k: list(v) for k, v in dropped.items()}, seconds=0.0,
                              pixel_size=pixel_size, segmented=segmented,
                              meta={"fingerprint": job_fingerprint(plate, job), "labels": labels_place(plate, job)})
+    if plan.cellprofiler:
+        prepared.views[Keys.CELLPROFILER] = measure_field(raw, kept, plate.channel_names, job)
     if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
@@ -222,6 +231,16 @@ def prepare_field(job: FieldJob) -> PreparedField:
         prepared.crops, prepared.cells = crops, table[_CELL_COLUMNS].reset_index(drop=True)
     prepared.seconds = time.perf_counter() - start
     return prepared
+
+
+def measure_field(raw: np.ndarray, kept: np.ndarray, channels: Any, job: FieldJob) -> pd.DataFrame:
+    """CellProfiler measurements of a field's kept cells, from its stored pixels (over their dtype's
+    maximum, divided by the run's flat field when it corrects), one row per label."""
+    from ..cellprofiler import cellprofiler_pixels, measure_cells, scale_of
+
+    flat = None if job.plan.flatfield_path is None else _flatfield(job.plan.flatfield_path)
+    return measure_cells(cellprofiler_pixels(raw, flat), kept, [str(c) for c in channels], job.plan.cellprofiler,
+                         scale_max=scale_of(raw.dtype))
 
 
 @functools.lru_cache(maxsize=4)
@@ -419,10 +438,13 @@ def embed_group(previous: tuple[list[PreparedField | Failure], FieldGroup],
         for i, (crops, cells, dropped) in zip(owners, parts, strict=True):
             job, prep, n = group[i], prepared[i], int(crops.shape[0])
             share = seconds * n / total
+            labels = cells[Obs.LABEL].to_numpy()
+            views = {name: frame.loc[labels].reset_index(drop=True) for name, frame in prep.views.items()}
             out[i] = Shard(embedding[row:row + n], None if probabilities is None else probabilities[row:row + n],
                            cells, dropped,
                            {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.plan.digest,
-                            "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta})
+                            "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta},
+                           views)
             row += n
     return out, group  # type: ignore[return-value]
 

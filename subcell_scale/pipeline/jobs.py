@@ -75,7 +75,8 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan | None], params
             labels=files / Files.LABELS / plate.name if plate.name in labels_in_run else None, shards=root,
             digest=digest, crop_on=crop_on, flatfield_path=flatfield_file(plate, params.illumination,
                                                                           files / Files.FLATFIELD),
-            plate_upper=plate_upper_bounds(plate, params.crop, files / Files.INTENSITY) if embedding else None)
+            plate_upper=plate_upper_bounds(plate, params.crop, files / Files.INTENSITY) if embedding else None,
+            cellprofiler=params.cellprofiler if embedding else ())
         jobs.extend(FieldJob(FieldId(plate.name, well, str(fld)), shared)
                     for well in plate.wells for fld in plate.fields(well))
     return jobs
