@@ -117,3 +117,28 @@ def test_in_memory_cluster_and_flat_field_runs(demo, measured, tiny_spec, tiny_m
     assert _check_field(corrected, demo["plate"], "demo-plate-1", "A01", CHEAP, flat) > 0
     plain = embed_plate(demo["plate"], tiny_model, progress=False, **SMALL)
     assert Keys.CELLPROFILER not in plain.obsm and Keys.VIEWS not in plain.uns
+
+
+def test_shapes_agree_with_cellprofiler_on_a_real_site():
+    """CellProfiler's own AreaShape measurements of 5 cells of a real Cell Painting site (masks rebuilt
+    from its outlines): the shape groups agree; run ``benchmarks/cellprofiler_real.py`` for the table."""
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        import cellprofiler_real
+    finally:
+        sys.path.remove(str(benchmarks))
+    if not cellprofiler_real.SITE.is_dir():
+        pytest.skip(f"no real site at {cellprofiler_real.SITE}")
+    table, _ = cellprofiler_real.compare(cellprofiler_real.SITE)
+    found = cellprofiler_real.agreement(table)
+    for compartment in ("Cells", "Nuclei"):
+        assert found.loc[(compartment, "sizeshape"), "median_rel_diff"] < 0.002
+        assert found.loc[(compartment, "sizeshape"), "within_5pct"] > 0.95
+        assert found.loc[(compartment, "feret"), "within_5pct"] == 1.0
+        assert found.loc[(compartment, "zernike"), "median_abs_diff"] < 0.002
+    areas = table[table["feature"] == "Area"]
+    np.testing.assert_allclose(areas["ours"], areas["cellprofiler"], rtol=0.01)
