@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,7 @@ class RunContext:
     params: RunParams
     model: ResolvedModel
     platemap: Any = None
+    views: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def plan_of(self, plate_name: str) -> PlatePlan:
         return next(p for p in self.plans if p.name == plate_name)
@@ -214,7 +215,8 @@ def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, faile
         if shard.probabilities is not None:
             probs.append(shard.probabilities[order])
         for name, frame in shard.views.items():
-            views.setdefault(name, []).append(frame.iloc[order])
+            if len(frame):  # a field without cells may not know a model view's width
+                views.setdefault(name, []).append(frame.iloc[order])
     width = int(emb[0].shape[1]) if emb else default_width(context)
     X = np.concatenate(emb).astype(np.float32, copy=False) if emb else np.zeros((0, width), np.float32)
     localization = np.concatenate(probs).astype(np.float32, copy=False) if probs and len(probs) == len(emb) else None
@@ -298,6 +300,7 @@ def cells_anndata(obs: pd.DataFrame, spatial: np.ndarray, X: Any, localization: 
 def view_record(name: str, columns: Sequence[str], context: RunContext) -> dict[str, Any]:
     """``uns["views"][name]``: the view's columns and what made it."""
     record: dict[str, Any] = {"columns": [str(c) for c in columns]}
+    record.update(context.views.get(name, {}))
     if name == Keys.CELLPROFILER:
         record.update(kind="cellprofiler", groups=list(context.params.cellprofiler),
                       intensities="pixels / dtype max" + (", divided by the flat field"

@@ -93,9 +93,20 @@ class Run:
         self.failed: dict[str, str] = {}
         self._wells: dict[str, Any] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self.views = self._model_views()
         self.digest = "" if self.model is None else parameters_digest(
             {**spec.params.embedding_parameters(), "model": self.model.identity,
-             "segment_if_missing": bool(spec.segment_if_missing)})
+             "segment_if_missing": bool(spec.segment_if_missing),
+             **({"views": {v.name: v.describe() for v in self.views}} if self.views else {})})
+
+    def _model_views(self) -> tuple[Any, ...]:
+        """The run's model views, each saved for the workers into ``views/`` of the run (or its scratch)."""
+        if not self.spec.views:
+            return ()
+        from .modelview import VIEWS_FOLDER, prepare_views
+
+        folder = (self.store.root if self.store is not None else RunPath(self.scratch)) / VIEWS_FOLDER
+        return prepare_views(self.spec.views, folder, self.spec.params.crop.side_um)
 
     # -- opening and closing ------------------------------------------------------------------------
     @classmethod
@@ -209,7 +220,7 @@ class Run:
             return plan_jobs([self.plates[i]], [plans[i]], self.spec.params, root=self.root, scratch=self.scratch,
                              digest=self.digest, batch_size=batch_size, crop_on=self.spec.crop_on,
                              segment_if_missing=self.spec.segment_if_missing, overwrite=self.spec.overwrite,
-                             labels_in_run=self.labels_in_run, embedding=embedding)
+                             labels_in_run=self.labels_in_run, embedding=embedding, views=self.views)
 
         with ThreadPoolExecutor(max_workers=PLAN_AHEAD) as pool:
             ahead: deque[Any] = deque()
@@ -344,7 +355,8 @@ def embed(run: Run) -> AnnData:
     spec, params = run.spec, run.spec.params
     batch_size = settings.batch_size if spec.batch_size is None else spec.batch_size
     with run.stage("embed"):
-        context = RunContext(run.plates, run.plans, params, run.model, run.platemap)
+        context = RunContext(run.plates, run.plans, params, run.model, run.platemap,
+                             {v.name: v.describe() for v in run.views})
         per_task = spec.fields_per_task or fields_per_task(run.plates, run.plans, params, batch_size)
         store = run.store
         if store is not None:

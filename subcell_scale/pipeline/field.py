@@ -41,6 +41,7 @@ from ..store import Shard, encode_shard
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
     from ..models import SubCell
+    from ..modelview import ViewPlan
     from ..params import CellFilter
     from ..segment import SegmentParams
 
@@ -91,6 +92,9 @@ class JobPlan:
         pixels, computed when the run was planned); None when the crop spec uses none.
     cellprofiler
         cp_measure feature groups measured on each kept cell in the CPU stage (empty: none).
+    model_views
+        Users' models embedded in the CPU stage, each with the plate channel indices it reads
+        (:mod:`subcell_scale.modelview`).
     """
 
     plate_path: str
@@ -111,6 +115,7 @@ class JobPlan:
     flatfield_path: RunPath | None = None
     plate_upper: tuple[float, ...] | None = None
     cellprofiler: tuple[str, ...] = ()
+    model_views: tuple[tuple[ViewPlan, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,10 @@ def prepare_field(job: FieldJob) -> PreparedField:
                              meta={"fingerprint": job_fingerprint(plate, job), "labels": labels_place(plate, job)})
     if plan.cellprofiler:
         prepared.views[Keys.CELLPROFILER] = measure_field(raw, kept, plate.channel_names, job)
+    for view, channels in plan.model_views:
+        from ..modelview import embed_view
+
+        prepared.views[view.name] = embed_view(view, image, kept, pixel_size, channels)
     if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
