@@ -7,6 +7,7 @@ The public surface, as in scanpy::
     ss.run(...), ss.demo(...)                   the whole job into a run directory
     ss.read_config(...)                         a config file's run as Python keywords
     ss.embed_plate(...), ss.read_cells(...)     plates -> cells AnnData
+    ss.ModelView(...)                           a user's model embedded beside SubCell (a view)
     ss.segment_plate(...)                       labels for plates that have none
     ss.open_plate(...), ss.field_crops(...)     plates and the crops the model sees
     ss.get_client(...)                          a Dask cluster set up for embedding
@@ -36,6 +37,7 @@ _LAZY = {
     "SubCell": "subcell_scale.models",
     "ModelSpec": "subcell_scale.models",
     "RunParams": "subcell_scale.params",
+    "ModelView": "subcell_scale.modelview",
     "embed_plate": "subcell_scale.workflow",
     "segment_plate": "subcell_scale.workflow",
     "field_crops": "subcell_scale.pipeline",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .distributed import get_client
     from .io import Plate, make_demo_plate, open_plate, read_platemap
     from .models import ModelSpec, SubCell
+    from .modelview import ModelView
     from .params import RunParams
     from .pipeline import field_crops
     from .runspec import read_config
