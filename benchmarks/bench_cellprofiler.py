@@ -4,7 +4,8 @@ A worker measures its fields' kept cells on CPU threads while its GPU embeds. To
 needs ``seconds per field x fields per second`` cores for each group. This script synthesizes one
 field of each geometry with the demo generator (``"jump"``: 1080 px, 5 Cell Painting channels, about
 250 cells; ``"hpa"``: 2048 px, 4 channels, about 20 cells), times each group on it with
-:func:`subcell_scale.cellprofiler.measure_cells` (one thread, best of ``--repeat``), and converts to
+:func:`subcell_scale.cellprofiler.measure_cells` (CPU seconds of one thread, best of ``--repeat``: a
+measure of cores that other work on the machine does not inflate), and converts to
 cores per GPU at the GPU's embedding rate: ``--jump-fps`` JUMP fields per second (default 5; three
 478-px crops per cell), and for HPA the same crops per second at one 448-px crop per cell.
 
@@ -40,7 +41,7 @@ def synthetic_field(geometry: str, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 def time_groups(image: np.ndarray, labels: np.ndarray, channels: list[str], groups: tuple[str, ...],
                 repeat: int) -> dict[str, float]:
-    """Best-of-``repeat`` seconds of each group on one field."""
+    """Best-of-``repeat`` CPU seconds of each group on one field."""
     from subcell_scale.cellprofiler import cellprofiler_pixels, feature_names, measure_cells
 
     pixels = cellprofiler_pixels(image)
@@ -49,9 +50,10 @@ def time_groups(image: np.ndarray, labels: np.ndarray, channels: list[str], grou
         feature_names(tuple(channels), (group,))  # column names cached before timing, as in a run
         best = float("inf")
         for _ in range(repeat):
-            start = time.perf_counter()
+            start = time.process_time()
             measure_cells(pixels, labels, channels, (group,))
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.process_time() - start)
+        print(f"  {group}: {best:.2f} s", flush=True)
         out[group] = best
     return out
 
@@ -70,6 +72,7 @@ def main() -> None:
     for geometry in args.geometry:
         image, labels, channels = synthetic_field(geometry)
         n_cells = int(len(np.unique(labels)) - 1)
+        print(f"{geometry}: {image.shape}, {n_cells} cells", flush=True)
         cells_per_s = crops_per_s / 3 if geometry == "jump" else crops_per_s  # one pass per HPA cell
         seconds = time_groups(image, labels, channels, tuple(args.groups), args.repeat)
         for group, s in seconds.items():
