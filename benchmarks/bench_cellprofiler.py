@@ -29,7 +29,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def synthetic_field(geometry: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One field of the demo generator at ``geometry``: image (c, y, x) uint16, cell labels, channel names."""
-    from subcell_scale.io.demo import _plate_effects, layout_for, phenotypes, synthesize_field
+    from subcell_scale.io.demo import (
+        _plate_effects,
+        layout_for,
+        phenotypes,
+        synthesize_field,
+    )
 
     layout = layout_for(geometry)
     phenotype = next(iter(phenotypes(layout).values()))
@@ -42,7 +47,11 @@ def synthetic_field(geometry: str, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 def time_groups(image: np.ndarray, labels: np.ndarray, channels: list[str], groups: tuple[str, ...],
                 repeat: int) -> dict[str, float]:
     """Best-of-``repeat`` CPU seconds of each group on one field."""
-    from subcell_scale.cellprofiler import cellprofiler_pixels, feature_names, measure_cells
+    from subcell_scale.cellprofiler import (
+        cellprofiler_pixels,
+        feature_names,
+        measure_cells,
+    )
 
     pixels = cellprofiler_pixels(image)
     out = {}

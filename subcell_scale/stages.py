@@ -511,8 +511,8 @@ def make_profiles(cells: Any, recipe: Any, *, aggregated: bool = False, views: A
         source = read_cells(source)
     names = cell_views(source) if source is not None else []
     for name in names:
-        attach_view(profiles, aggregate(source, use_rep=name, **recipe.aggregation.kwargs()), name)
-        profiles.uns[Keys.VIEWS][name] = dict(source.uns[Keys.VIEWS][name])
+        attach_view(profiles, aggregate(source, use_rep=name, **recipe.aggregation.kwargs()), name,
+                    source.uns[Keys.VIEWS][name])
     if not recipe.postprocess:
         return profiles, None
     try:

@@ -41,9 +41,10 @@ def view_names(views: Sequence[str]) -> list[str]:
     return [SUBCELL, *views, "+".join([SUBCELL, *views])] if views else [SUBCELL]
 
 
-def attach_view(profiles: AnnData, view: AnnData, name: str) -> None:
+def attach_view(profiles: AnnData, view: AnnData, name: str, record: Mapping[str, Any] | None = None) -> None:
     """Put the profiles ``view`` (``X``: a view aggregated alike) into ``profiles.obsm[name]``, row by row
-    on the profile names, as a DataFrame named by its ``var_names``."""
+    on the profile names, as a DataFrame named by its ``var_names``; ``record`` (what made the view,
+    from the cells' ``uns["views"]``) goes to ``profiles.uns["views"][name]``."""
     missing = profiles.obs_names.difference(view.obs_names)
     if len(missing):
         msg = f"view {name!r}: no profile for {list(missing[:5])}"
@@ -51,8 +52,7 @@ def attach_view(profiles: AnnData, view: AnnData, name: str) -> None:
     rows = view.obs_names.get_indexer(profiles.obs_names)
     profiles.obsm[name] = pd.DataFrame(np.asarray(view.X)[rows], index=profiles.obs_names,
                                        columns=[str(v) for v in view.var_names])
-    entry = dict((view.uns.get(Keys.VIEWS) or {}).get(name) or {})
-    profiles.uns[Keys.VIEWS] = {**dict(profiles.uns.get(Keys.VIEWS) or {}), name: entry}
+    profiles.uns[Keys.VIEWS] = {**dict(profiles.uns.get(Keys.VIEWS) or {}), name: dict(record or {})}
 
 
 def concatenated(profiles: AnnData, views: Sequence[str]) -> AnnData:

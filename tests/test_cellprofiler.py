@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("cp_measure")
 
-from cp_measure.featurizer import featurize, make_featurizer_config  # noqa: E402
+from cp_measure.featurizer import featurize, make_featurizer_config
 
-from subcell_scale import embed_plate, read_cells  # noqa: E402
-from subcell_scale._constants import Keys  # noqa: E402
-from subcell_scale.cellprofiler import DEFAULT_GROUPS, GROUPS, resolve_groups  # noqa: E402
-from subcell_scale.errors import ConfigError  # noqa: E402
-from subcell_scale.io import open_plate  # noqa: E402
+from subcell_scale import embed_plate, read_cells
+from subcell_scale._constants import Keys
+from subcell_scale.cellprofiler import DEFAULT_GROUPS, GROUPS, resolve_groups
+from subcell_scale.errors import ConfigError
+from subcell_scale.io import open_plate
 
 SMALL = {"out_size": 32}
 CHEAP = ["sizeshape", "intensity", "correlation_pearson"]

@@ -213,6 +213,7 @@ def prepare_field(job: FieldJob) -> PreparedField:
         No ``label_name`` labels with ``segment_if_missing=False`` (not retried: it would fail again).
     """
     from ..cells import extract_cells
+    from ..modelview import embed_view
     from ..segment import filter_cells
 
     start = time.perf_counter()
@@ -229,8 +230,6 @@ def prepare_field(job: FieldJob) -> PreparedField:
     if plan.cellprofiler:
         prepared.views[Keys.CELLPROFILER] = measure_field(raw, kept, plate.channel_names, job)
     for view, channels in plan.model_views:
-        from ..modelview import embed_view
-
         prepared.views[view.name] = embed_view(view, image, kept, pixel_size, channels)
     if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
