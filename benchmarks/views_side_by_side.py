@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--published", action="store_true", help="the published weights from the model cache")
     args = parser.parse_args()
     for preset, channels, extra in (("hpa", 4, {}), ("jump-cellpainting", 3, {"out_size": 224})):
-        model = None if args.published else ss.ModelSpec("random", config={**SMALL, "num_channels": channels},
-                                                          seed=0, n_classifiers=1)
+        variant = ss.RunParams.resolve(preset).variant
+        model = None if args.published else ss.ModelSpec("random", variant=variant, seed=0, n_classifiers=1,
+                                                          config={**SMALL, "num_channels": channels})
         out = args.out / preset
         result = ss.demo(out, preset=preset, model=model, cellprofiler=True, progress=False, **extra)
         summary = pd.read_csv(out / "metrics" / "summary.csv")
