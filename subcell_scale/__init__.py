@@ -12,6 +12,7 @@ The public surface, as in scanpy::
     ss.open_plate(...), ss.field_crops(...)     plates and the crops the model sees
     ss.get_client(...)                          a Dask cluster set up for embedding
     ss.profiles, ss.metrics                     well profiles and their evaluation
+    ss.cellprofiler, ss.views                   CellProfiler measurements; views side by side
     ss.tl, ss.pl                                computing on AnnData, and drawing what was computed
     ss.datasets                                 demo plates
     ss.settings                                 session-wide defaults
@@ -48,13 +49,13 @@ _LAZY = {
     "get_client": "subcell_scale.distributed",
 }
 _SUBMODULES = {"io", "models", "profiles", "metrics", "tl", "pl", "datasets", "distributed", "segment", "cells",
-               "presets", "params", "illumination", "errors"}
+               "presets", "params", "illumination", "errors", "cellprofiler", "views"}
 
 __all__ = [*_LAZY, *sorted(_SUBMODULES), "settings", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import (cells, datasets, distributed, errors, illumination, io, metrics, models, params, pl, presets,
-                   profiles, segment, tl)
+    from . import (cellprofiler, cells, datasets, distributed, errors, illumination, io, metrics, models, params, pl,
+                   presets, profiles, segment, tl, views)
     from .cellstore import read_cells
     from .distributed import get_client
     from .io import Plate, make_demo_plate, open_plate, read_platemap

@@ -25,7 +25,8 @@ from ._constants import Keys
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-__all__ = ["SUBCELL", "attach_view", "cell_views", "concatenated", "evaluate_views", "side_by_side", "view_names"]
+__all__ = ["SUBCELL", "attach_view", "cell_views", "concatenated", "evaluate_views", "side_by_side", "summary_of",
+           "view_names"]
 
 SUBCELL = "subcell"
 """The name of ``X`` (SubCell's embedding) among the views."""
