@@ -106,7 +106,7 @@ def views(
     width = 0.8 / max(1, len(names))
     fig = _new_figure(max(5.0, 1.0 + len(groups) * (0.5 + 0.35 * len(names))), 4.0)
     ax = fig.subplots()
-    palette = category_colors(names)
+    palette = {name: colormaps["tab10"](i % 10) for i, name in enumerate(names)}  # SubCell first, same colour
     x = np.arange(len(groups))
     for i, name in enumerate(names):
         values = table.iloc[i].to_numpy(dtype=float)
