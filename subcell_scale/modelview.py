@@ -11,7 +11,7 @@ worker's CPU threads in the prepare stage; its outputs land in ``obsm[name]`` (c
 
 The model reaches workers as a file, never inside the task graph: a module is compiled to
 TorchScript (scripted, else traced on one crop) and saved, like a TorchScript file given by path,
-into the run directory (``views/<name>.pt``), whose sha256 joins the run's parameters (resume).
+into the run directory (``views/<name>-<sha256>.pt``), whose sha256 joins the run's parameters (resume).
 
 Example
 -------
@@ -155,9 +155,11 @@ def prepare_views(views: Sequence[ModelView], folder: RunPath, side_um: float) -
         crop = CropSpec(crop_um=side, model_pixel_size=side / int(view.size), out_size=int(view.size),
                         mask_mode=view.mask_mode, normalization=view.normalization)
         data = _torchscript_bytes(view, len(channels))
-        path = folder / f"{view.name}.pt"
-        path.write_bytes(data)
-        plans.append(ViewPlan(view.name, path, hashlib.sha256(data).hexdigest(), crop, channels,
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = folder / f"{view.name}-{sha256[:12]}.pt"  # by content: a refused run replaces no run's file
+        if not path.exists():
+            path.write_bytes(data)
+        plans.append(ViewPlan(view.name, path, sha256, crop, channels,
                               None if view.mean is None else tuple(float(v) for v in view.mean),
                               None if view.std is None else tuple(float(v) for v in view.std), int(view.batch_size)))
     return tuple(plans)

@@ -70,7 +70,7 @@ def test_the_view_is_the_module_on_crops_cut_alike(demo, tiny_model, tmp_path):
     assert list(table["label"]) == list(labels)
     np.testing.assert_allclose(view.to_numpy()[rows], expected, rtol=1e-5, atol=1e-6)
     pd.testing.assert_frame_equal(read_cells(tmp_path / "run").obsm["mine"], view)
-    assert (tmp_path / "run" / "views" / "mine.pt").is_file()
+    assert (tmp_path / "run" / "views" / f"mine-{record['sha256'][:12]}.pt").is_file()
 
 
 def test_a_torchscript_file_gives_the_same_view_and_a_new_model_is_a_new_run(demo, tiny_model, tmp_path):
