@@ -479,10 +479,17 @@ def open_zarr(path: RunPath, obs: pd.DataFrame | None = None, *, plates: Sequenc
 
 def views_as_frames(adata: AnnData) -> AnnData:
     """Each view of ``uns["views"]`` in ``obsm`` as a DataFrame with its named columns (stored as a
-    float32 matrix: one array, chunked by rows like ``X``)."""
+    float32 matrix: one array, chunked by rows like ``X``). A view larger than
+    :attr:`subcell_scale.settings.memory_budget` stays in the store (a dask array; its column names in
+    ``uns["views"]``), so opening a screen's store does not read every cell's measurements."""
+    from ._settings import settings
+
     for name, record in (adata.uns.get(Keys.VIEWS) or {}).items():
         value = adata.obsm.get(name)
-        if value is not None and not isinstance(value, pd.DataFrame):
+        if value is not None and hasattr(value, "dask") and value.nbytes > settings.memory_budget:
+            log.info("obsm[%r] (%.1f GB) left in the store; its columns are uns['views'][%r]['columns']",
+                     name, value.nbytes / 1e9, name)
+        elif value is not None and not isinstance(value, pd.DataFrame):
             adata.obsm[name] = pd.DataFrame(np.asarray(value), index=adata.obs_names,
                                             columns=[str(c) for c in record["columns"]])
     return adata

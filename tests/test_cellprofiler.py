@@ -98,6 +98,20 @@ def test_the_view_streams_into_the_store_and_resumes(demo, measured, tiny_model)
     pd.testing.assert_frame_equal(loaded.obsm[Keys.CELLPROFILER], adata.obsm[Keys.CELLPROFILER])
     one = read_cells(out, plates=["demo-plate-2"])
     assert one.obsm[Keys.CELLPROFILER].shape[0] == one.n_obs > 0
+    # a view above the memory budget stays in the store, and profiles the same
+    from subcell_scale import settings
+    from subcell_scale.profiles import aggregate
+
+    previous = settings.memory_budget
+    settings.memory_budget = 1000
+    try:
+        lazy = read_cells(out)
+    finally:
+        settings.memory_budget = previous
+    assert not isinstance(lazy.obsm[Keys.CELLPROFILER], pd.DataFrame)
+    a, b = aggregate(lazy, use_rep=Keys.CELLPROFILER), aggregate(back, use_rep=Keys.CELLPROFILER)
+    assert list(a.var_names) == list(b.var_names) == list(back.obsm[Keys.CELLPROFILER].columns)
+    np.testing.assert_array_equal(a.X, b.X)
     shards = sorted((out / "shards").rglob("*.npz"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}
     again = embed_plate(demo["plates"], tiny_model, out=out, platemap=demo["platemap"], progress=False,
