@@ -13,6 +13,8 @@ class Keys:
     PROFILING = "profiling"  # uns: steps applied to profiles, in order
     N_CELLS = "n_cells"  # obs of profiles: cells aggregated into the row
     N_PROFILES = "n_profiles"  # obs of consensus profiles: replicate profiles combined into the row
+    CELLPROFILER = "cellprofiler"  # obsm: CellProfiler measurements (cp_measure column names)
+    VIEWS = "views"  # uns: each obsm view beside X -> its columns and how it was made
 
 
 class Obs:

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,7 @@ class RunContext:
     params: RunParams
     model: ResolvedModel
     platemap: Any = None
+    views: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def plan_of(self, plate_name: str) -> PlatePlan:
         return next(p for p in self.plans if p.name == plate_name)
@@ -214,17 +215,27 @@ def schema_of(context: RunContext) -> ObsSchema:
 def assemble(fields: Sequence[tuple[FieldId, Shard]], context: RunContext, failed: Sequence[str]) -> AnnData:
     """Concatenate the fields' shards, in the order given, into the cells AnnData (held in memory)."""
     pieces, emb, probs = [], [], []
+    views: dict[str, list[pd.DataFrame]] = {}
     for fid, shard in fields:
         order = sorted_cells(shard.cells)
         pieces.append((fid, shard.cells.iloc[order].reset_index(drop=True)))
         emb.append(shard.embedding[order])
         if shard.probabilities is not None:
             probs.append(shard.probabilities[order])
+        for name, frame in shard.views.items():
+            if len(frame):  # a field without cells may not know a model view's width
+                views.setdefault(name, []).append(frame.iloc[order])
     width = int(emb[0].shape[1]) if emb else default_width(context)
     X = np.concatenate(emb).astype(np.float32, copy=False) if emb else np.zeros((0, width), np.float32)
     localization = np.concatenate(probs).astype(np.float32, copy=False) if probs and len(probs) == len(emb) else None
     obs, spatial = schema_of(context).frame(pieces)
-    return cells_anndata(obs, spatial, X, localization, width, context, failed, classes=localization is not None)
+    columns = {name: list(frames[0].columns) for name, frames in views.items()}
+    adata = cells_anndata(obs, spatial, X, localization, width, context, failed, classes=localization is not None,
+                          views=columns)
+    for name, frames in views.items():
+        adata.obsm[name] = pd.DataFrame(np.concatenate([f.to_numpy(np.float32) for f in frames]),
+                                        index=obs.index, columns=columns[name])
+    return adata
 
 
 def plate_cells(fields: Sequence[tuple[FieldId, Any, int]], plate: Plate, pixel_size: Sequence[float],
@@ -267,11 +278,13 @@ def default_width(context: RunContext) -> int:
 
 def cells_anndata(obs: pd.DataFrame, spatial: np.ndarray, X: Any, localization: Any, width: int,
                   context: RunContext, failed: Sequence[str], *, classes: bool,
-                  plate_rows: Mapping[str, Sequence[int]] | None = None) -> AnnData:
+                  plate_rows: Mapping[str, Sequence[int]] | None = None,
+                  views: Mapping[str, Sequence[str]] | None = None) -> AnnData:
     """The cells AnnData around ``X`` and ``localization`` (either may be None: a store writes them itself).
 
     ``classes`` records the localization class names; ``plate_rows`` each plate's rows (default: from
-    ``obs["plate"]``, whose rows are contiguous per plate).
+    ``obs["plate"]``, whose rows are contiguous per plate); ``views`` the columns of each other view
+    of the cells (``uns["views"]``; the caller puts the values in ``obsm``).
     """
     import anndata as ad
 
@@ -287,7 +300,20 @@ def cells_anndata(obs: pd.DataFrame, spatial: np.ndarray, X: Any, localization: 
     if plate_rows is None:
         plate_rows = _plate_rows(obs)
     adata.uns[Keys.PROVENANCE][PLATE_ROWS] = {k: [int(a), int(b)] for k, (a, b) in plate_rows.items()}
+    if views:
+        adata.uns[Keys.VIEWS] = {name: view_record(name, columns, context) for name, columns in views.items()}
     return adata
+
+
+def view_record(name: str, columns: Sequence[str], context: RunContext) -> dict[str, Any]:
+    """``uns["views"][name]``: the view's columns and what made it."""
+    record: dict[str, Any] = {"columns": [str(c) for c in columns]}
+    record.update(context.views.get(name, {}))
+    if name == Keys.CELLPROFILER:
+        record.update(kind="cellprofiler", groups=list(context.params.cellprofiler),
+                      intensities="pixels / dtype max" + (", divided by the flat field"
+                                                          if context.params.illumination else ""))
+    return record
 
 
 def _plate_rows(obs: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -390,11 +416,11 @@ def read_cells(run: str | os.PathLike[str] | RunPath, *, plates: Sequence[str] |
     if path.name.endswith(".h5ad"):
         with path.local_copy() as local:  # a cells.h5ad on object storage is read whole
             adata = ad.read_h5ad(local) if load or not path.is_local else ad.read_h5ad(local, backed="r")
-        return adata if plates is None else _plates_of(adata, plates, path)
+        return views_as_frames(adata if plates is None else _plates_of(adata, plates, path))
     if plates is not None:
         return open_zarr(path, plates=plates, load=load)
     if load:
-        return ad.read_zarr(path.zarr_store(read_only=True))
+        return views_as_frames(ad.read_zarr(path.zarr_store(read_only=True)))
     return open_zarr(path, lazy=lazy)
 
 
@@ -456,7 +482,25 @@ def open_zarr(path: RunPath, obs: pd.DataFrame | None = None, *, plates: Sequenc
     if obs is None:
         obs = read_elem(group["obs"]) if rows is None else _obs_rows(group["obs"], rows)
     adata = ad.AnnData(X=X, obs=obs, var=read_elem(group["var"]), uns=uns, obsm=obsm)
-    return adata.to_memory() if load else adata
+    return views_as_frames(adata.to_memory() if load else adata)
+
+
+def views_as_frames(adata: AnnData) -> AnnData:
+    """Each view of ``uns["views"]`` in ``obsm`` as a DataFrame with its named columns (stored as a
+    float32 matrix: one array, chunked by rows like ``X``). A view larger than
+    :attr:`subcell_scale.settings.memory_budget` stays in the store (a dask array; its column names in
+    ``uns["views"]``), so opening a screen's store does not read every cell's measurements."""
+    from ._settings import settings
+
+    for name, record in (adata.uns.get(Keys.VIEWS) or {}).items():
+        value = adata.obsm.get(name)
+        if value is not None and hasattr(value, "dask") and value.nbytes > settings.memory_budget:
+            log.info("obsm[%r] (%.1f GB) left in the store; its columns are uns['views'][%r]['columns']",
+                     name, value.nbytes / 1e9, name)
+        elif value is not None and not isinstance(value, pd.DataFrame):
+            adata.obsm[name] = pd.DataFrame(np.asarray(value), index=adata.obs_names,
+                                            columns=[str(c) for c in record["columns"]])
+    return adata
 
 
 def _obs_rows(group: Any, rows: np.ndarray) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 :func:`stream_cells` writes ``cells.zarr`` from the fields' shards without holding the run: the rows
 are cut into chunks (:data:`CHUNK_BYTES` of ``X``); a few threads each read the shards a chunk's rows
-come from and write that chunk of ``X`` and ``obsm["localization"]``, and hand the chunk's cell
+come from and write that chunk of ``X``, ``obsm["localization"]`` and the views, and hand the chunk's cell
 tables back, from which this thread writes ``obs`` and ``obsm["spatial"]`` in row order. Memory
 stays a few chunks and one ``obs`` buffer, whatever the number of cells or plates; ``obs`` columns,
 categories and dtypes come from the run's plates and platemap (:class:`~subcell_scale.cellstore.ObsSchema`).
@@ -35,7 +35,7 @@ from .cellstore import (ObsSchema, RunContext, cells_anndata, cells_name, defaul
                         schema_of, sorted_cells)
 from .errors import ConfigError, RunDirectoryError, resource_error
 from .rundir import FieldId, RunPath
-from .store import read_shard, read_shard_cells
+from .store import read_shard, read_shard_cells, shard_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -142,6 +142,7 @@ class _Layout:
     n_prob: int | None
     plate_rows: dict[str, tuple[int, int]]
     schema: ObsSchema
+    views: dict[str, list[str]]
 
     @classmethod
     def of(cls, fields: FieldSource, context: RunContext) -> _Layout:
@@ -154,7 +155,7 @@ class _Layout:
             span[1] = rows
             if first is None and n:
                 first = fid, path
-        width, n_prob = default_width(context), None
+        width, n_prob, views = default_width(context), None, {}
         if first is not None:
             try:
                 _, shapes = read_shard_cells(first[1])
@@ -162,8 +163,14 @@ class _Layout:
                 raise DamagedShards({first[0]: _reason(first[1], exc)}) from exc
             width = int(shapes["embedding"][1])
             n_prob = int(shapes["probabilities"][1]) if "probabilities" in shapes else None
+            views = (shard_meta(first[1]) or {}).get("views", {})
         spans = {k: (a, b) for k, (a, b) in plate_rows.items() if b > a}
-        return cls(rows, width, n_prob, spans, schema_of(context))
+        return cls(rows, width, n_prob, spans, schema_of(context), views)
+
+    def matrices(self) -> dict[str, int]:
+        """Every row-chunked float32 matrix of the store, by path, with its width."""
+        return {"X": self.width, **({f"obsm/{Keys.LOCALIZATION}": self.n_prob} if self.n_prob else {}),
+                **{f"obsm/{name}": len(columns) for name, columns in self.views.items()}}
 
     @property
     def chunk_rows(self) -> int:
@@ -197,13 +204,19 @@ def _chunks(fields: Iterable[tuple[FieldId, Any, int]], rows: int) -> Iterator[t
         yield lo, lo + sum(p.b - p.a for p in pieces), pieces
 
 
-def _read_chunk(pieces: Sequence[_Piece], with_probabilities: bool
-                ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[FieldId, pd.DataFrame]], dict[FieldId, str]]:
-    """A chunk's rows of ``X`` (and localization) and its cell tables, read from its shards."""
-    embeddings, probabilities, tables, damaged = [], [], [], {}
+def _read_chunk(pieces: Sequence[_Piece], layout: _Layout
+                ) -> tuple[dict[str, np.ndarray], list[tuple[FieldId, pd.DataFrame]], dict[FieldId, str]]:
+    """A chunk's rows of every matrix (by store path: ``X``, localization, views) and its cell tables,
+    read from its shards."""
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in layout.matrices()}
+    tables, damaged = [], {}
     for piece in pieces:
         try:
             shard = read_shard(piece.path)
+            order = sorted_cells(shard.cells)[piece.a:piece.b]
+            missing = [name for name in layout.views if name not in shard.views]
+            if missing:
+                raise RunDirectoryError(f"results shard {piece.path} lacks view(s) {missing}")
         except RunDirectoryError as exc:
             damaged[piece.fid] = _reason(piece.path, exc)
             continue
@@ -211,16 +224,15 @@ def _read_chunk(pieces: Sequence[_Piece], with_probabilities: bool
         if held != (piece.fid.plate, piece.fid.well, piece.fid.field):  # a shard copied or moved over another
             damaged[piece.fid] = f"{piece.path}: holds the cells of {'/'.join(held)}"
             continue
-        order = sorted_cells(shard.cells)[piece.a:piece.b]
-        embeddings.append(shard.embedding[order])
-        if with_probabilities:
-            probabilities.append(shard.probabilities[order])
+        rows["X"].append(shard.embedding[order])
+        if layout.n_prob:
+            rows[f"obsm/{Keys.LOCALIZATION}"].append(shard.probabilities[order])
+        for name in layout.views:
+            rows[f"obsm/{name}"].append(shard.views[name].to_numpy(np.float32)[order])
         tables.append((piece.fid, shard.cells.iloc[order].reset_index(drop=True)))
     if damaged:
-        return np.zeros((0, 0), np.float32), None, [], damaged
-    x = np.concatenate(embeddings).astype(np.float32, copy=False)
-    p = np.concatenate(probabilities).astype(np.float32, copy=False) if with_probabilities else None
-    return x, p, tables, damaged
+        return {}, [], damaged
+    return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in rows.items()}, tables, damaged
 
 
 def _write_zarr_from_shards(layout: _Layout, fields: FieldSource, context: RunContext, failed: Sequence[str],
@@ -232,19 +244,17 @@ def _write_zarr_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
         _write_skeleton(layout, context, failed, staging)
         target.put_tree(staging, skip=_ROOT_METADATA)
         store = target.zarr_store(read_only=False)  # the root metadata is not there yet: nodes by path
-        x = zarr.open_array(store, path="X", mode="r+")
-        loc = zarr.open_array(store, path=f"obsm/{Keys.LOCALIZATION}", mode="r+") if layout.n_prob is not None else None
+        arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in layout.matrices()}
         obs = _ObsWriter(zarr.open_group(store, path="obs", mode="r+", use_consolidated=False),
                          zarr.open_array(store, path=f"obsm/{Keys.SPATIAL}", mode="r+"), layout.schema)
         damaged: dict[FieldId, str] = {}
 
         def copy(lo: int, hi: int, pieces: list[_Piece]) -> tuple[list[tuple[FieldId, pd.DataFrame]], dict]:
-            rows_x, rows_p, tables, bad = _read_chunk(pieces, loc is not None)
+            rows, tables, bad = _read_chunk(pieces, layout)
             if not bad:
-                x[lo:hi] = rows_x
-                if loc is not None:
-                    loc[lo:hi] = rows_p
-            del rows_x, rows_p
+                for name, values in rows.items():
+                    arrays[name][lo:hi] = values
+            del rows
             trim_heap()
             return tables, bad
 
@@ -281,14 +291,13 @@ def _write_skeleton(layout: _Layout, context: RunContext, failed: Sequence[str],
 
     obs, spatial = layout.schema.frame([])
     adata = cells_anndata(obs, spatial, None, None, layout.width, context, failed,
-                          classes=layout.n_prob is not None, plate_rows=layout.plate_rows)
+                          classes=layout.n_prob is not None, plate_rows=layout.plate_rows, views=layout.views)
     with quiet_consolidation(), ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
         adata.write_zarr(folder)
     group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
     n = layout.n_rows
     compressor = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-    matrices = {"X": layout.width, **({f"obsm/{Keys.LOCALIZATION}": layout.n_prob} if layout.n_prob else {})}
-    for name, width in matrices.items():
+    for name, width in layout.matrices().items():
         array = group.create_array(name, shape=(n, width), chunks=(layout.chunk_rows, width), dtype="float32",
                                    compressors=compressor, overwrite=True)
         array.attrs.update(_DENSE)
@@ -378,26 +387,23 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     obs, spatial = layout.schema.frame(pieces)
     del pieces
     adata = cells_anndata(obs, spatial, None, None, layout.width, context, failed,
-                          classes=layout.n_prob is not None, plate_rows=layout.plate_rows)
+                          classes=layout.n_prob is not None, plate_rows=layout.plate_rows, views=layout.views)
     path = root / cells_name("h5ad")
     new = root / f".{path.name}.new"
     adata.write_h5ad(new.local)
     trim_heap()
     try:
         with h5py.File(new.local, "a") as handle:
-            names = {"X": layout.width, **({f"obsm/{Keys.LOCALIZATION}": layout.n_prob} if layout.n_prob else {})}
             targets = {}
-            for name, width in names.items():
+            for name, width in layout.matrices().items():
                 chunk = (max(1, min(layout.chunk_rows, layout.n_rows)), width)
                 targets[name] = handle.create_dataset(name, shape=(layout.n_rows, width), dtype="float32", chunks=chunk)
                 targets[name].attrs.update(_DENSE)
             for lo, hi, chunk_pieces in _chunks(fields(), layout.chunk_rows):  # h5py writes from one thread
-                rows_x, rows_p, _, bad = _read_chunk(chunk_pieces, layout.n_prob is not None)
+                rows, _, bad = _read_chunk(chunk_pieces, layout)
                 damaged.update(bad)
-                if not bad:
-                    targets["X"][lo:hi] = rows_x
-                    if rows_p is not None:
-                        targets[f"obsm/{Keys.LOCALIZATION}"][lo:hi] = rows_p
+                for name, values in rows.items():
+                    targets[name][lo:hi] = values
         if damaged:
             raise DamagedShards(damaged)
     except BaseException:

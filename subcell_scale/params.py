@@ -179,6 +179,9 @@ class RunParams:
         Aggregation and post-processing of well profiles.
     design
         What the evaluation computes (:func:`subcell_scale.metrics.evaluate_profiles`).
+    cellprofiler
+        cp_measure feature groups measured on each kept cell (empty: none; see
+        :mod:`subcell_scale.cellprofiler`).
     overridden
         Preset keys whose value was changed by an override.
     """
@@ -194,6 +197,7 @@ class RunParams:
     illumination: str | tuple[str, ...] | Mapping[str, str] | None
     profiling: Profiling
     design: EvaluationDesign
+    cellprofiler: tuple[str, ...] = ()
     overridden: tuple[str, ...] = ()
     nonfinite: str = "fail"
 
@@ -247,6 +251,7 @@ class RunParams:
 
     @classmethod
     def _from_values(cls, name: str, values: Mapping[str, Any], overridden: tuple[str, ...]) -> RunParams:
+        from .cellprofiler import resolve_groups
         from .models.registry import get_variant
         from .profiles.postprocess import resolve_chain
 
@@ -272,7 +277,8 @@ class RunParams:
             illumination=_illumination(values.get("illumination")),
             profiling=Profiling(aggregation=Aggregation.from_mapping(values.get("aggregation")),
                                 postprocess=resolve_chain(values.get("postprocess") or ())),
-            design=EvaluationDesign.from_mapping(values.get("design")), overridden=overridden, nonfinite=nonfinite)
+            design=EvaluationDesign.from_mapping(values.get("design")),
+            cellprofiler=resolve_groups(values.get("cellprofiler")), overridden=overridden, nonfinite=nonfinite)
 
     def replace(self, **overrides: Any) -> RunParams:
         """A copy with ``overrides`` applied as :meth:`resolve` applies them to the preset's defaults."""
@@ -296,7 +302,8 @@ class RunParams:
                 "label_name": self.label_name, **self.cells.kwargs(), "nonfinite": self.nonfinite,
                 "segmentation": dataclasses.asdict(self.segmentation),
                 "aggregation": self.profiling.aggregation.kwargs(),
-                "postprocess": [s.to_dict() for s in self.profiling.postprocess], "design": self.design.to_dict()}
+                "postprocess": [s.to_dict() for s in self.profiling.postprocess], "design": self.design.to_dict(),
+                "cellprofiler": list(self.cellprofiler) or False}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON record: the flat keys, ``preset``, ``overridden`` and the resolved ``crop`` geometry."""
@@ -306,7 +313,8 @@ class RunParams:
     def embedding_parameters(self) -> dict[str, Any]:
         """The parameters that change embeddings, as plain JSON (a resumed run compares their digest)."""
         record = self.to_dict()
-        kept = {k: record[k] for k in _EMBEDDING_KEYS}
+        keys = (*_EMBEDDING_KEYS, "cellprofiler") if self.cellprofiler else _EMBEDDING_KEYS  # older shards stay valid
+        kept = {k: record[k] for k in keys}
         if self.nonfinite != "fail":  # the default leaves finite fields as they were: their shards still count
             kept["nonfinite"] = self.nonfinite
         return kept

@@ -73,6 +73,61 @@ _WELL_AGGREGATES = ("sum", "mean", "median", "max", "min")
 _PathLike = str | os.PathLike[str]
 
 
+def views(
+    summary: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = ("mAP", "fraction_retrieved", "accuracy@1"),
+    title: str = "Views side by side",
+    save: _PathLike | None = None,
+) -> Figure:
+    """Grouped bars: one group per design and metric (replicate mAP, MoA mAP, k-NN accuracy ...), one
+    bar per view (SubCell, CellProfiler, both, a user's model), each labelled with its value.
+
+    Parameters
+    ----------
+    summary
+        A run's ``metrics/summary.csv`` with its ``view`` column
+        (:func:`subcell_scale.views.evaluate_views`).
+    metrics
+        Summary metrics shown (every design that reports them).
+    title
+        Figure title.
+    save
+        Also write the figure to this path.
+    """
+    from .views import side_by_side
+
+    _require(summary, ["view", "design", "metric", "value"], "views")
+    table = side_by_side(summary, metrics)
+    if isinstance(table.index, pd.MultiIndex):  # several cell types: one bar per view and cell type
+        table.index = [" ".join(str(v) for v in key) for key in table.index]
+    names = [str(v) for v in table.index]
+    groups = list(table.columns)
+    width = 0.8 / max(1, len(names))
+    fig = _new_figure(max(5.0, 1.0 + len(groups) * (0.5 + 0.35 * len(names))), 4.0)
+    ax = fig.subplots()
+    palette = {name: colormaps["tab10"](i % 10) for i, name in enumerate(names)}  # SubCell first, same colour
+    x = np.arange(len(groups))
+    for i, name in enumerate(names):
+        values = table.iloc[i].to_numpy(dtype=float)
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, np.nan_to_num(values), width * 0.95,
+                      color=palette[name], label=name)
+        for bar, value in zip(bars, values, strict=True):
+            if np.isfinite(value):
+                ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.2f}", ha="center",
+                        va="bottom", fontsize=7, rotation=90 if len(names) > 3 else 0)
+    ax.set_xticks(x, [g.replace("_", " ") for g in groups], rotation=25, ha="right")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("value")
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="y", color="#e6e6e6", linewidth=0.8)
+    ax.set_axisbelow(True)
+    _legend_outside(ax, ax.get_legend_handles_labels()[0], "view")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _finish(fig, save)
+
+
 # --------------------------------------------------------------------------------------------------
 # shared helpers
 

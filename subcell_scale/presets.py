@@ -99,6 +99,11 @@ postprocess
     The chain of :func:`subcell_scale.profiles.postprocess`: a list of steps (``{"step": "normalize",
     "method": ..., "reference": <pandas query on obs>, "by": <column fitted separately>, ...}``), run
     separately per ``obs["cell_type"]`` when present; or the name of a chain in :data:`CHAINS`.
+cellprofiler
+    CellProfiler measurements of each kept cell, in the same pass (``obsm["cellprofiler"]``): False (off),
+    True (the cheap default feature groups), ``"all"`` or a list of cp_measure feature groups
+    (:mod:`subcell_scale.cellprofiler`). Profiles and metrics are then made for SubCell, CellProfiler
+    and both together, side by side.
 design
     Fields of :class:`subcell_scale.metrics.EvaluationDesign` for
     :func:`subcell_scale.metrics.evaluate_profiles` (pair rules, negative controls, usable MoAs,
@@ -125,6 +130,7 @@ _COMMON: dict[str, Any] = {
     "drop_border": True,
     "nonfinite": "fail",
     "segmentation": {},
+    "cellprofiler": False,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

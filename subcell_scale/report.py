@@ -501,6 +501,12 @@ def _metrics_section(metrics: Mapping[str, pd.DataFrame]) -> str:
         return 3, name
 
     parts = []
+    summary = metrics.get("summary")
+    if summary is not None and "view" in summary.columns and len(summary):
+        from .views import side_by_side
+
+        parts.append(f"<h3>Views side by side <span class='note'>({Files.METRICS}/summary.csv; each view's tables "
+                     f"in {Files.METRICS}/views/)</span></h3>" + _table(side_by_side(summary).round(3), index=True))
     for name, table in sorted(metrics.items(), key=rank):
         header = f"<h3>{_e(name)} <span class='note'>({Files.METRICS}/{_e(name)}.csv)</span></h3>"
         lead = ""

@@ -376,6 +376,8 @@ class RunSpec:
         fsspec options of plate URLs and of an ``out`` URL.
     figures
         Draw the figures and the report.
+    views
+        Users' models embedded as other views of each cell (:class:`~subcell_scale.modelview.ModelView`).
     """
 
     plates: tuple[Any, ...]
@@ -402,6 +404,7 @@ class RunSpec:
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
     out_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     figures: bool = True
+    views: tuple[Any, ...] = field(default=(), compare=False)
 
     def options(self) -> dict[str, Any]:
         """The description as plain JSON (``run.json``); :func:`read_description` reads it back."""
@@ -418,7 +421,7 @@ class RunSpec:
             "batch_size": self.batch_size, "retries": self.retries, "format": self.format, "device": self.device,
             "crop_on": self.crop_on, "fields_per_task": self.fields_per_task, "missing_chunks": self.missing_chunks,
             "scheduler": self.scheduler, "cluster": self.cluster, "n_workers": self.n_workers,
-            "figures": self.figures})
+            "figures": self.figures, "views": [v.name for v in self.views]})
 
 
 _RUN_FIELDS = {f for f in RunSpec.__dataclass_fields__ if f not in ("plates", "params")}
@@ -462,6 +465,9 @@ def describe_run(plates: Any = None, *, preset: str | RunParams | None = None, p
     if isinstance(classifiers, str | os.PathLike):
         classifiers = [classifiers]
     options["classifiers"] = tuple(os.fspath(c) for c in classifiers or ())
+    if options.get("views") is not None:
+        views = options["views"]
+        options["views"] = (views,) if not isinstance(views, list | tuple) else tuple(views)
     _check_options(options)
     return RunSpec(plates=tuple(plate_list), params=params, **{k: v for k, v in options.items() if v is not None
                                                                or k in ("out",)})

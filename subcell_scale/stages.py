@@ -93,9 +93,20 @@ class Run:
         self.failed: dict[str, str] = {}
         self._wells: dict[str, Any] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self.views = self._model_views()
         self.digest = "" if self.model is None else parameters_digest(
             {**spec.params.embedding_parameters(), "model": self.model.identity,
-             "segment_if_missing": bool(spec.segment_if_missing)})
+             "segment_if_missing": bool(spec.segment_if_missing),
+             **({"views": {v.name: v.describe() for v in self.views}} if self.views else {})})
+
+    def _model_views(self) -> tuple[Any, ...]:
+        """The run's model views, each saved for the workers into ``views/`` of the run (or its scratch)."""
+        if not self.spec.views:
+            return ()
+        from .modelview import VIEWS_FOLDER, prepare_views
+
+        folder = (self.store.root if self.store is not None else RunPath(self.scratch)) / VIEWS_FOLDER
+        return prepare_views(self.spec.views, folder, self.spec.params.crop.side_um)
 
     # -- opening and closing ------------------------------------------------------------------------
     @classmethod
@@ -209,7 +220,7 @@ class Run:
             return plan_jobs([self.plates[i]], [plans[i]], self.spec.params, root=self.root, scratch=self.scratch,
                              digest=self.digest, batch_size=batch_size, crop_on=self.spec.crop_on,
                              segment_if_missing=self.spec.segment_if_missing, overwrite=self.spec.overwrite,
-                             labels_in_run=self.labels_in_run, embedding=embedding)
+                             labels_in_run=self.labels_in_run, embedding=embedding, views=self.views)
 
         with ThreadPoolExecutor(max_workers=PLAN_AHEAD) as pool:
             ahead: deque[Any] = deque()
@@ -344,7 +355,8 @@ def embed(run: Run) -> AnnData:
     spec, params = run.spec, run.spec.params
     batch_size = settings.batch_size if spec.batch_size is None else spec.batch_size
     with run.stage("embed"):
-        context = RunContext(run.plates, run.plans, params, run.model, run.platemap)
+        context = RunContext(run.plates, run.plans, params, run.model, run.platemap,
+                             {v.name: v.describe() for v in run.views})
         per_task = spec.fields_per_task or fields_per_task(run.plates, run.plans, params, batch_size)
         store = run.store
         if store is not None:
@@ -400,7 +412,7 @@ def profile(run: Run, cells: AnnData) -> AnnData | None:
         out = run.root.local
         files = run.plate_wells_files()
         wells = _wells_together(files, cells) if files else cells_path(out, run.spec.format)
-        profiles, why = make_profiles(wells, run.spec.params.profiling, aggregated=files is not None)
+        profiles, why = make_profiles(wells, run.spec.params.profiling, aggregated=files is not None, views=cells)
         if why:
             run.skip("postprocess", why)
         profiles.write_h5ad(out / Files.PROFILES)
@@ -478,24 +490,40 @@ def report(run: Run, cells: AnnData, profiles: AnnData | None, tables: Mapping[s
 
 
 # -- profiles and metrics, as the description says ------------------------------------------------------
-def make_profiles(cells: Any, recipe: Any, *, aggregated: bool = False) -> tuple[AnnData, str | None]:
+def make_profiles(cells: Any, recipe: Any, *, aggregated: bool = False, views: Any = None
+                  ) -> tuple[AnnData, str | None]:
     """Well profiles from a cells AnnData: the recipe's aggregation, then its post-processing chain.
 
-    ``aggregated`` says ``cells`` are the wells already (aggregated plate by plate). Returns the
-    profiles and, when the chain could not run on them (no negative-control wells to fit on, a single
-    well, constant features), why: the aggregated profiles are returned then, so a run still writes
-    them, and says the post-processing was skipped.
+    ``aggregated`` says ``cells`` are the wells already (aggregated plate by plate). Each view of the
+    cells beside ``X`` (``obsm["cellprofiler"]``, a user's model; found in ``views``, by default
+    ``cells``: an AnnData or a run's cells store) is aggregated alike and post-processed on its own
+    into ``profiles.obsm[view]`` (:mod:`subcell_scale.views`). Returns the profiles and, when the
+    chain could not run on them (no negative-control wells to fit on, a single well, constant
+    features), why: the aggregated profiles are returned then, so a run still writes them, and says
+    the post-processing was skipped.
     """
+    from .cellstore import read_cells
     from .profiles import aggregate, postprocess
+    from .views import attach_view, cell_views
 
     profiles = cells if aggregated else aggregate(cells, **recipe.aggregation.kwargs())
+    source = cells if views is None and not aggregated else views
+    if source is not None and not hasattr(source, "obsm"):
+        source = read_cells(source)
+    names = cell_views(source) if source is not None else []
+    for name in names:
+        attach_view(profiles, aggregate(source, use_rep=name, **recipe.aggregation.kwargs()), name,
+                    source.uns[Keys.VIEWS][name])
     if not recipe.postprocess:
         return profiles, None
     try:
-        return postprocess(profiles, steps=recipe.postprocess), None
+        done = postprocess(profiles, steps=recipe.postprocess)
+        for name in names:
+            done = postprocess(done, steps=recipe.postprocess, use_rep=name)
     except ProfilingError as exc:
         log.warning("post-processing skipped: %s", exc)
         return profiles, f"{exc} (profiles are the aggregated wells, not post-processed)"
+    return done, None
 
 
 def evaluate_profiles_for(profiles: AnnData, design: Any, out_dir: str | Path | None = None
@@ -503,10 +531,13 @@ def evaluate_profiles_for(profiles: AnnData, design: Any, out_dir: str | Path | 
     """The evaluation of well profiles with ``design`` (:func:`subcell_scale.metrics.evaluate_profiles`), or why not.
 
     Returns the tables (written as CSV into ``out_dir``, with ``design.json``: the design used) and,
+    when the profiles hold other views, each view's under ``out_dir/views/<view>/`` and a ``summary``
+    of every view (``view`` column first; :func:`subcell_scale.views.evaluate_views`); and,
     when nothing could be evaluated (no compounds in the platemap, fewer than two, no pairs), the
     reason: a run names the step as skipped instead of failing.
     """
     from .metrics import evaluate_profiles
+    from .views import cell_views, evaluate_views, summary_of
 
     column = design.pert_col
     if column not in profiles.obs.columns:
@@ -515,7 +546,11 @@ def evaluate_profiles_for(profiles: AnnData, design: Any, out_dir: str | Path | 
     if profiles.obs[column].nunique() < 2:
         return {}, f"fewer than two values of {column!r}"
     try:
-        tables = evaluate_profiles(profiles, out_dir, design=design)
+        if cell_views(profiles):
+            by_view = evaluate_views(profiles, design, out_dir)
+            tables = {**by_view[next(iter(by_view))], "summary": summary_of(by_view)}
+        else:
+            tables = evaluate_profiles(profiles, out_dir, design=design)
     except ProfilingError as exc:
         log.warning("evaluation skipped: %s", exc)
         return {}, str(exc)
@@ -574,6 +609,9 @@ def draw_figures(run: Run, cells: AnnData, profiles: AnnData | None, tables: Map
         if color:
             tl.umap(profiles, n_neighbors=min(15, profiles.n_obs - 1))
             save("umap_profiles", lambda: pl.umap(profiles, color, title="Well profiles"))
+    summary = tables.get("summary")
+    if summary is not None and "view" in summary.columns and len(summary):
+        save("views", lambda: pl.views(summary))
     maps = {d: tables[f"{d}_map"] for d in ("replicate", "moa") if len(tables.get(f"{d}_map", ()))}
     if maps:
         save("map_vs_q", lambda: pl.map_scatter(maps))

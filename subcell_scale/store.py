@@ -78,6 +78,9 @@ class Shard:
         reason -> labels not embedded for that reason (border, too small, ...).
     meta
         plate, well, field, digest, seconds and other facts about the run of this field.
+    views
+        Other views of the same cells (``"cellprofiler"``, a user's model): name -> one row per cell,
+        in the rows of ``cells``, named columns (stored float32 with their names).
     """
 
     embedding: np.ndarray
@@ -85,6 +88,7 @@ class Shard:
     cells: pd.DataFrame
     dropped: dict[str, list[int]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def n_cells(self) -> int:
@@ -98,8 +102,12 @@ def encode_shard(shard: Shard) -> bytes:
         msg = (f"{n} embeddings but {len(shard.cells)} cells"
                + ("" if shard.probabilities is None else f" and {shard.probabilities.shape[0]} probability rows"))
         raise ValueError(msg)
+    bad = [k for k, v in shard.views.items() if len(v) != n]
+    if bad:
+        raise ValueError(f"{n} embeddings but view(s) {bad} have {[len(shard.views[k]) for k in bad]} rows")
     meta = {**shard.meta, "format": SHARD_FORMAT, "n_cells": n,
-            "dropped": {k: [int(v) for v in vals] for k, vals in shard.dropped.items()}}
+            "dropped": {k: [int(v) for v in vals] for k, vals in shard.dropped.items()},
+            **({"views": {k: [str(c) for c in v.columns] for k, v in shard.views.items()}} if shard.views else {})}
     arrays: dict[str, np.ndarray] = {
         "embedding": np.ascontiguousarray(shard.embedding, dtype=np.float32),
         "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -109,6 +117,8 @@ def encode_shard(shard: Shard) -> bytes:
     for col in (*_CELL_COLUMNS, Obs.NONFINITE):
         if col in shard.cells:
             arrays[f"cells_{col}"] = shard.cells[col].to_numpy()
+    for name, frame in shard.views.items():
+        arrays[f"view_{name}"] = np.ascontiguousarray(frame.to_numpy(dtype=np.float32))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -150,11 +160,13 @@ def read_shard(path: str | os.PathLike | RunPath) -> Shard:
             embedding = data["embedding"]
             probabilities = data["probabilities"] if "probabilities" in data.files else None
             cells = _cell_table(data)
+            views = {name: pd.DataFrame(data[f"view_{name}"], columns=columns)
+                     for name, columns in meta.get("views", {}).items()}
     except _SHARD_ERRORS as exc:
         msg = f"results shard {path} is damaged or not a subcell-scale shard ({exc}); delete it to recompute the field"
         raise RunDirectoryError(msg) from exc
     dropped = {k: list(v) for k, v in meta.get("dropped", {}).items()}
-    return Shard(embedding, probabilities, cells, dropped, meta)
+    return Shard(embedding, probabilities, cells, dropped, meta, views)
 
 
 def read_shard_cells(path: str | os.PathLike | RunPath) -> tuple[pd.DataFrame, dict[str, tuple[int, ...]]]:

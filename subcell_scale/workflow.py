@@ -72,7 +72,11 @@ class RunResult:
         out += [f"  failed {key}: {err}" for key, err in list(self.failed.items())[:10]]
         if len(self.failed) > 10:
             out.append(f"  ... and {len(self.failed) - 10} more (see {self.out / Files.MANIFEST})")
-        if self.summary is not None and len(self.summary):
+        if self.summary is not None and len(self.summary) and "view" in self.summary.columns:
+            from .views import side_by_side
+
+            out += side_by_side(self.summary).round(3).to_string().splitlines()
+        elif self.summary is not None and len(self.summary):
             for r in self.summary.itertuples():
                 cell_type = "" if getattr(r, "cell_type", "all") == "all" else f"{r.cell_type:<8} "
                 value = f"{int(r.value)}" if str(r.metric).startswith("n_") else f"{r.value:.3f}"

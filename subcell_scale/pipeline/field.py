@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._constants import Obs, Status
+from .._constants import Keys, Obs, Status
 from ..distributed.scheduler import Failure
 from ..errors import NonFinitePixelsError, PlateFormatError, PlateNotFoundError, resource_error
 from ..rundir import FieldId, RunPath
@@ -41,6 +41,7 @@ from ..store import Shard, encode_shard
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
     from ..models import SubCell
+    from ..modelview import ViewPlan
     from ..params import CellFilter
     from ..segment import SegmentParams
 
@@ -91,6 +92,11 @@ class JobPlan:
         pixels, computed when the run was planned); None when the crop spec uses none.
     nonfinite
         What NaN or infinite pixels become: ``"fail"`` the field, or ``"zero"`` (see :func:`read_image`).
+    cellprofiler
+        cp_measure feature groups measured on each kept cell in the CPU stage (empty: none).
+    model_views
+        Users' models embedded in the CPU stage, each with the plate channel indices it reads
+        (:mod:`subcell_scale.modelview`).
     """
 
     plate_path: str
@@ -111,6 +117,8 @@ class JobPlan:
     flatfield_path: RunPath | None = None
     plate_upper: tuple[float, ...] | None = None
     nonfinite: str = "fail"
+    cellprofiler: tuple[str, ...] = ()
+    model_views: tuple[tuple[ViewPlan, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,8 @@ class FieldJob:
 
 @dataclass
 class PreparedField:
-    """Output of :func:`prepare_field`: crops (CPU mode) or the raw field and kept labels (device mode)."""
+    """Output of :func:`prepare_field`: crops (CPU mode) or the raw field and kept labels (device mode),
+    and the views measured on the CPU (name -> one row per kept label)."""
 
     cells: pd.DataFrame | None
     dropped: dict[str, list[int]]
@@ -152,6 +161,7 @@ class PreparedField:
     segmented: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     nonfinite: np.ndarray | None = None
+    views: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=32)
@@ -179,8 +189,9 @@ def _resolve_crop_on(crop_on: str) -> str:
     return "device" if resolve_device().startswith("cuda") else "cpu"
 
 
-def read_image(plate: Any, job: FieldJob) -> tuple[np.ndarray, np.ndarray | None]:
-    """A field's pixels as every stage sees them: flat-field corrected when the run corrects, and finite.
+def read_image(plate: Any, job: FieldJob, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A field's pixels as every stage sees them: flat-field corrected when the run corrects, and finite
+    (``raw``: the field as stored, when already read).
 
     NaN or infinite pixels (read, or made by the correction) would make every cell's embedding NaN:
     they fail the field (``nonfinite="fail"``) or are read as 0 (``"zero"``). Returns the pixels and
@@ -191,7 +202,7 @@ def read_image(plate: Any, job: FieldJob) -> tuple[np.ndarray, np.ndarray | None
     NonFinitePixelsError
         ``nonfinite="fail"`` and the field holds such pixels; the message counts them per channel.
     """
-    image, bad = _finite(plate.read_field(job.fid.well, job.fid.field), plate, job, "")
+    image, bad = _finite(plate.read_field(job.fid.well, job.fid.field) if raw is None else raw, plate, job, "")
     if job.plan.flatfield_path is not None:
         from ..illumination import apply_flatfield
 
@@ -249,12 +260,14 @@ def prepare_field(job: FieldJob) -> PreparedField:
         No ``label_name`` labels with ``segment_if_missing=False`` (not retried: it would fail again).
     """
     from ..cells import extract_cells
+    from ..modelview import embed_view
     from ..segment import filter_cells
 
     start = time.perf_counter()
     plan = job.plan
     plate = open_job_plate(job)
-    image, bad = read_image(plate, job)
+    raw = np.asarray(plate.read_field(job.fid.well, job.fid.field))
+    image, bad = read_image(plate, job, raw)
     labels, segmented = field_labels(plate, job, image)
     kept, dropped = filter_cells(labels, plate.pixel_size, **plan.cells.kwargs())
     pixel_size = tuple(float(v) for v in plate.pixel_size)
@@ -262,6 +275,10 @@ def prepare_field(job: FieldJob) -> PreparedField:
                              pixel_size=pixel_size, segmented=segmented,
                              meta={"fingerprint": job_fingerprint(plate, job), "labels": labels_place(plate, job)},
                              nonfinite=bad)
+    if plan.cellprofiler:
+        prepared.views[Keys.CELLPROFILER] = measure_field(raw, kept, plate.channel_names, job)
+    for view, channels in plan.model_views:
+        prepared.views[view.name] = embed_view(view, image, kept, pixel_size, channels)
     if _resolve_crop_on(plan.crop_on) == "device":
         prepared.image, prepared.labels = image, kept
     else:
@@ -271,6 +288,16 @@ def prepare_field(job: FieldJob) -> PreparedField:
         prepared.cells = _flag_cells(table[_CELL_COLUMNS].reset_index(drop=True), kept, bad, plan.nonfinite == "zero")
     prepared.seconds = time.perf_counter() - start
     return prepared
+
+
+def measure_field(raw: np.ndarray, kept: np.ndarray, channels: Any, job: FieldJob) -> pd.DataFrame:
+    """CellProfiler measurements of a field's kept cells, from its stored pixels (over their dtype's
+    maximum, divided by the run's flat field when it corrects), one row per label."""
+    from ..cellprofiler import cellprofiler_pixels, measure_cells, scale_of
+
+    flat = None if job.plan.flatfield_path is None else _flatfield(job.plan.flatfield_path)
+    return measure_cells(cellprofiler_pixels(raw, flat), kept, [str(c) for c in channels], job.plan.cellprofiler,
+                         scale_max=scale_of(raw.dtype))
 
 
 @functools.lru_cache(maxsize=4)
@@ -481,9 +508,12 @@ def embed_group(previous: tuple[list[PreparedField | Failure], FieldGroup],
             emb, prob, cells = _finite_rows(embedding[row:row + n],
                                             None if probabilities is None else probabilities[row:row + n],
                                             cells, dropped, job)
+            labels = cells[Obs.LABEL].to_numpy()
+            views = {name: frame.loc[labels].reset_index(drop=True) for name, frame in prep.views.items()}
             out[i] = Shard(emb, prob, cells, dropped,
                            {"plate": job.fid.plate, "well": job.fid.well, "field": job.fid.field, "digest": job.plan.digest,
-                            "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta})
+                            "seconds": round(prep.seconds + share, 3), "segmented": prep.segmented, **prep.meta},
+                           views)
             row += n
     return out, group  # type: ignore[return-value]
 

@@ -24,6 +24,7 @@ from .field import FieldJob, JobPlan
 if TYPE_CHECKING:  # pragma: no cover
     from ..cells import CropSpec
     from ..io import Plate
+    from ..modelview import ViewPlan
     from ..params import PlatePlan, RunParams
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def open_plates(plate: Any, storage_options: dict[str, Any] | None = None, *, mi
 def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan | None], params: RunParams, *, root: RunPath | None,
               scratch: Path, digest: str = "", batch_size: int = 64, crop_on: str = "auto",
               segment_if_missing: bool = True, overwrite: bool = False, labels_in_run: Container[str] = (),
-              embedding: bool = True) -> list[FieldJob]:
+              embedding: bool = True, views: Sequence[ViewPlan] = ()) -> list[FieldJob]:
     """One job per field of every plate, in plate, well, field order (the order of the cells AnnData).
 
     Every field of a plate references one :class:`~.field.JobPlan`. Files the workers read (flat
@@ -63,6 +64,7 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan | None], params
     or a URL: workers read them from there), or into ``scratch`` without one. Plates named in
     ``labels_in_run`` keep the labels segmentation makes in ``root/labels/<plate>/``. ``embedding``
     False plans segmentation only (no plate intensity statistics; a plan may be None: no model channels).
+    ``views`` are users' models embedded beside SubCell, each with the plate's channels it reads.
     """
     jobs = []
     files = root if root is not None else RunPath(scratch)
@@ -76,7 +78,8 @@ def plan_jobs(plates: Sequence[Plate], plans: Sequence[PlatePlan | None], params
             digest=digest, crop_on=crop_on, flatfield_path=flatfield_file(plate, params.illumination,
                                                                           files / Files.FLATFIELD),
             plate_upper=plate_upper_bounds(plate, params.crop, files / Files.INTENSITY) if embedding else None,
-            nonfinite=params.nonfinite)
+            nonfinite=params.nonfinite, cellprofiler=params.cellprofiler if embedding else (),
+            model_views=tuple((v, v.channel_indices(plate.channel_names)) for v in views) if embedding else ())
         jobs.extend(FieldJob(FieldId(plate.name, well, str(fld)), shared)
                     for well in plate.wells for fld in plate.fields(well))
     return jobs

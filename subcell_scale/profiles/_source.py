@@ -187,6 +187,8 @@ def _disk_matrix(element: Any, path: Path, source: str) -> Any:
 
 def _obsm_names(key: str, n: int, uns: dict) -> pd.Index:
     names = uns.get(Keys.LOCALIZATION_CLASSES) if key == Keys.LOCALIZATION else None
+    if names is None:
+        names = ((uns.get(Keys.VIEWS) or {}).get(key) or {}).get("columns")
     if names is not None and len(names) == n:
         return pd.Index([str(name) for name in names])
     return pd.Index([f"{key}_{i:04d}" for i in range(n)])

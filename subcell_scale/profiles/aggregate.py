@@ -94,6 +94,7 @@ def aggregate(
     field_key: str = Obs.FIELD,
     layer: str | None = None,
     obsm: str | None = None,
+    use_rep: str | None = None,
     n_jobs: int | None = None,
 ) -> AnnData:
     """One profile per group of cells (per well by default): the median or mean of each feature.
@@ -115,6 +116,10 @@ def aggregate(
         obs column naming the field, used with ``per_field``.
     layer, obsm
         Aggregate ``layers[layer]`` or ``obsm[obsm]`` (e.g. ``"localization"``) instead of ``X``.
+    use_rep
+        The view of the cells to profile: ``"X"`` (None; SubCell's embedding) or an ``obsm`` key
+        (``"cellprofiler"``, a user's model); the profiles' ``X`` is then that view, its column names
+        the ``var_names``.
     n_jobs
         Threads reducing groups in parallel (default: every core this process may use); results do
         not depend on it.
@@ -131,6 +136,10 @@ def aggregate(
     n_jobs = len(os.sched_getaffinity(0)) if n_jobs is None else n_jobs
     if n_jobs < 1:
         raise ProfilingError(f"aggregate: n_jobs must be >= 1, got {n_jobs}")
+    if use_rep not in (None, "X"):
+        if obsm is not None and obsm != use_rep:
+            raise ProfilingError(f"aggregate: give use_rep= or obsm=, not both (got {use_rep!r}, {obsm!r})")
+        obsm = use_rep
     by = [by] if isinstance(by, str) else list(by)
     if not by:
         raise ProfilingError("aggregate: by= must name at least one obs column (e.g. ('plate', 'well'))")

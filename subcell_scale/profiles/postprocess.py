@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._anndata import representation
 from .._constants import Keys
 from .._typecheck import check_arguments
 from ..errors import ConfigError, ProfilingError
@@ -122,6 +123,7 @@ def postprocess(
     *,
     steps: Sequence[Mapping[str, Any]] | None = None,
     stratify: str | None = "cell_type",
+    use_rep: str | None = None,
     **overrides: Any,
 ) -> AnnData:
     """Run a chain of profile steps in order, per stratum (cell type) when ``obs`` has that column.
@@ -140,6 +142,11 @@ def postprocess(
     stratify
         obs column whose values are post-processed separately (``"cell_type"``); ``None``, or a
         column ``obs`` does not have, runs the chain once on all rows.
+    use_rep
+        The view to post-process: ``"X"`` (None) or an ``obsm`` key of the profiles
+        (``"cellprofiler"``), post-processed on its own; its columns that are not finite in every
+        profile or are constant are dropped first (CellProfiler measures some features as NaN), and
+        ``uns["views"][use_rep]`` records them and the chain's steps.
     **overrides
         Keyword arguments set on every step whose function takes them, e.g.
         ``spherize_variant="corrected"``; a keyword no step takes is an error.
@@ -157,6 +164,8 @@ def postprocess(
     """
     if steps is None and preset is None:
         raise ConfigError("postprocess: give steps=[{'step': 'normalize', ...}, ...] or a preset name")
+    if use_rep not in (None, "X"):
+        return _postprocess_view(adata, use_rep, preset, steps, stratify, overrides)
     chain = resolve_chain(steps if steps is not None else preset, overrides)
     column = stratify if stratify is not None and stratify in adata.obs.columns else None
     if stratify is not None and column is None:
@@ -188,6 +197,29 @@ def postprocess(
                 entry["stratum"] = str(value)
             record_step(result, step_name, dropped_features=list(dropped), **entry)
     return result
+
+
+def _postprocess_view(adata: AnnData, name: str, preset: str | None, steps: Any, stratify: str | None,
+                      overrides: Mapping[str, Any]) -> AnnData:
+    """``obsm[name]`` post-processed as its own profiles; a copy of ``adata`` holding the result there."""
+    values = representation(adata, name, what="postprocess")
+    frame = adata.obsm[name]
+    columns = ([str(c) for c in frame.columns] if isinstance(frame, pd.DataFrame)
+               else [f"{name}_{i:04d}" for i in range(values.shape[1])])
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(values).all(axis=0) & (np.ptp(values, axis=0) > 0)
+    if not keep.any():
+        raise ProfilingError(f"postprocess: obsm[{name!r}] has no feature that is finite and varies across profiles")
+    view = AnnData(X=values[:, keep].astype(np.float32), obs=adata.obs.copy(),
+                   var=pd.DataFrame(index=pd.Index(np.asarray(columns)[keep], dtype=str)))
+    done = postprocess(view, preset, steps=steps, stratify=stratify, **overrides)
+    out = adata.copy()
+    out.obsm[name] = pd.DataFrame(np.asarray(done.X), index=adata.obs_names, columns=list(done.var_names))
+    views = dict(out.uns.get(Keys.VIEWS, {}))
+    views[name] = {**dict(views.get(name, {})), "profiling": done.uns[Keys.PROFILING],
+                   "dropped_features": [c for c, k in zip(columns, keep, strict=True) if not k]}
+    out.uns[Keys.VIEWS] = views
+    return out
 
 
 def _keywords(function: Callable[..., Any]) -> set[str]:
