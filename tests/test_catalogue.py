@@ -126,7 +126,7 @@ BAD_INPUTS = {
     "set-word-for-integer": (lambda d, c, o, t: _embed(d, c, o, "--set", 'out_size="big"'), 1, ["out_size", "big"]),
     "set-unknown-key": (lambda d, c, o, t: _embed(d, c, o, "--set", "outsize=32"), 1, ["outsize"]),
     "set-nonfinite-value": (lambda d, c, o, t: _embed(d, c, o, "--set", "nonfinite=skip"), 1, ["nonfinite", "skip"]),
-    "device-tpu": (lambda d, c, o, t: _embed(d, c, o, "--device", "tpu"), 1, ["device", "tpu", "cuda:N"]),
+    "device-tpu": (lambda d, c, o, t: _embed(d, c, o, "--device", "tpu"), 2, ["device", "tpu", "cuda:N"]),
     "config-bad-yaml": (lambda d, c, o, t: _embed(d, c, o, "--config", _broken_yaml(t)), 1, ["run.yaml", "line"]),
     "config-unknown-key": (lambda d, c, o, t: _embed(d, c, o, "--config", _junk(t, "c.yaml", b"colour: red\n")), 1,
                            ["c.yaml", "colour"]),

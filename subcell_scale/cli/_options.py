@@ -86,7 +86,18 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-_TYPES = {"retries": non_negative_int, "null-size": positive_int, "seed": int}
+def device_name(text: str) -> str:
+    """An argparse type: a device name of the one device rule (a usage error otherwise, exit status 2)."""
+    from .._device import check_device
+    from ..errors import ConfigError
+
+    try:
+        return check_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("device must be", "must be")) from None
+
+
+_TYPES = {"retries": non_negative_int, "null-size": positive_int, "seed": int, "device": device_name}
 
 
 def add_run_options(parser: argparse.ArgumentParser, command: str, *, skip: Sequence[str] = (),
