@@ -1,12 +1,12 @@
 """Positive ranks and nearest neighbours read from a block of similarities in one pass per row.
 
-The similarity product is the floor of any retrieval metric; what comes after it should cost no more
-than reading the block once. For each query row these kernels gather the positives' ranking keys
-from the group lists (a few loads), then walk the row once: every candidate is tested against the
-pair rules on integer group codes, and a negative ranked above the worst positive adds one to a
-histogram over the sorted positive keys. The cumulative histogram is each positive's count of
-negatives above it, from which the AP follows. Nearest neighbours keep a sorted top-k buffer filled in
-the same walk. No (rows x profiles) mask or copy is made.
+The similarity product is the floor of any retrieval metric; what comes after it should cost about as
+much as reading the block once. For each query row (one thread per row) these kernels gather the
+positives' ranking keys from the group lists (a few loads), then read the row once into a buffer of
+the negatives' keys (+inf elsewhere) decided from integer group codes; the buffer stays in cache
+while each positive's count of negatives ranked above it is taken (one vectorised pass per positive
+when there are few, a histogram over the sorted positive keys otherwise). Nearest neighbours keep a
+sorted top-k buffer filled in one walk over the row. No (rows x profiles) mask or copy is made.
 
 Ranking keys follow copairs: ``float32(1) - float32(similarity)``, smaller is better, and a negative
 with exactly the same key as a positive is ranked after it.
@@ -17,16 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-
-@njit(inline="always")
-def _holds(codes: np.ndarray, i: int, j: int, same: np.ndarray, diff: np.ndarray) -> bool:
-    for c in same:
-        if codes[c, j] != codes[c, i]:
-            return False
-    for c in diff:
-        if codes[c, j] == codes[c, i]:
-            return False
-    return True
+_FEW = 16  # up to this many positives, one vectorised counting pass per positive beats a histogram
 
 
 @njit(inline="always")
@@ -35,16 +26,18 @@ def _key(s: float) -> np.float32:
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def ap_block(sims: np.ndarray, rows: np.ndarray, codes: np.ndarray, pos_same: np.ndarray, pos_diff: np.ndarray,
-             neg_same: np.ndarray, neg_diff: np.ndarray, members: np.ndarray, group_start: np.ndarray,
-             group_of: np.ndarray, ap: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray) -> None:
+def ap_block(sims: np.ndarray, rows: np.ndarray, group_of: np.ndarray, members: np.ndarray, group_start: np.ndarray,
+             pos_diff: np.ndarray, neg_same: np.ndarray, neg_diff: np.ndarray, ap: np.ndarray, n_pos: np.ndarray,
+             n_neg: np.ndarray) -> None:
     """AP, positives and negatives of each query row of ``sims`` (len(rows), n_profiles).
 
-    ``members[group_start[g]:group_start[g + 1]]`` lists the profiles of positive group ``g`` (all
-    profiles in one group when the positive rule has no ``sameby`` column); ``group_of`` gives each
-    profile's group. Outputs are written at the block's row positions.
+    Positives of query ``i`` are the other members of its group (``group_of``: the ``pos_sameby``
+    columns as one code; ``members[group_start[g]:group_start[g + 1]]``) that differ from it in every
+    ``pos_diff`` row of codes; negatives share its ``neg_same`` code and differ in every ``neg_diff``
+    row. Outputs are written at the block's row positions.
     """
     n = sims.shape[1]
+    inf = np.float32(np.inf)
     for r in prange(rows.size):
         i = rows[r]
         g = group_of[i]
@@ -53,52 +46,93 @@ def ap_block(sims: np.ndarray, rows: np.ndarray, codes: np.ndarray, pos_same: np
         m = 0
         for t in range(lo, hi):
             j = members[t]
-            if j != i and _holds(codes, i, j, pos_same, pos_diff):
+            if j != i and _differs(pos_diff, i, j):
                 keys[m] = _key(sims[r, j])
                 m += 1
         keys = np.sort(keys[:m])
-        worst = keys[m - 1] if m else np.float32(-np.inf)
-        above = np.zeros(m + 1, dtype=np.int64)
+        # the row's negatives as ranking keys, everything else +inf: vectorised passes over one row
+        neg_keys = np.empty(n, dtype=np.float32)
+        same = neg_same[i]
+        for j in range(n):
+            neg_keys[j] = _key(sims[r, j]) if neg_same[j] == same else inf
+        for c in range(neg_diff.shape[0]):
+            codes = neg_diff[c]
+            own = codes[i]
+            for j in range(n):
+                if codes[j] == own:
+                    neg_keys[j] = inf
+        neg_keys[i] = inf
         negatives = 0
         for j in range(n):
-            if j == i or not _holds(codes, i, j, neg_same, neg_diff):
-                continue
-            negatives += 1
-            v = _key(sims[r, j])
-            if v < worst:
-                above[_slot(keys, m, v)] += 1
+            negatives += neg_keys[j] != inf
         n_pos[r] = m
         n_neg[r] = negatives
-        if m == 0:
-            ap[r] = np.nan
-            continue
-        total = 0.0
-        count = 0
-        for k in range(m):
-            count += above[k]
-            total += (k + 1) / (k + 1 + count)
-        ap[r] = total / m
+        ap[r] = _ap(_above(neg_keys, keys), m) if m else np.nan
+
+
+@njit(inline="always")
+def _above(neg_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Negatives ranked above each sorted positive key: one counting pass per key when there are few."""
+    m = keys.size
+    above = np.zeros(m, dtype=np.int64)
+    if m <= _FEW:
+        for t in range(m):
+            bound = keys[t]
+            count = 0
+            for v in neg_keys:
+                count += v < bound
+            above[t] = count
+        return above
+    worst = keys[m - 1]
+    for v in neg_keys:
+        if v < worst:
+            lo, hi = 0, m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if keys[mid] <= v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            above[lo] += 1
+    for t in range(1, m):
+        above[t] += above[t - 1]
+    return above
+
+
+@njit(inline="always")
+def _ap(above: np.ndarray, m: int) -> float:
+    total = 0.0
+    for k in range(m):
+        total += (k + 1) / (k + 1 + above[k])
+    return total / m
+
+
+@njit(inline="always")
+def _differs(codes: np.ndarray, i: int, j: int) -> bool:
+    for c in range(codes.shape[0]):
+        if codes[c, j] == codes[c, i]:
+            return False
+    return True
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def nearest_block(sims: np.ndarray, rows: np.ndarray, codes: np.ndarray, exclude: np.ndarray, pool: np.ndarray,
+def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool: np.ndarray,
                   label_ptr: np.ndarray, labels: np.ndarray, kmax: int, nearest: np.ndarray,
                   possible: np.ndarray) -> None:
     """The ``kmax`` most similar allowed profiles of each query row, best first (ties: lower index).
 
-    Allowed: in ``pool``, not the query, and different in every ``exclude`` column. ``possible`` says
+    Allowed: in ``pool``, not the query, and different in every ``exclude`` row of codes. ``possible`` says
     whether any allowed profile shares a label (``labels[label_ptr[j]:label_ptr[j + 1]]``, sorted)
     with the query. Unfilled slots of ``nearest`` hold -1.
     """
     n = sims.shape[1]
-    none = np.empty(0, dtype=np.int64)
     for r in prange(rows.size):
         i = rows[r]
         best = np.full(kmax, -np.inf)
         idx = np.full(kmax, -1, dtype=np.int64)
         found = False
         for j in range(n):
-            if j == i or not pool[j] or not _holds(codes, i, j, none, exclude):
+            if j == i or not pool[j] or not _differs(exclude, i, j):
                 continue
             if not found:
                 found = _share(labels, label_ptr, i, j)
@@ -114,24 +148,6 @@ def nearest_block(sims: np.ndarray, rows: np.ndarray, codes: np.ndarray, exclude
             idx[p] = j
         nearest[r] = idx
         possible[r] = found
-
-
-@njit(inline="always")
-def _slot(keys: np.ndarray, m: int, v: np.float32) -> int:
-    """Number of positive keys <= v (a scan for a few positives, bisection beyond)."""
-    if m <= 16:
-        k = 0
-        while keys[k] <= v:
-            k += 1
-        return k
-    lo, hi = 0, m
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] <= v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @njit(inline="always")

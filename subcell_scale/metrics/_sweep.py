@@ -19,58 +19,46 @@ from ._pairs import Rule
 from ._similarity import Similarity, rows_per_block
 
 
-@dataclass(frozen=True)
-class Codes:
-    """Rule columns as one (n_columns, n_profiles) int32 matrix and each column's row in it."""
+def codes(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """(len(columns), n_profiles) int32 codes, one row per column (equal values, equal codes)."""
+    out = np.empty((len(columns), len(meta)), dtype=np.int32)
+    for k, c in enumerate(columns):
+        out[k] = pd.factorize(meta[c], use_na_sentinel=True)[0]
+    return out
 
-    matrix: np.ndarray
-    index: dict[str, int]
 
-    @classmethod
-    def of(cls, meta: pd.DataFrame, columns: Iterable[str]) -> Codes:
-        cols = list(dict.fromkeys(columns))
-        matrix = np.empty((len(cols), len(meta)), dtype=np.int32)
-        for k, c in enumerate(cols):
-            matrix[k] = pd.factorize(meta[c], use_na_sentinel=True)[0]
-        return cls(matrix, {c: k for k, c in enumerate(cols)})
-
-    def rows(self, columns: Sequence[str]) -> np.ndarray:
-        return np.array([self.index[c] for c in columns], dtype=np.int64)
+def combined(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """One int64 code per profile for its values in all ``columns`` (all zero without columns)."""
+    if not columns:
+        return np.zeros(len(meta), dtype=np.int64)
+    _, inverse = np.unique(codes(meta, columns), axis=1, return_inverse=True)
+    return np.asarray(inverse, dtype=np.int64).reshape(-1)
 
 
 @dataclass(frozen=True)
 class RankTask:
-    """What the AP kernel needs: rule columns and the profiles of each query's positive group."""
+    """What the AP kernel needs: each profile's positive group and its members, and the rule codes."""
 
-    codes: Codes
-    pos_same: np.ndarray
+    group_of: np.ndarray
+    members: np.ndarray
+    group_start: np.ndarray
     pos_diff: np.ndarray
     neg_same: np.ndarray
     neg_diff: np.ndarray
-    members: np.ndarray
-    group_start: np.ndarray
-    group_of: np.ndarray
 
     @classmethod
     def of(cls, meta: pd.DataFrame, pos: Rule, neg: Rule) -> RankTask:
-        codes = Codes.of(meta, [*pos.sameby, *pos.diffby, *neg.sameby, *neg.diffby])
-        n = len(meta)
-        if pos.sameby:
-            _, group_of = np.unique(codes.matrix[codes.rows(pos.sameby)], axis=1, return_inverse=True)
-            group_of = np.asarray(group_of, dtype=np.int64).reshape(-1)
-        else:  # positives may be anywhere: one group of every profile
-            group_of = np.zeros(n, dtype=np.int64)
+        group_of = combined(meta, pos.sameby)
         members = np.argsort(group_of, kind="stable").astype(np.int64)
         group_start = np.searchsorted(group_of[members], np.arange(int(group_of.max()) + 2)).astype(np.int64)
-        return cls(codes, codes.rows(pos.sameby), codes.rows(pos.diffby), codes.rows(neg.sameby),
-                   codes.rows(neg.diffby), members, group_start, group_of)
+        return cls(group_of, members, group_start, codes(meta, pos.diffby), combined(meta, neg.sameby),
+                   codes(meta, neg.diffby))
 
 
 @dataclass(frozen=True)
 class NearestTask:
-    """What the nearest-neighbour kernel needs: exclusion columns, the pool and labels as sorted CSR."""
+    """What the nearest-neighbour kernel needs: exclusion codes, the pool and labels as sorted CSR."""
 
-    codes: Codes
     exclude: np.ndarray
     pool: np.ndarray
     label_ptr: np.ndarray
@@ -114,11 +102,11 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
         rows = np.ascontiguousarray(queries[part], dtype=np.int64)
         block = sim.block64(rows)
         if ranks is not None:
-            _ranks.ap_block(block, rows, ranks.codes.matrix, ranks.pos_same, ranks.pos_diff, ranks.neg_same,
-                            ranks.neg_diff, ranks.members, ranks.group_start, ranks.group_of,
-                            rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
+            _ranks.ap_block(block, rows, ranks.group_of, ranks.members, ranks.group_start, ranks.pos_diff,
+                            ranks.neg_same, ranks.neg_diff, rank_out.ap[part], rank_out.n_pos[part],
+                            rank_out.n_neg[part])
         if nearest is not None:
-            _ranks.nearest_block(block, rows, nearest.codes.matrix, nearest.exclude, nearest.pool,
+            _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool,
                                  nearest.label_ptr, nearest.labels, nearest.kmax, nn_out.nearest[part],
                                  nn_out.possible[part])
     return rank_out, nn_out
