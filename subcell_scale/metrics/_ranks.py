@@ -117,13 +117,13 @@ def _differs(codes: np.ndarray, i: int, j: int) -> bool:
 
 @njit(parallel=True, cache=True, nogil=True)
 def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool: np.ndarray,
-                  label_ptr: np.ndarray, labels: np.ndarray, kmax: int, nearest: np.ndarray,
+                  label_ptr: np.ndarray, labels: np.ndarray, kmax: int, nearest: np.ndarray, shares: np.ndarray,
                   possible: np.ndarray) -> None:
     """The ``kmax`` most similar allowed profiles of each query row, best first (ties: lower index).
 
     Allowed: in ``pool``, not the query, and different in every ``exclude`` row of codes. ``possible`` says
     whether any allowed profile shares a label (``labels[label_ptr[j]:label_ptr[j + 1]]``, sorted)
-    with the query. Unfilled slots of ``nearest`` hold -1.
+    with the query, ``shares`` whether each neighbour does. Unfilled slots of ``nearest`` hold -1.
     """
     n = sims.shape[1]
     for r in prange(rows.size):
@@ -148,6 +148,8 @@ def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool:
             idx[p] = j
         nearest[r] = idx
         possible[r] = found
+        for p in range(kmax):
+            shares[r, p] = idx[p] >= 0 and _share(labels, label_ptr, i, idx[p])
 
 
 @njit(inline="always")

@@ -76,6 +76,7 @@ class RankResult:
 @dataclass
 class NearestResult:
     nearest: np.ndarray
+    shares: np.ndarray
     possible: np.ndarray
 
 
@@ -88,7 +89,8 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
     """
     q = len(queries)
     rank_out = None if ranks is None else RankResult(np.full(q, np.nan), np.zeros(q, np.int64), np.zeros(q, np.int64))
-    nn_out = None if nearest is None else NearestResult(np.full((q, nearest.kmax), -1, np.int64), np.zeros(q, bool))
+    nn_out = None if nearest is None else NearestResult(np.full((q, nearest.kmax), -1, np.int64),
+                                                         np.zeros((q, nearest.kmax), bool), np.zeros(q, bool))
     if device is not None:
         from ._ranks_torch import sweep_torch
 
@@ -108,7 +110,7 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
         if nearest is not None:
             _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool,
                                  nearest.label_ptr, nearest.labels, nearest.kmax, nn_out.nearest[part],
-                                 nn_out.possible[part])
+                                 nn_out.shares[part], nn_out.possible[part])
     return rank_out, nn_out
 
 

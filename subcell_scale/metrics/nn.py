@@ -18,12 +18,14 @@ import pandas as pd
 
 from .._docs import doc_params
 from ..errors import ProfilingError
-from ._pairs import as_list, check_columns, codes_of, label_matrix, parse_labels
-from ._similarity import Distance, Similarity, rows_per_block
+from ._pairs import as_list, check_columns, label_matrix, parse_labels
+from ._similarity import Distance, Similarity
+from ._sweep import NearestTask, codes, sweep
 
 logger = logging.getLogger(__name__)
 
 NN_COLUMNS = ("k", "accuracy", "n_queries", "n_hits", "n_excluded_queries")
+_VOTE_CHUNK = 4096  # queries whose (k x labels) votes are held at once
 
 
 @doc_params
@@ -41,6 +43,7 @@ def nn_accuracy(
     query_rows: np.ndarray | None = None,
     batch_size: int | None = None,
     sep: str = "|",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """k-NN accuracy of predicting ``label_col`` from the nearest allowed profiles.
 
@@ -79,6 +82,8 @@ def nn_accuracy(
     {similarity_batch_size}
     sep
         Separator of several labels in a string.
+    device
+        A torch device (``"cuda"``) to search on (built-in metrics); ``None``: the CPU.
 
     Returns
     -------
@@ -124,46 +129,24 @@ def nn_accuracy(
     meta = meta.iloc[keep].reset_index(drop=True)
     kept_labels = [labels[i] for i in keep]
     ind, _ = label_matrix(kept_labels)
-    ind_f = ind.astype(np.float32)
-    list_code = pd.factorize(pd.Series(kept_labels, dtype=object))[0]
-    codes = codes_of(meta, exclude)
-    sim = Similarity(feats[keep], distance)
-    n = len(meta)
-    kmax = min(ks[-1], n - 1)
-    hits = {kk: 0 for kk in ks}
-    n_queries = 0
-    excluded = 0
+    task = nearest_task(meta, kept_labels, ind, exclude, match, min(ks[-1], len(meta) - 1))
     queries = np.flatnonzero(is_query)
-    rows_per = rows_per_block(n, batch_size)
-    for start in range(0, queries.size, rows_per):
-        rows = queries[start:start + rows_per]
-        allowed = np.ones((rows.size, n), dtype=bool)
-        allowed[np.arange(rows.size), rows] = False
-        for c in exclude:
-            allowed &= codes[c][rows, None] != codes[c][None, :]
-        if match == "identical":
-            shares = list_code[rows, None] == list_code[None, :]
-        else:
-            shares = (ind_f[rows] @ ind_f.T) > 0
-        possible = (allowed & shares).any(axis=1)
-        if count_all_queries:
-            possible[:] = True
-        excluded += int((~possible).sum())
-        if not possible.any():
-            continue
-        rows, allowed, shares = rows[possible], allowed[possible], shares[possible]
-        n_queries += rows.size
-        sims = np.where(allowed, sim.block64(rows), -np.inf)
-        nearest = _nearest(sims, kmax)
-        valid = np.take_along_axis(allowed, nearest, axis=1)
-        if mode == "any":
-            hit_at = np.take_along_axis(shares, nearest, axis=1) & valid
-            first = np.cumsum(hit_at, axis=1) > 0
-            for kk in ks:
-                hits[kk] += int(first[:, min(kk, kmax) - 1].sum())
-        else:
-            for kk in ks:
-                hits[kk] += int(_vote_hits(ind, rows, nearest[:, : min(kk, kmax)], valid[:, : min(kk, kmax)]).sum())
+    _, found = sweep(Similarity(feats[keep], distance), queries, nearest=task, batch_size=batch_size, device=device)
+    possible = np.ones(queries.size, dtype=bool) if count_all_queries else found.possible
+    excluded = int((~possible).sum())
+    n_queries = int(possible.sum())
+    nearest, shares = found.nearest[possible], found.shares[possible]
+    hits = {}
+    if mode == "any":
+        first = np.cumsum(shares, axis=1) > 0
+        for kk in ks:
+            hits[kk] = int(first[:, min(kk, task.kmax) - 1].sum())
+    else:
+        rows = queries[possible]
+        for kk in ks:
+            top = nearest[:, : min(kk, task.kmax)]
+            hits[kk] = sum(int(_vote_hits(ind, rows[c:c + _VOTE_CHUNK], top[c:c + _VOTE_CHUNK]).sum())
+                           for c in range(0, rows.size, _VOTE_CHUNK))
     if n_queries == 0:
         msg = (f"no query has an allowed neighbour sharing its {label_col!r} label once neighbours with the "
                f"same {exclude} are skipped; every label needs profiles from at least two groups")
@@ -174,21 +157,22 @@ def nn_accuracy(
     return out
 
 
-def _nearest(sims: np.ndarray, kmax: int) -> np.ndarray:
-    """Indices of the kmax most similar columns per row, best first; ties go to the lower index."""
-    n = sims.shape[1]
-    if kmax < n:
-        part = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
+def nearest_task(meta: pd.DataFrame, labels: list[tuple[str, ...]], ind: np.ndarray, exclude: list[str], match: str,
+                 kmax: int) -> NearestTask:
+    """The kernel's view of a k-NN design: exclusion codes and the labels compared (CSR, sorted)."""
+    if match == "identical":  # the label list itself is the one label compared
+        label_of = pd.factorize(pd.Series(labels, dtype=object))[0]
+        ptr, flat = np.arange(len(labels) + 1, dtype=np.int64), label_of.astype(np.int64)
     else:
-        part = np.broadcast_to(np.arange(n), sims.shape).copy()
-    values = np.take_along_axis(sims, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+        rows, flat = np.nonzero(ind)
+        ptr = np.searchsorted(rows, np.arange(len(labels) + 1)).astype(np.int64)
+        flat = flat.astype(np.int64)
+    return NearestTask(codes(meta, exclude), np.ones(len(meta), dtype=bool), ptr, flat, kmax)
 
 
-def _vote_hits(ind: np.ndarray, rows: np.ndarray, nearest: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _vote_hits(ind: np.ndarray, rows: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     """The most voted labels of the neighbours (ties to the nearer neighbour's) include one of the query's."""
-    held = ind[nearest] & valid[:, :, None]  # (queries, k, labels)
+    held = ind[nearest] & (nearest >= 0)[:, :, None]  # (queries, k, labels)
     votes = held.sum(axis=1)
     width = nearest.shape[1]
     first_rank = np.where(held.any(axis=1), np.argmax(held, axis=1), width)
