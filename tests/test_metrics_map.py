@@ -315,3 +315,15 @@ def test_block_size_does_not_change_results(profiles):
     one = average_precision(meta[keep], x[keep], *rules, multilabel_col="moa")
     small = average_precision(meta[keep], x[keep], *rules, multilabel_col="moa", batch_size=300)
     pd.testing.assert_frame_equal(one, small)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_torch_path_on_cpu_equals_cpu_kernels_and_copairs(profiles, design):
+    meta, x = profiles
+    cpu = average_precision(meta, x, *DESIGNS[design])
+    blocked = average_precision(meta, x, *DESIGNS[design], device="cpu", batch_size=30_000)
+    pd.testing.assert_frame_equal(cpu.drop(columns="average_precision"), blocked.drop(columns="average_precision"),
+                                  atol=1e-12, rtol=0)
+    a, b = cpu["average_precision"].to_numpy(), blocked["average_precision"].to_numpy()
+    assert (np.isnan(a) == np.isnan(b)).all() and np.nanmax(np.abs(a - b)) < 1e-12
+    _assert_same_ap(blocked, copairs_map.average_precision(meta, x, *DESIGNS[design], progress_bar=False))

@@ -137,3 +137,14 @@ def test_bad_arguments():
         nn_accuracy(meta, x, "moa", k=0)
     with pytest.raises(ProfilingError, match="no query has an allowed neighbour"):
         nn_accuracy(meta, x, "compound", ["compound"])
+
+
+@pytest.mark.parametrize("match", ["any", "identical"])
+def test_torch_path_on_cpu_equals_cpu_kernels_and_brute_force(profiles, match):
+    meta, x = profiles
+    ks = [1, 3, 10]
+    cpu = nn_accuracy(meta, x, "moa", ["compound"], k=ks, match=match)
+    blocked = nn_accuracy(meta, x, "moa", ["compound"], k=ks, match=match, device="cpu", batch_size=20_000)
+    pd.testing.assert_frame_equal(cpu, blocked)
+    pd.testing.assert_frame_equal(cpu, brute_force(meta, x, "moa", ["compound"], ks, match=match),
+                                  check_dtype=False)
