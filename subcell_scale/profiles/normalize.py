@@ -287,7 +287,7 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
         mean = fit.mean(axis=0) if center else np.zeros(d)
         std = np.ones(d)
     fit_t = (fit - mean) / std
-    _, sigma, vt = np.linalg.svd(fit_t, full_matrices=True)
+    sigma, vt = _right_singular(fit_t)
     tolerance = sigma.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
     rank = int((sigma > tolerance).sum())
     if not (rank == d or (center and rank == n - 1) or (not center and rank == n)):
@@ -295,7 +295,7 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
                              f"d={d}, rank={rank}); remove linearly dependent features (feature_select "
                              "correlation_threshold) or use more reference rows")
     if variant == "legacy":
-        _, sigma, vt = np.linalg.svd(fit, full_matrices=True)
+        sigma, vt = _right_singular(fit)
     if n <= d:
         # directions the reference rows do not span get the smallest non-zero singular value
         sigma = np.concatenate([sigma[:rank], np.repeat(sigma[rank - 1], d - rank)])
@@ -304,3 +304,19 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
     if method.startswith("ZCA"):
         w = w @ vt
     return ((rows - mean) / std) @ w
+
+
+def _right_singular(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values and right singular vectors of ``a``, bit for bit those of ``np.linalg.svd(a)``.
+
+    LAPACK's SVD of a matrix with at least 11/6 as many rows as columns starts from its QR factor
+    and decomposes the (d x d) triangle R, whose Gram matrix is ``a.T @ a``; doing the same here
+    keeps pycytominer's singular vectors, signs included (the PCA components depend on them), without
+    the (n x n) left vectors pycytominer's ``full_matrices=True`` call builds. An eigendecomposition of
+    the covariance would choose other signs and square the condition number.
+    """
+    n, d = a.shape
+    if 6 * n >= 11 * d:
+        a = np.linalg.qr(a, mode="r")
+    _, sigma, vt = np.linalg.svd(a, full_matrices=n < d)
+    return sigma, vt
