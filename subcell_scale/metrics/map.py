@@ -45,7 +45,7 @@ from ._pairs import (
     split_queries,
 )
 from ._similarity import Distance, Similarity, rows_per_block
-from ._sweep import RankTask, sweep
+from ._sweep import RankResult, RankTask, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +261,14 @@ def average_precision(
 
 def _average_precision_single(meta: pd.DataFrame, sim: Similarity, pos_rule: Rule, neg_rule: Rule,
                               batch_size: int | None, progress_bar: bool, device: str | None) -> pd.DataFrame:
-    n = len(meta)
     task = RankTask.of(meta, pos_rule, neg_rule)
-    ranks, _ = sweep(sim, np.arange(n), ranks=task, batch_size=batch_size, progress_bar=progress_bar, device=device)
+    ranks, _ = sweep(sim, np.arange(len(meta)), ranks=task, batch_size=batch_size, progress_bar=progress_bar,
+                     device=device)
+    return ap_frame(meta, ranks, pos_rule, neg_rule)
+
+
+def ap_frame(meta: pd.DataFrame, ranks: RankResult, pos_rule: Rule, neg_rule: Rule) -> pd.DataFrame:
+    """``meta`` with copairs' AP columns from a sweep's ranks of every profile (raises without pairs)."""
     _check_pairs(ranks.n_pos, ranks.n_neg, pos_rule, neg_rule)
     ap, n_pos, n_total = ranks.ap, ranks.n_pos, ranks.n_pos + ranks.n_neg
     out = meta

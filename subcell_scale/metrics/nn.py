@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,7 @@ from .._docs import doc_params
 from ..errors import ProfilingError
 from ._pairs import as_list, check_columns, label_matrix, parse_labels
 from ._similarity import Distance, Similarity
-from ._sweep import NearestTask, codes, sweep
+from ._sweep import NearestResult, NearestTask, codes, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -93,68 +94,95 @@ def nn_accuracy(
         them (no hit is possible, e.g. an MoA with a single compound). If fewer than k neighbours
         are allowed, the available ones are used.
     """
-    if mode not in ("any", "vote"):
-        msg = f"mode must be 'any' or 'vote', got {mode!r}"
-        raise ProfilingError(msg)
-    if match not in ("any", "identical") or (match == "identical" and mode != "any"):
-        msg = f"match must be 'any' or 'identical' (the latter with mode='any'), got match={match!r}, mode={mode!r}"
-        raise ProfilingError(msg)
-    ks = sorted({int(v) for v in ([k] if np.isscalar(k) else k)})
-    if not ks or ks[0] < 1:
-        msg = f"k must be positive integers, got {k!r}"
-        raise ProfilingError(msg)
-    exclude = as_list(exclude_sameby)
-    feats = np.asarray(feats)
-    if feats.ndim != 2 or len(meta) != feats.shape[0]:
-        msg = f"meta has {len(meta)} rows but feats has shape {feats.shape}; they must describe the same profiles"
-        raise ProfilingError(msg)
-    check_columns(meta, [label_col, *exclude], label_col=label_col)
-    labels = parse_labels(meta[label_col], sep)
-    labelled = np.array([len(x) > 0 for x in labels])
-    if not labelled.all():
-        logger.info("nn_accuracy: %d of %d profiles have no %r label and are left out",
-                    int((~labelled).sum()), len(meta), label_col)
-    keep = np.flatnonzero(labelled)
-    if keep.size < 2:
-        msg = f"nn_accuracy needs at least 2 profiles with a {label_col!r} label, found {keep.size}"
-        raise ProfilingError(msg)
-    if query_rows is None:
-        is_query = np.ones(keep.size, dtype=bool)
-    else:
-        query_rows = np.asarray(query_rows, dtype=bool)
-        if query_rows.shape != (len(meta),):
-            msg = f"query_rows must be a boolean mask of the {len(meta)} rows of meta, got shape {query_rows.shape}"
+    plan = NearestPlan.of(meta, feats, label_col, exclude_sameby, k, mode=mode, match=match,
+                          query_rows=query_rows, sep=sep)
+    _, found = sweep(Similarity(plan.feats, distance), plan.queries, nearest=plan.task, batch_size=batch_size,
+                     device=device)
+    return plan.table(found, count_all_queries=count_all_queries)
+
+
+@dataclass(frozen=True)
+class NearestPlan:
+    """A validated k-NN design: the labelled profiles kept, the queries among them and the kernel's task."""
+
+    feats: np.ndarray
+    keep: np.ndarray
+    queries: np.ndarray
+    ind: np.ndarray
+    task: NearestTask
+    ks: list[int]
+    mode: str
+    label_col: str
+    exclude: list[str]
+
+    @classmethod
+    def of(cls, meta: pd.DataFrame, feats: np.ndarray, label_col: str, exclude_sameby: str | Sequence[str],
+           k: int | Sequence[int], *, mode: str, match: str, query_rows: np.ndarray | None, sep: str) -> NearestPlan:
+        if mode not in ("any", "vote"):
+            msg = f"mode must be 'any' or 'vote', got {mode!r}"
             raise ProfilingError(msg)
-        is_query = query_rows[keep]
-    meta = meta.iloc[keep].reset_index(drop=True)
-    kept_labels = [labels[i] for i in keep]
-    ind, _ = label_matrix(kept_labels)
-    task = nearest_task(meta, kept_labels, ind, exclude, match, min(ks[-1], len(meta) - 1))
-    queries = np.flatnonzero(is_query)
-    _, found = sweep(Similarity(feats[keep], distance), queries, nearest=task, batch_size=batch_size, device=device)
-    possible = np.ones(queries.size, dtype=bool) if count_all_queries else found.possible
-    excluded = int((~possible).sum())
-    n_queries = int(possible.sum())
-    nearest, shares = found.nearest[possible], found.shares[possible]
-    hits = {}
-    if mode == "any":
-        first = np.cumsum(shares, axis=1) > 0
-        for kk in ks:
-            hits[kk] = int(first[:, min(kk, task.kmax) - 1].sum())
-    else:
-        rows = queries[possible]
-        for kk in ks:
-            top = nearest[:, : min(kk, task.kmax)]
-            hits[kk] = sum(int(_vote_hits(ind, rows[c:c + _VOTE_CHUNK], top[c:c + _VOTE_CHUNK]).sum())
-                           for c in range(0, rows.size, _VOTE_CHUNK))
-    if n_queries == 0:
-        msg = (f"no query has an allowed neighbour sharing its {label_col!r} label once neighbours with the "
-               f"same {exclude} are skipped; every label needs profiles from at least two groups")
-        raise ProfilingError(msg)
-    out = pd.DataFrame({"k": ks, "n_queries": n_queries, "n_hits": [hits[kk] for kk in ks],
-                        "n_excluded_queries": excluded})
-    out.insert(1, "accuracy", out["n_hits"] / out["n_queries"])
-    return out
+        if match not in ("any", "identical") or (match == "identical" and mode != "any"):
+            msg = (f"match must be 'any' or 'identical' (the latter with mode='any'), got match={match!r}, "
+                   f"mode={mode!r}")
+            raise ProfilingError(msg)
+        ks = sorted({int(v) for v in ([k] if np.isscalar(k) else k)})
+        if not ks or ks[0] < 1:
+            msg = f"k must be positive integers, got {k!r}"
+            raise ProfilingError(msg)
+        exclude = as_list(exclude_sameby)
+        feats = np.asarray(feats)
+        if feats.ndim != 2 or len(meta) != feats.shape[0]:
+            msg = f"meta has {len(meta)} rows but feats has shape {feats.shape}; they must describe the same profiles"
+            raise ProfilingError(msg)
+        check_columns(meta, [label_col, *exclude], label_col=label_col)
+        labels = parse_labels(meta[label_col], sep)
+        labelled = np.array([len(x) > 0 for x in labels])
+        if not labelled.all():
+            logger.info("nn_accuracy: %d of %d profiles have no %r label and are left out",
+                        int((~labelled).sum()), len(meta), label_col)
+        keep = np.flatnonzero(labelled)
+        if keep.size < 2:
+            msg = f"nn_accuracy needs at least 2 profiles with a {label_col!r} label, found {keep.size}"
+            raise ProfilingError(msg)
+        if query_rows is None:
+            is_query = np.ones(keep.size, dtype=bool)
+        else:
+            query_rows = np.asarray(query_rows, dtype=bool)
+            if query_rows.shape != (len(meta),):
+                msg = (f"query_rows must be a boolean mask of the {len(meta)} rows of meta, got shape "
+                       f"{query_rows.shape}")
+                raise ProfilingError(msg)
+            is_query = query_rows[keep]
+        kept = meta.iloc[keep].reset_index(drop=True)
+        kept_labels = [labels[i] for i in keep]
+        ind, _ = label_matrix(kept_labels)
+        task = nearest_task(kept, kept_labels, ind, exclude, match, min(ks[-1], len(kept) - 1))
+        return cls(feats[keep], keep, np.flatnonzero(is_query), ind, task, ks, mode, label_col, exclude)
+
+    def table(self, found: NearestResult, *, count_all_queries: bool) -> pd.DataFrame:
+        """The accuracy table from the neighbours the sweep found for ``self.queries``."""
+        possible = np.ones(self.queries.size, dtype=bool) if count_all_queries else found.possible
+        n_queries = int(possible.sum())
+        if n_queries == 0:
+            msg = (f"no query has an allowed neighbour sharing its {self.label_col!r} label once neighbours with "
+                   f"the same {self.exclude} are skipped; every label needs profiles from at least two groups")
+            raise ProfilingError(msg)
+        kmax = self.task.kmax
+        hits = {}
+        if self.mode == "any":
+            first = np.cumsum(found.shares[possible], axis=1) > 0
+            for kk in self.ks:
+                hits[kk] = int(first[:, min(kk, kmax) - 1].sum())
+        else:
+            rows, nearest = self.queries[possible], found.nearest[possible]
+            for kk in self.ks:
+                top = nearest[:, : min(kk, kmax)]
+                hits[kk] = sum(int(_vote_hits(self.ind, rows[c:c + _VOTE_CHUNK], top[c:c + _VOTE_CHUNK]).sum())
+                               for c in range(0, rows.size, _VOTE_CHUNK))
+        out = pd.DataFrame({"k": self.ks, "n_queries": n_queries, "n_hits": [hits[kk] for kk in self.ks],
+                            "n_excluded_queries": int((~possible).sum())})
+        out.insert(1, "accuracy", out["n_hits"] / out["n_queries"])
+        return out
 
 
 def nearest_task(meta: pd.DataFrame, labels: list[tuple[str, ...]], ind: np.ndarray, exclude: list[str], match: str,
