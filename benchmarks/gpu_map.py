@@ -75,7 +75,8 @@ def main() -> None:
     cpu = run(meta, x, None, ks)
     agree = {"n": args.subset, "max_abs_ap_diff": float(np.nanmax(np.abs(dev["ap"] - cpu["ap"]))),
              "same_nan": bool((np.isnan(dev["ap"]) == np.isnan(cpu["ap"])).all()),
-             "same_pair_counts": bool((dev["n_pos"] == cpu["n_pos"]).all() and (dev["n_total"] == cpu["n_total"]).all()),
+             "same_pair_counts": bool((dev["n_pos"] == cpu["n_pos"]).all()
+                                      and (dev["n_total"] == cpu["n_total"]).all()),
              "max_abs_nn_diff": float(np.abs(dev["acc"] - cpu["acc"]).max()),
              "device_s": dev["ap_s"] + dev["nn_s"], "cpu_s": cpu["ap_s"] + cpu["nn_s"]}
     results["agreement"] = agree
