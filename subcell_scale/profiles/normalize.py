@@ -287,15 +287,18 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
         mean = fit.mean(axis=0) if center else np.zeros(d)
         std = np.ones(d)
     fit_t = (fit - mean) / std
-    sigma, vt = _right_singular(fit_t)
-    tolerance = sigma.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-    rank = int((sigma > tolerance).sum())
+    if variant == "legacy":  # the rank from the transformed rows, the whitening from the raw ones
+        sigma_t = np.linalg.svd(_triangle(fit_t), compute_uv=False)
+        sigma, vt = _right_singular(fit)
+    else:
+        sigma, vt = _right_singular(fit_t)
+        sigma_t = sigma
+    tolerance = sigma_t.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+    rank = int((sigma_t > tolerance).sum())
     if not (rank == d or (center and rank == n - 1) or (not center and rank == n)):
         raise ProfilingError(f"normalize: spherize reference rows of stratum {stratum} are not full rank (n={n}, "
                              f"d={d}, rank={rank}); remove linearly dependent features (feature_select "
                              "correlation_threshold) or use more reference rows")
-    if variant == "legacy":
-        sigma, vt = _right_singular(fit)
     if n <= d:
         # directions the reference rows do not span get the smallest non-zero singular value
         sigma = np.concatenate([sigma[:rank], np.repeat(sigma[rank - 1], d - rank)])
@@ -315,8 +318,11 @@ def _right_singular(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the (n x n) left vectors pycytominer's ``full_matrices=True`` call builds. An eigendecomposition of
     the covariance would choose other signs and square the condition number.
     """
-    n, d = a.shape
-    if 6 * n >= 11 * d:
-        a = np.linalg.qr(a, mode="r")
-    _, sigma, vt = np.linalg.svd(a, full_matrices=n < d)
+    _, sigma, vt = np.linalg.svd(_triangle(a), full_matrices=a.shape[0] < a.shape[1])
     return sigma, vt
+
+
+def _triangle(a: np.ndarray) -> np.ndarray:
+    """The (d x d) QR factor of a matrix with at least 11/6 as many rows as columns (same singular values), else it."""
+    n, d = a.shape
+    return np.linalg.qr(a, mode="r") if 6 * n >= 11 * d else a
