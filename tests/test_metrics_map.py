@@ -85,14 +85,17 @@ def test_callable_distance_equals_copairs(profiles):
 
 
 def test_ties_and_many_positives_equal_copairs():
-    """Coarse features make exact ties; big groups take the sorting path (more than 16 positives)."""
+    """Coarse features make exact ties; big groups take the histogram path (more than 16 positives),
+    on the CPU kernels and on the torch path."""
     rng = np.random.default_rng(3)
     meta = pd.DataFrame({"g": rng.integers(0, 5, 300).astype(str), "p": rng.integers(0, 3, 300).astype(str)})
     x = np.round(rng.normal(size=(300, 3)), 0)
     x[np.abs(x).sum(axis=1) == 0, 0] = 1.0
     for rules in [(["g"], [], [], ["g"]), (["g"], ["p"], ["p"], ["g"]), (["g"], [], [], ["p"])]:
-        ours = average_precision(meta, x, *rules, batch_size=5000)
-        _assert_same_ap(ours, copairs_map.average_precision(meta, x, *rules, progress_bar=False))
+        ref = copairs_map.average_precision(meta, x, *rules, progress_bar=False)
+        for device in (None, "cpu"):
+            ours = average_precision(meta, x, *rules, batch_size=5000, device=device)
+            _assert_same_ap(ours, ref)
         assert ours["n_pos_pairs"].max() > 16
 
 

@@ -2,8 +2,8 @@
 
 On a GPU the product is cheap and the CPU kernels' row-by-row loops are not; here each block's rule
 masks come from the group codes by broadcasting, each positive's count of negatives above it from
-one ``searchsorted`` of the negatives' keys into the sorted positive keys and a histogram, and the
-nearest neighbours from ``topk``. Memory is a few block-sized tensors.
+one comparison pass per positive (or, with many positives, a ``searchsorted`` of the negatives' keys
+into the sorted positive keys and a histogram), and the nearest neighbours from ``topk``. Memory is a few block-sized tensors.
 
 Precision and near-ties: features stay float64 and the product is float64, then rounded to float32
 ranking keys exactly as on the CPU (``float32(1) - float32(similarity)``, positives win exact ties).
@@ -25,6 +25,8 @@ from ._similarity import Similarity, rows_per_block
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._sweep import NearestResult, NearestTask, RankResult, RankTask
+
+_FEW = 16  # up to this many positives in a block, one comparison pass per positive
 
 GPU_BLOCK_VALUES = 1 << 26
 """Similarity values per block on a device when the caller does not choose (512 MiB as float64)."""
@@ -118,10 +120,14 @@ class _Tensors:
         if width == 0:
             return torch.full((rows.numel(),), float("nan"), dtype=torch.float64), n_pos, n_neg
         pos_keys = torch.topk(torch.where(pos, keys, inf), width, dim=1, largest=False, sorted=True).values
-        slot = torch.searchsorted(pos_keys, torch.where(neg, keys, inf), right=True)
-        hist = torch.zeros((rows.numel(), width + 1), dtype=torch.int64, device=self.dev)
-        hist.scatter_add_(1, slot, torch.ones_like(slot))
-        above = hist[:, :width].cumsum(dim=1)
+        neg_keys = torch.where(neg, keys, inf)
+        if width <= _FEW:  # a comparison per positive: no atomics
+            above = torch.stack([(neg_keys < pos_keys[:, t:t + 1]).sum(dim=1) for t in range(width)], dim=1)
+        else:  # a histogram over the sorted positive keys, cumulated
+            slot = torch.searchsorted(pos_keys, neg_keys, right=True)
+            slot += (torch.arange(rows.numel(), device=self.dev) * (width + 1))[:, None]
+            hist = torch.bincount(slot.reshape(-1), minlength=rows.numel() * (width + 1))
+            above = hist.reshape(rows.numel(), width + 1)[:, :width].cumsum(dim=1)
         k = torch.arange(1, width + 1, device=self.dev, dtype=torch.float64)
         terms = torch.where(k[None, :] <= n_pos[:, None], k / (k + above), 0.0)
         ap = terms.sum(dim=1) / n_pos
