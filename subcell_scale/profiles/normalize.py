@@ -221,9 +221,14 @@ def _degenerate(x: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
         empty = np.isnan(x).all(axis=0)
         constant = np.nanmax(x, axis=0) == np.nanmin(x, axis=0)
-        median = np.nanmedian(x, axis=0)
-        mad = np.nanmedian(np.abs(x - median), axis=0)
+        median = _column_median(x)
+        mad = _column_median(np.abs(x - median))
     return empty | constant | (mad == 0)
+
+
+def _column_median(x: np.ndarray) -> np.ndarray:
+    """Median of each column ignoring NaN; numpy's nanmedian loops over columns, so it is kept for NaN."""
+    return np.nanmedian(x, axis=0) if np.isnan(x).any() else np.median(x, axis=0)
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,13 +256,13 @@ def _location_scale(x: np.ndarray, method: str, epsilon: float, mad_scale: float
         if method == "standardize":
             center, scale = _mean_std(x)
         elif method == "robustize":
-            center = np.nanmedian(x, axis=0)
+            center = _column_median(x)
             q25, q75 = np.nanpercentile(x, [25, 75], axis=0)  # linear interpolation, as RobustScaler
             scale = q75 - q25
             scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
         else:
-            center = np.nanmedian(x, axis=0)
-            scale = mad_scale * np.nanmedian(np.abs(x - center), axis=0) + epsilon
+            center = _column_median(x)
+            scale = mad_scale * _column_median(np.abs(x - center)) + epsilon
     return center, scale
 
 
