@@ -330,3 +330,16 @@ def test_torch_path_on_cpu_equals_cpu_kernels_and_copairs(profiles, design):
     a, b = cpu["average_precision"].to_numpy(), blocked["average_precision"].to_numpy()
     assert (np.isnan(a) == np.isnan(b)).all() and np.nanmax(np.abs(a - b)) < 1e-12
     _assert_same_ap(blocked, copairs_map.average_precision(meta, x, *DESIGNS[design], progress_bar=False))
+
+
+def test_threads_computing_at_once_get_the_results_of_one(profiles):
+    """Parallel kernels launched from several threads at once (a notebook's pool, Dask threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    meta, x = profiles
+    alone = average_precision(meta, x, *DESIGNS["subcell_replicate"], batch_size=2000)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: average_precision(meta, x, *DESIGNS["subcell_replicate"], batch_size=2000),
+                                range(3)))
+    for result in results:
+        pd.testing.assert_frame_equal(result, alone)

@@ -9,6 +9,7 @@ costs one product. Pair rules travel as integer group codes; memory is one block
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,11 @@ def combined(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
         return np.zeros(len(meta), dtype=np.int64)
     _, inverse = np.unique(codes(meta, columns), axis=1, return_inverse=True)
     return np.asarray(inverse, dtype=np.int64).reshape(-1)
+
+
+_KERNELS = threading.Lock()
+"""numba's default threading layer aborts when two threads launch parallel kernels at once (a
+notebook's thread pool, Dask's threaded scheduler): each kernel call holds this lock."""
 
 
 @dataclass(frozen=True)
@@ -96,22 +102,26 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
 
         sweep_torch(sim, queries, ranks, nearest, rank_out, nn_out, batch_size, device)
         return rank_out, nn_out
-    from . import _ranks
-
     rows_per = rows_per_block(sim.n, batch_size)
     for start in _progress(range(0, q, rows_per), math.ceil(q / rows_per), progress_bar):
         part = slice(start, min(q, start + rows_per))
         rows = np.ascontiguousarray(queries[part], dtype=np.int64)
         block = sim.block64(rows)
-        if ranks is not None:
-            _ranks.ap_block(block, rows, ranks.group_of, ranks.members, ranks.group_start, ranks.pos_diff,
-                            ranks.neg_same, ranks.neg_diff, rank_out.ap[part], rank_out.n_pos[part],
-                            rank_out.n_neg[part])
-        if nearest is not None:
-            _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool,
-                                 nearest.label_ptr, nearest.labels, nearest.kmax, nn_out.nearest[part],
-                                 nn_out.shares[part], nn_out.possible[part])
+        with _KERNELS:
+            _run_kernels(block, rows, part, ranks, nearest, rank_out, nn_out)
     return rank_out, nn_out
+
+
+def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTask | None,
+                 nearest: NearestTask | None, rank_out: RankResult | None, nn_out: NearestResult | None) -> None:
+    from . import _ranks
+
+    if ranks is not None:
+        _ranks.ap_block(block, rows, ranks.group_of, ranks.members, ranks.group_start, ranks.pos_diff,
+                        ranks.neg_same, ranks.neg_diff, rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
+    if nearest is not None:
+        _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool, nearest.label_ptr, nearest.labels,
+                             nearest.kmax, nn_out.nearest[part], nn_out.shares[part], nn_out.possible[part])
 
 
 def _progress(starts: Iterable[int], total: int, show: bool) -> Iterable[int]:
