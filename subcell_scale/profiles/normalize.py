@@ -145,22 +145,30 @@ def normalize(
         logger.info("normalize: %d features constant or with zero MAD among reference rows (%s): %s",
                     len(degenerate_features), "dropped" if degenerate == "drop" else "kept",
                     degenerate_features[:10])
-    x = x[:, ~drop]
+    if drop.any():
+        x = x[:, ~drop]
     names = adata.var_names[~drop]
     if method == "spherize":
         _check_spherize_input(x, fit_rows, groups, names, reference)
-    out = np.empty_like(x)
+    out = np.empty(x.shape, dtype=np.float32)
     for (name, rows), fit in zip(groups, fit_rows, strict=True):
+        whole = bool(rows.all())  # one stratum: no gathered copy of the rows, no scatter back
+        part = x if whole else x[rows]
         if method == "spherize":
-            out[rows] = _spherize(x[fit], x[rows], spherize_method, spherize_epsilon, spherize_center,
-                                  spherize_variant, name)
+            values = _spherize(x[fit], part, spherize_method, spherize_epsilon, spherize_center, spherize_variant,
+                               name)
         elif method == "inverse_normal":
-            out[rows] = _inverse_normal(x[fit], x[rows], inverse_normal_n_quantiles)
+            values = _inverse_normal(x[fit], part, inverse_normal_n_quantiles)
         else:
             center, scale = _location_scale(x[fit], method, mad_robustize_epsilon, mad_scale)
-            out[rows] = (x[rows] - center) / scale
+            values = part - center
+            values /= scale
+        if whole:
+            out[...] = values
+        else:
+            out[rows] = values
     result = keep_features(adata, ~drop, copy=copy)
-    result.X = out.astype(np.float32)
+    result.X = out
     if method == "spherize" and spherize_method.startswith("PCA"):
         result.var = pd.DataFrame(index=pd.Index([f"PC{i}" for i in range(1, out.shape[1] + 1)], dtype=str))
     params: dict = {"method": method, "reference": reference, "by": by}
