@@ -87,13 +87,15 @@ def feature_select(
     rows = query_rows(adata.obs, samples, "feature_select", what="samples")
     if not rows.any():
         raise ProfilingError(f"feature_select: samples query {samples!r} matches no rows")
-    x = dense_features(adata, "feature_select")[rows]
+    x = dense_features(adata, "feature_select")
+    if not rows.all():
+        x = x[rows]
     names = np.asarray(adata.var_names, dtype=object)
     kept = np.ones(len(names), dtype=bool)
     by_operation: dict[str, list[str]] = {}
     for op in operations:
         columns = np.flatnonzero(kept)
-        sub = x[:, columns]
+        sub = x if columns.size == x.shape[1] else x[:, columns]  # a column gather copies every row
         if op == "variance_threshold":
             drop = _low_variance(sub, min_variance)
         elif op == "correlation_threshold":
@@ -168,15 +170,14 @@ def _pearson_pairs(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndar
     d(d-1)/2 pairs is built: what is kept is the totals and the pairs above the threshold.
     """
     d = x.shape[1]
-    centred = x - x.mean(axis=0)
+    z_t = np.ascontiguousarray((x - x.mean(axis=0)).T)  # one row per feature
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = centred / np.linalg.norm(centred, axis=0)  # a constant feature: NaN, as its correlations
-    z_t = np.ascontiguousarray(z.T)
+        z_t /= np.linalg.norm(z_t, axis=1, keepdims=True)  # a constant feature: NaN, as its correlations
     rows_per = max(1, _CORR_BLOCK_VALUES // d)
     total = np.empty(d)
     firsts, seconds = [], []
     for start in range(0, d, rows_per):
-        corr = np.clip(z_t[start:start + rows_per] @ z, -1.0, 1.0)
+        corr = np.clip(z_t[start:start + rows_per] @ z_t.T, -1.0, 1.0)
         total[start:start + corr.shape[0]] = np.nansum(np.abs(corr), axis=1)
         with np.errstate(invalid="ignore"):
             r, c = np.nonzero(corr > threshold)
