@@ -50,21 +50,30 @@ def ap_block(sims: np.ndarray, rows: np.ndarray, group_of: np.ndarray, members: 
                 keys[m] = _key(sims[r, j])
                 m += 1
         keys = np.sort(keys[:m])
-        # the row's negatives as ranking keys, everything else +inf: vectorised passes over one row
+        # the row's negatives as ranking keys, everything else +inf: vectorised passes over one row, the
+        # first also testing the first neg_diff column (codes are never negative: -1 matches nothing)
         neg_keys = np.empty(n, dtype=np.float32)
         same = neg_same[i]
-        for j in range(n):
-            neg_keys[j] = _key(sims[r, j]) if neg_same[j] == same else inf
-        for c in range(neg_diff.shape[0]):
-            codes = neg_diff[c]
-            own = codes[i]
-            for j in range(n):
-                if codes[j] == own:
-                    neg_keys[j] = inf
-        neg_keys[i] = inf
+        first = neg_diff[0] if neg_diff.shape[0] else neg_same
+        own = first[i] if neg_diff.shape[0] else -1
         negatives = 0
         for j in range(n):
-            negatives += neg_keys[j] != inf
+            ok = (neg_same[j] == same) & (first[j] != own)
+            neg_keys[j] = _key(sims[r, j]) if ok else inf
+            negatives += ok
+        if neg_keys[i] != inf:
+            neg_keys[i] = inf
+            negatives -= 1
+        if neg_diff.shape[0] > 1:
+            for c in range(1, neg_diff.shape[0]):
+                codes = neg_diff[c]
+                own_c = codes[i]
+                for j in range(n):
+                    if codes[j] == own_c:
+                        neg_keys[j] = inf
+            negatives = 0
+            for j in range(n):
+                negatives += neg_keys[j] != inf
         n_pos[r] = m
         n_neg[r] = negatives
         ap[r] = _ap(_above(neg_keys, keys), m) if m else np.nan

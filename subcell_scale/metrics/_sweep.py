@@ -57,8 +57,8 @@ class RankTask:
         group_of = combined(meta, pos.sameby)
         members = np.argsort(group_of, kind="stable").astype(np.int64)
         group_start = np.searchsorted(group_of[members], np.arange(int(group_of.max()) + 2)).astype(np.int64)
-        return cls(group_of, members, group_start, codes(meta, pos.diffby), combined(meta, neg.sameby),
-                   codes(meta, neg.diffby))
+        return cls(group_of, members, group_start, codes(meta, pos.diffby),
+                   combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby))
 
 
 @dataclass(frozen=True)
