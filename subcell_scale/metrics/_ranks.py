@@ -1,12 +1,13 @@
 """Positive ranks and nearest neighbours read from a block of similarities in one pass per row.
 
 The similarity product is the floor of any retrieval metric; what comes after it should cost about as
-much as reading the block once. For each query row (one thread per row) these kernels gather the
+much as reading the block once. For each query row these kernels gather the
 positives' ranking keys from the group lists (a few loads), then read the row once into a buffer of
 the negatives' keys (+inf elsewhere) decided from integer group codes; the buffer stays in cache
 while each positive's count of negatives ranked above it is taken (one vectorised pass per positive
 when there are few, a histogram over the sorted positive keys otherwise). Nearest neighbours keep a
-sorted top-k buffer filled in one walk over the row. No (rows x profiles) mask or copy is made.
+sorted top-k buffer filled in one walk over the row. No (rows x profiles) mask or copy is made. The
+kernels release the GIL; the sweep runs one per thread, each on its own block.
 
 Ranking keys follow copairs: ``float32(1) - float32(similarity)``, smaller is better, and a negative
 with exactly the same key as a positive is ranked after it.
@@ -15,7 +16,7 @@ with exactly the same key as a positive is ranked after it.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _FEW = 16  # up to this many positives, one vectorised counting pass per positive beats a histogram
 
@@ -25,7 +26,7 @@ def _key(s: float) -> np.float32:
     return np.float32(1.0) - np.float32(s)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def ap_block(sims: np.ndarray, rows: np.ndarray, group_of: np.ndarray, members: np.ndarray, group_start: np.ndarray,
              pos_diff: np.ndarray, neg_same: np.ndarray, neg_diff: np.ndarray, ap: np.ndarray, n_pos: np.ndarray,
              n_neg: np.ndarray) -> None:
@@ -38,7 +39,7 @@ def ap_block(sims: np.ndarray, rows: np.ndarray, group_of: np.ndarray, members: 
     """
     n = sims.shape[1]
     inf = np.float32(np.inf)
-    for r in prange(rows.size):
+    for r in range(rows.size):
         i = rows[r]
         g = group_of[i]
         lo, hi = group_start[g], group_start[g + 1]
@@ -124,7 +125,7 @@ def _differs(codes: np.ndarray, i: int, j: int) -> bool:
     return True
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool: np.ndarray,
                   label_ptr: np.ndarray, labels: np.ndarray, kmax: int, nearest: np.ndarray, shares: np.ndarray,
                   possible: np.ndarray) -> None:
@@ -135,7 +136,7 @@ def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool:
     with the query, ``shares`` whether each neighbour does. Unfilled slots of ``nearest`` hold -1.
     """
     n = sims.shape[1]
-    for r in prange(rows.size):
+    for r in range(rows.size):
         i = rows[r]
         best = np.full(kmax, -np.inf)
         idx = np.full(kmax, -1, dtype=np.int64)

@@ -9,8 +9,9 @@ costs one product. Pair rules travel as integer group codes; memory is one block
 from __future__ import annotations
 
 import math
-import threading
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +35,6 @@ def combined(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
         return np.zeros(len(meta), dtype=np.int64)
     _, inverse = np.unique(codes(meta, columns), axis=1, return_inverse=True)
     return np.asarray(inverse, dtype=np.int64).reshape(-1)
-
-
-_KERNELS = threading.Lock()
-"""numba's default threading layer aborts when two threads launch parallel kernels at once (a
-notebook's thread pool, Dask's threaded scheduler): each kernel call holds this lock."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +87,9 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
           ) -> tuple[RankResult | None, NearestResult | None]:
     """AP and/or nearest neighbours of ``queries`` (profile positions), one product per block.
 
+    On the CPU, one worker thread per core computes a block's product (BLAS limited to one thread
+    for the duration) and runs the kernels on it while the block is fresh.
+
     ``device`` names a torch device (``"cuda"``) to compute on it instead (built-in metrics only).
     """
     q = len(queries)
@@ -102,13 +101,21 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
 
         sweep_torch(sim, queries, ranks, nearest, rank_out, nn_out, batch_size, device)
         return rank_out, nn_out
-    rows_per = rows_per_block(sim.n, batch_size)
-    for start in _progress(range(0, q, rows_per), math.ceil(q / rows_per), progress_bar):
+    from threadpoolctl import threadpool_limits
+
+    workers = max(1, min(os.cpu_count() or 1, math.ceil(q / 64)))
+    rows_per = max(1, rows_per_block(sim.n, batch_size) // workers)  # the workers' blocks together: one block
+
+    def one(start: int) -> None:
         part = slice(start, min(q, start + rows_per))
         rows = np.ascontiguousarray(queries[part], dtype=np.int64)
-        block = sim.block64(rows)
-        with _KERNELS:
-            _run_kernels(block, rows, part, ranks, nearest, rank_out, nn_out)
+        _run_kernels(sim.block64(rows), rows, part, ranks, nearest, rank_out, nn_out)
+
+    # one single-threaded product and kernel per worker: a multi-threaded BLAS would leave its threads
+    # spinning against the kernels between products
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        for _ in _progress(pool.map(one, range(0, q, rows_per)), math.ceil(q / rows_per), progress_bar):
+            pass
     return rank_out, nn_out
 
 
@@ -124,9 +131,9 @@ def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTa
                              nearest.kmax, nn_out.nearest[part], nn_out.shares[part], nn_out.possible[part])
 
 
-def _progress(starts: Iterable[int], total: int, show: bool) -> Iterable[int]:
+def _progress(done: Iterable[None], total: int, show: bool) -> Iterable[None]:
     if not show:
-        return starts
+        return done
     from tqdm.auto import tqdm
 
-    return tqdm(starts, total=total, desc="similarity blocks", leave=False)
+    return tqdm(done, total=total, desc="similarity blocks", leave=False)
