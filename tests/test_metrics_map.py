@@ -333,9 +333,12 @@ def test_torch_path_on_cpu_equals_cpu_kernels_and_copairs(profiles, design):
 
 
 def test_threads_computing_at_once_get_the_results_of_one(profiles):
-    """Parallel kernels launched from several threads at once (a notebook's pool, Dask threads)."""
+    """Sweeps from several threads at once (a notebook's pool, Dask threads); BLAS threads restored after."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from threadpoolctl import threadpool_info
+
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     meta, x = profiles
     alone = average_precision(meta, x, *DESIGNS["subcell_replicate"], batch_size=2000)
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -343,3 +346,4 @@ def test_threads_computing_at_once_get_the_results_of_one(profiles):
                                 range(3)))
     for result in results:
         pd.testing.assert_frame_equal(result, alone)
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before

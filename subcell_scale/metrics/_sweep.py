@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +103,6 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
 
         sweep_torch(sim, queries, ranks, nearest, rank_out, nn_out, batch_size, device)
         return rank_out, nn_out
-    from threadpoolctl import threadpool_limits
-
     workers = max(1, min(os.cpu_count() or 1, math.ceil(q / 64)))
     rows_per = max(1, rows_per_block(sim.n, batch_size) // workers)  # the workers' blocks together: one block
 
@@ -113,10 +113,39 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
 
     # one single-threaded product and kernel per worker: a multi-threaded BLAS would leave its threads
     # spinning against the kernels between products
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+    with _SINGLE_THREADED_BLAS.held(), ThreadPoolExecutor(workers) as pool:
         for _ in _progress(pool.map(one, range(0, q, rows_per)), math.ceil(q / rows_per), progress_bar):
             pass
     return rank_out, nn_out
+
+
+class _SharedLimit:
+    """BLAS limited to one thread while any sweep runs; the first to start sets it, the last to end
+    restores it (sweeps in several threads must not restore each other's limit)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limiter = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        from threadpoolctl import threadpool_limits
+
+        with self._lock:
+            if self._users == 0:
+                self._limiter = threadpool_limits(1, user_api="blas")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._limiter.restore_original_limits()
+
+
+_SINGLE_THREADED_BLAS = _SharedLimit()
 
 
 def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTask | None,
