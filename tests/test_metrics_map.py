@@ -85,14 +85,17 @@ def test_callable_distance_equals_copairs(profiles):
 
 
 def test_ties_and_many_positives_equal_copairs():
-    """Coarse features make exact ties; big groups take the sorting path (more than 16 positives)."""
+    """Coarse features make exact ties; big groups take the histogram path (more than 16 positives),
+    on the CPU kernels and on the torch path."""
     rng = np.random.default_rng(3)
     meta = pd.DataFrame({"g": rng.integers(0, 5, 300).astype(str), "p": rng.integers(0, 3, 300).astype(str)})
     x = np.round(rng.normal(size=(300, 3)), 0)
     x[np.abs(x).sum(axis=1) == 0, 0] = 1.0
     for rules in [(["g"], [], [], ["g"]), (["g"], ["p"], ["p"], ["g"]), (["g"], [], [], ["p"])]:
-        ours = average_precision(meta, x, *rules, batch_size=5000)
-        _assert_same_ap(ours, copairs_map.average_precision(meta, x, *rules, progress_bar=False))
+        ref = copairs_map.average_precision(meta, x, *rules, progress_bar=False)
+        for device in (None, "cpu"):
+            ours = average_precision(meta, x, *rules, batch_size=5000, device=device)
+            _assert_same_ap(ours, ref)
         assert ours["n_pos_pairs"].max() > 16
 
 
@@ -315,3 +318,32 @@ def test_block_size_does_not_change_results(profiles):
     one = average_precision(meta[keep], x[keep], *rules, multilabel_col="moa")
     small = average_precision(meta[keep], x[keep], *rules, multilabel_col="moa", batch_size=300)
     pd.testing.assert_frame_equal(one, small)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_torch_path_on_cpu_equals_cpu_kernels_and_copairs(profiles, design):
+    meta, x = profiles
+    cpu = average_precision(meta, x, *DESIGNS[design])
+    blocked = average_precision(meta, x, *DESIGNS[design], device="cpu", batch_size=30_000)
+    pd.testing.assert_frame_equal(cpu.drop(columns="average_precision"), blocked.drop(columns="average_precision"),
+                                  atol=1e-12, rtol=0)
+    a, b = cpu["average_precision"].to_numpy(), blocked["average_precision"].to_numpy()
+    assert (np.isnan(a) == np.isnan(b)).all() and np.nanmax(np.abs(a - b)) < 1e-12
+    _assert_same_ap(blocked, copairs_map.average_precision(meta, x, *DESIGNS[design], progress_bar=False))
+
+
+def test_threads_computing_at_once_get_the_results_of_one(profiles):
+    """Sweeps from several threads at once (a notebook's pool, Dask threads); BLAS threads restored after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    meta, x = profiles
+    alone = average_precision(meta, x, *DESIGNS["subcell_replicate"], batch_size=2000)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: average_precision(meta, x, *DESIGNS["subcell_replicate"], batch_size=2000),
+                                range(3)))
+    for result in results:
+        pd.testing.assert_frame_equal(result, alone)
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before

@@ -137,3 +137,33 @@ def test_bad_arguments():
         nn_accuracy(meta, x, "moa", k=0)
     with pytest.raises(ProfilingError, match="no query has an allowed neighbour"):
         nn_accuracy(meta, x, "compound", ["compound"])
+
+
+@pytest.mark.parametrize("match", ["any", "identical"])
+def test_torch_path_on_cpu_equals_cpu_kernels_and_brute_force(profiles, match):
+    meta, x = profiles
+    ks = [1, 3, 10]
+    cpu = nn_accuracy(meta, x, "moa", ["compound"], k=ks, match=match)
+    blocked = nn_accuracy(meta, x, "moa", ["compound"], k=ks, match=match, device="cpu", batch_size=20_000)
+    pd.testing.assert_frame_equal(cpu, blocked)
+    pd.testing.assert_frame_equal(cpu, brute_force(meta, x, "moa", ["compound"], ks, match=match),
+                                  check_dtype=False)
+
+
+def test_one_sweep_gives_replicate_ap_and_nn_as_apart(profiles):
+    """AP and k-NN of the same profiles from one product per block equal the separate calls."""
+    from subcell_scale.metrics import average_precision
+    from subcell_scale.metrics._joint import ap_and_nn
+
+    meta, x = profiles
+    rules = {"pos_sameby": ["compound"], "pos_diffby": ["plate"], "neg_sameby": ["plate"], "neg_diffby": ["compound"]}
+    queries = (meta["control_type"] == "trt").to_numpy()
+    ks = list(range(1, 51))
+    joint = ap_and_nn(meta, x, rules, "compound", ["plate"], ks, query_rows=queries, count_all_queries=True)
+    pd.testing.assert_frame_equal(joint.ap(), average_precision(meta, x, **rules))
+    apart = nn_accuracy(meta, x, "compound", ["plate"], k=ks, query_rows=queries, count_all_queries=True)
+    pd.testing.assert_frame_equal(joint.nn(), apart)
+    ref = brute_force(meta, x, "compound", ["plate"], [1, 5, 50], count_all=True, queries=queries)
+    pd.testing.assert_frame_equal(apart[apart["k"].isin([1, 5, 50])].reset_index(drop=True), ref, check_dtype=False)
+    labelled_apart = meta.assign(compound=meta["compound"].where(np.arange(len(meta)) % 5 != 0, ""))
+    assert ap_and_nn(labelled_apart, x, rules, "compound", ["plate"], ks) is None

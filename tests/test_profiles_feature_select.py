@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import anndata as ad
 import numpy as np
 import pycytominer
@@ -67,6 +69,15 @@ def test_matches_pycytominer(profiles, kwargs):
     assert list(result.var_names) == expected
     assert 0 < result.n_vars < profiles.n_vars  # every case removes something
     np.testing.assert_array_equal(result.X, profiles[:, expected].X)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.9])
+def test_correlation_in_blocks_of_features_matches_pycytominer(profiles, monkeypatch, threshold):
+    """Blocks of 3 features at a time: the pairs that straddle blocks are found as in one matrix."""
+    module = importlib.import_module("subcell_scale.profiles.feature_select")
+    monkeypatch.setattr(module, "_CORR_BLOCK_VALUES", 3 * profiles.n_vars)
+    result = feature_select(profiles, operation="correlation_threshold", corr_threshold=threshold)
+    assert list(result.var_names) == _expected(profiles, operation="correlation_threshold", corr_threshold=threshold)
 
 
 def test_blocklist_names_and_files(profiles, tmp_path):

@@ -55,6 +55,21 @@ def test_matches_pycytominer(profiles, kwargs, by):
     assert step["n_reference"] == ([20] if by is None else [10, 10])
 
 
+@pytest.mark.parametrize("spherize_method", ["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
+def test_spherize_of_many_reference_rows_matches_pycytominer_and_legacy(spherize_method):
+    """Many more reference rows than features: the whitening comes from the (d x d) QR factor, and
+    PCA components keep pycytominer's signs; the legacy variant matches the JUMP recipe's code."""
+    profiles = simulated_profiles(n_plates=1, n_wells=240, n_features=12, seed=2)  # 60 negcon rows
+    result = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON)
+    expected = _pycytominer(profiles, None, NEGCON, method="spherize", spherize_method=spherize_method)
+    np.testing.assert_allclose(result.X, expected[list(result.var_names)].to_numpy(), rtol=1e-6, atol=1e-6)
+    legacy = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON,
+                       spherize_variant="legacy")
+    x = np.asarray(profiles.X, dtype=np.float64)
+    negcon = (profiles.obs["control_type"] == "negcon").to_numpy()
+    np.testing.assert_allclose(legacy.X, legacy_spherize(x[negcon], x, spherize_method, 1e-6), rtol=1e-6, atol=1e-6)
+
+
 def test_pca_variants_rename_features(profiles):
     result = normalize(profiles, method="spherize", spherize_method="PCA")
     assert list(result.var_names) == [f"PC{i}" for i in range(1, 9)]

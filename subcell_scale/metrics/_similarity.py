@@ -102,6 +102,14 @@ class Similarity:
             self._x = x
             self._metric = name
 
+    @property
+    def product_rows(self) -> np.ndarray | None:
+        """Rows whose products are the similarities (cosine, abs_cosine before ``abs``, correlation), else None.
+
+        Lets another device compute the product itself.
+        """
+        return self._x if self._metric in _PRODUCT_METRICS else None
+
     def block(self, rows: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Similarities (len(rows), n_profiles) as float32.
 

@@ -27,7 +27,7 @@ import ast
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +39,7 @@ from .._anndata import representation, rows_matching
 from .._folders import make_folder
 from .._typecheck import check_fields
 from ..errors import ConfigError, ProfilingError
+from ._joint import ap_and_nn
 from .map import average_precision, fraction_retrieved, mean_average_precision
 from .nn import nn_accuracy
 
@@ -87,6 +88,8 @@ class EvaluationDesign:
         mAP null rank lists per configuration, significance level, seed (benchmark: 10000, 0.05, 42).
     distance
         Similarity of profiles (cosine in the benchmark).
+    device
+        torch device (``"cuda"``) for the similarity sweeps of AP and k-NN; ``None``: the CPU kernels.
     nn_k
         k-NN accuracy for k = 1 ... ``nn_k`` (50).
     nn_match
@@ -116,6 +119,7 @@ class EvaluationDesign:
     threshold: float = 0.05
     seed: int = 42
     distance: str = "cosine"
+    device: str | None = None
     nn_k: int = 50
     nn_match: Literal["identical", "any"] = "identical"
     moa_nn_exclude: Sequence[str] | None = None
@@ -412,7 +416,15 @@ def _evaluate_one(obs: pd.DataFrame, x: np.ndarray, usable: np.ndarray, spec: Ev
     out: dict[str, pd.DataFrame] = {}
     summary: list[dict[str, Any]] = []
 
-    rep = _retrieval(meta, x, negcon, spec.rules("replicate"), spec, "replicate", cell_type, None)
+    ks = list(range(1, int(spec.nn_k) + 1))
+    compound_exclude = list(spec.compound_nn_exclude or [spec.plate_col])
+    try:  # replicate AP and compound k-NN rank the same profiles: one sweep of similarity blocks for both
+        joint = ap_and_nn(meta, x, spec.rules("replicate"), spec.pert_col, compound_exclude, ks,
+                          distance=spec.distance, query_rows=~negcon, count_all_queries=True, device=spec.device)
+    except ProfilingError:
+        joint = None  # each computed apart below reports its own problem
+    rep = _retrieval(meta, x, negcon, spec.rules("replicate"), spec, "replicate", cell_type, None,
+                     joint.ap if joint is not None else None)
     if rep is not None:
         out["replicate_ap"], out["replicate_map"] = rep
         summary += _map_summary(cell_type, "replicate", *rep)
@@ -429,9 +441,8 @@ def _evaluate_one(obs: pd.DataFrame, x: np.ndarray, usable: np.ndarray, spec: Ev
         out["moa_ap"], out["moa_map"] = moa
         summary += _map_summary(cell_type, "moa", *moa)
 
-    ks = list(range(1, int(spec.nn_k) + 1))
-    compound_exclude = list(spec.compound_nn_exclude or [spec.plate_col])
-    nn = _knn(meta, x, spec.pert_col, compound_exclude, ks, negcon, "any", spec, cell_type, "compound")
+    nn = _knn(meta, x, spec.pert_col, compound_exclude, ks, negcon, "any", spec, cell_type, "compound",
+              joint.nn if joint is not None else None)
     if nn is not None:
         out["compound_nn"] = nn
         summary += _nn_summary(cell_type, "compound_nn", nn, spec.summary_k)
@@ -450,11 +461,12 @@ def _evaluate_one(obs: pd.DataFrame, x: np.ndarray, usable: np.ndarray, spec: Ev
 
 
 def _retrieval(meta: pd.DataFrame, x: np.ndarray, negcon: np.ndarray, rules: Mapping[str, list[str]],
-               spec: EvaluationDesign, task: str, cell_type: str,
-               multilabel_col: str | None) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+               spec: EvaluationDesign, task: str, cell_type: str, multilabel_col: str | None,
+               swept: Callable[[], pd.DataFrame] | None = None) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     sameby = rules["pos_sameby"]
     try:
-        ap = average_precision(meta, x, **rules, distance=spec.distance, multilabel_col=multilabel_col)
+        ap = swept() if swept is not None else average_precision(
+            meta, x, **rules, distance=spec.distance, multilabel_col=multilabel_col, device=spec.device)
         if negcon.any():  # controls are never queries
             is_control = ap[spec.pert_col].astype(str).str.startswith("__negcon_")
             ap = ap[~is_control.to_numpy()].reset_index(drop=True)
@@ -469,10 +481,12 @@ def _retrieval(meta: pd.DataFrame, x: np.ndarray, negcon: np.ndarray, rules: Map
 
 
 def _knn(meta: pd.DataFrame, x: np.ndarray, label_col: str, exclude: list[str], ks: list[int],
-         negcon: np.ndarray, match: str, spec: EvaluationDesign, cell_type: str, what: str) -> pd.DataFrame | None:
+         negcon: np.ndarray, match: str, spec: EvaluationDesign, cell_type: str, what: str,
+         swept: Callable[[], pd.DataFrame] | None = None) -> pd.DataFrame | None:
     try:
-        acc = nn_accuracy(meta, x, label_col, exclude_sameby=exclude, k=ks, distance=spec.distance, match=match,
-                          count_all_queries=True, query_rows=~negcon)
+        acc = swept() if swept is not None else nn_accuracy(
+            meta, x, label_col, exclude_sameby=exclude, k=ks, distance=spec.distance, match=match,
+            count_all_queries=True, query_rows=~negcon, device=spec.device)
     except ProfilingError as exc:
         logger.warning("evaluate_profiles: %s k-NN accuracy of cell type %s could not be computed: %s", what,
                        cell_type, exc)

@@ -5,9 +5,10 @@ NaN for queries without positives, the null per (n_pos_pairs, n_total_pairs) con
 same seeds (so p-values are identical), Benjamini-Hochberg q-values and the multilabel variant. What
 differs is how it is computed: copairs lists every pair (a self-join) and sorts one long rank list,
 which runs out of memory at about 9,000 profiles in "vs all other perturbations" designs. Here one
-block of query rows is compared with all profiles by a matrix product, the pair rules become
-boolean masks built from integer group codes, and each query's AP comes from counting, for every
-positive, the negatives ranked above it; memory is one block, whatever the number of pairs.
+block of query rows is compared with all profiles by a matrix product, and each query's AP comes from
+counting, for every positive, the negatives ranked above it, in one pass over the block with the pair
+rules read from integer group codes (:mod:`._ranks`); memory is one block, whatever the number of
+pairs. The multilabel variant still builds per-label boolean masks for each block.
 
 Precision and ties follow copairs: similarities are rounded to float32 and ranked by
 ``float32(1) - similarity``; a negative with exactly the same rounded similarity as a positive is
@@ -44,6 +45,7 @@ from ._pairs import (
     split_queries,
 )
 from ._similarity import Distance, Similarity, rows_per_block
+from ._sweep import RankResult, RankTask, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +197,7 @@ def average_precision(
     progress_bar: bool = False,
     *,
     multilabel_col: str | None = None,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Average precision of every profile retrieving its positives among its negatives.
 
@@ -226,6 +229,9 @@ def average_precision(
         and each profile gets one row per label it shares with a positive (copairs'
         ``multilabel.average_precision``). In ``neg_diffby`` negatives share no label; in
         ``neg_sameby`` they share at least one.
+    device
+        A torch device (``"cuda"``) to compute single-label APs on (built-in metrics); the result is
+        the same as on the CPU (see :mod:`subcell_scale.metrics._ranks_torch`). ``None``: the CPU.
 
     Returns
     -------
@@ -247,38 +253,29 @@ def average_precision(
     else:
         result = _average_precision_single(meta, sim, make_rule(pos_same, pos_diff, "positive pairs"),
                                            make_rule(neg_same, neg_diff, "negative pairs"), batch_size,
-                                           progress_bar)
+                                           progress_bar, device)
     logger.info("average precision of %d queries from %d profiles in %.2f s", len(result), len(meta),
                 time.perf_counter() - t0)
     return result
 
 
 def _average_precision_single(meta: pd.DataFrame, sim: Similarity, pos_rule: Rule, neg_rule: Rule,
-                              batch_size: int | None, progress_bar: bool) -> pd.DataFrame:
-    n = len(meta)
-    codes = codes_of(meta, [*pos_rule.sameby, *pos_rule.diffby, *neg_rule.sameby, *neg_rule.diffby])
-    ap = np.full(n, np.nan)
-    n_pos = np.zeros(n, dtype=np.int64)
-    n_neg = np.zeros(n, dtype=np.int64)
-    rows_per = rows_per_block(n, batch_size)
-    for start in _blocks(n, rows_per, progress_bar, "average precision"):
-        rows = np.arange(start, min(n, start + rows_per))
-        pos = pos_rule.mask(codes, rows)
-        neg = neg_rule.mask(codes, rows)
-        n_pos[rows] = np.count_nonzero(pos, axis=1)
-        n_neg[rows] = np.count_nonzero(neg, axis=1)
-        active = n_pos[rows] > 0
-        if not active.any():
-            continue
-        pos, neg, rows = pos[active], neg[active], rows[active]
-        key = _ranking_key(sim.block(rows, pos | neg))
-        ap[rows] = _ap_rows(key, pos, neg)
-    _check_pairs(n_pos, n_neg, pos_rule, neg_rule)
+                              batch_size: int | None, progress_bar: bool, device: str | None) -> pd.DataFrame:
+    task = RankTask.of(meta, pos_rule, neg_rule)
+    ranks, _ = sweep(sim, np.arange(len(meta)), ranks=task, batch_size=batch_size, progress_bar=progress_bar,
+                     device=device)
+    return ap_frame(meta, ranks, pos_rule, neg_rule)
+
+
+def ap_frame(meta: pd.DataFrame, ranks: RankResult, pos_rule: Rule, neg_rule: Rule) -> pd.DataFrame:
+    """``meta`` with copairs' AP columns from a sweep's ranks of every profile (raises without pairs)."""
+    _check_pairs(ranks.n_pos, ranks.n_neg, pos_rule, neg_rule)
+    ap, n_pos, n_total = ranks.ap, ranks.n_pos, ranks.n_pos + ranks.n_neg
     out = meta
     out["n_pos_pairs"] = n_pos
-    out["n_total_pairs"] = n_pos + n_neg
+    out["n_total_pairs"] = n_total
     out["average_precision"] = ap
-    norm = normalized_average_precision(np.nan_to_num(ap), n_pos, n_pos + n_neg)
+    norm = normalized_average_precision(np.nan_to_num(ap), n_pos, n_total)
     out["normalized_average_precision"] = np.where(np.isnan(ap), np.nan, norm)
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -18,12 +19,14 @@ import pandas as pd
 
 from .._docs import doc_params
 from ..errors import ProfilingError
-from ._pairs import as_list, check_columns, codes_of, label_matrix, parse_labels
-from ._similarity import Distance, Similarity, rows_per_block
+from ._pairs import as_list, check_columns, label_matrix, parse_labels
+from ._similarity import Distance, Similarity
+from ._sweep import NearestResult, NearestTask, codes, sweep
 
 logger = logging.getLogger(__name__)
 
 NN_COLUMNS = ("k", "accuracy", "n_queries", "n_hits", "n_excluded_queries")
+_VOTE_CHUNK = 4096  # queries whose (k x labels) votes are held at once
 
 
 @doc_params
@@ -41,6 +44,7 @@ def nn_accuracy(
     query_rows: np.ndarray | None = None,
     batch_size: int | None = None,
     sep: str = "|",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """k-NN accuracy of predicting ``label_col`` from the nearest allowed profiles.
 
@@ -79,6 +83,8 @@ def nn_accuracy(
     {similarity_batch_size}
     sep
         Separator of several labels in a string.
+    device
+        A torch device (``"cuda"``) to search on (built-in metrics); ``None``: the CPU.
 
     Returns
     -------
@@ -88,107 +94,113 @@ def nn_accuracy(
         them (no hit is possible, e.g. an MoA with a single compound). If fewer than k neighbours
         are allowed, the available ones are used.
     """
-    if mode not in ("any", "vote"):
-        msg = f"mode must be 'any' or 'vote', got {mode!r}"
-        raise ProfilingError(msg)
-    if match not in ("any", "identical") or (match == "identical" and mode != "any"):
-        msg = f"match must be 'any' or 'identical' (the latter with mode='any'), got match={match!r}, mode={mode!r}"
-        raise ProfilingError(msg)
-    ks = sorted({int(v) for v in ([k] if np.isscalar(k) else k)})
-    if not ks or ks[0] < 1:
-        msg = f"k must be positive integers, got {k!r}"
-        raise ProfilingError(msg)
-    exclude = as_list(exclude_sameby)
-    feats = np.asarray(feats)
-    if feats.ndim != 2 or len(meta) != feats.shape[0]:
-        msg = f"meta has {len(meta)} rows but feats has shape {feats.shape}; they must describe the same profiles"
-        raise ProfilingError(msg)
-    check_columns(meta, [label_col, *exclude], label_col=label_col)
-    labels = parse_labels(meta[label_col], sep)
-    labelled = np.array([len(x) > 0 for x in labels])
-    if not labelled.all():
-        logger.info("nn_accuracy: %d of %d profiles have no %r label and are left out",
-                    int((~labelled).sum()), len(meta), label_col)
-    keep = np.flatnonzero(labelled)
-    if keep.size < 2:
-        msg = f"nn_accuracy needs at least 2 profiles with a {label_col!r} label, found {keep.size}"
-        raise ProfilingError(msg)
-    if query_rows is None:
-        is_query = np.ones(keep.size, dtype=bool)
-    else:
-        query_rows = np.asarray(query_rows, dtype=bool)
-        if query_rows.shape != (len(meta),):
-            msg = f"query_rows must be a boolean mask of the {len(meta)} rows of meta, got shape {query_rows.shape}"
+    plan = NearestPlan.of(meta, feats, label_col, exclude_sameby, k, mode=mode, match=match,
+                          query_rows=query_rows, sep=sep)
+    _, found = sweep(Similarity(plan.feats, distance), plan.queries, nearest=plan.task, batch_size=batch_size,
+                     device=device)
+    return plan.table(found, count_all_queries=count_all_queries)
+
+
+@dataclass(frozen=True)
+class NearestPlan:
+    """A validated k-NN design: the labelled profiles kept, the queries among them and the kernel's task."""
+
+    feats: np.ndarray
+    keep: np.ndarray
+    queries: np.ndarray
+    ind: np.ndarray
+    task: NearestTask
+    ks: list[int]
+    mode: str
+    label_col: str
+    exclude: list[str]
+
+    @classmethod
+    def of(cls, meta: pd.DataFrame, feats: np.ndarray, label_col: str, exclude_sameby: str | Sequence[str],
+           k: int | Sequence[int], *, mode: str, match: str, query_rows: np.ndarray | None, sep: str) -> NearestPlan:
+        if mode not in ("any", "vote"):
+            msg = f"mode must be 'any' or 'vote', got {mode!r}"
             raise ProfilingError(msg)
-        is_query = query_rows[keep]
-    meta = meta.iloc[keep].reset_index(drop=True)
-    kept_labels = [labels[i] for i in keep]
-    ind, _ = label_matrix(kept_labels)
-    ind_f = ind.astype(np.float32)
-    list_code = pd.factorize(pd.Series(kept_labels, dtype=object))[0]
-    codes = codes_of(meta, exclude)
-    sim = Similarity(feats[keep], distance)
-    n = len(meta)
-    kmax = min(ks[-1], n - 1)
-    hits = {kk: 0 for kk in ks}
-    n_queries = 0
-    excluded = 0
-    queries = np.flatnonzero(is_query)
-    rows_per = rows_per_block(n, batch_size)
-    for start in range(0, queries.size, rows_per):
-        rows = queries[start:start + rows_per]
-        allowed = np.ones((rows.size, n), dtype=bool)
-        allowed[np.arange(rows.size), rows] = False
-        for c in exclude:
-            allowed &= codes[c][rows, None] != codes[c][None, :]
-        if match == "identical":
-            shares = list_code[rows, None] == list_code[None, :]
+        if match not in ("any", "identical") or (match == "identical" and mode != "any"):
+            msg = (f"match must be 'any' or 'identical' (the latter with mode='any'), got match={match!r}, "
+                   f"mode={mode!r}")
+            raise ProfilingError(msg)
+        ks = sorted({int(v) for v in ([k] if np.isscalar(k) else k)})
+        if not ks or ks[0] < 1:
+            msg = f"k must be positive integers, got {k!r}"
+            raise ProfilingError(msg)
+        exclude = as_list(exclude_sameby)
+        feats = np.asarray(feats)
+        if feats.ndim != 2 or len(meta) != feats.shape[0]:
+            msg = f"meta has {len(meta)} rows but feats has shape {feats.shape}; they must describe the same profiles"
+            raise ProfilingError(msg)
+        check_columns(meta, [label_col, *exclude], label_col=label_col)
+        labels = parse_labels(meta[label_col], sep)
+        labelled = np.array([len(x) > 0 for x in labels])
+        if not labelled.all():
+            logger.info("nn_accuracy: %d of %d profiles have no %r label and are left out",
+                        int((~labelled).sum()), len(meta), label_col)
+        keep = np.flatnonzero(labelled)
+        if keep.size < 2:
+            msg = f"nn_accuracy needs at least 2 profiles with a {label_col!r} label, found {keep.size}"
+            raise ProfilingError(msg)
+        if query_rows is None:
+            is_query = np.ones(keep.size, dtype=bool)
         else:
-            shares = (ind_f[rows] @ ind_f.T) > 0
-        possible = (allowed & shares).any(axis=1)
-        if count_all_queries:
-            possible[:] = True
-        excluded += int((~possible).sum())
-        if not possible.any():
-            continue
-        rows, allowed, shares = rows[possible], allowed[possible], shares[possible]
-        n_queries += rows.size
-        sims = np.where(allowed, sim.block64(rows), -np.inf)
-        nearest = _nearest(sims, kmax)
-        valid = np.take_along_axis(allowed, nearest, axis=1)
-        if mode == "any":
-            hit_at = np.take_along_axis(shares, nearest, axis=1) & valid
-            first = np.cumsum(hit_at, axis=1) > 0
-            for kk in ks:
-                hits[kk] += int(first[:, min(kk, kmax) - 1].sum())
+            query_rows = np.asarray(query_rows, dtype=bool)
+            if query_rows.shape != (len(meta),):
+                msg = (f"query_rows must be a boolean mask of the {len(meta)} rows of meta, got shape "
+                       f"{query_rows.shape}")
+                raise ProfilingError(msg)
+            is_query = query_rows[keep]
+        kept = meta.iloc[keep].reset_index(drop=True)
+        kept_labels = [labels[i] for i in keep]
+        ind, _ = label_matrix(kept_labels)
+        task = nearest_task(kept, kept_labels, ind, exclude, match, min(ks[-1], len(kept) - 1))
+        return cls(feats[keep], keep, np.flatnonzero(is_query), ind, task, ks, mode, label_col, exclude)
+
+    def table(self, found: NearestResult, *, count_all_queries: bool) -> pd.DataFrame:
+        """The accuracy table from the neighbours the sweep found for ``self.queries``."""
+        possible = np.ones(self.queries.size, dtype=bool) if count_all_queries else found.possible
+        n_queries = int(possible.sum())
+        if n_queries == 0:
+            msg = (f"no query has an allowed neighbour sharing its {self.label_col!r} label once neighbours with "
+                   f"the same {self.exclude} are skipped; every label needs profiles from at least two groups")
+            raise ProfilingError(msg)
+        kmax = self.task.kmax
+        hits = {}
+        if self.mode == "any":
+            first = np.cumsum(found.shares[possible], axis=1) > 0
+            for kk in self.ks:
+                hits[kk] = int(first[:, min(kk, kmax) - 1].sum())
         else:
-            for kk in ks:
-                hits[kk] += int(_vote_hits(ind, rows, nearest[:, : min(kk, kmax)], valid[:, : min(kk, kmax)]).sum())
-    if n_queries == 0:
-        msg = (f"no query has an allowed neighbour sharing its {label_col!r} label once neighbours with the "
-               f"same {exclude} are skipped; every label needs profiles from at least two groups")
-        raise ProfilingError(msg)
-    out = pd.DataFrame({"k": ks, "n_queries": n_queries, "n_hits": [hits[kk] for kk in ks],
-                        "n_excluded_queries": excluded})
-    out.insert(1, "accuracy", out["n_hits"] / out["n_queries"])
-    return out
+            rows, nearest = self.queries[possible], found.nearest[possible]
+            for kk in self.ks:
+                top = nearest[:, : min(kk, kmax)]
+                hits[kk] = sum(int(_vote_hits(self.ind, rows[c:c + _VOTE_CHUNK], top[c:c + _VOTE_CHUNK]).sum())
+                               for c in range(0, rows.size, _VOTE_CHUNK))
+        out = pd.DataFrame({"k": self.ks, "n_queries": n_queries, "n_hits": [hits[kk] for kk in self.ks],
+                            "n_excluded_queries": int((~possible).sum())})
+        out.insert(1, "accuracy", out["n_hits"] / out["n_queries"])
+        return out
 
 
-def _nearest(sims: np.ndarray, kmax: int) -> np.ndarray:
-    """Indices of the kmax most similar columns per row, best first; ties go to the lower index."""
-    n = sims.shape[1]
-    if kmax < n:
-        part = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
+def nearest_task(meta: pd.DataFrame, labels: list[tuple[str, ...]], ind: np.ndarray, exclude: list[str], match: str,
+                 kmax: int) -> NearestTask:
+    """The kernel's view of a k-NN design: exclusion codes and the labels compared (CSR, sorted)."""
+    if match == "identical":  # the label list itself is the one label compared
+        label_of = pd.factorize(pd.Series(labels, dtype=object))[0]
+        ptr, flat = np.arange(len(labels) + 1, dtype=np.int64), label_of.astype(np.int64)
     else:
-        part = np.broadcast_to(np.arange(n), sims.shape).copy()
-    values = np.take_along_axis(sims, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+        rows, flat = np.nonzero(ind)
+        ptr = np.searchsorted(rows, np.arange(len(labels) + 1)).astype(np.int64)
+        flat = flat.astype(np.int64)
+    return NearestTask(codes(meta, exclude), np.ones(len(meta), dtype=bool), ptr, flat, kmax)
 
 
-def _vote_hits(ind: np.ndarray, rows: np.ndarray, nearest: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _vote_hits(ind: np.ndarray, rows: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     """The most voted labels of the neighbours (ties to the nearer neighbour's) include one of the query's."""
-    held = ind[nearest] & valid[:, :, None]  # (queries, k, labels)
+    held = ind[nearest] & (nearest >= 0)[:, :, None]  # (queries, k, labels)
     votes = held.sum(axis=1)
     width = nearest.shape[1]
     first_rank = np.where(held.any(axis=1), np.argmax(held, axis=1), width)

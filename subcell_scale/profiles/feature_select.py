@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns", "drop_outliers", "blocklist")
 CORRELATION_METHODS = ("pearson", "spearman", "kendall")
+_CORR_BLOCK_VALUES = 1 << 22  # correlations held at once by the blockwise Pearson pass
 
 
 @doc_params
@@ -86,13 +87,15 @@ def feature_select(
     rows = query_rows(adata.obs, samples, "feature_select", what="samples")
     if not rows.any():
         raise ProfilingError(f"feature_select: samples query {samples!r} matches no rows")
-    x = dense_features(adata, "feature_select")[rows]
+    x = dense_features(adata, "feature_select")
+    if not rows.all():
+        x = x[rows]
     names = np.asarray(adata.var_names, dtype=object)
     kept = np.ones(len(names), dtype=bool)
     by_operation: dict[str, list[str]] = {}
     for op in operations:
         columns = np.flatnonzero(kept)
-        sub = x[:, columns]
+        sub = x if columns.size == x.shape[1] else x[:, columns]  # a column gather copies every row
         if op == "variance_threshold":
             drop = _low_variance(sub, min_variance)
         elif op == "correlation_threshold":
@@ -142,23 +145,46 @@ def _correlated(x: np.ndarray, threshold: float, method: str) -> np.ndarray:
     if d < 2:
         return np.zeros(d, dtype=bool)
     if method == "pearson" and np.isfinite(x).all():
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.corrcoef(x, rowvar=False)
+        total, a, b = _pearson_pairs(x, threshold)
     else:
         corr = pd.DataFrame(x).corr(method=method).to_numpy()
-    total = np.nansum(np.abs(corr), axis=0)
+        total = np.nansum(np.abs(corr), axis=0)
+        a, b = np.tril_indices(d, k=-1)
+        with np.errstate(invalid="ignore"):
+            above = corr[a, b] > threshold
+        a, b = a[above], b[above]
     # rank by total |corr| the way pandas' sort_values does (NaN last); higher rank = more redundant
     finite = ~np.isnan(total)
     order = np.concatenate([np.flatnonzero(finite)[total[finite].argsort(kind="quicksort")], np.flatnonzero(~finite)])
     rank = np.empty(d, dtype=np.int64)
     rank[order] = np.arange(d)
-    a, b = np.tril_indices(d, k=-1)
-    with np.errstate(invalid="ignore"):
-        above = corr[a, b] > threshold
-    a, b = a[above], b[above]
     drop = np.zeros(d, dtype=bool)
     drop[np.where(rank[a] > rank[b], a, b)] = True
     return drop
+
+
+def _pearson_pairs(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Total |correlation| of each feature and the pairs (a > b) above the threshold, a block of features at a time.
+
+    Only one (block x features) slice of the correlation matrix exists at once, and no list of all
+    d(d-1)/2 pairs is built: what is kept is the totals and the pairs above the threshold.
+    """
+    d = x.shape[1]
+    z_t = np.ascontiguousarray((x - x.mean(axis=0)).T)  # one row per feature
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z_t /= np.linalg.norm(z_t, axis=1, keepdims=True)  # a constant feature: NaN, as its correlations
+    rows_per = max(1, _CORR_BLOCK_VALUES // d)
+    total = np.empty(d)
+    firsts, seconds = [], []
+    for start in range(0, d, rows_per):
+        corr = np.clip(z_t[start:start + rows_per] @ z_t.T, -1.0, 1.0)
+        total[start:start + corr.shape[0]] = np.nansum(np.abs(corr), axis=1)
+        with np.errstate(invalid="ignore"):
+            r, c = np.nonzero(corr > threshold)
+        lower = c < r + start
+        firsts.append(r[lower] + start)
+        seconds.append(c[lower])
+    return total, np.concatenate(firsts), np.concatenate(seconds)
 
 
 def _read_blocklist(blocklist: Sequence[str] | str | os.PathLike | None) -> list[str]:

@@ -145,22 +145,30 @@ def normalize(
         logger.info("normalize: %d features constant or with zero MAD among reference rows (%s): %s",
                     len(degenerate_features), "dropped" if degenerate == "drop" else "kept",
                     degenerate_features[:10])
-    x = x[:, ~drop]
+    if drop.any():
+        x = x[:, ~drop]
     names = adata.var_names[~drop]
     if method == "spherize":
         _check_spherize_input(x, fit_rows, groups, names, reference)
-    out = np.empty_like(x)
+    out = np.empty(x.shape, dtype=np.float32)
     for (name, rows), fit in zip(groups, fit_rows, strict=True):
+        whole = bool(rows.all())  # one stratum: no gathered copy of the rows, no scatter back
+        part = x if whole else x[rows]
         if method == "spherize":
-            out[rows] = _spherize(x[fit], x[rows], spherize_method, spherize_epsilon, spherize_center,
-                                  spherize_variant, name)
+            values = _spherize(x[fit], part, spherize_method, spherize_epsilon, spherize_center, spherize_variant,
+                               name)
         elif method == "inverse_normal":
-            out[rows] = _inverse_normal(x[fit], x[rows], inverse_normal_n_quantiles)
+            values = _inverse_normal(x[fit], part, inverse_normal_n_quantiles)
         else:
             center, scale = _location_scale(x[fit], method, mad_robustize_epsilon, mad_scale)
-            out[rows] = (x[rows] - center) / scale
+            values = part - center
+            values /= scale
+        if whole:
+            out[...] = values
+        else:
+            out[rows] = values
     result = keep_features(adata, ~drop, copy=copy)
-    result.X = out.astype(np.float32)
+    result.X = out
     if method == "spherize" and spherize_method.startswith("PCA"):
         result.var = pd.DataFrame(index=pd.Index([f"PC{i}" for i in range(1, out.shape[1] + 1)], dtype=str))
     params: dict = {"method": method, "reference": reference, "by": by}
@@ -221,9 +229,14 @@ def _degenerate(x: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
         empty = np.isnan(x).all(axis=0)
         constant = np.nanmax(x, axis=0) == np.nanmin(x, axis=0)
-        median = np.nanmedian(x, axis=0)
-        mad = np.nanmedian(np.abs(x - median), axis=0)
+        median = _column_median(x)
+        mad = _column_median(np.abs(x - median))
     return empty | constant | (mad == 0)
+
+
+def _column_median(x: np.ndarray) -> np.ndarray:
+    """Median of each column ignoring NaN; numpy's nanmedian loops over columns, so it is kept for NaN."""
+    return np.nanmedian(x, axis=0) if np.isnan(x).any() else np.median(x, axis=0)
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,13 +264,13 @@ def _location_scale(x: np.ndarray, method: str, epsilon: float, mad_scale: float
         if method == "standardize":
             center, scale = _mean_std(x)
         elif method == "robustize":
-            center = np.nanmedian(x, axis=0)
+            center = _column_median(x)
             q25, q75 = np.nanpercentile(x, [25, 75], axis=0)  # linear interpolation, as RobustScaler
             scale = q75 - q25
             scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
         else:
-            center = np.nanmedian(x, axis=0)
-            scale = mad_scale * np.nanmedian(np.abs(x - center), axis=0) + epsilon
+            center = _column_median(x)
+            scale = mad_scale * _column_median(np.abs(x - center)) + epsilon
     return center, scale
 
 
@@ -287,15 +300,18 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
         mean = fit.mean(axis=0) if center else np.zeros(d)
         std = np.ones(d)
     fit_t = (fit - mean) / std
-    _, sigma, vt = np.linalg.svd(fit_t, full_matrices=True)
-    tolerance = sigma.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-    rank = int((sigma > tolerance).sum())
+    if variant == "legacy":  # the rank from the transformed rows, the whitening from the raw ones
+        sigma_t = np.linalg.svd(_triangle(fit_t), compute_uv=False)
+        sigma, vt = _right_singular(fit)
+    else:
+        sigma, vt = _right_singular(fit_t)
+        sigma_t = sigma
+    tolerance = sigma_t.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+    rank = int((sigma_t > tolerance).sum())
     if not (rank == d or (center and rank == n - 1) or (not center and rank == n)):
         raise ProfilingError(f"normalize: spherize reference rows of stratum {stratum} are not full rank (n={n}, "
                              f"d={d}, rank={rank}); remove linearly dependent features (feature_select "
                              "correlation_threshold) or use more reference rows")
-    if variant == "legacy":
-        _, sigma, vt = np.linalg.svd(fit, full_matrices=True)
     if n <= d:
         # directions the reference rows do not span get the smallest non-zero singular value
         sigma = np.concatenate([sigma[:rank], np.repeat(sigma[rank - 1], d - rank)])
@@ -304,3 +320,22 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
     if method.startswith("ZCA"):
         w = w @ vt
     return ((rows - mean) / std) @ w
+
+
+def _right_singular(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values and right singular vectors of ``a``, bit for bit those of ``np.linalg.svd(a)``.
+
+    LAPACK's SVD of a matrix with at least 11/6 as many rows as columns starts from its QR factor
+    and decomposes the (d x d) triangle R, whose Gram matrix is ``a.T @ a``; doing the same here
+    keeps pycytominer's singular vectors, signs included (the PCA components depend on them), without
+    the (n x n) left vectors pycytominer's ``full_matrices=True`` call builds. An eigendecomposition of
+    the covariance would choose other signs and square the condition number.
+    """
+    _, sigma, vt = np.linalg.svd(_triangle(a), full_matrices=a.shape[0] < a.shape[1])
+    return sigma, vt
+
+
+def _triangle(a: np.ndarray) -> np.ndarray:
+    """The (d x d) QR factor of a matrix with at least 11/6 as many rows as columns (same singular values), else it."""
+    n, d = a.shape
+    return np.linalg.qr(a, mode="r") if 6 * n >= 11 * d else a

@@ -1,0 +1,168 @@
+"""One sweep over blocks of query rows: each similarity block is computed once and read once.
+
+Average precision and nearest neighbours both need every query's similarities to every profile. A
+sweep computes them one block of query rows at a time and hands each block to the kernels of
+:mod:`._ranks` (or, on a GPU, of :mod:`._ranks_torch`) for every metric asked for, so evaluating both
+costs one product. Pair rules travel as integer group codes; memory is one block.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ._pairs import Rule
+from ._similarity import Similarity, rows_per_block
+
+
+def codes(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """(len(columns), n_profiles) int32 codes, one row per column (equal values, equal codes)."""
+    out = np.empty((len(columns), len(meta)), dtype=np.int32)
+    for k, c in enumerate(columns):
+        out[k] = pd.factorize(meta[c], use_na_sentinel=True)[0]
+    return out
+
+
+def combined(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """One int64 code per profile for its values in all ``columns`` (all zero without columns)."""
+    if not columns:
+        return np.zeros(len(meta), dtype=np.int64)
+    _, inverse = np.unique(codes(meta, columns), axis=1, return_inverse=True)
+    return np.asarray(inverse, dtype=np.int64).reshape(-1)
+
+
+@dataclass(frozen=True)
+class RankTask:
+    """What the AP kernel needs: each profile's positive group and its members, and the rule codes."""
+
+    group_of: np.ndarray
+    members: np.ndarray
+    group_start: np.ndarray
+    pos_diff: np.ndarray
+    neg_same: np.ndarray
+    neg_diff: np.ndarray
+
+    @classmethod
+    def of(cls, meta: pd.DataFrame, pos: Rule, neg: Rule) -> RankTask:
+        group_of = combined(meta, pos.sameby)
+        members = np.argsort(group_of, kind="stable").astype(np.int64)
+        group_start = np.searchsorted(group_of[members], np.arange(int(group_of.max()) + 2)).astype(np.int64)
+        return cls(group_of, members, group_start, codes(meta, pos.diffby),
+                   combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby))
+
+
+@dataclass(frozen=True)
+class NearestTask:
+    """What the nearest-neighbour kernel needs: exclusion codes, the pool and labels as sorted CSR."""
+
+    exclude: np.ndarray
+    pool: np.ndarray
+    label_ptr: np.ndarray
+    labels: np.ndarray
+    kmax: int
+
+
+@dataclass
+class RankResult:
+    ap: np.ndarray
+    n_pos: np.ndarray
+    n_neg: np.ndarray
+
+
+@dataclass
+class NearestResult:
+    nearest: np.ndarray
+    shares: np.ndarray
+    possible: np.ndarray
+
+
+def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None, nearest: NearestTask | None = None,
+          batch_size: int | None = None, progress_bar: bool = False, device: str | None = None
+          ) -> tuple[RankResult | None, NearestResult | None]:
+    """AP and/or nearest neighbours of ``queries`` (profile positions), one product per block.
+
+    On the CPU, one worker thread per core computes a block's product (BLAS limited to one thread
+    for the duration) and runs the kernels on it while the block is fresh.
+
+    ``device`` names a torch device (``"cuda"``) to compute on it instead (built-in metrics only).
+    """
+    q = len(queries)
+    rank_out = None if ranks is None else RankResult(np.full(q, np.nan), np.zeros(q, np.int64), np.zeros(q, np.int64))
+    nn_out = None if nearest is None else NearestResult(np.full((q, nearest.kmax), -1, np.int64),
+                                                         np.zeros((q, nearest.kmax), bool), np.zeros(q, bool))
+    if device is not None:
+        from ._ranks_torch import sweep_torch
+
+        sweep_torch(sim, queries, ranks, nearest, rank_out, nn_out, batch_size, device)
+        return rank_out, nn_out
+    workers = max(1, min(os.cpu_count() or 1, math.ceil(q / 64)))
+    rows_per = max(1, rows_per_block(sim.n, batch_size) // workers)  # the workers' blocks together: one block
+
+    def one(start: int) -> None:
+        part = slice(start, min(q, start + rows_per))
+        rows = np.ascontiguousarray(queries[part], dtype=np.int64)
+        _run_kernels(sim.block64(rows), rows, part, ranks, nearest, rank_out, nn_out)
+
+    # one single-threaded product and kernel per worker: a multi-threaded BLAS would leave its threads
+    # spinning against the kernels between products
+    with _SINGLE_THREADED_BLAS.held(), ThreadPoolExecutor(workers) as pool:
+        for _ in _progress(pool.map(one, range(0, q, rows_per)), math.ceil(q / rows_per), progress_bar):
+            pass
+    return rank_out, nn_out
+
+
+class _SharedLimit:
+    """BLAS limited to one thread while any sweep runs; the first to start sets it, the last to end
+    restores it (sweeps in several threads must not restore each other's limit)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limiter = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        from threadpoolctl import threadpool_limits
+
+        with self._lock:
+            if self._users == 0:
+                self._limiter = threadpool_limits(1, user_api="blas")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._limiter.restore_original_limits()
+
+
+_SINGLE_THREADED_BLAS = _SharedLimit()
+
+
+def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTask | None,
+                 nearest: NearestTask | None, rank_out: RankResult | None, nn_out: NearestResult | None) -> None:
+    from . import _ranks
+
+    if ranks is not None:
+        _ranks.ap_block(block, rows, ranks.group_of, ranks.members, ranks.group_start, ranks.pos_diff,
+                        ranks.neg_same, ranks.neg_diff, rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
+    if nearest is not None:
+        _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool, nearest.label_ptr, nearest.labels,
+                             nearest.kmax, nn_out.nearest[part], nn_out.shares[part], nn_out.possible[part])
+
+
+def _progress(done: Iterable[None], total: int, show: bool) -> Iterable[None]:
+    if not show:
+        return done
+    from tqdm.auto import tqdm
+
+    return tqdm(done, total=total, desc="similarity blocks", leave=False)
