@@ -174,7 +174,6 @@ def run(
     return result
 
 
-@doc_params
 def _later(run: Run, step: str, call: Any) -> Any:
     """A step after the cells: one the file system or memory stops is named and skipped (exit status 4), and
     the cells and what earlier steps wrote are kept. Returns the step's result, or None."""
@@ -186,6 +185,7 @@ def _later(run: Run, step: str, call: Any) -> Any:
         return None
 
 
+@doc_params
 def embed_plate(
     plate: str | os.PathLike | Plate | Sequence[str | os.PathLike | Plate],
     model: str | os.PathLike | SubCell | ModelSpec | ResolvedModel | None = None,

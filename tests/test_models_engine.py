@@ -11,6 +11,7 @@ import torch
 from subcell_scale.errors import ChannelMismatchError, ConfigError
 from subcell_scale.models import CLASS_COLORS, CLASS_NAMES, VARIANTS, ModelConfig, SubCell, get_variant
 from subcell_scale.models.preprocessing import min_max_normalize
+from subcell_scale.models.subcell import CPU_ROWS
 
 TINY = ModelConfig(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96, num_channels=4, pool_int_dim=32)
 
@@ -264,7 +265,9 @@ def test_patch_embedding_modes_compute_the_published_convolution(model, crops, m
 def test_padded_batches_run_few_shapes_and_give_identical_results(model, crops):
     padded = SubCell.random(TINY, seed=3, n_classifiers=3, device="cpu", pad_batches=8)
     shapes: list[int] = []
-    padded.encoder.register_forward_pre_hook(lambda _module, args: shapes.append(args[0].shape[0]))
+    padded.register_forward_pre_hook(lambda _module, args: shapes.append(args[0].shape[0]))  # the batches run
+    encoder: list[int] = []
+    padded.encoder.register_forward_pre_hook(lambda _module, args: encoder.append(args[0].shape[0]))
     for batch_size, n in ((5, 21), (16, 21), (16, 3), (24, 21)):
         shapes.clear()
         out = padded.embed(crops[:n], batch_size=batch_size)
@@ -274,6 +277,7 @@ def test_padded_batches_run_few_shapes_and_give_identical_results(model, crops):
             np.testing.assert_array_equal(out[key], ref[key], err_msg=f"{key} at batch {batch_size}")
         # up to a multiple of 8, never past the batch size
         assert shapes == {5: [5] * 5, 16: [16, 8], 24: [24]}[batch_size] if n == 21 else shapes == [8]
+    assert set(encoder) == {CPU_ROWS}  # on the CPU the encoder sees one shape whatever the batches
     # multi-pass crops pad the flat batch the same way
     passes = padded.embed(crops.reshape(7, 3, 4, 64, 64), batch_size=9)
     np.testing.assert_array_equal(passes["embedding"], model.embed(crops.reshape(7, 3, 4, 64, 64))["embedding"])

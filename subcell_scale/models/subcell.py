@@ -41,6 +41,12 @@ GRAPH_MODES = ("reduce-overhead", "max-autotune")
 GRAPH_PAD = 32
 """Default ``pad_batches`` under a :data:`GRAPH_MODES` compile: at most batch_size / 32 graphs per crop size."""
 
+CPU_ROWS = 8
+"""Crops per encoder pass on the CPU. CPU GEMM kernels pick their blocking, and so their rounding, from
+the number of rows they see (AVX-512 and AMX machines differ from one batch size to the next), so a
+crop's embedding would depend on how many crops share its batch: every CPU pass sees exactly this many,
+the last one padded with blank crops, and results are bit-identical whatever the batch size or split."""
+
 
 @dataclass
 class SubCellOutput:
@@ -434,8 +440,7 @@ class SubCell(nn.Module):
                 raise torch.OutOfMemoryError(msg)
         self._match_precision()
         x = x.to(self.device, dtype=self.compute_dtype, non_blocking=True)
-        hidden, attn = self._encode(x, "last" if return_attentions else "none")
-        embedding, weights = self.pool_model(hidden)
+        hidden, attn, embedding, weights = self._encode_and_pool(x, "last" if return_attentions else "none")
         embedding = embedding.float()
         logits, probs = self._classify(embedding) if self.classifiers else (None, None)
         gh, gw = height // c.patch_size, width // c.patch_size
@@ -450,6 +455,25 @@ class SubCell(nn.Module):
         if return_hidden_state:
             out.last_hidden_state = hidden.float()
         return out
+
+    def _encode_and_pool(self, x: torch.Tensor, output_attentions: str
+                         ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor, torch.Tensor]:
+        """Hidden states, attentions, pooled embedding and pooling weights of a device batch; on the CPU in
+        passes of :data:`CPU_ROWS` crops."""
+        if self.device.type != "cpu":
+            hidden, attn = self._encode(x, output_attentions)
+            return (hidden, attn, *self.pool_model(hidden))
+        rows = x.shape[0]
+        padded = -(-rows // CPU_ROWS) * CPU_ROWS
+        if padded != rows:
+            x = torch.cat((x, x.new_zeros(padded - rows, *x.shape[1:])))
+        parts = []
+        for start in range(0, padded, CPU_ROWS):
+            hidden, attn = self._encode(x[start:start + CPU_ROWS], output_attentions)
+            parts.append((hidden, attn, *self.pool_model(hidden)))
+        hidden, embedding, weights = (torch.cat([part[i] for part in parts])[:rows] for i in (0, 2, 3))
+        attn = None if parts[0][1] is None else [torch.cat(layer)[:rows] for layer in zip(*(p[1] for p in parts))]
+        return hidden, attn, embedding, weights
 
     def _encode(self, x: torch.Tensor, output_attentions: str) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """The backbone on a device batch: compiled when asked, a kernel that cannot run said plainly.
@@ -482,16 +506,23 @@ class SubCell(nn.Module):
 
         CPU kernels (GEMM for a handful of rows, the vectorised sigmoid's scalar tail) round differently
         depending on how many values they see, so a cell's probabilities would depend on how many cells
-        share its batch. Padding the rows to a multiple of 16 keeps them bit-identical whatever the
-        batch size.
+        share its batch, or on the number of threads. On the CPU each row is classified on its own, which
+        keeps them bit-identical whatever the batch size and threads; elsewhere the rows are padded to a
+        multiple of 16.
         """
         rows = embedding.shape[0]
         padded = -(-rows // 16) * 16
-        if padded != rows:
+        if padded != rows and self.device.type != "cpu":
             embedding = torch.cat((embedding, embedding.new_zeros(padded - rows, embedding.shape[1])))
-        logits = torch.stack([clf(embedding) for clf in self.classifiers], dim=1).float()
-        probs = ensemble_probabilities(logits, self.probability_mode)
-        return logits[:rows], probs[:rows]
+        if self.device.type != "cpu":
+            logits = torch.stack([clf(embedding) for clf in self.classifiers], dim=1).float()
+            return logits[:rows], ensemble_probabilities(logits, self.probability_mode)[:rows]
+        # one row at a time: a product of a few rows is split over the threads along its inputs (the sum's
+        # order then follows the thread count), and threads split a batch's sigmoids where its size says
+        logits = torch.cat([torch.stack([clf(embedding[i:i + 1]) for clf in self.classifiers], dim=1)
+                            for i in range(rows)]).float()
+        probs = torch.cat([ensemble_probabilities(logits[i:i + 1], self.probability_mode) for i in range(rows)])
+        return logits, probs
 
     def embed(self, crops: np.ndarray | torch.Tensor, *, batch_size: int = 64, eps: float = REFERENCE_EPS,
               pool_attention: bool = True, trim: bool = False) -> dict[str, np.ndarray | None]:

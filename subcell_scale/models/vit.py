@@ -83,7 +83,10 @@ class PatchEmbeddings(nn.Module):
         x = x[:, :, : gh * p, : gw * p]  # the strided convolution ignores a partial last patch
         patches = x.reshape(batch, channels, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
         patches = patches.reshape(batch, gh * gw, channels * p * p)
-        return torch.matmul(patches, weight.reshape(self.projection.out_channels, -1).t())
+        weight = weight.reshape(self.projection.out_channels, -1).t()
+        if x.device.type == "cpu":  # one product per crop: a CPU product of few rows and long inputs is split
+            return torch.bmm(patches, weight.expand(batch, -1, -1))  # over the threads along them otherwise
+        return torch.matmul(patches, weight)
 
 
 class Embeddings(nn.Module):
