@@ -106,7 +106,8 @@ def write_screen(root: Path, plates: int, fields: int, cells: int) -> dict:
                                   "centroid_y": rng.random(cells), "centroid_x": rng.random(cells)})
             fingerprint = prints[(fid.well, fid.field)]
             shard = Shard(rng.random((cells, 64), dtype=np.float32), None, table, {},
-                          {"digest": "bench", "fingerprint": fingerprint, "seconds": 0.1})
+                          {"plate": fid.plate, "well": fid.well, "field": fid.field, "digest": "bench",
+                           "fingerprint": fingerprint, "seconds": 0.1})
             data = encode_shard(shard)
             store.shard_path(fid).write_bytes(data)
             store.record_done(fid, n_cells=cells, dropped={}, seconds=0.1, digest="bench", fingerprint=fingerprint,
@@ -288,8 +289,8 @@ def main() -> None:
     print(f"1. bookkeeping ({args.fields} fields a plate)")
     report["bookkeeping"] = [bookkeeping(root, n, args.fields) for n in (max(1, args.plates // 10), args.plates)]
     for row in report["bookkeeping"]:
-        print(f"   {row['plates']:>5} plates: {row['us_per_field']:7.1f} us and {row['bytes_per_field']:6.0f} B written "
-              f"per field; manifest {row['manifest_bytes'] / 1e3:.0f} kB (a whole-manifest rewrite: "
+        print(f"   {row['plates']:>5} plates: {row['us_per_field']:7.1f} us and {row['bytes_per_field']:6.0f} B "
+              f"written per field; manifest {row['manifest_bytes'] / 1e3:.0f} kB (a whole-manifest rewrite: "
               f"{row['whole_manifest_bytes'] / 1e6:.1f} MB each time)")
     print(f"2. resume ({args.plates} plates x {args.fields} fields, real plates and shards)")
     screen = write_screen(root / "screen", args.plates, args.fields, args.cells)
@@ -302,26 +303,30 @@ def main() -> None:
     for row in report["memory"]["sizes"]:
         print(f"   {row['cells']:>8} cells: peak +{row['peak'] / 1e6:.0f} MB, held +{row['held'] / 1e6:.0f} MB")
     row = report["memory"]
-    print(f"   per added cell: peak {row['peak_b_per_added_cell']:.1f} B, held {row['held_b_per_added_cell']:.1f} B "
-          f"(of which the obs names anndata reads: {row['names_b_per_cell']:.1f} B)")
+    print(f"   per added cell: peak {row['peak_b_per_added_cell']:.1f} B, "
+          f"held {row['held_b_per_added_cell']:.1f} B (of which the obs names anndata reads: "
+          f"{row['names_b_per_cell']:.1f} B)")
     print(f"4. scheduler ({args.scheduler_fields} tiny fields, {args.workers} worker processes, instant model)")
     report["scheduler"] = scheduler(root, args.scheduler_fields, args.workers)
     for row in report["scheduler"]:
-        print(f"   {row['fields_per_task']:>2} field(s) a task: client {row['client_ms_per_field']:.2f} ms CPU per field "
-              f"(wall {row['wall_ms_per_field']:.1f} ms, {row['failed']} failed)")
+        print(f"   {row['fields_per_task']:>2} field(s) a task: client {row['client_ms_per_field']:.2f} ms CPU "
+              f"per field (wall {row['wall_ms_per_field']:.1f} ms, {row['failed']} failed)")
     fields = CPG0016["plates"] * CPG0016["fields_per_plate"]
     per_field_ms = report["scheduler"][-1]["client_ms_per_field"] + report["bookkeeping"][-1]["us_per_field"] / 1e3
     print(f"projection to cpg0016 ({fields / 1e6:.1f}M fields, {fields * CPG0016['cells_per_field'] / 1e9:.1f}B cells)")
     for gpus in (8, 64):
         rate = gpus * GPU_FIELDS_PER_S
+        records = fields * report["bookkeeping"][-1]["bytes_per_field"]
         print(f"   {gpus:>2} GPUs ({rate:.0f} fields/s): client busy {rate * per_field_ms / 1000:.0%} of one core "
-              f"(one field a task); run {fields / rate / 3600 / 24:.1f} days; records {fields * report['bookkeeping'][-1]['bytes_per_field'] / 1e9:.1f} GB")
+              f"(one field a task); run {fields / rate / 3600 / 24:.1f} days; records {records / 1e9:.1f} GB")
     print(f"   resume of the finished screen: {CPG0016['plates'] * report['resume'][0]['s_per_plate'] / 60:.1f} min "
           f"({report['resume'][0]['shard_reads']} shard reads here, none at any size)")
     cells = fields * CPG0016["cells_per_field"]
     memory_row = report["memory"]
-    print(f"   client memory: peak {(memory_row['peak'] + max(0.0, memory_row['peak_b_per_added_cell']) * (cells - memory_row['cells'])) / 1e9:.2f} GB, "
-          f"held {(memory_row['held'] + max(0.0, memory_row['held_b_per_added_cell']) * (cells - memory_row['cells'])) / 1e9:.2f} GB "
+    more = cells - memory_row["cells"]
+    peak = memory_row["peak"] + max(0.0, memory_row["peak_b_per_added_cell"]) * more
+    held = memory_row["held"] + max(0.0, memory_row["held_b_per_added_cell"]) * more
+    print(f"   client memory: peak {peak / 1e9:.2f} GB, held {held / 1e9:.2f} GB "
           "(the largest size here plus the slope per added cell)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(this process's peak RSS: {peak:.0f} MB; figures in {root})")

@@ -23,10 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 
 from subcell_scale import embed_plate
-from subcell_scale._constants import Files, Keys, Obs
+from subcell_scale._constants import Files, Keys
 from subcell_scale.cli import main
 from subcell_scale.io import open_plate
 from subcell_scale.store import read_field_records
