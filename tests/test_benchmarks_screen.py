@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_tiny_screen_goes_through_every_section(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     script = ROOT / "benchmarks" / "bench_screen.py"
-    done = subprocess.run([sys.executable, str(script), "--plates", "5", "--fields", "4", "--cells", "8", "--scheduler-fields", "16", "--workers", "1", "--root", str(tmp_path),
-                           "--json", str(tmp_path / "report.json")], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    args = ["--plates", "5", "--fields", "4", "--cells", "8", "--scheduler-fields", "16", "--workers", "1",
+            "--root", str(tmp_path), "--json", str(tmp_path / "report.json")]
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
     finished, half = report["resume"]
