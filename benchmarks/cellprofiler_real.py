@@ -1,7 +1,8 @@
 """Our CellProfiler view against CellProfiler itself, on a real Cell Painting site.
 
-The site (``shared/realdata/cellpainting_pca_BR00143976``: plate BR00143976, well C03, site 3) comes
-with CellProfiler's outlines of its cells and nuclei and CellProfiler's own measurements of 5 cells.
+The site (JUMP plate BR00143976, well C03, site 3: its images in ``images/``, CellProfiler's outline
+overlays in ``outlines/`` and a parquet of its measurements, given with ``--site``) comes with
+CellProfiler's outlines of its cells and nuclei and CellProfiler's own measurements of 5 cells.
 Masks are rebuilt from the outlines (the regions the outlines enclose, each grown over its own
 outline by one pixel), each of the 5 cells found under its ``Location_Center``, and measured with
 :func:`subcell_scale.cellprofiler.measure_cells` on the raw pixels / 65535. Printed per feature group
@@ -11,7 +12,7 @@ share of features within 1 % and 5 %. CellProfiler's intensities are of illumina
 cell: the script shows the ratio per channel (a constant per channel and cell means the same numbers
 up to that correction).
 
-    python benchmarks/cellprofiler_real.py [--site PATH] [--out results.csv]
+    python benchmarks/cellprofiler_real.py --site PATH [--out results.csv]
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SITE = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "cellpainting_pca_BR00143976"
 CHANNELS = {"ch2": "ER", "ch3": "AGP", "ch4": "Mito", "ch5": "DNA", "ch6": "RNA"}
 """This plate's channel files (README of the site): brightfield ch1 is left out."""
 
@@ -102,7 +102,7 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--site", type=Path, default=SITE)
+    parser.add_argument("--site", type=Path, required=True, help="the site's folder (images/, outlines/, parquet)")
     parser.add_argument("--out", type=Path, default=None, help="write the per-feature table (CSV)")
     args = parser.parse_args()
     table, ratios = compare(args.site)

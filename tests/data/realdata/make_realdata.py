@@ -1,6 +1,6 @@
 """Rebuild the vendored real test fields from the shared real-data folder (see NOTICE.md).
 
-Usage: python3 tests/data/realdata/make_realdata.py /work/shared/realdata
+Usage: python3 tests/data/realdata/make_realdata.py REALDATA_DIR
 
 HPA: two 2048 px fields, 4x smaller (4 x 4 block means; masks take the centre pixel of each
 block), one 8-bit PNG per channel plus the cell mask. JUMP: both 384 px sites, centre 256 px,
