@@ -511,18 +511,18 @@ class SubCell(nn.Module):
         multiple of 16.
         """
         rows = embedding.shape[0]
+        if self.device.type == "cpu":
+            # one row at a time: a product of a few rows is split over the threads along its inputs (the
+            # sum's order then follows the thread count), and threads split a batch's sigmoids where its size says
+            logits = torch.cat([torch.stack([clf(embedding[i:i + 1]) for clf in self.classifiers], dim=1)
+                                for i in range(rows)]).float()
+            probs = torch.cat([ensemble_probabilities(logits[i:i + 1], self.probability_mode) for i in range(rows)])
+            return logits, probs
         padded = -(-rows // 16) * 16
-        if padded != rows and self.device.type != "cpu":
+        if padded != rows:
             embedding = torch.cat((embedding, embedding.new_zeros(padded - rows, embedding.shape[1])))
-        if self.device.type != "cpu":
-            logits = torch.stack([clf(embedding) for clf in self.classifiers], dim=1).float()
-            return logits[:rows], ensemble_probabilities(logits, self.probability_mode)[:rows]
-        # one row at a time: a product of a few rows is split over the threads along its inputs (the sum's
-        # order then follows the thread count), and threads split a batch's sigmoids where its size says
-        logits = torch.cat([torch.stack([clf(embedding[i:i + 1]) for clf in self.classifiers], dim=1)
-                            for i in range(rows)]).float()
-        probs = torch.cat([ensemble_probabilities(logits[i:i + 1], self.probability_mode) for i in range(rows)])
-        return logits, probs
+        logits = torch.stack([clf(embedding) for clf in self.classifiers], dim=1).float()
+        return logits[:rows], ensemble_probabilities(logits, self.probability_mode)[:rows]
 
     def embed(self, crops: np.ndarray | torch.Tensor, *, batch_size: int = 64, eps: float = REFERENCE_EPS,
               pool_attention: bool = True, trim: bool = False) -> dict[str, np.ndarray | None]:
