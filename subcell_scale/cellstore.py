@@ -256,7 +256,7 @@ def plate_cells(fields: Sequence[tuple[FieldId, Any, int]], plate: Plate, pixel_
     for fid, path, n in fields:
         if not n:
             continue
-        cells, shapes = read_shard_cells(path)
+        cells, shapes, _ = read_shard_cells(path)
         order = sorted_cells(cells)
         pieces.append((fid, cells.iloc[order].reset_index(drop=True)))
         rows = dask.delayed(_sorted_rows)(read_shard_array, path, order)

@@ -35,7 +35,7 @@ from .cellstore import (ObsSchema, RunContext, cells_anndata, cells_name, defaul
                         schema_of, sorted_cells)
 from .errors import ConfigError, RunDirectoryError, resource_error
 from .rundir import FieldId, RunPath
-from .store import read_shard, read_shard_cells, shard_meta
+from .store import read_shard, read_shard_cells
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -158,12 +158,12 @@ class _Layout:
         width, n_prob, views = default_width(context), None, {}
         if first is not None:
             try:
-                _, shapes = read_shard_cells(first[1])
+                _, shapes, meta = read_shard_cells(first[1])
             except RunDirectoryError as exc:
                 raise DamagedShards({first[0]: _reason(first[1], exc)}) from exc
             width = int(shapes["embedding"][1])
             n_prob = int(shapes["probabilities"][1]) if "probabilities" in shapes else None
-            views = (shard_meta(first[1]) or {}).get("views", {})
+            views = meta.get("views", {})
         spans = {k: (a, b) for k, (a, b) in plate_rows.items() if b > a}
         return cls(rows, width, n_prob, spans, schema_of(context), views)
 
@@ -377,7 +377,7 @@ def _write_h5ad_from_shards(layout: _Layout, fields: FieldSource, context: RunCo
     for fid, shard, n in fields():
         if n:
             try:
-                cells, _ = read_shard_cells(shard)
+                cells, _, _ = read_shard_cells(shard)
             except RunDirectoryError as exc:
                 damaged[fid] = _reason(shard, exc)
                 continue

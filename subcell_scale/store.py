@@ -169,8 +169,9 @@ def read_shard(path: str | os.PathLike | RunPath) -> Shard:
     return Shard(embedding, probabilities, cells, dropped, meta, views)
 
 
-def read_shard_cells(path: str | os.PathLike | RunPath) -> tuple[pd.DataFrame, dict[str, tuple[int, ...]]]:
-    """The cell table of a shard and the shapes of its arrays, without reading the arrays.
+def read_shard_cells(path: str | os.PathLike | RunPath
+                     ) -> tuple[pd.DataFrame, dict[str, tuple[int, ...]], dict[str, Any]]:
+    """The cell table of a shard, the shapes of its arrays and its metadata, without reading the arrays.
 
     What a streamed assembly needs first: ``obs`` and the row count of every field, before any
     embedding is read.
@@ -185,6 +186,7 @@ def read_shard_cells(path: str | os.PathLike | RunPath) -> tuple[pd.DataFrame, d
         with path.open_read() as fh:
             with np.load(fh, allow_pickle=False) as data:
                 cells = _cell_table(data)
+                meta = json.loads(data["meta"].tobytes().decode())
             fh.seek(0)
             shapes = {}
             with zipfile.ZipFile(fh) as archive:
@@ -198,7 +200,7 @@ def read_shard_cells(path: str | os.PathLike | RunPath) -> tuple[pd.DataFrame, d
     except _SHARD_ERRORS as exc:
         msg = f"results shard {path} is damaged or not a subcell-scale shard ({exc}); delete it to recompute the field"
         raise RunDirectoryError(msg) from exc
-    return cells, shapes
+    return cells, shapes, meta
 
 
 def read_shard_array(path: str | os.PathLike | RunPath, name: str) -> np.ndarray:
