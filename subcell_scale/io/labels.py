@@ -14,7 +14,9 @@ written by other tools since a plate was consolidated are seen and kept.
 from __future__ import annotations
 
 import colorsys
+import ctypes
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -150,9 +152,7 @@ def write_label_image(
     # what costs on network and overlay file systems), and a field's labels are read whole anyway
     chunks = tuple(LABEL_CHUNK if i in (iy, ix) else 1 for i in range(len(names)))
     fmt = FormatV05() if field.metadata.zarr_format == 3 else FormatV04()
-    field.require_group("labels")
-    # reopened from its own metadata: a consolidated listing would hide label images written since
-    labels_group = open_on_disk(field.store, f"{field.path}/labels", mode="r+")
+    labels_group = _labels_group(field)
     folder = _local_folder(labels_group)
     staging = f"{_STAGING}{uuid.uuid4().hex[:12]}"
     if folder is None:  # object storage has no rename: replaced in place
@@ -194,6 +194,24 @@ def write_label_image(
         set_ome_attrs(field, {"labels": {**image_listing, "labels": [*iohub_names, name]}}, version=fmt.version)
 
 
+def _labels_group(field: zarr.Group) -> zarr.Group:
+    """The field's ``labels`` group, made when missing, opened from its own metadata.
+
+    A consolidated listing would hide label images written since. Another process may make the
+    group between the look and the make: then it is there to open.
+    """
+    for _ in range(3):
+        try:
+            return open_on_disk(field.store, f"{field.path}/labels", mode="r+")
+        except FileNotFoundError:
+            pass
+        try:
+            field.create_group("labels")
+        except zarr.errors.ContainsGroupError:
+            continue  # made by another writer meanwhile
+    return open_on_disk(field.store, f"{field.path}/labels", mode="r+")
+
+
 _STAGING = ".writing-"
 """Prefix of the group a label image is written in before it is renamed into place."""
 
@@ -221,9 +239,11 @@ def _clear_stale(folder: Path) -> None:
 def _publish(folder: Path, staging: str, name: str, where: str) -> None:
     """Rename the label image written whole in ``folder/staging/name`` to ``folder/name``.
 
-    Renames are atomic, so a reader or a second writer sees the old image or a whole new one. When
-    another process publishes the same image meanwhile, one of the two whole images stays: the
-    store ends complete whoever wins, and every rename that loses is told so by the file system.
+    Where the file system can swap two folders in one step (Linux), a reader sees the old image or
+    the new one and never neither. Elsewhere the old image is moved away first, so a reader may
+    briefly find none (and segments the field again, or retries it). When another process publishes
+    the same image meanwhile, one of the two whole images stays: the store ends complete whoever
+    wins, and every rename that loses is told so by the file system.
     """
     source, target = folder / staging / name, folder / name
     try:
@@ -232,20 +252,47 @@ def _publish(folder: Path, staging: str, name: str, where: str) -> None:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
             raise
         logger.info("%s: replacing labels %r", where, name)
-        old = folder / f"{staging}.old"
-        try:
-            os.rename(target, old)
-        except FileNotFoundError:
-            pass  # another writer moved it away first
-        try:
-            os.rename(source, target)
-        except OSError as again:
-            if again.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
-                raise
-            logger.info("%s: labels %r were written by another process at the same time; keeping theirs",
-                        where, name)
-        shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(folder / staging, ignore_errors=True)
+        if not _exchange(source, target):
+            old = folder / f"{staging}.old"
+            try:
+                os.rename(target, old)
+            except FileNotFoundError:
+                pass  # another writer moved it away first
+            try:
+                os.rename(source, target)
+            except OSError as again:
+                if again.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+                    raise
+                logger.info("%s: labels %r were written by another process at the same time; keeping theirs",
+                            where, name)
+            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(folder / staging, ignore_errors=True)  # the replaced image, after an exchange
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """The C library's ``renameat2``, None where there is none (not Linux, or an old C library)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
+def _exchange(source: Path, target: Path) -> bool:
+    """Swap ``source`` and ``target`` in one step; False where the system or file system cannot."""
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOENT):
+        return False  # not supported here, or the target was moved away meanwhile: plain renames
+    raise OSError(code, os.strerror(code), str(target))
 
 
 def write_labels(
