@@ -271,6 +271,43 @@ def test_a_cells_store_that_cannot_be_written_leaves_the_earlier_one_whole_and_s
     _same_cells(clean, ad.read_zarr(out / Files.CELLS_ZARR))
 
 
+@pytest.fixture
+def full_shards_disk(tmp_path):
+    """``out/shards`` on a small file system filled to the brim (mounted where this process may mount one)."""
+    folder = tmp_path / "run" / Files.SHARDS
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"a small file system cannot be mounted here: {mounted.stderr.strip()}")
+    filler = folder / "filler"
+    try:
+        with open(filler, "wb") as f:
+            while True:
+                f.write(bytes(4096))
+                f.flush()
+    except OSError:
+        pass
+    yield filler
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_shards_that_find_the_disk_full_fail_their_fields_by_name_and_a_rerun_completes(
+        demo, checkpoint, clean, full_shards_disk, capsys):
+    out = full_shards_disk.parent.parent
+    argv = _embed(demo, checkpoint, out, "--platemap", demo["platemap"], "--batch-size", "1", "--retries", "0")
+    assert main(argv) == 3
+    records = read_field_records(out)
+    assert {r["status"] for r in records.values()} == {"failed"}, records
+    for key, record in records.items():
+        assert "no space left on the device" in record["error"] and str(out / Files.SHARDS) in record["error"], \
+            (key, record["error"])
+    assert "Traceback" not in capsys.readouterr().err
+    full_shards_disk.unlink()  # space again: the same command completes the run
+    assert main(argv) == 0
+    _same_cells(clean, ad.read_zarr(out / Files.CELLS_ZARR))
+
+
 def _labels(plate: str) -> dict[tuple[str, int], np.ndarray]:
     """Every level of every field's cell labels (an incomplete image raises)."""
     opened = open_plate(plate)
