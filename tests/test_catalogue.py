@@ -381,6 +381,37 @@ def test_two_processes_writing_one_plates_labels_again_and_again_leave_whole_ima
             assert np.array_equal(labels[key], expected), f"trial {trial}: {key} differs"
 
 
+_S3_WRITER = """
+import json, sys, numpy as np
+from subcell_scale.io import open_plate, write_labels
+plate = open_plate(sys.argv[1], storage_options=json.loads(sys.argv[4]))
+labels = np.load(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    for well in plate.wells:
+        write_labels(plate, well, "0", "cells", labels[well])
+"""
+
+
+@pytest.mark.processes
+def test_two_processes_writing_one_plates_labels_on_object_storage_leave_whole_images(unlabelled, segmented,
+                                                                                     s3_server, tmp_path):
+    """No rename on object storage: each writer reads its image back and writes it again if it is not whole."""
+    level0 = {well: image for (well, level), image in segmented.items() if level == 0}
+    np.savez(tmp_path / "labels.npz", **level0)
+    options = json.dumps(s3_server.options)
+    for trial in range(1):  # each request a round trip: one trial of three rounds each
+        url = f"s3://{s3_server.bucket('labels')}/trial-{trial}.zarr"
+        s3_server.fs.put(unlabelled, url.removeprefix("s3://"), recursive=True)
+        procs = [subprocess.Popen([sys.executable, "-c", _S3_WRITER, url, str(tmp_path / "labels.npz"), "3",
+                                   options], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+        opened = open_plate(url, storage_options=s3_server.options)
+        for (well, level), expected in segmented.items():
+            got = opened.read_labels(well, "0", "cells", level=level)
+            assert np.array_equal(got, expected), f"trial {trial}: {well} level {level} differs"
+
+
 @pytest.mark.processes
 @pytest.mark.skipif(sys.platform != "linux", reason="an image is swapped in one step on Linux only")
 def test_a_reader_finds_a_whole_image_while_another_process_rewrites_it(unlabelled, segmented, tmp_path):

@@ -14,15 +14,17 @@ written by other tools since a plate was consolidated are seen and kept.
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import ctypes
 import errno
 import functools
 import logging
 import os
+import random
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,32 +155,33 @@ def write_label_image(
     chunks = tuple(LABEL_CHUNK if i in (iy, ix) else 1 for i in range(len(names)))
     fmt = FormatV05() if field.metadata.zarr_format == 3 else FormatV04()
     labels_group = _labels_group(field)
-    folder = _local_folder(labels_group)
-    staging = f"{_STAGING}{uuid.uuid4().hex[:12]}"
-    if folder is None:  # object storage has no rename: replaced in place
-        if name in labels_group:
-            logger.info("%s: replacing labels %r", where, name)
-            del labels_group[name]
-        parent = labels_group
-    else:  # written whole aside, then renamed into place (see _publish)
-        _clear_stale(folder)
-        parent = labels_group.create_group(staging)
-    group = parent.create_group(name)
-    datasets = []
     # dimension names spelled as the image's axes ("T", "C", ... in iohub plates), as NGFF 0.5 requires
     dimension_names = [str(a["name"] if isinstance(a, dict) else a) for a in axes]
+    levels = {}
     for dataset, shape in zip(multiscale["datasets"], level_shapes):
         level = nearest_downsample(labels, (shape[iy], shape[ix]))
-        level = level.reshape([s if i in (iy, ix) else 1 for i, s in enumerate(shape)])
-        write_level(group, dataset["path"], level, chunks, dimension_names)
-        datasets.append({"path": dataset["path"], "coordinateTransformations": dataset["coordinateTransformations"]})
-    write_multiscales_metadata(group, datasets=datasets, fmt=fmt, axes=axes, name=name)
-
+        levels[dataset["path"]] = level.reshape([s if i in (iy, ix) else 1 for i, s in enumerate(shape)])
     values = np.unique(labels)
     colors = [{"label-value": int(v), "rgba": label_color(int(v))} for v in values if v != 0]
-    write_label_metadata(parent, name, colors=colors, properties=_properties_list(properties, where),
-                         fmt=fmt, source={"image": "../../"})
-    if folder is not None:
+
+    def write_image(parent: zarr.Group) -> None:
+        group = parent.create_group(name, overwrite=True)
+        datasets = []
+        for dataset in multiscale["datasets"]:
+            write_level(group, dataset["path"], levels[dataset["path"]], chunks, dimension_names)
+            datasets.append({"path": dataset["path"],
+                             "coordinateTransformations": dataset["coordinateTransformations"]})
+        write_multiscales_metadata(group, datasets=datasets, fmt=fmt, axes=axes, name=name)
+        write_label_metadata(parent, name, colors=colors, properties=_properties_list(properties, where),
+                             fmt=fmt, source={"image": "../../"})
+
+    folder = _local_folder(labels_group)
+    if folder is None:  # object storage has no rename: written in place and read back
+        _write_in_place(labels_group, name, write_image, levels, where)
+    else:  # written whole aside, then renamed into place (see _publish)
+        _clear_stale(folder)
+        staging = f"{_STAGING}{uuid.uuid4().hex[:12]}"
+        write_image(labels_group.create_group(staging))
         _publish(folder, staging, name, where)
         labels_group = open_on_disk(field.store, f"{field.path}/labels", mode="r+")
     # ome-zarr-py appends the name even when it is listed already, and leaves out the 0.5 version;
@@ -210,6 +213,38 @@ def _labels_group(field: zarr.Group) -> zarr.Group:
         except zarr.errors.ContainsGroupError:
             continue  # made by another writer meanwhile
     return open_on_disk(field.store, f"{field.path}/labels", mode="r+")
+
+
+WRITE_TRIES = 5
+"""Times a label image on object storage is written before a writer running beside it is reported."""
+
+
+def _write_in_place(group: zarr.Group, name: str, write: Callable[[zarr.Group], None],
+                    levels: Mapping[str, np.ndarray], where: str) -> None:
+    """Write the label image ``name`` into ``group`` where nothing can be renamed, until it reads back whole.
+
+    A second process replacing the same image deletes, then writes: the image is read back after
+    each write and written again while another writer's delete has left a hole in it.
+    """
+    for attempt in range(WRITE_TRIES):
+        if name in group:
+            logger.info("%s: replacing labels %r", where, name)
+            with contextlib.suppress(KeyError, FileNotFoundError):
+                del group[name]
+        try:
+            write(group)
+            image = open_on_disk(group.store, f"{group.path}/{name}")
+            if "image-label" in ome_attrs(image) and all(
+                    np.array_equal(image[path][...], level) for path, level in levels.items()):
+                return
+        except (KeyError, FileNotFoundError, zarr.errors.BaseZarrError):
+            pass  # deleted under this writer by the other
+        logger.info("%s: labels %r changed while written (another process writes them too); writing again",
+                    where, name)
+        time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    msg = (f"{where}: labels {name!r} were changed by another process each of the {WRITE_TRIES} times they "
+           "were written; run again once the other writer has finished")
+    raise PlateFormatError(msg)
 
 
 _STAGING = ".writing-"
