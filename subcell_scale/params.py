@@ -30,6 +30,7 @@ from ._docs import doc_params
 from ._typecheck import check_fields
 from .cells import SWITCH_KEYS, CropSpec
 from .errors import ChannelMismatchError, ConfigError
+from .io.labels import check_label_name
 from .metrics.evaluate import EvaluationDesign
 from .presets import DEFAULT_PRESET, get_preset
 from .profiles.aggregate import Aggregation
@@ -266,6 +267,7 @@ class RunParams:
             if not isinstance(values[key], str) or not values[key]:
                 raise ConfigError(f"{where}: {key} must be a non-empty string, got {values[key]!r}")
         get_variant(values["variant"])  # an unknown name fails now, listing the published ones
+        check_label_name(values["label_name"], where, ConfigError)
         nonfinite = values.get("nonfinite", "fail")
         if nonfinite not in NONFINITE:
             raise ConfigError(f"{where}: nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")

@@ -108,6 +108,38 @@ def _missing_chunks(demo: dict, tmp_path: Path) -> str:
     return plate
 
 
+def _plate_without(demo: dict, tmp_path: Path, what: str) -> str:
+    """A copy of the plate with its second well's folder, or that well's field's level 0, removed."""
+    plate = _copy(demo, tmp_path)
+    field = _field_dir(plate, open_plate(plate).wells[1])
+    shutil.rmtree(field.parent if what == "well" else field / "s0")
+    return plate
+
+
+def _plate_with_damaged(demo: dict, tmp_path: Path, what: str) -> str:
+    """A copy of the plate whose first field has a chunk of garbage, or level metadata that is not JSON."""
+    plate = _copy(demo, tmp_path)
+    level = _field_dir(plate, open_plate(plate).wells[0]) / "s0"
+    if what == "chunk":
+        chunk = min(p for p in level.rglob("*") if p.is_file() and p.name != "zarr.json")
+        chunk.write_bytes(b"garbage" * 10)
+    else:
+        (level / "zarr.json").write_text("{")
+    return plate
+
+
+def _a_field(demo: dict, tmp_path: Path) -> str:
+    plate = _copy(demo, tmp_path)
+    return str(_field_dir(plate, open_plate(plate).wells[0]))
+
+
+def _weights(tmp_path: Path, name: str) -> str:
+    """A loadable weights file that is not a SubCell encoder."""
+    path = tmp_path / name
+    torch.save({"weight": torch.zeros(3, 3)}, path)
+    return str(path)
+
+
 def _folder(path: Path) -> str:
     path.mkdir()
     return str(path)
@@ -158,6 +190,51 @@ BAD_INPUTS = {
                                                                        "--no-segment"), 1, ["nuclei2", "A01"]),
     "chunks-missing": (lambda d, c, o, t: _embed(d, c, o, "--retries", "0", plate=_missing_chunks(d, t)), 3,
                        ["2 chunk"]),
+    "plate-url-unreachable": (lambda d, c, o, t: _embed(d, c, o, plate="http://127.0.0.1:9/plate.zarr"), 1,
+                              ["http://127.0.0.1:9/plate.zarr", "cannot be reached"]),
+    "plate-is-a-file": (lambda d, c, o, t: _embed(d, c, o, plate=_junk(t, "plate.txt")), 1,
+                        ["plate.txt", "subcell-scale convert"]),
+    "plate-is-one-image": (lambda d, c, o, t: _embed(d, c, o, plate=_a_field(d, t)), 1, ["single NGFF image"]),
+    "plate-well-missing": (lambda d, c, o, t: _embed(d, c, o, plate=_plate_without(d, t, "well")), 1,
+                           ["A02", "missing"]),
+    "plate-level-missing": (lambda d, c, o, t: _embed(d, c, o, "--retries", "0", plate=_plate_without(d, t, "level")),
+                            3, ["A02/0", "'s0'", "missing"]),
+    "plate-chunk-garbage": (lambda d, c, o, t: _embed(d, c, o, "--retries", "0",
+                                                      plate=_plate_with_damaged(d, t, "chunk")), 3,
+                            ["A01/0", "cannot read a chunk"]),
+    "plate-level-json-invalid": (lambda d, c, o, t: _embed(d, c, o, "--retries", "0",
+                                                           plate=_plate_with_damaged(d, t, "metadata")), 3,
+                                 ["A01/0", "A/1/0/s0", "not valid JSON"]),
+    "label-name-not-a-name": (lambda d, c, o, t: _embed(d, c, o, "--label-name", "a b"), 1, ["'a b'", "letters"]),
+    "set-negative-size": (lambda d, c, o, t: _embed(d, c, o, "--set", "out_size=-5"), 1, ["out_size", "-5"]),
+    "set-without-value": (lambda d, c, o, t: _embed(d, c, o, "--set", "out_size"), 1, ["out_size", "KEY=VALUE"]),
+    "classifiers-missing": (lambda d, c, o, t: ["embed", d["plate"], "--model", c["encoder"], "--classifiers",
+                                                str(t / "nope.pth"), "--out", str(o)], 1, ["nope.pth"]),
+    "classifiers-junk": (lambda d, c, o, t: ["embed", d["plate"], "--model", c["encoder"], "--classifiers",
+                                             _junk(t, "cls.pth"), "--out", str(o)], 1, ["cls.pth"]),
+    "checkpoint-not-an-encoder": (lambda d, c, o, t: ["embed", d["plate"], "--model", _weights(t, "other.pth"),
+                                                      "--out", str(o)], 1, ["other.pth", "is missing"]),
+    "model-unknown-variant": (lambda d, c, o, t: ["embed", d["plate"], "--model", "no-such-variant", "--out", str(o)],
+                              1, ["no-such-variant", "known variants"]),
+    "out-under-a-file": (lambda d, c, o, t: _embed(d, c, Path(_junk(t, "f.txt", b"x")) / "run"), 1,
+                         ["f.txt is a file"]),
+    "platemap-empty": (lambda d, c, o, t: _run(d, c, o, platemap=_junk(t, "empty.csv", b"")), 1, ["empty.csv"]),
+    "platemap-binary": (lambda d, c, o, t: _run(d, c, o, platemap=_junk(t, "bin.csv", bytes(range(256)) * 4)), 1,
+                        ["bin.csv"]),
+    "config-missing": (lambda d, c, o, t: _embed(d, c, o, "--config", str(t / "none.yaml")), 1, ["none.yaml"]),
+    "config-not-a-table": (lambda d, c, o, t: _embed(d, c, o, "--config", _junk(t, "list.yaml", b"- a\n- b\n")), 1,
+                           ["list.yaml", "table"]),
+    "workers-a-word": (lambda d, c, o, t: _run(d, c, o, "--workers", "two"), 2, ["--workers", "two"]),
+    "plates-from-missing": (lambda d, c, o, t: ["embed", "--plates-from", str(t / "list.txt"), "--model",
+                                                c["encoder"], "--out", str(o)], 1, ["list.txt"]),
+    "plates-from-names-a-missing-plate": (lambda d, c, o, t: ["embed", "--plates-from", _junk(
+        t, "list.txt", b"/nowhere/p.zarr\n"), "--model", c["encoder"], "--out", str(o)], 1, ["/nowhere/p.zarr"]),
+    "parameter-unknown": (lambda d, c, o, t: _embed(d, c, o, "--set", "segment_channel=DAPI9"), 1,
+                          ["segment_channel"]),
+    "evaluate-not-a-run": (lambda d, c, o, t: ["evaluate", str(t), "--out", str(o)], 1,
+                           ["profile table not found", "test_a_bad_input"]),
+    "profile-not-a-run": (lambda d, c, o, t: ["profile", str(t), "--out", str(o)], 1,
+                          ["neither a cells AnnData nor a run directory", "test_a_bad_input"]),
 }
 
 

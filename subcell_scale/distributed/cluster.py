@@ -89,7 +89,11 @@ def get_client(
     from distributed import Client
 
     if scheduler is not None:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except OSError as exc:
+            msg = f"cannot reach the Dask scheduler at {scheduler}: {exc}; is it running, and is the address right?"
+            raise ConfigError(msg) from None
     else:
         client = _start(cluster, n_workers, threads_per_worker, memory_limit, cluster_kwargs)
     if dashboard:

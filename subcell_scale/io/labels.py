@@ -99,6 +99,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def check_label_name(name: Any, where: str, error: type[Exception]) -> None:
+    """A label image's name is a folder name in every store: letters, digits, '_' or '-'."""
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        raise error(f"{where}: label name {name!r} must be letters, digits, '_' or '-'")
+
+
 def write_label_image(
     field: zarr.Group,
     name: str,
@@ -115,9 +121,7 @@ def write_label_image(
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
     where = where or field.path
-    if not name or not str(name).replace("_", "").replace("-", "").isalnum():
-        msg = f"{where}: label name {name!r} must be letters, digits, '_' or '-'"
-        raise PlateFormatError(msg)
+    check_label_name(name, where, PlateFormatError)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         msg = f"{where}: labels {name!r} must be an integer array, got {labels.dtype}"

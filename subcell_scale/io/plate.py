@@ -285,6 +285,8 @@ class Plate:
         except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
             msg = f"{self.path}: {what} is listed in the metadata but {path!r} is missing from the store"
             raise PlateFormatError(msg) from None
+        except ValueError as exc:  # json.JSONDecodeError
+            raise _invalid_metadata(f"{self.path}: {what}", path, exc) from None
         if not isinstance(node, zarr.Group):
             msg = f"{self.path}: {what} at {path!r} is an array, expected a group"
             raise PlateFormatError(msg)
@@ -376,6 +378,8 @@ class Plate:
         except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
             msg = f"{where}: level array {dataset_path!r} is listed in multiscales but missing from the store"
             raise PlateFormatError(msg) from None
+        except ValueError as exc:  # json.JSONDecodeError
+            raise _invalid_metadata(where, full, exc) from None
         if not isinstance(node, zarr.Array):
             msg = f"{where}: level {dataset_path!r} is a group, expected an array"
             raise PlateFormatError(msg)
@@ -630,6 +634,10 @@ def local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def _invalid_metadata(where: str, path: str, exc: ValueError) -> PlateFormatError:
+    return PlateFormatError(f"{where}: the metadata of {path!r} is not valid JSON ({exc})")
+
+
 def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     try:
         if _is_url(path):
@@ -641,6 +649,9 @@ def _open_root(path: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     except (zarr.errors.NodeNotFoundError, FileNotFoundError) as exc:
         msg = f"{path}: no zarr group here ({exc})"
         raise PlateFormatError(msg) from None
+    except OSError as exc:  # a server or bucket that cannot be reached
+        msg = f"{path}: the plate cannot be reached ({type(exc).__name__}: {exc})"
+        raise PlateNotFoundError(msg) from None
     except ValueError as exc:  # json.JSONDecodeError: a metadata file cut short or overwritten
         names = [n for n in ("zarr.json", ".zgroup", ".zattrs") if not _is_url(path)
                  and (Path(local_path(path)) / n).is_file()] or ["zarr.json"]
