@@ -47,10 +47,17 @@ def strata(obs: pd.DataFrame, by: str | Sequence[str] | None, step: str) -> Iter
         yield name, codes == code
 
 
-def keep_features(adata: AnnData, kept: np.ndarray, *, copy: bool) -> AnnData:
-    """``adata`` restricted to the features ``kept`` marks: a new object with ``copy``, else in place."""
+def keep_features(adata: AnnData, kept: np.ndarray, *, copy: bool, x: np.ndarray | None = None) -> AnnData:
+    """``adata`` restricted to the features ``kept`` marks: a new object with ``copy``, else in place.
+
+    With ``x`` (the new feature matrix, one column per kept feature) it becomes ``X`` and the old
+    ``X`` is never copied: a step that computes new values pays for no copy of the ones it replaces.
+    """
     if copy:
-        return adata[:, kept].copy()
+        source = adata if kept.all() else adata[:, kept]
+        return source._mutated_copy(X=x) if x is not None else source.copy()
     if not kept.all():
         adata._inplace_subset_var(kept)
+    if x is not None:
+        adata.X = x
     return adata
