@@ -13,14 +13,15 @@ from .._anndata import rows_matching
 from ..errors import ProfilingError
 
 
-def dense_features(adata: AnnData, step: str) -> np.ndarray:
-    """``X`` as a float64 array (a copy), the precision pycytominer computes in."""
+def dense_features(adata: AnnData, step: str, *, float64: bool = True) -> np.ndarray:
+    """``X`` as a float64 array (a copy), the precision pycytominer computes in; with ``float64=False``
+    ``X`` itself when dense, for steps that only read it and accumulate in float64 where it matters."""
     if adata.X is None:
         raise ProfilingError(f"{step}: the AnnData has no X matrix")
     x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
     if x.dtype.kind not in "fiub":
         raise ProfilingError(f"{step}: X has dtype {x.dtype}; features must be numeric")
-    return x.astype(np.float64, copy=True)
+    return x.astype(np.float64, copy=True) if float64 else x
 
 
 def query_rows(obs: pd.DataFrame, query: str, step: str, what: str = "reference") -> np.ndarray:

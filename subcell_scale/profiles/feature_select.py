@@ -87,7 +87,7 @@ def feature_select(
     rows = query_rows(adata.obs, samples, "feature_select", what="samples")
     if not rows.any():
         raise ProfilingError(f"feature_select: samples query {samples!r} matches no rows")
-    x = dense_features(adata, "feature_select")
+    x = dense_features(adata, "feature_select", float64=False)  # read only: no float64 copy of the matrix
     if not rows.all():
         x = x[rows]
     names = np.asarray(adata.var_names, dtype=object)
@@ -133,9 +133,12 @@ def feature_select(
 def _low_variance(x: np.ndarray, min_variance: float) -> np.ndarray:
     """sklearn's VarianceThreshold rule: keep variance > threshold (peak-to-peak too at threshold 0)."""
     with np.errstate(invalid="ignore"):
-        variance = np.nanvar(x, axis=0)
+        if np.isnan(x).any():
+            variance = np.nanvar(x, axis=0, dtype=np.float64)
+        else:  # nanvar copies the matrix to replace NaN
+            variance = x.var(axis=0, dtype=np.float64)
         if min_variance == 0:
-            variance = np.nanmin(np.vstack([variance, np.ptp(x, axis=0)]), axis=0)
+            variance = np.nanmin(np.vstack([variance, np.ptp(x, axis=0).astype(np.float64)]), axis=0)
     return ~(variance > min_variance)
 
 
@@ -170,17 +173,19 @@ def _pearson_pairs(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndar
     d(d-1)/2 pairs is built: what is kept is the totals and the pairs above the threshold.
     """
     d = x.shape[1]
-    z_t = np.ascontiguousarray((x - x.mean(axis=0)).T)  # one row per feature
+    z = np.subtract(x, x.mean(axis=0, dtype=np.float64), dtype=np.float64)  # the one copy, centred
     with np.errstate(invalid="ignore", divide="ignore"):
-        z_t /= np.linalg.norm(z_t, axis=1, keepdims=True)  # a constant feature: NaN, as its correlations
+        z /= np.sqrt(np.einsum("ij,ij->j", z, z))  # a constant feature: NaN, as its correlations
     rows_per = max(1, _CORR_BLOCK_VALUES // d)
     total = np.empty(d)
     firsts, seconds = [], []
     for start in range(0, d, rows_per):
-        corr = np.clip(z_t[start:start + rows_per] @ z_t.T, -1.0, 1.0)
-        total[start:start + corr.shape[0]] = np.nansum(np.abs(corr), axis=1)
+        corr = z[:, start:start + rows_per].T @ z  # one GEMM per block (transposed operand, no copy)
+        np.clip(corr, -1.0, 1.0, out=corr)
         with np.errstate(invalid="ignore"):
             r, c = np.nonzero(corr > threshold)
+        np.abs(corr, out=corr)
+        total[start:start + corr.shape[0]] = np.nansum(corr, axis=1)
         lower = c < r + start
         firsts.append(r[lower] + start)
         seconds.append(c[lower])
