@@ -185,7 +185,8 @@ def _pearson_pairs(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndar
         with np.errstate(invalid="ignore"):
             r, c = np.nonzero(corr > threshold)
         np.abs(corr, out=corr)
-        total[start:start + corr.shape[0]] = np.nansum(corr, axis=1)
+        np.fmax(corr, 0.0, out=corr)  # NaN (a constant feature) counts 0, as in nansum, without its copy
+        total[start:start + corr.shape[0]] = corr.sum(axis=1)
         lower = c < r + start
         firsts.append(r[lower] + start)
         seconds.append(c[lower])
