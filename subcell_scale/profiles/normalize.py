@@ -153,7 +153,7 @@ def normalize(
     out = np.empty(x.shape, dtype=np.float32)
     for (name, rows), fit in zip(groups, fit_rows, strict=True):
         whole = bool(rows.all())  # one stratum: no gathered copy of the rows, no scatter back
-        part = x if whole else x[rows]
+        part = x if whole else x[rows]  # our float64 copy either way: transformed in place
         if method == "spherize":
             values = _spherize(x[fit], part, spherize_method, spherize_epsilon, spherize_center, spherize_variant,
                                name)
@@ -161,7 +161,8 @@ def normalize(
             values = _inverse_normal(x[fit], part, inverse_normal_n_quantiles)
         else:
             center, scale = _location_scale(x[fit], method, mad_robustize_epsilon, mad_scale)
-            values = part - center
+            values = part
+            values -= center
             values /= scale
         if whole:
             out[...] = values
@@ -327,7 +328,7 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
         sigma = np.sqrt(eigenvalues[:rank])
         v = vectors[:, :rank] if n > d else fit_t.T @ (vectors[:, :rank] / sigma)  # right singular vectors
         weight = scale / (sigma + epsilon)
-        z = (rows - mean) / std
+        z = _standardized(rows, mean, std)
         if rank == d:
             return z @ ((v * weight) @ v.T)
         fill = scale / (sigma[-1] + epsilon)  # directions the reference rows do not span
@@ -346,7 +347,14 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
     w = (vt / sigma[:, None]).T * scale
     if method.startswith("ZCA"):
         w = w @ vt
-    return ((rows - mean) / std) @ w
+    return _standardized(rows, mean, std) @ w
+
+
+def _standardized(rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(rows - mean) / std`` in place: ``rows`` is a float64 copy the caller no longer needs."""
+    rows -= mean
+    rows /= std
+    return rows
 
 
 def _check_rank(rank: int, n: int, d: int, center: bool, stratum: str) -> int:
