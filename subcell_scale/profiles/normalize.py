@@ -9,7 +9,8 @@ Same methods, parameter names and arithmetic as ``pycytominer.normalize`` 1.7.1,
   ``1.4826 MAD + epsilon``. ``degenerate="drop"`` removes them from every stratum instead and
   records them; either way the step lists them.
 - Sphering has two computations. ``spherize_variant="corrected"`` is pycytominer 1.7.1 (PR #748): the
-  SVD is taken of the centred (``-cor``: standardised) reference rows, so they come out white.
+  whitening is fitted on the centred (``-cor``: standardised) reference rows, so they come out white
+  (ZCA from the eigendecomposition of their d x d, or n x n, Gram matrix; PCA from their SVD).
   ``"legacy"`` is what the releases before that fix computed: the SVD of the raw reference rows,
   neither centred nor scaled, applied to the centred / standardised rows. Results published with
   those releases (the SubCell JUMP benchmark among them) are reproduced only with ``"legacy"``.
@@ -94,7 +95,7 @@ def normalize(
     spherize_center
         Centre before sphering (the ``-cor`` variants always centre).
     spherize_variant
-        ``"corrected"`` (pycytominer 1.7.1): the whitening matrix comes from the SVD of the centred
+        ``"corrected"`` (pycytominer 1.7.1): the whitening matrix comes from the centred
         (``-cor``: standardised) reference rows. ``"legacy"``: from the SVD of the raw reference
         rows, as pycytominer computed it before PR #748; the output is then not white, but it is
         what profiles published with those releases were made with. Use it to reproduce them.
