@@ -265,12 +265,16 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     feature sklearn deems constant (variance within the rounding bound of its two-pass algorithm)
     gets scale 1, as StandardScaler gives it.
     """
-    n = (~np.isnan(x)).sum(axis=0)
+    missing = np.isnan(x)
+    # without NaN, nansum is sum over a copy of x: the plain sums are the same, bit for bit
+    total = np.nansum if missing.any() else np.sum
+    n = len(x) - missing.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(x, axis=0) / n
+        mean = total(x, axis=0) / n
         deviation = x - mean
-        correction = np.nansum(deviation, axis=0)
-        variance = (np.nansum(deviation**2, axis=0) - correction**2 / n) / n
+        correction = total(deviation, axis=0)
+        deviation *= deviation
+        variance = (total(deviation, axis=0) - correction**2 / n) / n
     eps = np.finfo(np.float64).eps
     constant = variance <= n * eps * variance + (n * mean * eps) ** 2
     return mean, np.where(constant, 1.0, np.sqrt(variance))
