@@ -188,9 +188,10 @@ def _group_codes(obs: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.nda
     """
     combined = np.zeros(len(obs), dtype=np.int64)
     for key in keys:
-        codes, uniques = pd.factorize(obs[key], sort=True, use_na_sentinel=False)
-        combined = combined * len(uniques) + codes
-        if len(uniques) and combined.max(initial=0) > 2**62 // max(1, len(obs)):  # keep the product in int64
+        codes, uniques = pd.factorize(obs[key], sort=True)  # missing: -1, a third of the time of keeping them
+        codes = np.where(codes < 0, len(uniques), codes)  # missing keys last
+        combined = combined * (len(uniques) + 1) + codes
+        if combined.max(initial=0) > 2**62 // max(1, len(obs)):  # keep the product in int64
             combined = np.unique(combined, return_inverse=True)[1].astype(np.int64)
     _, first_rows, codes = np.unique(combined, return_index=True, return_inverse=True)
     return codes.astype(np.int64), first_rows
@@ -315,19 +316,22 @@ def _reduce_runs_of(operation: AggregateOperation, rows: np.ndarray, starts: np.
                     stops: np.ndarray) -> np.ndarray:
     """Median or mean of each run ``rows[starts[i]:stops[i]]``, float64: one task of the thread pool."""
     reduce = _median if operation == "median" else _mean
+    span = rows[starts[0]:stops[-1]]
+    finite = span.dtype.kind != "f" or not np.isnan(span.min())  # one check for all the runs, not one per run
     out = np.empty((len(starts), rows.shape[1]), dtype=np.float64)
     for i, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
-        out[i] = reduce(rows[start:stop])
+        out[i] = reduce(rows[start:stop], finite=finite)
     return out
 
 
-def _median(block: np.ndarray) -> np.ndarray:
-    """Exact per-column median in float64 (mean of the two middle values for an even count).
+def _median(block: np.ndarray, *, finite: bool) -> np.ndarray:
+    """Exact per-column median in float64 (mean of the two middle values for an even count); ``finite``:
+    the caller knows ``block`` holds no NaN.
 
     One selection per column: after partitioning at k, the lower middle value is the largest of
     the first k (selecting two positions at once is about three times slower in numpy).
     """
-    if block.dtype.kind == "f" and np.isnan(block.min()):
+    if not finite and block.dtype.kind == "f" and np.isnan(block.min()):
         return np.nanmedian(block.astype(np.float64), axis=0)
     n = len(block)
     k = n // 2
@@ -348,8 +352,8 @@ def _transposed(block: np.ndarray, rows: int = 256) -> np.ndarray:
     return out
 
 
-def _mean(block: np.ndarray) -> np.ndarray:
-    if block.dtype.kind == "f" and np.isnan(block.min()):
+def _mean(block: np.ndarray, *, finite: bool) -> np.ndarray:
+    if not finite and block.dtype.kind == "f" and np.isnan(block.min()):
         return np.nanmean(block.astype(np.float64), axis=0)
     return block.mean(axis=0, dtype=np.float64)
 
