@@ -11,6 +11,7 @@ JUMP recipe's computation instead.
 
     python3 benchmarks/bench_profiles.py                                   # 8 plates, 256 features
     python3 benchmarks/bench_profiles.py --plates 8 --features 1536 --cells-per-well 300
+    python3 benchmarks/bench_profiles.py --steps spherize                  # only the sphering rows
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--cells-per-well", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", nargs="*", default=(), help="run only the steps whose name contains one of these")
     args = parser.parse_args()
     import pycytominer
 
@@ -89,7 +91,12 @@ def main() -> None:
           f"aggregation of {args.cells_per_well} cells per well on average")
     print(f"{'step':<34} {'ours_s':>8} {'pycyto_s':>9} {'ratio':>7} {'max|diff|':>10}")
 
+    def wanted(step: str) -> bool:
+        return not args.steps or any(part in step for part in args.steps)
+
     def report(step: str, ours: Callable, theirs: Callable, compare: Callable) -> None:
+        if not wanted(step):
+            return
         t_ours, a = timed(ours, args.repeats)
         t_theirs, b = timed(theirs, args.repeats)
         print(f"{step:<34} {t_ours:>8.3f} {t_theirs:>9.3f} {t_theirs / t_ours:>7.1f} {compare(a, b):>10}", flush=True)
@@ -97,8 +104,8 @@ def main() -> None:
     def same_values(a: ad.AnnData, b: pd.DataFrame) -> str:
         return f"{np.abs(a.X - b[list(a.var_names)].to_numpy()).max():.1e}"
 
-    for method, extra in (("standardize", {}), ("mad_robustize", {}),
-                          ("spherize", {"spherize_method": "ZCA-cor"}), ("spherize", {"spherize_method": "PCA-cor"})):
+    spherize = [("spherize", {"spherize_method": m}) for m in ("ZCA", "ZCA-cor", "PCA-cor")]
+    for method, extra in (("standardize", {}), ("mad_robustize", {}), *spherize):
         name = method + (f" {extra['spherize_method']}" if extra else "")
         report(f"normalize {name}",
                lambda m=method, e=extra: normalize(profiles, method=m, reference=NEGCON, **e),
@@ -121,6 +128,8 @@ def main() -> None:
                lambda o=op: pycytominer.feature_select(frame, features=feats, operation=[o]),
                same_features)
 
+    if not wanted("aggregate median"):
+        return
     cells = make_cells(profiles, args.cells_per_well, args.seed)
     cell_frame = frame_of(cells, ["plate", "well"])
     strata = ["Metadata_plate", "Metadata_well"]

@@ -37,9 +37,10 @@ def cells_zarr(cells, tmp_path_factory):
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    """Force many read windows and many batches of groups, so their edges are exercised."""
+    """Force many read windows, batches of groups and tasks of the pool, so their edges are exercised."""
     monkeypatch.setattr(_source, "WINDOW_BYTES", 1)
     monkeypatch.setattr(aggregate_module, "BATCH_BYTES", 40 * 24 * 4)
+    monkeypatch.setattr(aggregate_module, "BATCH_ROWS_BYTES", 30 * 24 * 4)
 
 
 def _oracle(cells: ad.AnnData, strata: list[str], operation: str) -> pd.DataFrame:
@@ -160,3 +161,25 @@ def test_bad_input_is_named(cells, tmp_path):
         aggregate(tmp_path / "missing.zarr")
     with pytest.raises(ProfilingError, match=r"no layers\['raw'\]"):
         aggregate(cells, layer="raw")
+
+
+def test_groups_are_numbered_in_groupby_order():
+    """Key columns factorised one by one give pandas' groupby(sort=True, dropna=False, observed=True)
+    numbering for strings, categoricals (unused and missing categories), numbers and missing keys."""
+    rng = np.random.default_rng(0)
+    n = 400
+    missing = rng.random(n) < 0.1
+    columns = {
+        "object": pd.Series(rng.choice(["b", "a", "c"], n), dtype=object).where(~missing, None),
+        "category": pd.Categorical(pd.Series(rng.choice(["z", "y", "x"], n)).where(~missing),
+                                   categories=["z", "x", "y", "w"]),
+        "integer": rng.integers(-3, 3, n),
+        "float": np.where(rng.random(n) < 0.1, np.nan, rng.integers(0, 3, n).astype(float)),
+        "string": pd.Series(rng.choice(["b", "a", "c"], n), dtype="string").where(rng.random(n) > 0.1),
+    }
+    obs = pd.DataFrame(columns)
+    for keys in (["object"], ["category", "float"], ["integer", "string", "object"], ["float", "category"]):
+        codes, first_rows = aggregate_module._group_codes(obs, keys)
+        expected = obs.groupby(keys, sort=True, dropna=False, observed=True).ngroup().to_numpy()
+        np.testing.assert_array_equal(codes, expected)
+        np.testing.assert_array_equal(first_rows, np.unique(expected, return_index=True)[1])

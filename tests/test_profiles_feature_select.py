@@ -125,3 +125,30 @@ def test_bad_arguments(profiles):
         feature_select(profiles, operation="variance_threshold", min_variance=1e9)
     with pytest.raises(ProfilingError, match="samples query .* matches no rows"):
         feature_select(profiles, samples="control_type == 'poscon'")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float32_screening_decides_every_pair_as_float64(monkeypatch, dtype):
+    """Correlations within 1e-7 of the threshold (well inside float32's error bound), exact duplicates
+    and near-duplicates with near-equal totals: the screened selection drops exactly the features the
+    all-float64 computation drops, also when blocks of features split the pairs."""
+    module = importlib.import_module("subcell_scale.profiles.feature_select")
+    rng = np.random.default_rng(7)
+    n, threshold = 300, 0.9
+    base = rng.normal(size=(n, 6))
+    base -= base.mean(axis=0)
+    q, _ = np.linalg.qr(base)  # orthonormal, centred columns
+    near = [threshold * q[:, 0] + np.sqrt(1 - threshold**2 - t) * q[:, 1] + 1e-7 * rng.normal(size=n)
+            for t in (-2e-7, 0.0, 2e-7)]  # correlations with q0 a hair below, at and above the threshold
+    x = np.column_stack([q[:, 0], *near, q[:, 2], q[:, 2], q[:, 2] + 1e-9 * rng.normal(size=n),
+                         q[:, 3] + 0.05 * q[:, 4], q[:, 4], -q[:, 5], q[:, 5]]).astype(dtype)
+    corr = np.corrcoef(x.astype(np.float64).T)
+    margin = module._float32_dot_error(n)
+    assert (np.abs(corr[0, 1:4] - threshold) < margin).all()  # the float32 screen cannot decide these alone
+    screened = module._correlated(x, threshold, "pearson")
+    for block in (x.shape[1], 2):
+        monkeypatch.setattr(module, "_CORR_BLOCK_VALUES", block * x.shape[1])
+        np.testing.assert_array_equal(module._correlated(x, threshold, "pearson"), screened)
+    monkeypatch.setattr(module, "_float32_dot_error", lambda n: 1.0)  # a loose bound: all float64
+    np.testing.assert_array_equal(module._correlated(x, threshold, "pearson"), screened)
+    assert screened.any() and not screened.all()

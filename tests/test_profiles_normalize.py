@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -239,3 +241,31 @@ def test_copy_false_changes_in_place(profiles):
     assert data.n_vars == profiles.n_vars - 1
     np.testing.assert_allclose(data.X.mean(axis=0), 0, atol=1e-6)
     assert profiles.n_vars == 8  # the fixture is untouched
+
+
+@pytest.mark.parametrize("n_rows", [9, 10])
+def test_degenerate_features_found_without_a_median_of_every_column(n_rows):
+    """The shortcut that takes medians only of columns with repeated values flags exactly the columns
+    whose MAD is zero: ties of every size, the alternating worst case of an odd row count, NaN."""
+    from subcell_scale.profiles.normalize import _degenerate
+
+    rng = np.random.default_rng(n_rows)
+    columns = [rng.normal(size=n_rows), np.full(n_rows, 2.0), np.full(n_rows, np.nan)]
+    for repeats in range(1, n_rows + 1):
+        column = rng.normal(size=n_rows)
+        column[rng.choice(n_rows, repeats, replace=False)] = 0.5
+        columns.append(column)
+    alternating = rng.normal(size=n_rows)
+    alternating[::2] = 1.0
+    with_nan = rng.normal(size=n_rows)
+    with_nan[:2] = np.nan
+    with_nan[2:2 + n_rows // 2] = 3.0
+    x = np.column_stack([*columns, alternating, alternating[::-1], with_nan])
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+        median = np.nanmedian(x, axis=0)
+        expected = (np.isnan(x).all(axis=0) | (np.nanmax(x, axis=0) == np.nanmin(x, axis=0))
+                    | (np.nanmedian(np.abs(x - median), axis=0) == 0))
+    np.testing.assert_array_equal(_degenerate(x), expected)
+    ties = expected[3:n_rows + 3]  # a value repeated 1..n_rows times: MAD zero from a strict majority on
+    assert ties[n_rows // 2:].all() and not ties[:n_rows // 2].any()
+    assert expected[-3] == bool(n_rows % 2)  # the even rows equal: a majority only with an odd count

@@ -13,14 +13,15 @@ from .._anndata import rows_matching
 from ..errors import ProfilingError
 
 
-def dense_features(adata: AnnData, step: str) -> np.ndarray:
-    """``X`` as a float64 array (a copy), the precision pycytominer computes in."""
+def dense_features(adata: AnnData, step: str, *, float64: bool = True) -> np.ndarray:
+    """``X`` as a float64 array (a copy), the precision pycytominer computes in; with ``float64=False``
+    ``X`` itself when dense, for steps that only read it and accumulate in float64 where it matters."""
     if adata.X is None:
         raise ProfilingError(f"{step}: the AnnData has no X matrix")
     x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
     if x.dtype.kind not in "fiub":
         raise ProfilingError(f"{step}: X has dtype {x.dtype}; features must be numeric")
-    return x.astype(np.float64, copy=True)
+    return x.astype(np.float64, copy=True) if float64 else x
 
 
 def query_rows(obs: pd.DataFrame, query: str, step: str, what: str = "reference") -> np.ndarray:
@@ -47,10 +48,17 @@ def strata(obs: pd.DataFrame, by: str | Sequence[str] | None, step: str) -> Iter
         yield name, codes == code
 
 
-def keep_features(adata: AnnData, kept: np.ndarray, *, copy: bool) -> AnnData:
-    """``adata`` restricted to the features ``kept`` marks: a new object with ``copy``, else in place."""
+def keep_features(adata: AnnData, kept: np.ndarray, *, copy: bool, x: np.ndarray | None = None) -> AnnData:
+    """``adata`` restricted to the features ``kept`` marks: a new object with ``copy``, else in place.
+
+    With ``x`` (the new feature matrix, one column per kept feature) it becomes ``X`` and the old
+    ``X`` is never copied: a step that computes new values pays for no copy of the ones it replaces.
+    """
     if copy:
-        return adata[:, kept].copy()
+        source = adata if kept.all() else adata[:, kept]
+        return source._mutated_copy(X=x) if x is not None else source.copy()
     if not kept.all():
         adata._inplace_subset_var(kept)
+    if x is not None:
+        adata.X = x
     return adata

@@ -39,6 +39,9 @@ AggregateOperation = Literal["median", "mean"]
 # Bytes of cells gathered per batch of groups (a batch always holds at least one whole group).
 BATCH_BYTES = 256 * 2**20
 
+# Bytes of rows one thread reduces at a time (several whole groups, or one larger group).
+BATCH_ROWS_BYTES = 8 * 2**20
+
 # Per-cell obs columns never carried to a well profile, even when a group happens to hold one cell.
 PER_CELL_COLUMNS = (Obs.FIELD, Obs.LABEL, Obs.AREA, Obs.CENTROID_Y, Obs.CENTROID_X)
 
@@ -178,34 +181,56 @@ def _check_columns(obs: pd.DataFrame, keys: list[str], where: str) -> None:
 
 
 def _group_codes(obs: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Group number of each row (groups sorted by key values, missing keys last) and each group's first row."""
-    codes = obs[keys].groupby(keys, sort=True, dropna=False, observed=True).ngroup().to_numpy(np.int64)
-    _, first_rows = np.unique(codes, return_index=True)
-    return codes, first_rows
+    """Group number of each row (groups sorted by key values, missing keys last) and each group's first row.
+
+    The order of ``groupby(keys, sort=True, dropna=False, observed=True)``, from each key column
+    factorised on its own (sorted, missing last) and the codes combined, without groupby's machinery.
+    """
+    combined = np.zeros(len(obs), dtype=np.int64)
+    for key in keys:
+        codes, uniques = pd.factorize(obs[key], sort=True)  # missing: -1, a third of the time of keeping them
+        codes = np.where(codes < 0, len(uniques), codes)  # missing keys last
+        combined = combined * (len(uniques) + 1) + codes
+        if combined.max(initial=0) > 2**62 // max(1, len(obs)):  # keep the product in int64
+            combined = np.unique(combined, return_inverse=True)[1].astype(np.int64)
+    _, first_rows, codes = np.unique(combined, return_index=True, return_inverse=True)
+    return codes.astype(np.int64), first_rows
 
 
 class _Reducer:
-    """Reduces groups on a pool of threads (numpy's partition and copies release the GIL), with at
-    most two groups per thread in flight so memory stays bounded; results land in ``values``."""
+    """Reduces runs of groups on a pool of threads (numpy's partition and copies release the GIL), with at
+    most two batches per thread in flight so memory stays bounded; results land in ``values``."""
 
     def __init__(self, operation: AggregateOperation, values: np.ndarray, n_jobs: int) -> None:
-        self.reduce = _median if operation == "median" else _mean
+        self.operation = operation
         self.values = values
         self.limit = 2 * n_jobs
         self.pool = ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
-        self.in_flight: deque[tuple[int, Future]] = deque()
+        self.in_flight: deque[tuple[np.ndarray, Future]] = deque()
 
-    def __call__(self, group: int, block: np.ndarray) -> None:
+    def __call__(self, groups: np.ndarray, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Reduce groups ``groups``, each the rows ``starts[i]:stops[i]`` of ``rows``, in batches of about
+        BATCH_ROWS_BYTES of rows."""
+        row_bytes = max(1, rows.shape[1] * rows.itemsize)
+        ends = np.cumsum(stops - starts)
+        first = 0
+        while first < len(groups):
+            last = max(first + 1, int(np.searchsorted(ends, ends[first] - (stops[first] - starts[first])
+                                                      + BATCH_ROWS_BYTES // row_bytes, side="right")))
+            self._submit(groups[first:last], rows, starts[first:last], stops[first:last])
+            first = last
+
+    def _submit(self, groups: np.ndarray, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
         if self.pool is None:
-            self.values[group] = self.reduce(block)
+            self.values[groups] = _reduce_runs_of(self.operation, rows, starts, stops)
             return
-        self.in_flight.append((group, self.pool.submit(self.reduce, block)))
+        self.in_flight.append((groups, self.pool.submit(_reduce_runs_of, self.operation, rows, starts, stops)))
         while len(self.in_flight) > self.limit:
             self._collect()
 
     def _collect(self) -> None:
-        group, future = self.in_flight.popleft()
-        self.values[group] = future.result()
+        groups, future = self.in_flight.popleft()
+        self.values[groups] = future.result()
 
     def __enter__(self) -> _Reducer:
         return self
@@ -236,7 +261,7 @@ def _reduce_groups(source: CellsSource, codes: np.ndarray, n_groups: int, operat
 
 def _reduce_runs(source: CellsSource, codes: np.ndarray, changes: np.ndarray, reduce: _Reducer) -> None:
     """Sorted rows: read windows front to back (the next one is read while this one is reduced);
-    groups inside a window are reduced on views of it, a group crossing windows is carried over."""
+    the groups inside a window are reduced together on it, a group crossing windows is carried over."""
     starts = np.r_[0, changes]
     stops = np.r_[changes, source.n_rows]
     window_starts = range(0, source.n_rows, source.window_rows)
@@ -249,20 +274,26 @@ def _reduce_runs(source: CellsSource, codes: np.ndarray, changes: np.ndarray, re
             if w_stop < source.n_rows:
                 upcoming = reader.submit(source.read, w_stop, min(w_stop + source.window_rows, source.n_rows),
                                          cache=False)
-            while run < len(starts) and starts[run] < w_stop:
-                piece = window[max(starts[run], w_start) - w_start:min(stops[run], w_stop) - w_start]
-                if stops[run] > w_stop:  # continues in the next window
-                    pending.append(piece.copy())
-                    break
-                block = np.concatenate([*pending, piece]) if pending else piece
-                reduce(int(codes[starts[run]]), block)
+            if pending:  # the group begun in an earlier window
+                if stops[run] > w_stop:
+                    pending.append(window.copy())
+                    continue
+                block = np.concatenate([*pending, window[:stops[run] - w_start]])
+                reduce(codes[starts[run:run + 1]], block, np.array([0]), np.array([len(block)]))
                 run, pending = run + 1, []
+            last = int(np.searchsorted(stops, w_stop, side="right"))  # runs run..last-1 end in this window
+            if last > run:
+                reduce(codes[starts[run:last]], window, starts[run:last] - w_start, stops[run:last] - w_start)
+                run = last
+            if run < len(starts) and starts[run] < w_stop:
+                pending = [window[starts[run] - w_start:].copy()]
 
 
 def _reduce_gathered(source: CellsSource, codes: np.ndarray, n_groups: int, counts: np.ndarray,
                      reduce: _Reducer) -> None:
     """Any row order: gather batches of whole groups (about BATCH_BYTES each), reading only the
-    windows that hold their rows, in the order the groups first appear."""
+    windows that hold their rows, in the order the groups first appear; each batch is laid out group
+    after group and reduced as runs."""
     order = np.argsort(codes, kind="stable")
     bounds = np.r_[0, np.cumsum(counts)]
     sequence = np.argsort(order[bounds[:-1]], kind="stable")
@@ -273,21 +304,34 @@ def _reduce_gathered(source: CellsSource, codes: np.ndarray, n_groups: int, coun
         batch.append(int(group))
         size += counts[group]
         if size >= budget or i == len(sequence) - 1:
-            segments = [order[bounds[g]:bounds[g + 1]] for g in batch]
-            rows = np.sort(np.concatenate(segments))
-            data = source.take(rows)
-            for g, segment in zip(batch, segments, strict=True):
-                reduce(g, data[np.searchsorted(rows, segment)])
+            members = np.concatenate([order[bounds[g]:bounds[g + 1]] for g in batch])
+            rows = np.sort(members)
+            data = source.take(rows)[np.searchsorted(rows, members)]
+            ends = np.cumsum(counts[batch])
+            reduce(np.asarray(batch), data, ends - counts[batch], ends)
             batch, size = [], 0
 
 
-def _median(block: np.ndarray) -> np.ndarray:
-    """Exact per-column median in float64 (mean of the two middle values for an even count).
+def _reduce_runs_of(operation: AggregateOperation, rows: np.ndarray, starts: np.ndarray,
+                    stops: np.ndarray) -> np.ndarray:
+    """Median or mean of each run ``rows[starts[i]:stops[i]]``, float64: one task of the thread pool."""
+    reduce = _median if operation == "median" else _mean
+    span = rows[starts[0]:stops[-1]]
+    finite = span.dtype.kind != "f" or not np.isnan(span.min())  # one check for all the runs, not one per run
+    out = np.empty((len(starts), rows.shape[1]), dtype=np.float64)
+    for i, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
+        out[i] = reduce(rows[start:stop], finite=finite)
+    return out
+
+
+def _median(block: np.ndarray, *, finite: bool) -> np.ndarray:
+    """Exact per-column median in float64 (mean of the two middle values for an even count); ``finite``:
+    the caller knows ``block`` holds no NaN.
 
     One selection per column: after partitioning at k, the lower middle value is the largest of
     the first k (selecting two positions at once is about three times slower in numpy).
     """
-    if block.dtype.kind == "f" and np.isnan(block.min()):
+    if not finite and block.dtype.kind == "f" and np.isnan(block.min()):
         return np.nanmedian(block.astype(np.float64), axis=0)
     n = len(block)
     k = n // 2
@@ -308,8 +352,8 @@ def _transposed(block: np.ndarray, rows: int = 256) -> np.ndarray:
     return out
 
 
-def _mean(block: np.ndarray) -> np.ndarray:
-    if block.dtype.kind == "f" and np.isnan(block.min()):
+def _mean(block: np.ndarray, *, finite: bool) -> np.ndarray:
+    if not finite and block.dtype.kind == "f" and np.isnan(block.min()):
         return np.nanmean(block.astype(np.float64), axis=0)
     return block.mean(axis=0, dtype=np.float64)
 
@@ -347,6 +391,9 @@ def _profile_obs(obs: pd.DataFrame, by: list[str], codes: np.ndarray, first_rows
         if isinstance(out[column].dtype, pd.CategoricalDtype):
             out[column] = out[column].cat.remove_unused_categories()
     out[Keys.N_CELLS] = np.asarray(counts, dtype=np.int64)
-    names = pd.Index(out[by].astype(str).agg("_".join, axis=1).to_numpy(), dtype=str)
+    joined = out[by[0]].astype(str)
+    for column in by[1:]:
+        joined = joined + "_" + out[column].astype(str)
+    names = pd.Index(joined.to_numpy(), dtype=str)
     out.index = make_index_unique(names) if not names.is_unique else names
     return out

@@ -87,7 +87,7 @@ def feature_select(
     rows = query_rows(adata.obs, samples, "feature_select", what="samples")
     if not rows.any():
         raise ProfilingError(f"feature_select: samples query {samples!r} matches no rows")
-    x = dense_features(adata, "feature_select")
+    x = dense_features(adata, "feature_select", float64=False)  # read only: no float64 copy of the matrix
     if not rows.all():
         x = x[rows]
     names = np.asarray(adata.var_names, dtype=object)
@@ -133,9 +133,12 @@ def feature_select(
 def _low_variance(x: np.ndarray, min_variance: float) -> np.ndarray:
     """sklearn's VarianceThreshold rule: keep variance > threshold (peak-to-peak too at threshold 0)."""
     with np.errstate(invalid="ignore"):
-        variance = np.nanvar(x, axis=0)
+        if np.isnan(x).any():
+            variance = np.nanvar(x, axis=0, dtype=np.float64)
+        else:  # nanvar copies the matrix to replace NaN
+            variance = x.var(axis=0, dtype=np.float64)
         if min_variance == 0:
-            variance = np.nanmin(np.vstack([variance, np.ptp(x, axis=0)]), axis=0)
+            variance = np.nanmin(np.vstack([variance, np.ptp(x, axis=0).astype(np.float64)]), axis=0)
     return ~(variance > min_variance)
 
 
@@ -164,27 +167,86 @@ def _correlated(x: np.ndarray, threshold: float, method: str) -> np.ndarray:
 
 
 def _pearson_pairs(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Total |correlation| of each feature and the pairs (a > b) above the threshold, a block of features at a time.
+    """Total |correlation| of each feature and the pairs (a > b) above the threshold, as float64 decides them.
 
-    Only one (block x features) slice of the correlation matrix exists at once, and no list of all
-    d(d-1)/2 pairs is built: what is kept is the totals and the pairs above the threshold.
+    The correlations are screened in float32 (a single-precision GEMM is about three times faster),
+    with a bound on how far a float32 correlation of unit vectors can be from the float64 one: the
+    pairs within the bound of the threshold are recomputed in float64, and so are the totals of both
+    members of a pair whose totals are closer than twice their bound. Every decision is then the one
+    float64 makes. With so many rows that the bound is loose, everything is float64.
     """
-    d = x.shape[1]
-    z_t = np.ascontiguousarray((x - x.mean(axis=0)).T)  # one row per feature
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z_t /= np.linalg.norm(z_t, axis=1, keepdims=True)  # a constant feature: NaN, as its correlations
+        z /= np.sqrt(np.einsum("ij,ij->j", z, z))  # a constant feature: NaN, as its correlations
+    n, d = z.shape
+    margin = _float32_dot_error(n)
+    if margin > 1e-2:
+        return _scan(z, threshold)
+    total, a, b = _scan(z.astype(np.float32), threshold - margin)
+    above = _pair_correlations(z, a, b) > threshold
+    a, b = a[above], b[above]
+    unsure = np.abs(total[a] - total[b]) <= 2 * d * margin
+    recheck = np.unique(np.concatenate([a[unsure], b[unsure]]))
+    if recheck.size > d // 4:
+        recheck = np.arange(d)
+    if recheck.size:
+        total[recheck] = _abs_sums(z, recheck)
+    return total, a, b
+
+
+def _float32_dot_error(n: int) -> float:
+    """Bound on |float32 - exact| for the dot product of two unit vectors of length n: rounding the inputs
+    (2u) and summing (gamma_n = n u / (1 - n u), any summation order, Cauchy-Schwarz), u = 2^-24."""
+    u = 2.0**-24
+    return (n * u / max(1e-12, 1 - n * u) + 4 * u) * 1.02
+
+
+def _scan(z: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Totals of |correlation| (summed in float64) and the pairs (a > b) above ``threshold`` of unit-norm
+    centred columns ``z``, one (block x features) GEMM at a time; no list of all d(d-1)/2 pairs is built."""
+    d = z.shape[1]
     rows_per = max(1, _CORR_BLOCK_VALUES // d)
     total = np.empty(d)
     firsts, seconds = [], []
     for start in range(0, d, rows_per):
-        corr = np.clip(z_t[start:start + rows_per] @ z_t.T, -1.0, 1.0)
-        total[start:start + corr.shape[0]] = np.nansum(np.abs(corr), axis=1)
+        corr = z[:, start:start + rows_per].T @ z  # transposed operand: no copy
+        np.clip(corr, -1.0, 1.0, out=corr)
         with np.errstate(invalid="ignore"):
             r, c = np.nonzero(corr > threshold)
+        total[start:start + corr.shape[0]] = _abs_row_sums(corr)
         lower = c < r + start
         firsts.append(r[lower] + start)
         seconds.append(c[lower])
     return total, np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _abs_row_sums(corr: np.ndarray) -> np.ndarray:
+    """Row sums of |corr| in float64, NaN (a constant feature) counted 0 as nansum does, without its copy."""
+    np.abs(corr, out=corr)
+    np.fmax(corr, 0.0, out=corr)
+    return corr.sum(axis=1, dtype=np.float64)
+
+
+def _abs_sums(z: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Float64 totals of |correlation| of the features ``columns``."""
+    rows_per = max(1, _CORR_BLOCK_VALUES // z.shape[1])
+    out = np.empty(len(columns))
+    for start in range(0, len(columns), rows_per):
+        corr = z[:, columns[start:start + rows_per]].T @ z
+        out[start:start + corr.shape[0]] = _abs_row_sums(np.clip(corr, -1.0, 1.0, out=corr))
+    return out
+
+
+def _pair_correlations(z: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Float64 correlations of the pairs (a[i], b[i]), a bounded number of columns gathered at a time."""
+    out = np.empty(len(a))
+    step = max(1, _CORR_BLOCK_VALUES // max(1, 2 * z.shape[0]))
+    for start in range(0, len(a), step):
+        pairs = slice(start, start + step)
+        out[pairs] = np.einsum("ij,ij->j", z[:, a[pairs]], z[:, b[pairs]])
+    with np.errstate(invalid="ignore"):
+        return np.clip(out, -1.0, 1.0)
 
 
 def _read_blocklist(blocklist: Sequence[str] | str | os.PathLike | None) -> list[str]:

@@ -9,7 +9,8 @@ Same methods, parameter names and arithmetic as ``pycytominer.normalize`` 1.7.1,
   ``1.4826 MAD + epsilon``. ``degenerate="drop"`` removes them from every stratum instead and
   records them; either way the step lists them.
 - Sphering has two computations. ``spherize_variant="corrected"`` is pycytominer 1.7.1 (PR #748): the
-  SVD is taken of the centred (``-cor``: standardised) reference rows, so they come out white.
+  whitening is fitted on the centred (``-cor``: standardised) reference rows, so they come out white
+  (ZCA from the eigendecomposition of their d x d, or n x n, Gram matrix; PCA from their SVD).
   ``"legacy"`` is what the releases before that fix computed: the SVD of the raw reference rows,
   neither centred nor scaled, applied to the centred / standardised rows. Results published with
   those releases (the SubCell JUMP benchmark among them) are reproduced only with ``"legacy"``.
@@ -94,7 +95,7 @@ def normalize(
     spherize_center
         Centre before sphering (the ``-cor`` variants always centre).
     spherize_variant
-        ``"corrected"`` (pycytominer 1.7.1): the whitening matrix comes from the SVD of the centred
+        ``"corrected"`` (pycytominer 1.7.1): the whitening matrix comes from the centred
         (``-cor``: standardised) reference rows. ``"legacy"``: from the SVD of the raw reference
         rows, as pycytominer computed it before PR #748; the output is then not white, but it is
         what profiles published with those releases were made with. Use it to reproduce them.
@@ -153,7 +154,7 @@ def normalize(
     out = np.empty(x.shape, dtype=np.float32)
     for (name, rows), fit in zip(groups, fit_rows, strict=True):
         whole = bool(rows.all())  # one stratum: no gathered copy of the rows, no scatter back
-        part = x if whole else x[rows]
+        part = x if whole else x[rows]  # our float64 copy either way: transformed in place
         if method == "spherize":
             values = _spherize(x[fit], part, spherize_method, spherize_epsilon, spherize_center, spherize_variant,
                                name)
@@ -161,14 +162,14 @@ def normalize(
             values = _inverse_normal(x[fit], part, inverse_normal_n_quantiles)
         else:
             center, scale = _location_scale(x[fit], method, mad_robustize_epsilon, mad_scale)
-            values = part - center
+            values = part
+            values -= center
             values /= scale
         if whole:
             out[...] = values
         else:
             out[rows] = values
-    result = keep_features(adata, ~drop, copy=copy)
-    result.X = out
+    result = keep_features(adata, ~drop, copy=copy, x=out)
     if method == "spherize" and spherize_method.startswith("PCA"):
         result.var = pd.DataFrame(index=pd.Index([f"PC{i}" for i in range(1, out.shape[1] + 1)], dtype=str))
     params: dict = {"method": method, "reference": reference, "by": by}
@@ -225,13 +226,30 @@ def _check_spherize_input(x: np.ndarray, fit_rows: list[np.ndarray], groups: lis
 
 
 def _degenerate(x: np.ndarray) -> np.ndarray:
-    """Features that cannot be scaled from these rows: all missing, constant, or zero MAD."""
+    """Features that cannot be scaled from these rows: all missing, constant, or zero MAD.
+
+    A MAD is zero only when more than half the values equal the median; medians are taken only of
+    the columns where that can happen (see :func:`_may_have_zero_mad`), usually none.
+    """
     with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
         empty = np.isnan(x).all(axis=0)
         constant = np.nanmax(x, axis=0) == np.nanmin(x, axis=0)
-        median = _column_median(x)
-        mad = _column_median(np.abs(x - median))
-    return empty | constant | (mad == 0)
+        zero_mad = np.zeros(x.shape[1], dtype=bool)
+        suspect = np.flatnonzero(_may_have_zero_mad(x) & ~empty & ~constant)
+        if suspect.size:
+            sub = x[:, suspect]
+            zero_mad[suspect] = _column_median(np.abs(sub - _column_median(sub))) == 0
+    return empty | constant | zero_mad
+
+
+def _may_have_zero_mad(x: np.ndarray) -> np.ndarray:
+    """Columns where one value may fill more than half the rows: those with missing values, two equal
+    neighbouring rows, or (odd row count) every even row equal; no other column can hold a value
+    more than n / 2 times without two of its occurrences being neighbours."""
+    suspect = np.isnan(x).any(axis=0) | (x[1:] == x[:-1]).any(axis=0)
+    if len(x) % 2:
+        suspect |= (x[::2] == x[0]).all(axis=0)
+    return suspect
 
 
 def _column_median(x: np.ndarray) -> np.ndarray:
@@ -247,12 +265,16 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     feature sklearn deems constant (variance within the rounding bound of its two-pass algorithm)
     gets scale 1, as StandardScaler gives it.
     """
-    n = (~np.isnan(x)).sum(axis=0)
+    missing = np.isnan(x)
+    # without NaN, nansum is sum over a copy of x: the plain sums are the same, bit for bit
+    total = np.nansum if missing.any() else np.sum
+    n = len(x) - missing.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(x, axis=0) / n
+        mean = total(x, axis=0) / n
         deviation = x - mean
-        correction = np.nansum(deviation, axis=0)
-        variance = (np.nansum(deviation**2, axis=0) - correction**2 / n) / n
+        correction = total(deviation, axis=0)
+        deviation *= deviation
+        variance = (total(deviation, axis=0) - correction**2 / n) / n
     eps = np.finfo(np.float64).eps
     constant = variance <= n * eps * variance + (n * mean * eps) ** 2
     return mean, np.where(constant, 1.0, np.sqrt(variance))
@@ -285,11 +307,15 @@ def _inverse_normal(fit: np.ndarray, rows: np.ndarray, n_quantiles: int) -> np.n
 
 def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, center: bool, variant: str,
               stratum: str) -> np.ndarray:
-    """Whitening matrix from the reference rows' SVD, applied to every row of the stratum.
+    """Whitening fitted on the reference rows, applied to every row of the stratum.
 
-    ``variant="legacy"`` takes the singular vectors and values of the raw reference rows (the
-    computation before pycytominer PR #748) while still centring / standardising the rows it is
-    applied to, exactly as those releases did; the rank checks use the transformed rows in both.
+    ZCA (corrected) needs no singular vectors with signs: it comes from the eigendecomposition of
+    the smaller Gram matrix of the transformed reference rows (d x d, or n x n with fewer rows than
+    features), never from an SVD of the rows. PCA keeps the SVD, whose signs pycytominer's
+    components carry. ``variant="legacy"`` takes the singular vectors and values of the raw
+    reference rows (the computation before pycytominer PR #748) while still centring /
+    standardising the rows it is applied to, exactly as those releases did; the rank checks use the
+    transformed rows in both.
     """
     n, d = fit.shape
     if n < 2:
@@ -300,26 +326,66 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
         mean = fit.mean(axis=0) if center else np.zeros(d)
         std = np.ones(d)
     fit_t = (fit - mean) / std
+    scale = np.sqrt(n - 1)
+    if method.startswith("ZCA") and variant == "corrected":
+        eigenvalues, vectors = _gram_eigen(fit_t, vectors=True)
+        rank = _check_rank(_gram_rank(eigenvalues, n, d), n, d, center, stratum)
+        sigma = np.sqrt(eigenvalues[:rank])
+        v = vectors[:, :rank] if n > d else fit_t.T @ (vectors[:, :rank] / sigma)  # right singular vectors
+        weight = scale / (sigma + epsilon)
+        z = _standardized(rows, mean, std)
+        if rank == d:
+            return z @ ((v * weight) @ v.T)
+        fill = scale / (sigma[-1] + epsilon)  # directions the reference rows do not span
+        return fill * z + ((z @ v) * (weight - fill)) @ v.T
     if variant == "legacy":  # the rank from the transformed rows, the whitening from the raw ones
-        sigma_t = np.linalg.svd(_triangle(fit_t), compute_uv=False)
+        rank = _check_rank(_gram_rank(_gram_eigen(fit_t, vectors=False)[0], n, d), n, d, center, stratum)
         sigma, vt = _right_singular(fit)
     else:
         sigma, vt = _right_singular(fit_t)
-        sigma_t = sigma
-    tolerance = sigma_t.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-    rank = int((sigma_t > tolerance).sum())
-    if not (rank == d or (center and rank == n - 1) or (not center and rank == n)):
-        raise ProfilingError(f"normalize: spherize reference rows of stratum {stratum} are not full rank (n={n}, "
-                             f"d={d}, rank={rank}); remove linearly dependent features (feature_select "
-                             "correlation_threshold) or use more reference rows")
+        tolerance = sigma.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+        rank = _check_rank(int((sigma > tolerance).sum()), n, d, center, stratum)
     if n <= d:
         # directions the reference rows do not span get the smallest non-zero singular value
         sigma = np.concatenate([sigma[:rank], np.repeat(sigma[rank - 1], d - rank)])
     sigma = sigma + epsilon
-    w = (vt / sigma[:, None]).T * np.sqrt(n - 1)
+    w = (vt / sigma[:, None]).T * scale
     if method.startswith("ZCA"):
         w = w @ vt
-    return ((rows - mean) / std) @ w
+    return _standardized(rows, mean, std) @ w
+
+
+def _standardized(rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(rows - mean) / std`` in place: ``rows`` is a float64 copy the caller no longer needs."""
+    rows -= mean
+    rows /= std
+    return rows
+
+
+def _check_rank(rank: int, n: int, d: int, center: bool, stratum: str) -> int:
+    """pycytominer's full-rank rule: rank d, or n - 1 (centred) / n rows when there are fewer rows."""
+    if not (rank == d or (center and rank == n - 1) or (not center and rank == n)):
+        raise ProfilingError(f"normalize: spherize reference rows of stratum {stratum} are not full rank (n={n}, "
+                             f"d={d}, rank={rank}); remove linearly dependent features (feature_select "
+                             "correlation_threshold) or use more reference rows")
+    return rank
+
+
+def _gram_eigen(a: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues (largest first) of the smaller Gram matrix of ``a`` (``a.T a`` or ``a a.T``): the squared
+    singular values of ``a``; with ``vectors`` its eigenvectors too (right, or left singular vectors of ``a``)."""
+    gram = a.T @ a if a.shape[0] > a.shape[1] else a @ a.T
+    if not vectors:
+        return np.linalg.eigvalsh(gram)[::-1], None
+    values, vecs = np.linalg.eigh(gram)
+    return values[::-1], vecs[:, ::-1]
+
+
+def _gram_rank(eigenvalues: np.ndarray, n: int, d: int) -> int:
+    """Rank from Gram eigenvalues: they are accurate to about eps times the largest, so the matrix-rank tolerance
+    (largest singular value x max(n, d) x eps) is applied to them, i.e. to squared singular values."""
+    top = eigenvalues[0] if eigenvalues.size else 0.0
+    return int((eigenvalues > top * max(n, d) * np.finfo(np.float64).eps).sum())
 
 
 def _right_singular(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
