@@ -269,3 +269,24 @@ def test_degenerate_features_found_without_a_median_of_every_column(n_rows):
     ties = expected[3:n_rows + 3]  # a value repeated 1..n_rows times: MAD zero from a strict majority on
     assert ties[n_rows // 2:].all() and not ties[:n_rows // 2].any()
     assert expected[-3] == bool(n_rows % 2)  # the even rows equal: a majority only with an odd count
+
+
+@pytest.mark.parametrize("spherize_method", ["ZCA", "ZCA-cor"])
+@pytest.mark.parametrize("variant", ["corrected", "legacy"])
+def test_badly_conditioned_reference_rows_are_whitened_as_pycytominer_whitens_them(spherize_method, variant):
+    """A feature a hair from a copy of another: full rank for numpy's rank rule (singular values about 1e-7
+    of the largest), below what Gram eigenvalues resolve, so the singular values decide and whiten."""
+    profiles = simulated_profiles(n_plates=1, n_wells=240, n_features=12, seed=2)
+    x = np.asarray(profiles.X, dtype=np.float64)
+    x[:, 1] = x[:, 0] + 1e-7 * np.random.default_rng(0).standard_normal(len(x)) * x[:, 0].std()
+    profiles.X = x
+    result = normalize(profiles, method="spherize", spherize_method=spherize_method, reference=NEGCON,
+                       spherize_variant=variant)
+    negcon = (profiles.obs["control_type"] == "negcon").to_numpy()
+    if variant == "legacy":
+        expected = legacy_spherize(x[negcon], x, spherize_method, 1e-6)
+    else:
+        expected = _pycytominer(profiles, None, NEGCON, method="spherize", spherize_method=spherize_method)
+        expected = expected[list(result.var_names)].to_numpy()
+    assert np.isfinite(result.X).all()
+    np.testing.assert_allclose(result.X, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -329,17 +329,12 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
     scale = np.sqrt(n - 1)
     if method.startswith("ZCA") and variant == "corrected":
         eigenvalues, vectors = _gram_eigen(fit_t, vectors=True)
-        rank = _check_rank(_gram_rank(eigenvalues, n, d), n, d, center, stratum)
-        sigma = np.sqrt(eigenvalues[:rank])
-        v = vectors[:, :rank] if n > d else fit_t.T @ (vectors[:, :rank] / sigma)  # right singular vectors
-        weight = scale / (sigma + epsilon)
-        z = _standardized(rows, mean, std)
-        if rank == d:
-            return z @ ((v * weight) @ v.T)
-        fill = scale / (sigma[-1] + epsilon)  # directions the reference rows do not span
-        return fill * z + ((z @ v) * (weight - fill)) @ v.T
+        rank = _check_rank(_gram_rank(fit_t, eigenvalues), n, d, center, stratum)
+        if _clear_of_rounding(eigenvalues, rank, fit_t.shape):
+            return _zca_from_gram(fit_t, rows, eigenvalues, vectors, rank, mean, std, epsilon)
+        # badly conditioned rows: the square roots of rounded eigenvalues would not do, the SVD below does
     if variant == "legacy":  # the rank from the transformed rows, the whitening from the raw ones
-        rank = _check_rank(_gram_rank(_gram_eigen(fit_t, vectors=False)[0], n, d), n, d, center, stratum)
+        rank = _check_rank(_gram_rank(fit_t, _gram_eigen(fit_t, vectors=False)[0]), n, d, center, stratum)
         sigma, vt = _right_singular(fit)
     else:
         sigma, vt = _right_singular(fit_t)
@@ -353,6 +348,21 @@ def _spherize(fit: np.ndarray, rows: np.ndarray, method: str, epsilon: float, ce
     if method.startswith("ZCA"):
         w = w @ vt
     return _standardized(rows, mean, std) @ w
+
+
+def _zca_from_gram(fit_t: np.ndarray, rows: np.ndarray, eigenvalues: np.ndarray, vectors: np.ndarray, rank: int,
+                   mean: np.ndarray, std: np.ndarray, epsilon: float) -> np.ndarray:
+    """ZCA whitening from the Gram eigendecomposition of the transformed reference rows ``fit_t``."""
+    n, d = fit_t.shape
+    scale = np.sqrt(n - 1)
+    sigma = np.sqrt(eigenvalues[:rank])
+    v = vectors[:, :rank] if n > d else fit_t.T @ (vectors[:, :rank] / sigma)  # right singular vectors
+    weight = scale / (sigma + epsilon)
+    z = _standardized(rows, mean, std)
+    if rank == d:
+        return z @ ((v * weight) @ v.T)
+    fill = scale / (sigma[-1] + epsilon)  # directions the reference rows do not span
+    return fill * z + ((z @ v) * (weight - fill)) @ v.T
 
 
 def _standardized(rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -381,11 +391,29 @@ def _gram_eigen(a: np.ndarray, *, vectors: bool) -> tuple[np.ndarray, np.ndarray
     return values[::-1], vecs[:, ::-1]
 
 
-def _gram_rank(eigenvalues: np.ndarray, n: int, d: int) -> int:
-    """Rank from Gram eigenvalues: they are accurate to about eps times the largest, so the matrix-rank tolerance
-    (largest singular value x max(n, d) x eps) is applied to them, i.e. to squared singular values."""
-    top = eigenvalues[0] if eigenvalues.size else 0.0
-    return int((eigenvalues > top * max(n, d) * np.finfo(np.float64).eps).sum())
+def _gram_rank(a: np.ndarray, eigenvalues: np.ndarray) -> int:
+    """The matrix rank of ``a`` (tolerance: largest singular value x max(n, d) x eps), from its Gram eigenvalues.
+
+    Those are accurate to about eps times the largest, so they settle the rank only when every one is
+    far above that rounding: then every singular value is far above the tolerance. Otherwise (rank
+    deficient or badly conditioned rows) the singular values themselves decide, as in numpy's
+    ``matrix_rank``.
+    """
+    if _clear_of_rounding(eigenvalues, eigenvalues.size, a.shape):
+        return int(eigenvalues.size)
+    sigma = np.linalg.svd(a, compute_uv=False)
+    return int((sigma > sigma.max(initial=0.0) * max(a.shape) * np.finfo(np.float64).eps).sum())
+
+
+def _clear_of_rounding(eigenvalues: np.ndarray, count: int, shape: tuple[int, int]) -> bool:
+    """Whether the ``count`` largest Gram eigenvalues all lie far above the rounding of the largest."""
+    if not count:
+        return False
+    return bool(eigenvalues[count - 1] > eigenvalues[0] * max(shape) * np.finfo(np.float64).eps * _GRAM_MARGIN)
+
+
+_GRAM_MARGIN = 1e3
+"""How far above the Gram eigenvalues' rounding the smallest must lie for them to settle the rank alone."""
 
 
 def _right_singular(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
