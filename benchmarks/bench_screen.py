@@ -10,7 +10,8 @@ Four measurements, each on real components, then a projection:
    as a resumed run checks it (:func:`subcell_scale.pipeline.execute._finished`): all plates
    complete, then half of them left incomplete; seconds per plate and shard reads;
 3. client memory: the cells store of the screen streamed from its shards in a fresh process; peak RSS
-   growth and RSS held once the returned AnnData is open (``obs`` left in the store), per cell;
+   growth and RSS held once the returned AnnData is open (``obs`` left in the store, the names held as
+   Arrow strings), per cell;
 4. scheduler: tiny fields through a real cluster (``dask scheduler`` and ``dask worker`` processes,
    an instant model); the client process's CPU seconds per field, with the default fields per task
    and with one field per task (a JUMP field is a task of its own).
@@ -41,6 +42,9 @@ from pathlib import Path
 import numpy as np
 
 CPG0016 = {"plates": 1600, "fields_per_plate": 384 * 9, "cells_per_field": 250}
+WIDTH = 3 * 64
+"""Values a cell of the synthetic shards: the 64-wide model of section 3 run in jump-cellpainting's three passes (X as
+wide as its var_names)."""
 GPU_FIELDS_PER_S = 5.0
 
 
@@ -105,7 +109,7 @@ def write_screen(root: Path, plates: int, fields: int, cells: int) -> dict:
             table = pd.DataFrame({"label": np.arange(1, cells + 1), "area": np.full(cells, 300),
                                   "centroid_y": rng.random(cells), "centroid_x": rng.random(cells)})
             fingerprint = prints[(fid.well, fid.field)]
-            shard = Shard(rng.random((cells, 64), dtype=np.float32), None, table, {},
+            shard = Shard(rng.random((cells, WIDTH), dtype=np.float32), None, table, {},
                           {"plate": fid.plate, "well": fid.well, "field": fid.field, "digest": "bench",
                            "fingerprint": fingerprint, "seconds": 0.1})
             data = encode_shard(shard)
@@ -304,7 +308,7 @@ def main() -> None:
         print(f"   {row['cells']:>8} cells: peak +{row['peak'] / 1e6:.0f} MB, held +{row['held'] / 1e6:.0f} MB")
     row = report["memory"]
     print(f"   per added cell: peak {row['peak_b_per_added_cell']:.1f} B, "
-          f"held {row['held_b_per_added_cell']:.1f} B (of which the obs names anndata reads: "
+          f"held {row['held_b_per_added_cell']:.1f} B (of which the obs names, Arrow strings: "
           f"{row['names_b_per_cell']:.1f} B)")
     print(f"4. scheduler ({args.scheduler_fields} tiny fields, {args.workers} worker processes, instant model)")
     report["scheduler"] = scheduler(root, args.scheduler_fields, args.workers)

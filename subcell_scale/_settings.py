@@ -62,7 +62,7 @@ class Settings:
         (an int, or a string such as ``"2GB"``).
     lazy_obs
         Cells above which a run's cells store is opened with ``obs`` left in the store (read when a
-        column is used), so the client holds nothing per cell (:func:`subcell_scale.read_cells`);
+        column is used), so the client holds only the cell names (:func:`subcell_scale.read_cells`);
         below it ``obs`` is read into memory, as scanpy expects.
     tune_allocator
         While a run's cells store is written, have glibc return freed blocks of 1 MiB and more to the

@@ -394,8 +394,11 @@ def read_cells(run: str | os.PathLike[str] | RunPath, *, plates: Sequence[str] |
         copy first to keep the cells of an earlier run.
     lazy
         Leave ``obs`` in the store too (anndata's lazy reading: ``obs`` columns read when used), so
-        opening a screen's store holds nothing per cell. Default: for stores of more than
-        :attr:`subcell_scale.settings.lazy_obs` cells.
+        opening a screen's store holds only the cell names, as Arrow strings (pandas ``str`` dtype,
+        about 25 bytes a cell). ``to_memory()`` reads the names of its rows from the store as Python
+        strings, as anndata writes them: names set on the lazy object are not carried over, so rename
+        cells after loading them. Default: for stores of more than :attr:`subcell_scale.settings.lazy_obs`
+        cells.
     {storage_options}
 
     Raises
@@ -460,10 +463,8 @@ def open_zarr(path: RunPath, obs: pd.DataFrame | None = None, *, plates: Sequenc
     group = zarr.open_group(path.zarr_store(read_only=True), mode="r")
     uns = read_elem(group["uns"]) if "uns" in group else {}
     n_obs = int(group["obs"]["_index"].shape[0]) if "_index" in group["obs"] else None
-    if plates is None and obs is None and (lazy or (lazy is None and n_obs is not None and n_obs > settings.lazy_obs)):
-        from anndata.experimental import read_lazy
-
-        return read_lazy(path.zarr_store(read_only=True))
+    lazy = lazy if lazy is not None else n_obs is not None and n_obs > settings.lazy_obs
+    left = plates is None and obs is None and lazy
     rows = None
     if plates is not None:
         spans = _rows_of(uns.get(Keys.PROVENANCE, {}), plates, path)
@@ -475,10 +476,13 @@ def open_zarr(path: RunPath, obs: pd.DataFrame | None = None, *, plates: Sequenc
         return value if rows is None else value[rows]
 
     obsm = {k: lazy_array(v) for k, v in group["obsm"].members()} if "obsm" in group else {}
-    for key in (Keys.SPATIAL,):  # small: in memory, as users index it freely
-        if key in obsm and isinstance(obsm[key], da.Array):
+    for key in (Keys.SPATIAL,):  # small: in memory, as users index it freely (left in the store with obs)
+        if key in obsm and isinstance(obsm[key], da.Array) and not left:
             obsm[key] = obsm[key].compute()
     X = lazy_array(group["X"]) if "X" in group else None
+    if left:
+        with ad.settings.override(check_uniqueness=False):  # unique as written; the check would hash every name
+            return ad.AnnData(X=X, obs=_obs_in_store(group["obs"]), var=read_elem(group["var"]), uns=uns, obsm=obsm)
     if obs is None:
         obs = read_elem(group["obs"]) if rows is None else _obs_rows(group["obs"], rows)
     adata = ad.AnnData(X=X, obs=obs, var=read_elem(group["var"]), uns=uns, obsm=obsm)
@@ -523,3 +527,55 @@ def _obs_rows(group: Any, rows: np.ndarray) -> pd.DataFrame:
                          index=pd.Index(np.asarray(group[index_key][lo:hi])[picked].astype(object)))
     return frame
 
+
+NAMES_DIM = "obs_names"
+"""Dimension of ``obs`` left in the store: its coordinate holds the names, its ``_index`` variable reads them."""
+
+
+def _obs_in_store(group: Any) -> Any:
+    """``obs`` left in the store (anndata's ``Dataset2D``): columns read when used, names held compactly.
+
+    The names are one Arrow string buffer (about 25 bytes a cell; Python strings cost about 75), read a
+    chunk at a time. ``to_memory()`` takes its index from the stored names, read for the rows it has:
+    Python strings, which anndata writes as it always has (an Arrow-backed index it refuses to write, in 0.12
+    and, unless pandas infers strings, in later releases).
+    """
+    import xarray as xr
+    from anndata.experimental import read_elem_lazy
+    from anndata.experimental.backed import Dataset2D
+
+    index_key = group.attrs.get("_index", "_index")
+    variables = {}
+    for name in [*group.attrs.get("column-order", []), index_key]:
+        value = read_elem_lazy(group[name])
+        if hasattr(value, "dask"):
+            variables[name] = xr.Variable([NAMES_DIM], value)
+        else:  # anndata's lazy categorical or nullable column, wrapped as anndata's read_lazy does
+            attrs = {"base_path_or_zarr_group": value.base_path_or_zarr_group, "elem_name": value.elem_name,
+                     "is_nullable_string": isinstance(value.dtype, pd.StringDtype)}
+            variables[name] = xr.Variable([NAMES_DIM], xr.core.indexing.LazilyIndexedArray(value), attrs=attrs)
+    variables[NAMES_DIM] = xr.Variable([NAMES_DIM], _arrow_names(group[index_key]))
+    frame = Dataset2D(xr.Dataset(variables))
+    frame.is_backed = True
+    frame.true_index_dim = index_key
+    return frame
+
+
+def _arrow_names(array: Any) -> pd.Index:
+    """The strings of a zarr array as an Arrow-backed index, read a chunk at a time.
+
+    Built in the system allocator (Arrow's own pool keeps what it frees), as the large strings pandas
+    holds (no cast copy), with large blocks returned when freed and the heap trimmed after: the chunks
+    read leave nothing behind (a 400k-cell store: the names' 25 bytes a cell held, not 36).
+    """
+    import pyarrow as pa
+
+    from ._allocator import large_blocks_returned, trim_heap
+
+    pool, kind, step = pa.system_memory_pool(), pa.large_string(), max(1, int(array.chunks[0]))
+    with large_blocks_returned():
+        parts = [pa.array(np.asarray(array[lo:lo + step]), type=kind, memory_pool=pool)
+                 for lo in range(0, array.shape[0], step)]
+        values = pd.array(pa.chunked_array(parts, type=kind), dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+    trim_heap()
+    return pd.Index(values, copy=False)

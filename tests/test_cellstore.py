@@ -79,6 +79,85 @@ def test_a_screen_store_opens_with_obs_left_in_it(demo, tiny_model, in_memory, t
     np.testing.assert_array_equal(back.X, in_memory.X[:20])
 
 
+@pytest.mark.slow
+def test_a_screen_store_round_trips_through_memory_and_files(demo, tiny_model, in_memory, tmp_path, monkeypatch):
+    """obs left in the store holds its names as Arrow strings; loaded, they are Python strings again, so the
+    whole object writes to h5ad and zarr and reads back equal; a plate's rows and the profiles are the same."""
+    monkeypatch.setattr(ss.settings, "lazy_obs", 0)
+    cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False, **SMALL)
+    assert cells.obs_names.dtype == "str" and type(cells.obs_names.array).__name__.startswith("ArrowString")
+    loaded = cells.to_memory()
+    assert loaded.obs_names.dtype == object
+    loaded.write_h5ad(tmp_path / "all.h5ad")
+    loaded.write_zarr(tmp_path / "all.zarr")
+    _same(in_memory, ad.read_h5ad(tmp_path / "all.h5ad"))
+    _same(in_memory, ad.read_zarr(tmp_path / "all.zarr"))
+    plate = in_memory.obs["plate"].cat.categories[1]
+    one = cells[np.asarray(cells.obs["plate"]) == plate].to_memory()
+    expected = in_memory[in_memory.obs["plate"] == plate]
+    assert list(one.obs_names) == list(expected.obs_names)
+    np.testing.assert_array_equal(one.X, expected.X)
+    by_store = aggregate(cells, by=["plate", "well"])
+    np.testing.assert_array_equal(by_store.X, aggregate(in_memory, by=["plate", "well"]).X)
+
+
+HELD = r"""
+import gc, json, sys
+import anndata, dask, numpy, pandas, psutil, pyarrow, xarray, zarr  # imports before the baseline RSS
+from subcell_scale._allocator import trim_heap
+from subcell_scale.cellstore import read_cells
+
+read_cells(sys.argv[2], lazy=True)  # a first opening pays the one-off costs (imports on first use, caches)
+gc.collect()
+trim_heap()
+before = psutil.Process().memory_info().rss
+cells = read_cells(sys.argv[1], lazy=True)
+gc.collect()
+held = psutil.Process().memory_info().rss - before
+print(json.dumps({"cells": cells.n_obs, "held": held, "names": int(cells.obs_names.memory_usage(deep=True))}))
+"""
+
+
+def _screen_store(path: Path, n: int) -> None:
+    """A cells store of ``n`` cells with a screen's obs (names as the pipeline makes them, its row chunks)."""
+    import pandas as pd
+    import zarr
+    from anndata.io import write_elem
+
+    i = np.arange(n)
+    plates = [f"plate{p:03d}" for p in range(n // 98_304 + 1)]
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
+    plate, well, field, label = i // 98_304, i // 256 % 384, i // 64 % 4, i % 64 + 1
+    names = [f"{plates[p]}_{wells[w]}_{f}_{v}" for p, w, f, v in zip(plate, well, field, label, strict=True)]
+    obs = pd.DataFrame({"plate": pd.Categorical.from_codes(plate, plates),
+                        "well": pd.Categorical.from_codes(well, wells),
+                        "field": pd.Categorical.from_codes(field, ["0", "1", "2", "3"]), "label": label,
+                        "area": np.full(n, 300), "centroid_y": np.zeros(n), "centroid_x": np.zeros(n)},
+                       index=pd.Index(names, dtype=object))
+    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+        write_elem(zarr.open_group(path, mode="w"), "/", ad.AnnData(obs=obs),
+                   dataset_kwargs={"chunks": (cellwriter.OBS_CHUNK,)})
+
+
+@pytest.mark.slow
+def test_a_screen_store_opens_holding_under_50_bytes_a_cell(tmp_path):
+    """Opened with obs left in the store, a screen's cells cost the client under 50 bytes each (RSS growth in a
+    fresh process), most of it the names themselves (held as Arrow strings: Python strings alone cost ~75)."""
+    _screen_store(tmp_path / "small.zarr", 1000)
+    _screen_store(tmp_path / "screen.zarr", 400_000)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", HELD, str(tmp_path / "screen.zarr"), str(tmp_path / "small.zarr")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["cells"] == 400_000
+    per_cell, names = figures["held"] / figures["cells"], figures["names"] / figures["cells"]
+    assert names < 30, figures  # Arrow strings: the characters and an 8-byte offset
+    assert 0.8 * names < per_cell < 50, figures  # the names are what is held (the measure sees them), little else
+
+
 def test_the_h5ad_store_opens_backed(demo, tiny_model, in_memory, tmp_path):
     cells = embed_plate(demo["plates"], tiny_model, out=tmp_path, platemap=demo["platemap"], progress=False,
                         format="h5ad", **SMALL)

@@ -45,7 +45,7 @@ class CellsSource:
         self._window: tuple[int, np.ndarray] | None = None
         if isinstance(adata, AnnData):
             self.description = "AnnData in memory" if not adata.isbacked else f"backed AnnData {adata.filename}"
-            self.obs = adata.obs
+            self.obs = adata.obs if isinstance(adata.obs, pd.DataFrame) else adata.obs.to_memory()  # left in the store
             self.uns = dict(adata.uns)
             self._matrix, self.var_names, self.source = _in_memory_matrix(adata, layer, obsm)
             self.var = adata.var.copy() if layer is not None or obsm is None else None
