@@ -21,6 +21,7 @@ from subcell_scale.metrics import (
     fraction_retrieved,
     mean_average_precision,
 )
+from subcell_scale.metrics._similarity import Similarity
 
 copairs_map = pytest.importorskip("copairs.map")
 copairs_multilabel = pytest.importorskip("copairs.map.multilabel")
@@ -110,6 +111,24 @@ def test_phenotypic_activity_reference_index_equals_copairs(profiles):
     # each treatment ranks its 2 replicates among all 24 controls
     assert (treated["n_pos_pairs"] == 2).all() and (treated["n_total_pairs"] == 26).all()
     assert ours.loc[ours.control_type == "negcon", "average_precision"].isna().all()
+
+
+@pytest.mark.parametrize("rules", [(["g"], [], [], ["g"]), (["g"], ["p"], ["p"], ["g"]), (["g"], [], ["p"], []),
+                                   (["g"], [], [], ["p", "b"]), (["g", "b"], [], ["b"], ["g"])])
+@pytest.mark.parametrize("group_size", [4, 11])
+def test_float32_ties_of_distinct_similarities_equal_copairs(rules, group_size):
+    """Similarities a few float64 ulps apart share one float32 ranking key: negatives are counted against
+    each positive's float64 threshold, which must split them exactly as copairs' float32 keys do."""
+    rng = np.random.default_rng(group_size)
+    n = 40 * group_size
+    meta = pd.DataFrame({"g": np.repeat(np.arange(40), group_size).astype(str),
+                         "p": rng.integers(0, 3, n).astype(str), "b": rng.integers(0, 2, n).astype(str)})
+    base = rng.normal(size=(1, 8))
+    x = base + rng.normal(size=(n, 8)) * 1e-4 + rng.integers(-3, 4, size=(n, 8)) * 1e-9
+    ref = copairs_map.average_precision(meta, x, *rules, progress_bar=False)
+    keys = np.float32(1) - np.float32(Similarity(x).block64(np.arange(n)))
+    assert np.unique(keys).size < keys.size / 4  # the tie-heavy case
+    _assert_same_ap(average_precision(meta, x, *rules, batch_size=997), ref)
 
 
 @pytest.mark.parametrize("rules", [(["moa"], ["plate", "compound"], ["plate"], ["moa"]),

@@ -1,13 +1,16 @@
 """Positive ranks and nearest neighbours read from a block of similarities in one pass per row.
 
 The similarity product is the floor of any retrieval metric; what comes after it should cost about as
-much as reading the block once. For each query row these kernels gather the
-positives' ranking keys from the group lists (a few loads), then read the row once into a buffer of
-the negatives' keys (+inf elsewhere) decided from integer group codes; the buffer stays in cache
-while each positive's count of negatives ranked above it is taken (one vectorised pass per positive
-when there are few, a histogram over the sorted positive keys otherwise). Nearest neighbours keep a
-sorted top-k buffer filled in one walk over the row. No (rows x profiles) mask or copy is made. The
-kernels release the GIL; the sweep runs one per thread, each on its own block.
+much as reading the block once. For each query row these kernels gather the positives' similarities
+from the group lists (a few loads). With up to 16 positives and at most one ``neg_diffby`` column,
+each positive's ranking key becomes a float64 threshold (a key is better exactly when the similarity
+is above it), so one branch-free pass over the row counts, for four positives at a time, the profiles
+ranked above them; the query's own ``neg_diffby`` group, found from its member list, is taken back out.
+Otherwise the row is read once into a buffer of the negatives' keys (+inf elsewhere) decided from
+integer group codes, and each positive's count is taken from the buffer while it is in cache (a
+histogram over the sorted positive keys when there are many). Nearest neighbours keep a sorted top-k
+buffer filled in one walk over the row. No (rows x profiles) mask or copy is made. The kernels release
+the GIL; the sweep runs one per thread, each on its own block.
 
 Ranking keys follow copairs: ``float32(1) - float32(similarity)``, smaller is better, and a negative
 with exactly the same key as a positive is ranked after it.
@@ -18,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_FEW = 16  # up to this many positives, one vectorised counting pass per positive beats a histogram
+_FEW = 16  # up to this many positives, vectorised counting passes beat a histogram
+_SIM_MAX = 1e100  # similarities counted against thresholds are finite and far from overflow
 
 
 @njit(inline="always")
@@ -28,56 +32,145 @@ def _key(s: float) -> np.float32:
 
 @njit(cache=True, nogil=True)
 def ap_block(sims: np.ndarray, rows: np.ndarray, group_of: np.ndarray, members: np.ndarray, group_start: np.ndarray,
-             pos_diff: np.ndarray, neg_same: np.ndarray, neg_diff: np.ndarray, ap: np.ndarray, n_pos: np.ndarray,
-             n_neg: np.ndarray) -> None:
+             pos_diff: np.ndarray, neg_same: np.ndarray, neg_diff: np.ndarray, neg_members: np.ndarray,
+             neg_start: np.ndarray, neg_size: np.ndarray, ap: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray) -> None:
     """AP, positives and negatives of each query row of ``sims`` (len(rows), n_profiles).
 
     Positives of query ``i`` are the other members of its group (``group_of``: the ``pos_sameby``
     columns as one code; ``members[group_start[g]:group_start[g + 1]]``) that differ from it in every
-    ``pos_diff`` row of codes; negatives share its ``neg_same`` code and differ in every ``neg_diff``
-    row. Outputs are written at the block's row positions.
+    ``pos_diff`` row of codes; negatives share its ``neg_same`` code (``neg_size`` profiles per code)
+    and differ in every ``neg_diff`` row (the first row's groups listed as ``neg_members`` /
+    ``neg_start``). Outputs are written at the block's row positions.
     """
-    n = sims.shape[1]
-    inf = np.float32(np.inf)
     for r in range(rows.size):
         i = rows[r]
         g = group_of[i]
-        lo, hi = group_start[g], group_start[g + 1]
-        keys = np.empty(hi - lo, dtype=np.float32)
-        m = 0
-        for t in range(lo, hi):
-            j = members[t]
-            if j != i and _differs(pos_diff, i, j):
-                keys[m] = _key(sims[r, j])
-                m += 1
-        keys = np.sort(keys[:m])
-        # the row's negatives as ranking keys, everything else +inf: vectorised passes over one row, the
-        # first also testing the first neg_diff column (codes are never negative: -1 matches nothing)
-        neg_keys = np.empty(n, dtype=np.float32)
-        same = neg_same[i]
-        first = neg_diff[0] if neg_diff.shape[0] else neg_same
-        own = first[i] if neg_diff.shape[0] else -1
-        negatives = 0
-        for j in range(n):
-            ok = (neg_same[j] == same) & (first[j] != own)
-            neg_keys[j] = _key(sims[r, j]) if ok else inf
-            negatives += ok
-        if neg_keys[i] != inf:
-            neg_keys[i] = inf
-            negatives -= 1
-        if neg_diff.shape[0] > 1:
-            for c in range(1, neg_diff.shape[0]):
-                codes = neg_diff[c]
-                own_c = codes[i]
-                for j in range(n):
-                    if codes[j] == own_c:
-                        neg_keys[j] = inf
-            negatives = 0
-            for j in range(n):
-                negatives += neg_keys[j] != inf
+        s, keys = _positives(sims, r, i, members[group_start[g]:group_start[g + 1]], pos_diff)
+        m = keys.size
+        if m <= _FEW and neg_diff.shape[0] <= 1 and np.all(np.abs(s) < _SIM_MAX):
+            above, negatives = _above_by_thresholds(sims[r], i, s, keys, neg_same, neg_diff, neg_members, neg_start,
+                                                    neg_size)
+        else:
+            neg_keys = np.empty(sims.shape[1], dtype=np.float32)
+            negatives = _negative_keys(sims, r, i, neg_same, neg_diff, neg_keys)
+            above = _above(neg_keys, keys)
         n_pos[r] = m
         n_neg[r] = negatives
-        ap[r] = _ap(_above(neg_keys, keys), m) if m else np.nan
+        ap[r] = _ap(above, m) if m else np.nan
+
+
+@njit(inline="always")
+def _positives(sims: np.ndarray, r: int, i: int, group: np.ndarray, pos_diff: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities and ranking keys of query ``i``'s positives among ``group``, best key first."""
+    s = np.empty(group.size)
+    m = 0
+    for j in group:
+        if j != i and _differs(pos_diff, i, j):
+            s[m] = sims[r, j]
+            m += 1
+    s = s[:m]
+    keys = np.empty(m, dtype=np.float32)
+    for t in range(m):
+        keys[t] = _key(s[t])
+    order = np.argsort(keys)
+    return s[order], keys[order]
+
+
+@njit(inline="always")
+def _threshold(s: float, k: np.float32) -> float:
+    """The largest float64 whose ranking key is not below ``k = _key(s)``: a key is below ``k`` exactly
+    when the similarity is above it, so counting needs neither the float32 rounding nor the keys."""
+    lo, hi = s, 2.0 * abs(s) + 4.0  # _key(lo) == k, _key(hi) < k
+    while True:
+        mid = lo + 0.5 * (hi - lo)
+        if mid <= lo or mid >= hi:
+            return lo
+        if _key(mid) < k:
+            hi = mid
+        else:
+            lo = mid
+
+
+@njit(inline="always")
+def _above_by_thresholds(row: np.ndarray, i: int, s: np.ndarray, keys: np.ndarray, neg_same: np.ndarray,
+                         neg_diff: np.ndarray, neg_members: np.ndarray, neg_start: np.ndarray, neg_size: np.ndarray
+                         ) -> tuple[np.ndarray, int]:
+    """Negatives ranked above each positive, counted as similarities above its threshold: four positives per
+    branch-free pass over the row's profiles that share ``neg_same``, then the query's own ``neg_diff``
+    group (or the query alone) taken back out."""
+    m = keys.size
+    thresholds = np.full(m + 3, np.inf)
+    for t in range(m):
+        thresholds[t] = _threshold(s[t], keys[t])
+    same = neg_same[i]
+    everyone = neg_size.size == 1
+    above = np.zeros(m + 3, dtype=np.int64)
+    for t in range(0, m, 4):
+        t0, t1, t2, t3 = thresholds[t], thresholds[t + 1], thresholds[t + 2], thresholds[t + 3]
+        c0 = c1 = c2 = c3 = 0
+        if everyone:  # indexed loops: numba vectorises them, not iteration over the array
+            for j in range(row.size):
+                v = row[j]
+                c0 += v > t0
+                c1 += v > t1
+                c2 += v > t2
+                c3 += v > t3
+        else:
+            for j in range(row.size):
+                v = row[j] if neg_same[j] == same else -np.inf
+                c0 += v > t0
+                c1 += v > t1
+                c2 += v > t2
+                c3 += v > t3
+        above[t], above[t + 1], above[t + 2], above[t + 3] = c0, c1, c2, c3
+    negatives = neg_size[same]
+    if neg_diff.shape[0]:
+        own = neg_diff[0, i]
+        out = neg_members[neg_start[own]:neg_start[own + 1]]
+    else:
+        out = np.array([i], dtype=np.int64)
+    for j in out:
+        if neg_same[j] == same:
+            negatives -= 1
+            v = row[j]
+            for t in range(m):
+                above[t] -= v > thresholds[t]
+    return above[:m], negatives
+
+
+@njit(inline="always")
+def _negative_keys(sims: np.ndarray, r: int, i: int, neg_same: np.ndarray, neg_diff: np.ndarray,
+                   neg_keys: np.ndarray) -> int:
+    """Fill ``neg_keys`` with the row's negatives as ranking keys (+inf elsewhere); return their number.
+
+    Vectorised passes over one row, the first also testing the first ``neg_diff`` row of codes (codes
+    are never negative: -1 matches nothing).
+    """
+    n = sims.shape[1]
+    inf = np.float32(np.inf)
+    same = neg_same[i]
+    first = neg_diff[0] if neg_diff.shape[0] else neg_same
+    own = first[i] if neg_diff.shape[0] else -1
+    negatives = 0
+    for j in range(n):
+        ok = (neg_same[j] == same) & (first[j] != own)
+        neg_keys[j] = _key(sims[r, j]) if ok else inf
+        negatives += ok
+    if neg_keys[i] != inf:
+        neg_keys[i] = inf
+        negatives -= 1
+    if neg_diff.shape[0] > 1:
+        for c in range(1, neg_diff.shape[0]):
+            codes = neg_diff[c]
+            own_c = codes[i]
+            for j in range(n):
+                if codes[j] == own_c:
+                    neg_keys[j] = inf
+        negatives = 0
+        for j in range(n):
+            negatives += neg_keys[j] != inf
+    return negatives
 
 
 @njit(inline="always")
@@ -89,8 +182,8 @@ def _above(neg_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
         for t in range(m):
             bound = keys[t]
             count = 0
-            for v in neg_keys:
-                count += v < bound
+            for j in range(neg_keys.size):
+                count += neg_keys[j] < bound
             above[t] = count
         return above
     worst = keys[m - 1]

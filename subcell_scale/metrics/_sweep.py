@@ -41,7 +41,12 @@ def combined(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RankTask:
-    """What the AP kernel needs: each profile's positive group and its members, and the rule codes."""
+    """What the AP kernel needs: each profile's positive group and its members, and the rule codes.
+
+    The first ``neg_diffby`` column's groups are listed too (``neg_members`` / ``neg_start``), and
+    the size of each ``neg_sameby`` group, so the kernel can count a query's negatives as its
+    ``neg_sameby`` group less its own group.
+    """
 
     group_of: np.ndarray
     members: np.ndarray
@@ -49,14 +54,26 @@ class RankTask:
     pos_diff: np.ndarray
     neg_same: np.ndarray
     neg_diff: np.ndarray
+    neg_members: np.ndarray
+    neg_start: np.ndarray
+    neg_size: np.ndarray
 
     @classmethod
     def of(cls, meta: pd.DataFrame, pos: Rule, neg: Rule) -> RankTask:
         group_of = combined(meta, pos.sameby)
-        members = np.argsort(group_of, kind="stable").astype(np.int64)
-        group_start = np.searchsorted(group_of[members], np.arange(int(group_of.max()) + 2)).astype(np.int64)
-        return cls(group_of, members, group_start, codes(meta, pos.diffby),
-                   combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby))
+        members, group_start = _groups(group_of)
+        neg_diff = codes(meta, neg.diffby)
+        neg_members, neg_start = _groups(neg_diff[0]) if len(neg.diffby) else (np.zeros(0, np.int64),) * 2
+        neg_same = combined(meta, neg.sameby).astype(np.int32)
+        return cls(group_of, members, group_start, codes(meta, pos.diffby), neg_same, neg_diff, neg_members, neg_start,
+                   np.bincount(neg_same).astype(np.int64))
+
+
+def _groups(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Profiles ordered by code and where each code's run starts (codes 0..max, one more start at the end)."""
+    members = np.argsort(code, kind="stable").astype(np.int64)
+    start = np.searchsorted(code[members], np.arange(int(code.max(initial=-1)) + 2)).astype(np.int64)
+    return members, start
 
 
 @dataclass(frozen=True)
@@ -154,7 +171,8 @@ def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTa
 
     if ranks is not None:
         _ranks.ap_block(block, rows, ranks.group_of, ranks.members, ranks.group_start, ranks.pos_diff,
-                        ranks.neg_same, ranks.neg_diff, rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
+                        ranks.neg_same, ranks.neg_diff, ranks.neg_members, ranks.neg_start, ranks.neg_size,
+                        rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
     if nearest is not None:
         _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool, nearest.label_ptr, nearest.labels,
                              nearest.kmax, nn_out.nearest[part], nn_out.shares[part], nn_out.possible[part])
