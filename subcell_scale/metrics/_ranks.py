@@ -59,6 +59,53 @@ def ap_block(sims: np.ndarray, rows: np.ndarray, group_of: np.ndarray, members: 
         ap[r] = _ap(above, m) if m else np.nan
 
 
+@njit(cache=True, nogil=True)
+def ap_label_block(sims: np.ndarray, rows: np.ndarray, label_ptr: np.ndarray, labels: np.ndarray,
+                   label_members: np.ndarray, label_start: np.ndarray, pos_same: np.ndarray, pos_diff: np.ndarray,
+                   neg_same: np.ndarray, neg_diff: np.ndarray, label_neg: int, ap: np.ndarray, n_pos: np.ndarray,
+                   n_total: np.ndarray, n_neg: np.ndarray) -> None:
+    """Multilabel AP: one result per (query, label) entry ``e`` in ``label_ptr[i]:label_ptr[i + 1]``.
+
+    Positives of query ``i`` for label ``labels[e]`` are the label's other members
+    (``label_members[label_start[l]:label_start[l + 1]]``) with its ``pos_same`` code that differ from
+    it in every ``pos_diff`` row. Its negatives, the same for all its labels, follow the ``neg_same``
+    and ``neg_diff`` codes and, with ``label_neg`` 1 (2), share at least one (no) label with it: the
+    members of its labels are stamped once per query, so no per-label mask is made. ``n_neg`` is
+    written at the block's row positions, the others at the entries.
+    """
+    n = sims.shape[1]
+    inf = np.float32(np.inf)
+    stamp = np.full(n, -1, dtype=np.int64)
+    neg_keys = np.empty(n, dtype=np.float32)
+    for r in range(rows.size):
+        i = rows[r]
+        negatives = _negative_keys(sims, r, i, neg_same, neg_diff, neg_keys)
+        if label_neg:
+            for e in range(label_ptr[i], label_ptr[i + 1]):
+                lab = labels[e]
+                for t in range(label_start[lab], label_start[lab + 1]):
+                    stamp[label_members[t]] = i
+            want = label_neg == 1
+            for j in range(n):
+                drop = ((stamp[j] == i) != want) & (neg_keys[j] != inf)
+                negatives -= drop
+                neg_keys[j] = inf if drop else neg_keys[j]
+        n_neg[r] = negatives
+        for e in range(label_ptr[i], label_ptr[i + 1]):
+            lab = labels[e]
+            group = label_members[label_start[lab]:label_start[lab + 1]]
+            keys = np.empty(group.size, dtype=np.float32)
+            m = 0
+            for j in group:
+                if j != i and pos_same[j] == pos_same[i] and _differs(pos_diff, i, j):
+                    keys[m] = _key(sims[r, j])
+                    m += 1
+            keys = np.sort(keys[:m])
+            n_pos[e] = m
+            n_total[e] = m + negatives
+            ap[e] = _ap(_above(neg_keys, keys), m) if m else np.nan
+
+
 @njit(inline="always")
 def _positives(sims: np.ndarray, r: int, i: int, group: np.ndarray, pos_diff: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +234,8 @@ def _above(neg_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
             above[t] = count
         return above
     worst = keys[m - 1]
-    for v in neg_keys:
+    for j in range(neg_keys.size):
+        v = neg_keys[j]
         if v < worst:
             lo, hi = 0, m
             while lo < hi:
