@@ -268,39 +268,88 @@ def _differs(codes: np.ndarray, i: int, j: int) -> bool:
 
 @njit(cache=True, nogil=True)
 def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool: np.ndarray,
-                  label_ptr: np.ndarray, labels: np.ndarray, kmax: int, nearest: np.ndarray, shares: np.ndarray,
-                  possible: np.ndarray) -> None:
+                  label_ptr: np.ndarray, labels: np.ndarray, label_members: np.ndarray, label_start: np.ndarray,
+                  kmax: int, nearest: np.ndarray, shares: np.ndarray, possible: np.ndarray) -> None:
     """The ``kmax`` most similar allowed profiles of each query row, best first (ties: lower index).
 
-    Allowed: in ``pool``, not the query, and different in every ``exclude`` row of codes. ``possible`` says
-    whether any allowed profile shares a label (``labels[label_ptr[j]:label_ptr[j + 1]]``, sorted)
-    with the query, ``shares`` whether each neighbour does. Unfilled slots of ``nearest`` hold -1.
+    Allowed: in ``pool``, not the query, and different in every ``exclude`` row of codes. The walk over
+    the row tests similarity against the current k-th best before anything else, so most profiles cost
+    one compare; the best ``kmax`` are kept in a heap (worst on top). ``possible`` says whether any
+    allowed profile shares a label (``labels[label_ptr[j]:label_ptr[j + 1]]``, sorted) with the query,
+    read from the members of its labels (``label_members[label_start[l]:label_start[l + 1]]``);
+    ``shares`` whether each neighbour does. Unfilled slots of ``nearest`` hold -1.
     """
     n = sims.shape[1]
+    heap_s = np.empty(kmax)
+    heap_j = np.empty(kmax, dtype=np.int64)
     for r in range(rows.size):
         i = rows[r]
-        best = np.full(kmax, -np.inf)
-        idx = np.full(kmax, -1, dtype=np.int64)
-        found = False
+        size = 0
+        worst = -np.inf
         for j in range(n):
-            if j == i or not pool[j] or not _differs(exclude, i, j):
-                continue
-            if not found:
-                found = _share(labels, label_ptr, i, j)
             s = sims[r, j]
-            if s <= best[kmax - 1]:
-                continue
-            p = kmax - 1
-            while p > 0 and s > best[p - 1]:
-                best[p] = best[p - 1]
-                idx[p] = idx[p - 1]
-                p -= 1
-            best[p] = s
-            idx[p] = j
+            if s > worst and j != i and pool[j] and _differs(exclude, i, j):
+                if size < kmax:
+                    _sift_up(heap_s, heap_j, size, s, j)
+                    size += 1
+                    if size == kmax:
+                        worst = heap_s[0]
+                else:  # a later profile with the worst similarity stays out: ties go to the lower index
+                    _sift_down(heap_s, heap_j, 0, size, s, j)
+                    worst = heap_s[0]
+        idx = np.full(kmax, -1, dtype=np.int64)
+        for p in range(size - 1, -1, -1):  # the worst first, into the last slot
+            idx[p] = heap_j[0]
+            _sift_down(heap_s, heap_j, 0, p, heap_s[p], heap_j[p])
         nearest[r] = idx
+        found = False
+        for e in range(label_ptr[i], label_ptr[i + 1]):
+            lab = labels[e]
+            for t in range(label_start[lab], label_start[lab + 1]):
+                j = label_members[t]
+                if j != i and pool[j] and _differs(exclude, i, j):
+                    found = True
+                    break
+            if found:
+                break
         possible[r] = found
         for p in range(kmax):
             shares[r, p] = idx[p] >= 0 and _share(labels, label_ptr, i, idx[p])
+
+
+@njit(inline="always")
+def _sift_up(heap_s: np.ndarray, heap_j: np.ndarray, p: int, s: float, j: int) -> None:
+    """Place (s, j) from slot ``p`` upwards; a slot is worse when less similar, or as similar with a higher index."""
+    while p > 0:
+        q = (p - 1) >> 1
+        if s < heap_s[q] or (s == heap_s[q] and j > heap_j[q]):
+            heap_s[p] = heap_s[q]
+            heap_j[p] = heap_j[q]
+            p = q
+        else:
+            break
+    heap_s[p] = s
+    heap_j[p] = j
+
+
+@njit(inline="always")
+def _sift_down(heap_s: np.ndarray, heap_j: np.ndarray, p: int, size: int, s: float, j: int) -> None:
+    """Place (s, j) from slot ``p`` downwards (moving the hole, not swapping pairs)."""
+    while True:
+        c = 2 * p + 1
+        if c >= size:
+            break
+        d = c + 1
+        if d < size and (heap_s[d] < heap_s[c] or (heap_s[d] == heap_s[c] and heap_j[d] > heap_j[c])):
+            c = d
+        if heap_s[c] < s or (heap_s[c] == s and heap_j[c] > j):
+            heap_s[p] = heap_s[c]
+            heap_j[p] = heap_j[c]
+            p = c
+        else:
+            break
+    heap_s[p] = s
+    heap_j[p] = j
 
 
 @njit(inline="always")

@@ -96,20 +96,30 @@ class LabelRankTask:
     def of(cls, meta: pd.DataFrame, label_ptr: np.ndarray, labels: np.ndarray, pos: Rule, neg: Rule,
            label_neg: int) -> LabelRankTask:
         members, start = _groups(labels)
-        owner = np.repeat(np.arange(len(meta), dtype=np.int64), np.diff(label_ptr))
+        owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
         return cls(label_ptr, labels, owner[members], start, combined(meta, pos.sameby), codes(meta, pos.diffby),
                    combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby), label_neg)
 
 
 @dataclass(frozen=True)
 class NearestTask:
-    """What the nearest-neighbour kernel needs: exclusion codes, the pool and labels as sorted CSR."""
+    """What the nearest-neighbour kernel needs: exclusion codes, the pool, labels as sorted CSR and
+    each label's members."""
 
     exclude: np.ndarray
     pool: np.ndarray
     label_ptr: np.ndarray
     labels: np.ndarray
+    label_members: np.ndarray
+    label_start: np.ndarray
     kmax: int
+
+    @classmethod
+    def of(cls, exclude: np.ndarray, pool: np.ndarray, label_ptr: np.ndarray, labels: np.ndarray,
+           kmax: int) -> NearestTask:
+        members, start = _groups(labels)
+        owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
+        return cls(exclude, pool, label_ptr, labels, owner[members], start, kmax)
 
 
 @dataclass
@@ -221,7 +231,8 @@ def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTa
                         rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
     if nearest is not None:
         _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool, nearest.label_ptr, nearest.labels,
-                             nearest.kmax, nn_out.nearest[part], nn_out.shares[part], nn_out.possible[part])
+                             nearest.label_members, nearest.label_start, nearest.kmax, nn_out.nearest[part],
+                             nn_out.shares[part], nn_out.possible[part])
 
 
 def _progress(done: Iterable[None], total: int, show: bool) -> Iterable[None]:
