@@ -21,6 +21,7 @@ from subcell_scale.metrics import (
     fraction_retrieved,
     mean_average_precision,
 )
+from subcell_scale.metrics._similarity import Similarity
 
 copairs_map = pytest.importorskip("copairs.map")
 copairs_multilabel = pytest.importorskip("copairs.map.multilabel")
@@ -112,6 +113,24 @@ def test_phenotypic_activity_reference_index_equals_copairs(profiles):
     assert ours.loc[ours.control_type == "negcon", "average_precision"].isna().all()
 
 
+@pytest.mark.parametrize("rules", [(["g"], [], [], ["g"]), (["g"], ["p"], ["p"], ["g"]), (["g"], [], ["p"], []),
+                                   (["g"], [], [], ["p", "b"]), (["g", "b"], [], ["b"], ["g"])])
+@pytest.mark.parametrize("group_size", [4, 11])
+def test_float32_ties_of_distinct_similarities_equal_copairs(rules, group_size):
+    """Similarities a few float64 ulps apart share one float32 ranking key: negatives are counted against
+    each positive's float64 threshold, which must split them exactly as copairs' float32 keys do."""
+    rng = np.random.default_rng(group_size)
+    n = 40 * group_size
+    meta = pd.DataFrame({"g": np.repeat(np.arange(40), group_size).astype(str),
+                         "p": rng.integers(0, 3, n).astype(str), "b": rng.integers(0, 2, n).astype(str)})
+    base = rng.normal(size=(1, 8))
+    x = base + rng.normal(size=(n, 8)) * 1e-4 + rng.integers(-3, 4, size=(n, 8)) * 1e-9
+    ref = copairs_map.average_precision(meta, x, *rules, progress_bar=False)
+    keys = np.float32(1) - np.float32(Similarity(x).block64(np.arange(n)))
+    assert np.unique(keys).size < keys.size / 4  # the tie-heavy case
+    _assert_same_ap(average_precision(meta, x, *rules, batch_size=997), ref)
+
+
 @pytest.mark.parametrize("rules", [(["moa"], ["plate", "compound"], ["plate"], ["moa"]),
                                    (["moa"], ["compound"], [], ["moa"])])
 def test_multilabel_equals_copairs(profiles, rules):
@@ -129,6 +148,63 @@ def test_multilabel_equals_copairs(profiles, rules):
         assert np.abs(merged[col] - merged[col + "_ref"]).max() < TOL
     for col in ("n_pos_pairs", "n_total_pairs"):
         assert (merged[col] == merged[col + "_ref"]).all()
+
+
+def _multilabel_by_brute_force(meta: pd.DataFrame, x: np.ndarray, rules, label_col: str) -> pd.DataFrame:
+    """Every (query, label) pair's positives and negatives listed one by one, ranked by copairs' float32 keys."""
+    pos_same, pos_diff, neg_same, neg_diff = rules
+    keys = np.float32(1) - np.float32(Similarity(x).block64(np.arange(len(meta))))
+    labels = [set(v) for v in meta[label_col]]
+
+    def rule(i, j, same, diff):
+        return (all(meta[c].iat[i] == meta[c].iat[j] for c in same if c != label_col)
+                and all(meta[c].iat[i] != meta[c].iat[j] for c in diff if c != label_col))
+
+    out = []
+    for i in range(len(meta)):
+        neg = [j for j in range(len(meta)) if j != i and rule(i, j, neg_same, neg_diff)
+               and (label_col not in neg_same or labels[i] & labels[j])
+               and (label_col not in neg_diff or not labels[i] & labels[j])]
+        for lab in sorted(labels[i]):
+            pos = [j for j in range(len(meta)) if j != i and lab in labels[j] and rule(i, j, pos_same, pos_diff)]
+            if pos:
+                ranked = np.sort(keys[i, pos])
+                above = [(keys[i, neg] < k).sum() for k in ranked]
+                ap = np.mean([(t + 1) / (t + 1 + a) for t, a in enumerate(above)])
+                out.append((i, lab, ap, len(pos), len(pos) + len(neg)))
+    return pd.DataFrame(out, columns=["row", label_col, "average_precision", "n_pos_pairs", "n_total_pairs"])
+
+
+@pytest.mark.parametrize("rules", [(["moa", "plate"], ["compound"], [], ["moa"]),
+                                   (["moa"], ["compound"], ["moa"], []),
+                                   (["moa"], ["compound"], ["plate", "moa"], ["compound"]),
+                                   (["moa"], [], ["plate"], ["compound", "b"])])
+def test_multilabel_from_label_lists_equals_copairs_and_brute_force(rules):
+    """Overlapping label lists, rows without a label and exact ties; labels in neg_sameby (negatives share
+    one) or in no negative rule, which copairs cannot run, against a pair-by-pair reference."""
+    rng = np.random.default_rng(5)
+    n = 150
+    labels = [list(rng.choice(list("abcdef"), size=rng.integers(0 if r % 10 else 1, 4), replace=False))
+              for r in range(n)]
+    meta = pd.DataFrame({"moa": labels, "plate": rng.integers(0, 3, n).astype(str),
+                         "compound": rng.integers(0, 40, n).astype(str), "b": rng.integers(0, 2, n).astype(str)})
+    x = np.round(rng.normal(size=(n, 4)), 1)
+    ours = average_precision(meta.assign(row=np.arange(n)), x, *rules, multilabel_col="moa", batch_size=1000)
+    ref = _multilabel_by_brute_force(meta, x, rules, "moa")
+    assert len(ours) == len(ref) > 100
+    merged = ours.merge(ref, on=["row", "moa"], suffixes=("", "_ref"))
+    assert len(merged) == len(ref)
+    for col in ("n_pos_pairs", "n_total_pairs"):
+        assert (merged[col] == merged[col + "_ref"]).all()
+    assert np.abs(merged["average_precision"] - merged["average_precision_ref"]).max() < TOL
+    if "moa" in rules[3]:  # copairs takes labelled rows only
+        keep = np.array([len(v) > 0 for v in labels])
+        labelled = meta[keep].assign(row=np.flatnonzero(keep)).reset_index(drop=True)
+        cp = copairs_multilabel.average_precision(labelled, x[keep], *rules, multilabel_col="moa", progress_bar=False)
+        both = cp.merge(average_precision(labelled, x[keep], *rules, multilabel_col="moa"), on=["row", "moa"],
+                        suffixes=("", "_ours"))
+        assert len(both) == len(cp)
+        assert np.abs(both["average_precision"] - both["average_precision_ours"]).max() < TOL
 
 
 def test_ap_equals_sklearn_without_ties():

@@ -167,3 +167,26 @@ def test_one_sweep_gives_replicate_ap_and_nn_as_apart(profiles):
     pd.testing.assert_frame_equal(apart[apart["k"].isin([1, 5, 50])].reset_index(drop=True), ref, check_dtype=False)
     labelled_apart = meta.assign(compound=meta["compound"].where(np.arange(len(meta)) % 5 != 0, ""))
     assert ap_and_nn(labelled_apart, x, rules, "compound", ["plate"], ks) is None
+
+
+@pytest.mark.parametrize("kmax", [1, 7, 50])
+def test_nearest_kernel_keeps_ties_in_index_order(kmax):
+    """Coarse features make many equal similarities: the k best allowed profiles, ties to the lower index."""
+    from subcell_scale.metrics._similarity import Similarity
+    from subcell_scale.metrics._sweep import NearestTask, sweep
+
+    rng = np.random.default_rng(kmax)
+    n = 300
+    x = np.round(rng.normal(size=(n, 3)))
+    x[np.abs(x).sum(axis=1) == 0, 0] = 1.0
+    plate = rng.integers(0, 4, n).astype(np.int32)
+    labels = rng.integers(0, 30, n).astype(np.int64)
+    task = NearestTask.of(plate[None, :], np.ones(n, dtype=bool), np.arange(n + 1, dtype=np.int64), labels, kmax)
+    _, found = sweep(Similarity(x), np.arange(n), nearest=task, batch_size=n * 37)
+    sims = Similarity(x).block64(np.arange(n))
+    for i in range(n):
+        allowed = np.flatnonzero((plate != plate[i]) & (np.arange(n) != i))
+        order = allowed[np.lexsort((allowed, -sims[i, allowed]))][:kmax]
+        assert found.nearest[i, : order.size].tolist() == order.tolist()
+        assert found.possible[i] == bool((labels[allowed] == labels[i]).any())
+        assert found.shares[i, : order.size].tolist() == (labels[order] == labels[i]).tolist()

@@ -155,3 +155,13 @@ def label_matrix(labels: list[tuple[str, ...]]) -> tuple[np.ndarray, list[str]]:
         for x in row:
             ind[r, index[x]] = True
     return ind, names
+
+
+def label_lists(labels: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each row's label ids as CSR (``ids[ptr[r]:ptr[r + 1]]``, ascending) and the sorted label names."""
+    names = sorted({x for row in labels for x in row})
+    index = {name: i for i, name in enumerate(names)}
+    ptr = np.zeros(len(labels) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(row) for row in labels])
+    ids = np.fromiter((i for row in labels for i in sorted(index[x] for x in row)), dtype=np.int64, count=int(ptr[-1]))
+    return ptr, ids, names

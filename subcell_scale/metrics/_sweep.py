@@ -41,7 +41,12 @@ def combined(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RankTask:
-    """What the AP kernel needs: each profile's positive group and its members, and the rule codes."""
+    """What the AP kernel needs: each profile's positive group and its members, and the rule codes.
+
+    The first ``neg_diffby`` column's groups are listed too (``neg_members`` / ``neg_start``), and
+    the size of each ``neg_sameby`` group, so the kernel can count a query's negatives as its
+    ``neg_sameby`` group less its own group.
+    """
 
     group_of: np.ndarray
     members: np.ndarray
@@ -49,25 +54,72 @@ class RankTask:
     pos_diff: np.ndarray
     neg_same: np.ndarray
     neg_diff: np.ndarray
+    neg_members: np.ndarray
+    neg_start: np.ndarray
+    neg_size: np.ndarray
 
     @classmethod
     def of(cls, meta: pd.DataFrame, pos: Rule, neg: Rule) -> RankTask:
         group_of = combined(meta, pos.sameby)
-        members = np.argsort(group_of, kind="stable").astype(np.int64)
-        group_start = np.searchsorted(group_of[members], np.arange(int(group_of.max()) + 2)).astype(np.int64)
-        return cls(group_of, members, group_start, codes(meta, pos.diffby),
-                   combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby))
+        members, group_start = _groups(group_of)
+        neg_diff = codes(meta, neg.diffby)
+        neg_members, neg_start = _groups(neg_diff[0]) if len(neg.diffby) else (np.zeros(0, np.int64),) * 2
+        neg_same = combined(meta, neg.sameby).astype(np.int32)
+        return cls(group_of, members, group_start, codes(meta, pos.diffby), neg_same, neg_diff, neg_members, neg_start,
+                   np.bincount(neg_same).astype(np.int64))
+
+
+def _groups(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Profiles ordered by code and where each code's run starts (codes 0..max, one more start at the end)."""
+    members = np.argsort(code, kind="stable").astype(np.int64)
+    start = np.searchsorted(code[members], np.arange(int(code.max(initial=-1)) + 2)).astype(np.int64)
+    return members, start
+
+
+@dataclass(frozen=True)
+class LabelRankTask:
+    """What the multilabel AP kernel needs: each profile's labels and each label's members (both CSR,
+    sorted), the other columns' rule codes and how negatives treat labels (0: not at all, 1: they
+    share one with the query, 2: they share none)."""
+
+    label_ptr: np.ndarray
+    labels: np.ndarray
+    label_members: np.ndarray
+    label_start: np.ndarray
+    pos_same: np.ndarray
+    pos_diff: np.ndarray
+    neg_same: np.ndarray
+    neg_diff: np.ndarray
+    label_neg: int
+
+    @classmethod
+    def of(cls, meta: pd.DataFrame, label_ptr: np.ndarray, labels: np.ndarray, pos: Rule, neg: Rule,
+           label_neg: int) -> LabelRankTask:
+        members, start = _groups(labels)
+        owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
+        return cls(label_ptr, labels, owner[members], start, combined(meta, pos.sameby), codes(meta, pos.diffby),
+                   combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby), label_neg)
 
 
 @dataclass(frozen=True)
 class NearestTask:
-    """What the nearest-neighbour kernel needs: exclusion codes, the pool and labels as sorted CSR."""
+    """What the nearest-neighbour kernel needs: exclusion codes, the pool, labels as sorted CSR and
+    each label's members."""
 
     exclude: np.ndarray
     pool: np.ndarray
     label_ptr: np.ndarray
     labels: np.ndarray
+    label_members: np.ndarray
+    label_start: np.ndarray
     kmax: int
+
+    @classmethod
+    def of(cls, exclude: np.ndarray, pool: np.ndarray, label_ptr: np.ndarray, labels: np.ndarray,
+           kmax: int) -> NearestTask:
+        members, start = _groups(labels)
+        owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
+        return cls(exclude, pool, label_ptr, labels, owner[members], start, kmax)
 
 
 @dataclass
@@ -78,16 +130,28 @@ class RankResult:
 
 
 @dataclass
+class LabelRankResult:
+    """Multilabel AP per (profile, label) entry of the task's CSR; negatives per profile."""
+
+    ap: np.ndarray
+    n_pos: np.ndarray
+    n_total: np.ndarray
+    n_neg: np.ndarray
+
+
+@dataclass
 class NearestResult:
     nearest: np.ndarray
     shares: np.ndarray
     possible: np.ndarray
 
 
-def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None, nearest: NearestTask | None = None,
-          batch_size: int | None = None, progress_bar: bool = False, device: str | None = None
-          ) -> tuple[RankResult | None, NearestResult | None]:
+def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | LabelRankTask | None = None,
+          nearest: NearestTask | None = None, batch_size: int | None = None, progress_bar: bool = False,
+          device: str | None = None) -> tuple[RankResult | LabelRankResult | None, NearestResult | None]:
     """AP and/or nearest neighbours of ``queries`` (profile positions), one product per block.
+
+    Multilabel AP (a :class:`LabelRankTask`) takes every profile as a query, on the CPU.
 
     On the CPU, one worker thread per core computes a block's product (BLAS limited to one thread
     for the duration) and runs the kernels on it while the block is fresh.
@@ -96,6 +160,10 @@ def sweep(sim: Similarity, queries: np.ndarray, *, ranks: RankTask | None = None
     """
     q = len(queries)
     rank_out = None if ranks is None else RankResult(np.full(q, np.nan), np.zeros(q, np.int64), np.zeros(q, np.int64))
+    if isinstance(ranks, LabelRankTask):
+        e = ranks.labels.size
+        rank_out = LabelRankResult(np.full(e, np.nan), np.zeros(e, np.int64), np.zeros(e, np.int64),
+                                   np.zeros(q, np.int64))
     nn_out = None if nearest is None else NearestResult(np.full((q, nearest.kmax), -1, np.int64),
                                                          np.zeros((q, nearest.kmax), bool), np.zeros(q, bool))
     if device is not None:
@@ -148,16 +216,23 @@ class _SharedLimit:
 _SINGLE_THREADED_BLAS = _SharedLimit()
 
 
-def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTask | None,
-                 nearest: NearestTask | None, rank_out: RankResult | None, nn_out: NearestResult | None) -> None:
+def _run_kernels(block: np.ndarray, rows: np.ndarray, part: slice, ranks: RankTask | LabelRankTask | None,
+                 nearest: NearestTask | None, rank_out: RankResult | LabelRankResult | None,
+                 nn_out: NearestResult | None) -> None:
     from . import _ranks
 
-    if ranks is not None:
+    if isinstance(ranks, LabelRankTask):
+        _ranks.ap_label_block(block, rows, ranks.label_ptr, ranks.labels, ranks.label_members, ranks.label_start,
+                              ranks.pos_same, ranks.pos_diff, ranks.neg_same, ranks.neg_diff, ranks.label_neg,
+                              rank_out.ap, rank_out.n_pos, rank_out.n_total, rank_out.n_neg[part])
+    elif ranks is not None:
         _ranks.ap_block(block, rows, ranks.group_of, ranks.members, ranks.group_start, ranks.pos_diff,
-                        ranks.neg_same, ranks.neg_diff, rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
+                        ranks.neg_same, ranks.neg_diff, ranks.neg_members, ranks.neg_start, ranks.neg_size,
+                        rank_out.ap[part], rank_out.n_pos[part], rank_out.n_neg[part])
     if nearest is not None:
         _ranks.nearest_block(block, rows, nearest.exclude, nearest.pool, nearest.label_ptr, nearest.labels,
-                             nearest.kmax, nn_out.nearest[part], nn_out.shares[part], nn_out.possible[part])
+                             nearest.label_members, nearest.label_start, nearest.kmax, nn_out.nearest[part],
+                             nn_out.shares[part], nn_out.possible[part])
 
 
 def _progress(done: Iterable[None], total: int, show: bool) -> Iterable[None]:

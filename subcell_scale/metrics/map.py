@@ -8,7 +8,8 @@ which runs out of memory at about 9,000 profiles in "vs all other perturbations"
 block of query rows is compared with all profiles by a matrix product, and each query's AP comes from
 counting, for every positive, the negatives ranked above it, in one pass over the block with the pair
 rules read from integer group codes (:mod:`._ranks`); memory is one block, whatever the number of
-pairs. The multilabel variant still builds per-label boolean masks for each block.
+pairs. The multilabel variant reads its positives from each label's member list and its negatives
+from the same codes, with the query's labels stamped once per row (no per-label masks).
 
 Precision and ties follow copairs: similarities are rounded to float32 and ranked by
 ``float32(1) - similarity``; a negative with exactly the same rounded similarity as a positive is
@@ -22,7 +23,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -38,14 +39,13 @@ from ._pairs import (
     apply_queries,
     as_list,
     check_columns,
-    codes_of,
-    label_matrix,
+    label_lists,
     make_rule,
     parse_labels,
     split_queries,
 )
-from ._similarity import Distance, Similarity, rows_per_block
-from ._sweep import RankResult, RankTask, sweep
+from ._similarity import Distance, Similarity
+from ._sweep import LabelRankTask, RankResult, RankTask, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -54,72 +54,7 @@ MAP_COLUMNS = ("mean_average_precision", "indices", "mean_normalized_average_pre
                "corrected_p_value", "below_p", "below_corrected_p")
 """Result columns (copairs 0.5.5 names); everything else in a result frame is metadata."""
 
-_COUNTING_MAX_POSITIVES = 16  # above this many positives per query, sorting the row is cheaper
 _NULL_CHUNK_VALUES = 1 << 24  # entries of one shuffled block when drawing null rank lists
-
-
-# --------------------------------------------------------------------------------------------
-# per-query AP from a block of similarities
-
-
-def _ap_by_counting(key: np.ndarray, pos: np.ndarray, neg: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
-    """AP of rows with few positives: for the k-th best positive, rank = k + negatives ranked above it."""
-    rows, cols = np.nonzero(pos)
-    starts = np.cumsum(n_pos) - n_pos
-    slot = np.arange(rows.size) - np.repeat(starts, n_pos)
-    width = int(n_pos.max())
-    pos_keys = np.full((len(n_pos), width), np.inf, dtype=np.float32)
-    pos_keys[rows, slot] = key[rows, cols]
-    pos_keys.sort(axis=1)
-    neg_keys = np.where(neg, key, np.float32(np.inf))
-    above = np.empty((len(n_pos), width), dtype=np.int64)
-    for m in range(width):
-        above[:, m] = np.count_nonzero(neg_keys < pos_keys[:, m : m + 1], axis=1)
-    k = np.arange(1, width + 1, dtype=np.int64)[None, :]
-    terms = np.where(k <= n_pos[:, None], k / (k + above), 0.0)
-    return terms.sum(axis=1) / n_pos
-
-
-def _ap_by_sorting(key: np.ndarray, pos: np.ndarray, neg: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
-    """AP of rows with many positives: sort each row once, relevance packed in the sort key's low bits."""
-    bits = np.ascontiguousarray(key, dtype=np.float32).view(np.uint32)
-    ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
-    code = np.where(pos, np.where(neg, 1, 0), 2).astype(np.uint64)  # positives first within a tie
-    packed = (ordered << np.uint64(2)) | code
-    packed[~(pos | neg)] = np.iinfo(np.uint64).max
-    packed.sort(axis=1)
-    valid = packed != np.iinfo(np.uint64).max
-    code = packed & np.uint64(3)
-    is_pos = valid & (code <= 1)
-    is_neg = valid & (code >= 1)
-    value = packed >> np.uint64(2)
-    new_tie = np.ones(packed.shape, dtype=bool)
-    new_tie[:, 1:] = value[:, 1:] != value[:, :-1]
-    neg_seen = np.cumsum(is_neg, axis=1, dtype=np.int64) - is_neg
-    neg_above = np.where(new_tie, neg_seen, 0)
-    np.maximum.accumulate(neg_above, axis=1, out=neg_above)
-    k = np.cumsum(is_pos, axis=1, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        terms = np.where(is_pos, k / (k + neg_above), 0.0)
-    return terms.sum(axis=1) / n_pos
-
-
-def _ap_rows(key: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """AP of each row of a block given ranking keys (smaller is better) and candidate masks."""
-    n_pos = np.count_nonzero(pos, axis=1)
-    ap = np.full(len(n_pos), np.nan)
-    few = (n_pos > 0) & (n_pos <= _COUNTING_MAX_POSITIVES)
-    many = n_pos > _COUNTING_MAX_POSITIVES
-    for rows, kernel in ((few, _ap_by_counting), (many, _ap_by_sorting)):
-        if rows.all():  # the usual case: no copy of the block
-            ap[:] = kernel(key, pos, neg, n_pos)
-        elif rows.any():
-            ap[rows] = kernel(key[rows], pos[rows], neg[rows], n_pos[rows])
-    return ap
-
-
-def _ranking_key(sims: np.ndarray) -> np.ndarray:
-    return np.float32(1.0) - sims.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,15 +108,6 @@ def _prepare(meta: pd.DataFrame, feats: np.ndarray, rules: Sequence[Sequence[str
     keep = apply_queries(meta, queries)
     meta = meta.iloc[keep].reset_index(drop=True).copy()
     return meta, feats[keep], cleaned
-
-
-def _blocks(n: int, rows_per: int, progress_bar: bool, what: str) -> Iterable[int]:
-    starts: Iterable[int] = range(0, n, rows_per)
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=math.ceil(n / rows_per), desc=what, leave=False)
-    return starts
 
 
 @doc_params
@@ -306,49 +232,22 @@ def _average_precision_multilabel(meta: pd.DataFrame, sim: Similarity, pos_same:
     if label_col not in neg_same and label_col not in neg_diff and not (neg_rule.sameby or neg_rule.diffby):
         msg = "negative pairs: give at least one neg_sameby or neg_diffby column"
         raise ProfilingError(msg)
-    labels = parse_labels(meta[label_col])
-    ind, names = label_matrix(labels)
-    ind_f = ind.astype(np.float32)
-    n = len(meta)
-    codes = codes_of(meta, [*pos_rule.sameby, *pos_rule.diffby, *neg_rule.sameby, *neg_rule.diffby])
-    if not codes:
-        codes = {"__row__": np.arange(n, dtype=np.int64)}
-    widest = max(1, int(ind.sum(axis=1).max()) if n else 1)
-    rows_per = max(1, rows_per_block(n, batch_size) // widest)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    any_neg = False
-    for start in _blocks(n, rows_per, progress_bar, "average precision (multilabel)"):
-        rows = np.arange(start, min(n, start + rows_per))
-        base_pos = pos_rule.mask(codes, rows)
-        neg = neg_rule.mask(codes, rows)
-        if label_col in neg_same or label_col in neg_diff:
-            shared = (ind_f[rows] @ ind_f.T) > 0
-            neg &= shared if label_col in neg_same else ~shared
-        any_neg = any_neg or bool(neg.any())
-        q_local, q_label = np.nonzero(ind[rows])
-        pos = base_pos[q_local] & ind[:, q_label].T
-        n_pos = np.count_nonzero(pos, axis=1)
-        keep = n_pos > 0
-        if not keep.any():
-            continue
-        q_local, q_label, pos, n_pos = q_local[keep], q_label[keep], pos[keep], n_pos[keep]
-        q_neg = neg[q_local]
-        starts = np.flatnonzero(np.r_[True, q_local[1:] != q_local[:-1]])  # q_local is sorted
-        used = q_local[starts]
-        where = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, q_local.size]))
-        block_mask = np.logical_or.reduceat(pos | q_neg, starts, axis=0)
-        key = _ranking_key(sim.block(rows[used], block_mask))[where]
-        ap = _ap_rows(key, pos, q_neg)
-        parts.append((rows[q_local], q_label, ap, n_pos, n_pos + np.count_nonzero(q_neg, axis=1)))
-    if not parts:
+    label_ptr, labels, names = label_lists(parse_labels(meta[label_col]))
+    label_neg = 1 if label_col in neg_same else 2 if label_col in neg_diff else 0
+    task = LabelRankTask.of(meta, label_ptr, labels, pos_rule, neg_rule, label_neg)
+    ranks, _ = sweep(sim, np.arange(len(meta)), ranks=task, batch_size=batch_size, progress_bar=progress_bar)
+    if not ranks.n_pos.any():
         msg = f"no positive pairs: no two profiles share a label in {label_col!r} and the rules {pos_rule}"
         raise ProfilingError(msg)
-    if not any_neg:
+    if not ranks.n_neg.any():
         msg = f"no negative pairs under neg_sameby={neg_same}, neg_diffby={neg_diff}"
         raise ProfilingError(msg)
-    row, lab, ap, n_pos, n_total = (np.concatenate(x) for x in zip(*parts))
+    entry = np.flatnonzero(ranks.n_pos)
+    row = np.repeat(np.arange(len(meta)), np.diff(label_ptr))[entry]
+    lab = labels[entry]
     order = np.lexsort((row, lab))
-    row, lab, ap, n_pos, n_total = row[order], lab[order], ap[order], n_pos[order], n_total[order]
+    entry, row, lab = entry[order], row[order], lab[order]
+    ap, n_pos, n_total = ranks.ap[entry], ranks.n_pos[entry], ranks.n_total[entry]
     out = meta.drop(columns=[label_col]).iloc[row].reset_index(drop=True)
     out["average_precision"] = ap
     out["normalized_average_precision"] = normalized_average_precision(ap, n_pos, n_total)

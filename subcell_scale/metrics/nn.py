@@ -19,7 +19,7 @@ import pandas as pd
 
 from .._docs import doc_params
 from ..errors import ProfilingError
-from ._pairs import as_list, check_columns, label_matrix, parse_labels
+from ._pairs import as_list, check_columns, label_lists, label_matrix, parse_labels
 from ._similarity import Distance, Similarity
 from ._sweep import NearestResult, NearestTask, codes, sweep
 
@@ -108,7 +108,7 @@ class NearestPlan:
     feats: np.ndarray
     keep: np.ndarray
     queries: np.ndarray
-    ind: np.ndarray
+    ind: np.ndarray | None
     task: NearestTask
     ks: list[int]
     mode: str
@@ -155,8 +155,8 @@ class NearestPlan:
             is_query = query_rows[keep]
         kept = meta.iloc[keep].reset_index(drop=True)
         kept_labels = [labels[i] for i in keep]
-        ind, _ = label_matrix(kept_labels)
-        task = nearest_task(kept, kept_labels, ind, exclude, match, min(ks[-1], len(kept) - 1))
+        ind = label_matrix(kept_labels)[0] if mode == "vote" else None  # (profiles x labels): votes only
+        task = nearest_task(kept, kept_labels, exclude, match, min(ks[-1], len(kept) - 1))
         return cls(feats[keep], keep, np.flatnonzero(is_query), ind, task, ks, mode, label_col, exclude)
 
     def table(self, found: NearestResult, *, count_all_queries: bool) -> pd.DataFrame:
@@ -185,17 +185,15 @@ class NearestPlan:
         return out
 
 
-def nearest_task(meta: pd.DataFrame, labels: list[tuple[str, ...]], ind: np.ndarray, exclude: list[str], match: str,
+def nearest_task(meta: pd.DataFrame, labels: list[tuple[str, ...]], exclude: list[str], match: str,
                  kmax: int) -> NearestTask:
     """The kernel's view of a k-NN design: exclusion codes and the labels compared (CSR, sorted)."""
     if match == "identical":  # the label list itself is the one label compared
         label_of = pd.factorize(pd.Series(labels, dtype=object))[0]
         ptr, flat = np.arange(len(labels) + 1, dtype=np.int64), label_of.astype(np.int64)
     else:
-        rows, flat = np.nonzero(ind)
-        ptr = np.searchsorted(rows, np.arange(len(labels) + 1)).astype(np.int64)
-        flat = flat.astype(np.int64)
-    return NearestTask(codes(meta, exclude), np.ones(len(meta), dtype=bool), ptr, flat, kmax)
+        ptr, flat, _ = label_lists(labels)
+    return NearestTask.of(codes(meta, exclude), np.ones(len(meta), dtype=bool), ptr, flat, kmax)
 
 
 def _vote_hits(ind: np.ndarray, rows: np.ndarray, nearest: np.ndarray) -> np.ndarray:
