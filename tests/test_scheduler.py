@@ -149,8 +149,8 @@ def test_a_stage_asking_for_the_gpu_runs_only_where_a_worker_offers_it():
 
     workers = {"gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
                "cpu": {"cls": Worker, "options": {"nthreads": 2}}}
-    with SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}) as cluster, \
-            Client(cluster) as client:
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         stages = [Stage(_on_worker, name="any"), Stage(_on_worker, resources={"GPU": 1}, name="gpu")]
         outcomes = list(map_tasks(stages, range(12), client=client, progress=False))

@@ -249,8 +249,8 @@ class _Runner:
             inputs: list[Any] = [self.argument(task) for task in tasks]
             for n, (stage, res) in enumerate(zip(self.stages, resources, strict=True)):
                 keys = [f"{stage.name}-{tag}-{token}-{task.attempt}" for tag, task in zip(tags, tasks, strict=True)]
-                layers[f"{n}"] = MaterializedLayer({k: Task(k, stage.func, x) for k, x in zip(keys, inputs, strict=True)},
-                                                   annotations={"resources": res} if res else None)
+                tasks_of_stage = {k: Task(k, stage.func, x) for k, x in zip(keys, inputs, strict=True)}
+                layers[f"{n}"] = MaterializedLayer(tasks_of_stage, annotations={"resources": res} if res else None)
                 inputs = [TaskRef(k) for k in keys]
             graph = HighLevelGraph(layers, {f"{n}": {f"{n - 1}"} if n else set() for n in range(len(layers))})
             # only the last stage's futures exist: the scheduler holds the others for their dependents
