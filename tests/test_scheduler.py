@@ -133,3 +133,25 @@ def test_an_item_of_a_batch_fails_and_is_retried_alone(cluster):
     assert not result[3].ok and isinstance(result[3].error, ChannelMismatchError) and result[3].attempts == 1
     assert result[5].ok and result[5].result == 25 and result[5].attempts == 2 and ATTEMPTS[5] == 2
     assert all(result[i].ok and result[i].result == i * i and result[i].attempts == 1 for i in (0, 1, 2, 4, 6, 7))
+
+
+
+def _on_worker(previous: object) -> str:
+    from distributed import get_worker
+
+    return get_worker().name
+
+
+def test_a_stage_asking_for_the_gpu_runs_only_where_a_worker_offers_it():
+    """The resource reaches the scheduler (dask drops annotations on some paths): with one worker offering
+    ``GPU`` and one not, every GPU task runs on the first."""
+    from distributed import Scheduler, SpecCluster, Worker
+
+    workers = {"gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+               "cpu": {"cls": Worker, "options": {"nthreads": 2}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        stages = [Stage(_on_worker, name="any"), Stage(_on_worker, resources={"GPU": 1}, name="gpu")]
+        outcomes = list(map_tasks(stages, range(12), client=client, progress=False))
+    assert len(outcomes) == 12 and {o.result for o in outcomes} == {"gpu"}

@@ -7,6 +7,8 @@ through:
 
 - a bounded window of items is in flight at a time (about two fields per worker thread), so neither
   the scheduler nor the client grows with the plate, and enough are prepared ahead to keep a GPU busy;
+  ended items are handled, and replaced, half a window at a time: their results come in one request
+  and their successors' chains go out as one graph, so the client's work per item stays small;
 - small items travel in batches when asked (fields whose crops share the model's batches), and an
   item of a batch fails alone (:class:`Failure`);
 - a failed item is retried, alone, ``retries`` times unless its error says the same input would fail
@@ -227,54 +229,60 @@ class _Runner:
             yield from outcomes
 
     def on_cluster(self, client: Client) -> Iterator[Outcome]:
+        from dask._task_spec import Task, TaskRef
+        from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
         from distributed import as_completed
 
         resources = [_usable_resources(client, stage.resources) for stage in self.stages]
         token = uuid.uuid4().hex[:8]  # keys of this call never meet a finished task of an earlier one
         threads = sum(client.nthreads().values()) or 1
         window = max(2, math.ceil(max(4, 2 * threads) / self.size))
-        running: dict[Any, tuple[_Task, list[Any]]] = {}
+        step = max(1, window // 2)  # ended tasks handled (and replaced) together: fewer, larger messages
+        running: dict[Any, _Task] = {}
 
         def submit(tasks: list[_Task]) -> list[Any]:
-            """The tasks' chains, one graph per stage for all of them (a few messages, however many tasks)."""
+            """The tasks' chains as one graph, a layer per stage (one message, however many tasks)."""
             if not tasks:
                 return []
-            previous: list[Any] = [self.argument(task) for task in tasks]
             tags = [self.name(task).replace("/", ":") for task in tasks]
-            for stage, res in zip(self.stages, resources, strict=True):
+            layers: dict[str, MaterializedLayer] = {}
+            inputs: list[Any] = [self.argument(task) for task in tasks]
+            for n, (stage, res) in enumerate(zip(self.stages, resources, strict=True)):
                 keys = [f"{stage.name}-{tag}-{token}-{task.attempt}" for tag, task in zip(tags, tasks, strict=True)]
-                previous = client.map(stage.func, previous, key=keys, pure=False, resources=res)
-            # only the last stage's futures are kept: the scheduler holds the others for their dependents
-            # and reports nothing of them to this client
-            for task, future in zip(tasks, previous, strict=True):
-                running[future] = (task, [future])
-            return previous
+                tasks_of_stage = {k: Task(k, stage.func, x) for k, x in zip(keys, inputs, strict=True)}
+                layers[f"{n}"] = MaterializedLayer(tasks_of_stage, annotations={"resources": res} if res else None)
+                inputs = [TaskRef(k) for k in keys]
+            graph = HighLevelGraph(layers, {f"{n}": {f"{n - 1}"} if n else set() for n in range(len(layers))})
+            # only the last stage's futures exist: the scheduler holds the others for their dependents
+            futures = client.get(graph, [ref.key for ref in inputs], sync=False, fifo_timeout=0)
+            running.update(zip(futures, tasks, strict=True))
+            return futures
 
         first = [task for task in (self.next_task() for _ in range(window)) if task is not None]
         queue = as_completed(submit(first))
-        for batch in queue.batches():  # what has ended meanwhile: its results fetched in one request
-            done = [future for future in batch if future.status == "finished"]
-            results = dict(zip(done, client.gather(done), strict=True)) if done else {}
+        ended: list[Any] = []
+        for batch in queue.batches():
+            ended += batch
+            if len(ended) < min(step, len(running)):
+                continue  # enough still in flight: wait for more to end
+            done = [future for future in ended if future.status == "finished"]
+            results = dict(zip(done, client.gather(done), strict=True)) if done else {}  # one request
             more: list[_Task] = []
-            for future in batch:
-                task, futures = running.pop(future)
+            for future in ended:
+                task = running.pop(future)
                 if future in results:
                     outcomes, again = self.settle(task, results[future])
                 else:
                     outcomes, again = self.settle(task, error=future.exception())
-                _release(futures)
+                future.release()
                 more += again
                 yield from outcomes
                 if not again:
                     nxt = self.next_task()
                     if nxt is not None:
                         more.append(nxt)
+            ended = []
             queue.update(submit(more))
-
-
-def _release(futures: list[Any]) -> None:
-    for future in futures:
-        future.release()
 
 
 def _usable_resources(client: Client, wanted: Mapping[str, float] | None) -> dict[str, float] | None:
