@@ -14,7 +14,6 @@ written by other tools since a plate was consolidated are seen and kept.
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import ctypes
 import errno
 import functools
@@ -227,14 +226,13 @@ def _write_in_place(group: zarr.Group, name: str, write: Callable[[zarr.Group], 
                     levels: Mapping[str, np.ndarray], where: str) -> None:
     """Write the label image ``name`` into ``group`` where nothing can be renamed, until it reads back whole.
 
-    A second process replacing the same image deletes, then writes: the image is read back after
-    each write and written again while another writer's delete has left a hole in it.
+    Each write replaces the whole image (``write`` makes its group with ``overwrite``, which deletes
+    what was there first), so a second process replacing the same image may delete under this one: the
+    image is read back after each write and written again while the other's delete left a hole in it.
     """
+    if name in group:
+        logger.info("%s: replacing labels %r", where, name)
     for attempt in range(WRITE_TRIES):
-        if name in group:
-            logger.info("%s: replacing labels %r", where, name)
-            with contextlib.suppress(KeyError, FileNotFoundError):
-                del group[name]
         try:
             write(group)
             image = open_on_disk(group.store, f"{group.path}/{name}")

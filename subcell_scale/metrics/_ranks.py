@@ -318,11 +318,17 @@ def nearest_block(sims: np.ndarray, rows: np.ndarray, exclude: np.ndarray, pool:
 
 
 @njit(inline="always")
+def _worse(s: float, j: int, s2: float, j2: int) -> bool:
+    """Whether neighbour (s, j) ranks below (s2, j2): less similar, or as similar with a higher index."""
+    return s < s2 or (s == s2 and j > j2)
+
+
+@njit(inline="always")
 def _sift_up(heap_s: np.ndarray, heap_j: np.ndarray, p: int, s: float, j: int) -> None:
-    """Place (s, j) from slot ``p`` upwards; a slot is worse when less similar, or as similar with a higher index."""
+    """Place (s, j) from slot ``p`` upwards."""
     while p > 0:
         q = (p - 1) >> 1
-        if s < heap_s[q] or (s == heap_s[q] and j > heap_j[q]):
+        if _worse(s, j, heap_s[q], heap_j[q]):
             heap_s[p] = heap_s[q]
             heap_j[p] = heap_j[q]
             p = q
@@ -340,9 +346,9 @@ def _sift_down(heap_s: np.ndarray, heap_j: np.ndarray, p: int, size: int, s: flo
         if c >= size:
             break
         d = c + 1
-        if d < size and (heap_s[d] < heap_s[c] or (heap_s[d] == heap_s[c] and heap_j[d] > heap_j[c])):
+        if d < size and _worse(heap_s[d], heap_j[d], heap_s[c], heap_j[c]):
             c = d
-        if heap_s[c] < s or (heap_s[c] == s and heap_j[c] > j):
+        if _worse(heap_s[c], heap_j[c], s, j):
             heap_s[p] = heap_s[c]
             heap_j[p] = heap_j[c]
             p = c

@@ -76,6 +76,13 @@ def _groups(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return members, start
 
 
+def _label_members(label_ptr: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each label's profiles (``members[start[l]:start[l + 1]]``) from the profiles' labels as CSR."""
+    entries, start = _groups(labels)
+    owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
+    return owner[entries], start
+
+
 @dataclass(frozen=True)
 class LabelRankTask:
     """What the multilabel AP kernel needs: each profile's labels and each label's members (both CSR,
@@ -95,10 +102,9 @@ class LabelRankTask:
     @classmethod
     def of(cls, meta: pd.DataFrame, label_ptr: np.ndarray, labels: np.ndarray, pos: Rule, neg: Rule,
            label_neg: int) -> LabelRankTask:
-        members, start = _groups(labels)
-        owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
-        return cls(label_ptr, labels, owner[members], start, combined(meta, pos.sameby), codes(meta, pos.diffby),
-                   combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby), label_neg)
+        return cls(label_ptr, labels, *_label_members(label_ptr, labels), combined(meta, pos.sameby),
+                   codes(meta, pos.diffby), combined(meta, neg.sameby).astype(np.int32), codes(meta, neg.diffby),
+                   label_neg)
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,7 @@ class NearestTask:
     @classmethod
     def of(cls, exclude: np.ndarray, pool: np.ndarray, label_ptr: np.ndarray, labels: np.ndarray,
            kmax: int) -> NearestTask:
-        members, start = _groups(labels)
-        owner = np.repeat(np.arange(label_ptr.size - 1, dtype=np.int64), np.diff(label_ptr))
-        return cls(exclude, pool, label_ptr, labels, owner[members], start, kmax)
+        return cls(exclude, pool, label_ptr, labels, *_label_members(label_ptr, labels), kmax)
 
 
 @dataclass
